@@ -1,0 +1,1 @@
+"""corral.cluster: cluster state in etcd, tasks, guests' common flow, the node daemon."""

@@ -1,0 +1,161 @@
+"""The contract every guest driver (LXC containers, QEMU VMs) fulfils.
+
+corral.cluster never imports corral.lxc or corral.kvm: it finds drivers
+through the `corral.guest_drivers` entry point group (see `registry`). The
+common flow (records, locks, digests, pending changes, tasks) lives in
+corral.cluster.guests and calls a driver only on the guest's own node.
+
+What must hold after each call is stated on the method. Optional operations
+raise `NotSupported`. Every call is bounded in time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from corral.cluster.errors import NotSupported
+from corral.cluster.schema import Schema
+
+LogFn = Callable[[str], None]
+
+
+class VolumeAccess(Protocol):
+    """What a driver may do with storage, implemented by corral.storage.
+
+    Volume IDs are Proxmox's `STORAGE:VOLNAME`. All methods raise CorralError
+    subclasses (ParamError for a bad name, NotFound, NotSupported...).
+    """
+
+    def alloc(self, storage: str, vmid: int, *, size: int, fmt: str | None = None,
+              content: str = "images", name: str | None = None) -> str:
+        """Allocate a volume of `size` bytes; returns its volume ID."""
+        ...
+
+    def free(self, volid: str) -> None: ...
+
+    def resize(self, volid: str, size: int) -> None:
+        """Grow to `size` bytes (never shrinks)."""
+        ...
+
+    def size(self, volid: str) -> int: ...
+
+    def qemu_disk(self, volid: str) -> dict[str, Any]:
+        """How QEMU reaches the volume: {"kind": "file", "path", "format"} or
+        {"kind": "rbd", "pool", "image", "conf", "user", "hosts": [..]}."""
+        ...
+
+    def mount_rootdir(self, volid: str) -> str:
+        """Make a `rootdir` volume available as a directory and return its path."""
+        ...
+
+    def unmount_rootdir(self, volid: str) -> None: ...
+
+    def file_path(self, volid: str) -> str:
+        """A local file for file-based content (vztmpl, iso, snippets)."""
+        ...
+
+
+@dataclass(frozen=True)
+class DriverInfo:
+    """Capabilities read by generic code; never test a driver's name."""
+
+    type: str                      # "lxc" or "qemu" (Proxmox's resource type)
+    live_config: frozenset[str] = frozenset()   # keys applied to a running guest
+    can_suspend: bool = True
+    can_snapshot: bool = False
+    can_live_migrate: bool = False
+
+
+@dataclass
+class Probe:
+    ok: bool
+    reason: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class GuestDriver:
+    """Base class. One instance per node daemon, shared by its worker threads."""
+
+    info: DriverInfo
+
+    def __init__(self, *, node: str, data_dir: str, options: Mapping[str, Any] | None = None) -> None:
+        self.node = node
+        self.data_dir = data_dir
+        self.options = dict(options or {})
+
+    # -- declarations --------------------------------------------------
+    def config_schema(self) -> Schema:
+        """The guest's config keys, Proxmox names and formats."""
+        raise NotImplementedError
+
+    def probe(self) -> Probe:
+        """Can this node run guests of this type? Must return within 30 s."""
+        return Probe(True)
+
+    # -- lifecycle ------------------------------------------------------
+    def create(self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess,
+               log: LogFn, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Build the guest on this node from `config` (allocating disks named as
+        `STORAGE:SIZE` through `volumes`). Returns the config to store, with
+        allocated volume IDs filled in. On failure nothing is left behind."""
+        raise NotImplementedError
+
+    def start(self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn) -> None:
+        """After it returns the guest is running (status() says "running")."""
+        raise NotImplementedError
+
+    def shutdown(self, vmid: int, config: dict[str, Any], *, timeout: int, force_stop: bool,
+                 log: LogFn) -> None:
+        """Clean shutdown; after `timeout` s stop hard if `force_stop`, else raise."""
+        raise NotImplementedError
+
+    def stop(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
+        """Hard stop. Stopping a stopped guest is not an error."""
+        raise NotImplementedError
+
+    def reboot(self, vmid: int, config: dict[str, Any], *, timeout: int, volumes: VolumeAccess,
+               log: LogFn) -> None:
+        self.shutdown(vmid, config, timeout=timeout, force_stop=True, log=log)
+        self.start(vmid, config, volumes=volumes, log=log)
+
+    def reset(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
+        raise NotSupported(what="reset")
+
+    def suspend(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
+        raise NotSupported(what="suspend")
+
+    def resume(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
+        raise NotSupported(what="resume")
+
+    def destroy(self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn) -> None:
+        """Remove the guest from this node and free its owned volumes. The guest is stopped."""
+        raise NotImplementedError
+
+    # -- state -----------------------------------------------------------
+    def status(self, vmid: int, config: dict[str, Any]) -> dict[str, Any]:
+        """Proxmox's status/current fields: status ("running"|"stopped"|...),
+        cpu, mem, maxmem, disk, maxdisk, netin, netout, uptime, pid..."""
+        raise NotImplementedError
+
+    def running(self) -> set[int]:
+        """VMIDs of this type running on this node right now."""
+        raise NotImplementedError
+
+    def apply_live(self, vmid: int, old: dict[str, Any], new: dict[str, Any], *,
+                   volumes: VolumeAccess, log: LogFn) -> set[str]:
+        """Apply changed keys to a running guest. Returns the keys applied; the
+        rest stay pending until the next start."""
+        return set()
+
+    def resize(self, vmid: int, config: dict[str, Any], disk: str, size: int, *,
+               volumes: VolumeAccess, log: LogFn) -> dict[str, Any]:
+        """Grow `disk` to `size` bytes; returns the updated config."""
+        raise NotSupported(what="resize")
+
+    def interfaces(self, vmid: int, config: dict[str, Any]) -> list[dict[str, Any]]:
+        raise NotSupported(what="interfaces")
+
+    def console(self, vmid: int, config: dict[str, Any]) -> dict[str, Any]:
+        raise NotSupported(what="console")
