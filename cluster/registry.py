@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 GUEST_DRIVERS = "corral.guest_drivers"
 STORAGE_PLUGINS = "corral.storage_plugins"
+SERVICES = "corral.services"
 
 
 @cache

@@ -1,0 +1,394 @@
+"""corrald: the node daemon.
+
+    corrald --data-dir DIR --listen ADDR:PORT --node NAME [--etcd URL,...]
+
+All of the node's state lives under DIR. Without etcd endpoints it runs a
+private etcd there (loopback only). It registers the node under a lease kept
+alive by a thread, publishes live figures every 2 s, runs the tasks addressed
+to it, and serves the API over HTTPS plus a root-only unix socket (for
+corralsh on the node itself, as pvesh). SIGTERM stops everything cleanly and
+takes the node offline at once (its lease is revoked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from corral.cluster import keys, registry, tls
+from corral.cluster.access import Access
+from corral.cluster.errors import Unavailable
+from corral.cluster.etcd_embed import EmbeddedEtcd
+from corral.cluster.logfmt import setup_logging
+from corral.cluster.store import KeptLease, Store
+from corral.cluster.tasks import Tasks, TaskWorker
+
+log = logging.getLogger("corrald")
+
+LEASE_TTL = 6          # seconds; a node is shown offline this long after it dies
+STATUS_INTERVAL = 2.0  # live figures at most ~2 s stale in /cluster/resources
+ADMIN = "admin@pve"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="corrald", description="corral node daemon")
+    p.add_argument("--data-dir", default=os.environ.get("CORRAL_DATA_DIR", "/var/lib/corral"))
+    p.add_argument("--listen", default=None, help="ADDR:PORT for HTTPS (default 0.0.0.0:8006)")
+    p.add_argument("--node", default=None, help="node name (default: the hostname)")
+    p.add_argument("--etcd", default=None, help="comma-separated etcd endpoints to join")
+    p.add_argument("--etcd-port", type=int, default=None,
+                   help="client port of the private etcd (default 2379; peer port +1)")
+    p.add_argument("--libvirt-uri", default=None, help="default qemu:///system")
+    p.add_argument("--log-level", default=os.environ.get("CORRAL_LOG_LEVEL", "info"))
+    return p.parse_args(argv)
+
+
+def load_config(data_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """DIR/corral.json overridden by command-line options; written back on first start."""
+    path = data_dir / "corral.json"
+    conf: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    if args.node:
+        conf["node"] = args.node
+    if args.listen:
+        conf["listen"] = args.listen
+    if args.etcd:
+        conf["etcd"] = [u.strip() for u in args.etcd.split(",") if u.strip()]
+    if args.etcd_port:
+        conf["etcd_port"] = args.etcd_port
+    if args.libvirt_uri:
+        conf["libvirt_uri"] = args.libvirt_uri
+    conf.setdefault("node", socket.gethostname().split(".")[0])
+    conf.setdefault("listen", "0.0.0.0:8006")
+    conf.setdefault("etcd", [])
+    conf.setdefault("etcd_port", 2379)
+    conf.setdefault("libvirt_uri", "qemu:///system")
+    conf.setdefault("bridge", "vmbr0")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(conf, indent=2) + "\n")
+    os.replace(tmp, path)
+    return conf
+
+
+class Node:
+    """One running node: its store, services, servers and background loops."""
+
+    def __init__(self, data_dir: Path, conf: dict[str, Any]) -> None:
+        self.data_dir = data_dir
+        self.conf = conf
+        self.name: str = conf["node"]
+        self.etcd: EmbeddedEtcd | None = None
+        self.store: Store | None = None
+        self.lease: KeptLease | None = None
+        self.worker: TaskWorker | None = None
+        self.servers: list[Any] = []
+        self.stopping = threading.Event()
+        self.services: dict[str, Any] = {"config": conf, "node": self.name,
+                                         "data_dir": str(data_dir)}
+        self.started = time.time()
+
+    # -- startup ----------------------------------------------------------------
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        endpoints = self.conf["etcd"]
+        if not endpoints:
+            self.etcd = EmbeddedEtcd(self.data_dir / "etcd" / "data", name=self.name,
+                                     client_port=self.conf["etcd_port"])
+            self.etcd.start()
+            endpoints = [self.etcd.endpoint]
+        self.store = Store(endpoints)
+        self.services["etcd"] = self.etcd
+        self._wait_store()
+        self._bootstrap()
+        self._register()
+        self._load_services()
+        self.worker = TaskWorker(self.store, self.name)
+        self.worker.context = self.services
+        self.services["worker"] = self.worker
+        self.worker.start()
+        threading.Thread(target=self._publish_loop, name="status", daemon=True).start()
+        self._serve()
+        log.info("node ready node=%s url=%s", self.name, self.url)
+
+    def _wait_store(self, timeout: float = 30.0) -> None:
+        assert self.store is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.store.revision()
+                return
+            except Unavailable as err:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"corrald: cannot reach etcd: {err}") from None
+                time.sleep(0.2)
+
+    @property
+    def url(self) -> str:
+        host, _, port = self.conf["listen"].rpartition(":")
+        if host in ("0.0.0.0", "", "::"):
+            host = _primary_address() or "127.0.0.1"
+        return f"https://{host}:{port}/"
+
+    def _bootstrap(self) -> None:
+        """First start: cluster record, admin user, the `local` storage, TLS."""
+        assert self.store is not None
+        store = self.store
+        store.create(keys.CLUSTER, {"name": self.name, "version": 1,
+                                    "created": int(time.time())})
+        access = Access(store)
+        self.access = access
+        if access.user(ADMIN) is None:
+            password = secrets.token_urlsafe(12)
+            try:
+                access.create_user(ADMIN, password=password, comment="initial administrator")
+            except Exception:  # noqa: BLE001 - another node created it first
+                password = ""
+            if password:
+                access.add_acl("/", ADMIN, "Administrator")
+                pw_file = self.data_dir / "initial-admin-password"
+                fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(password + "\n")
+                print(f"corrald: created {ADMIN} with password {password} "
+                      f"(also in {pw_file})", flush=True)
+        local_path = self.data_dir / "local"
+        store.create(keys.storage("local"), {
+            "storage": "local", "type": "dir", "path": str(local_path),
+            "content": "iso,vztmpl,backup,images,rootdir,snippets", "shared": 0})
+        for sub in ("images", "private", "template/iso", "template/cache", "dump",
+                    "snippets"):
+            (local_path / sub).mkdir(parents=True, exist_ok=True)
+        ssl_dir = self.data_dir / "ssl"
+        cluster = store.get_value(keys.CLUSTER) or {}
+        tls.ensure_ca(ssl_dir, cluster.get("name", self.name))
+        host = self.conf["listen"].rpartition(":")[0]
+        self.cert, self.key = tls.ensure_node_cert(ssl_dir, self.name,
+                                                   [host, _primary_address() or ""])
+
+    def _register(self) -> None:
+        assert self.store is not None
+        host = self.conf["listen"].rpartition(":")[0]
+        info = self.store.get_value(keys.node_info(self.name)) or {}
+        nodeid = info.get("nodeid") or 1 + len(self.store.range(keys.NODE_INFO))
+        self.store.put(keys.node_info(self.name), {
+            "node": self.name, "nodeid": nodeid, "listen": self.conf["listen"],
+            "address": host if host not in ("0.0.0.0", "") else (_primary_address() or host),
+            "fingerprint": tls.fingerprint(self.cert), "url": self.url})
+        self._grant_lease()
+
+    def _grant_lease(self) -> None:
+        assert self.store is not None
+        self.lease = self.store.keep_lease(LEASE_TTL, on_lost=self._lease_lost)
+        self.store.put(keys.node_alive(self.name), {"since": int(time.time()),
+                                                    "pid": os.getpid()}, lease=self.lease.id)
+
+    def _lease_lost(self) -> None:
+        if self.stopping.is_set():
+            return
+        log.warning("node lease lost; re-registering")
+        threading.Thread(target=self._reregister, daemon=True).start()
+
+    def _reregister(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self._grant_lease()
+                log.info("node re-registered")
+                return
+            except Unavailable as err:
+                log.warning("re-registration failed: %s", err)
+                time.sleep(1)
+
+    def _load_services(self) -> None:
+        """Volumes and guest drivers, found through entry points (DESIGN.md)."""
+        assert self.store is not None
+        store = self.store
+        services = registry.load(registry.SERVICES)
+        if "volumes" in services:
+            self.services["volumes"] = services["volumes"](
+                lambda: {kv.key.split("/", 1)[1]: kv.value for kv in store.range(keys.STORAGE)},
+                node=self.name)
+        drivers = {}
+        for name, cls in registry.load(registry.GUEST_DRIVERS).items():
+            try:
+                drivers[name] = cls(node=self.name, data_dir=str(self.data_dir),
+                                    options=self.conf)
+            except Exception as err:  # noqa: BLE001 - a driver that cannot start is reported
+                log.warning("guest driver %s unavailable: %s", name, err)
+                registry.UNAVAILABLE.setdefault(registry.GUEST_DRIVERS, {})[name] = str(err)
+        self.services["drivers"] = drivers
+        self.services["probes"] = {}
+        for name, driver in drivers.items():
+            threading.Thread(target=self._probe, args=(name, driver), daemon=True).start()
+        # The guest flow's task handlers register themselves on import.
+        try:
+            importlib.import_module("corral.cluster.guests")
+        except ModuleNotFoundError as err:
+            if err.name != "corral.cluster.guests":
+                raise
+
+    def _probe(self, name: str, driver: Any) -> None:
+        """Probe in the background with a deadline: a hung libvirt must not hang the node."""
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result["probe"] = driver.probe()
+            except Exception as err:  # noqa: BLE001
+                result["error"] = str(err)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t.join(30)
+        if t.is_alive():
+            self.services["probes"][name] = {"ok": False, "reason": "probe timed out after 30 s"}
+        elif "error" in result:
+            self.services["probes"][name] = {"ok": False, "reason": result["error"]}
+        else:
+            probe = result["probe"]
+            self.services["probes"][name] = {"ok": probe.ok, "reason": probe.reason}
+        log.info("driver probe driver=%s ok=%s reason=%r", name,
+                 self.services["probes"][name]["ok"], self.services["probes"][name]["reason"])
+
+    # -- status -----------------------------------------------------------------
+    def _publish_loop(self) -> None:
+        while True:
+            try:
+                from corral.cluster import hostinfo
+
+                host = hostinfo.host_status(str(self.data_dir))
+                cpuinfo = host.get("cpuinfo", {})
+                status = {
+                    "cpu": host.get("cpu", 0), "maxcpu": cpuinfo.get("cpus", os.cpu_count()),
+                    "mem": host.get("memory", {}).get("used", 0),
+                    "maxmem": host.get("memory", {}).get("total", 0),
+                    "disk": host.get("rootfs", {}).get("used", 0),
+                    "maxdisk": host.get("rootfs", {}).get("total", 0),
+                    "uptime": host.get("uptime", 0), "host": host, "time": time.time()}
+                lease = self.lease.id if self.lease else None
+                assert self.store is not None
+                self.store.put(keys.node_status(self.name), status, lease=lease)
+                for hook in STATUS_HOOKS:
+                    hook(self)
+            except Unavailable as err:
+                log.debug("status publish failed: %s", err)
+            except Exception:  # noqa: BLE001 - keep publishing
+                log.exception("status publish failed")
+            if self.stopping.wait(STATUS_INTERVAL):
+                return
+
+    # -- serving ----------------------------------------------------------------
+    def _serve(self) -> None:
+        from cheroot import wsgi
+        from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+        assert self.store is not None
+        make_app = registry.load(registry.SERVICES)["api"]
+        from corral.web.app import LOCAL_ROOT, NodeContext
+
+        ctx = NodeContext(self.store, self.access, Tasks(self.store), self.name,
+                          str(self.data_dir), self.services)
+        app = make_app(ctx)
+        host, _, port = self.conf["listen"].rpartition(":")
+        https = wsgi.Server((host.strip("[]") or "0.0.0.0", int(port)), app, numthreads=16,
+                            request_queue_size=256, server_name=self.name, timeout=30)
+        https.ssl_adapter = BuiltinSSLAdapter(str(self.cert), str(self.key))
+        sock_path = self.data_dir / "corrald.sock"
+        sock_path.unlink(missing_ok=True)
+
+        def local_app(environ: dict[str, Any], start_response: Any) -> Any:
+            environ[LOCAL_ROOT] = True
+            return app(environ, start_response)
+
+        local = wsgi.Server(str(sock_path), local_app, numthreads=4, server_name=self.name)
+        for server in (https, local):
+            server.prepare()
+            threading.Thread(target=server.serve, name="http", daemon=True).start()
+            self.servers.append(server)
+        os.chmod(sock_path, 0o600)
+
+    # -- shutdown ---------------------------------------------------------------
+    def stop(self) -> None:
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        log.info("stopping node=%s", self.name)
+        for server in self.servers:
+            try:
+                server.stop()
+            except Exception:  # noqa: BLE001
+                log.exception("server stop failed")
+        if self.worker is not None:
+            self.worker.stop()
+        for driver in (self.services.get("drivers") or {}).values():
+            close = getattr(driver, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001
+                    log.exception("driver close failed")
+        if self.lease is not None and self.store is not None:
+            self.lease.revoke()  # offline at once for the other nodes
+        if self.store is not None:
+            self.store.close()
+        if self.etcd is not None:
+            self.etcd.stop()
+        log.info("stopped")
+
+
+# Modules (the guest flow) add per-interval publishers here: fn(node).
+STATUS_HOOKS: list[Any] = []
+
+
+def _primary_address() -> str | None:
+    """The address of the default route's interface (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))  # TEST-NET: connect() on UDP sends nothing
+            return str(sock.getsockname()[0])
+        except OSError:
+            return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    conf = load_config(data_dir, args)
+    node = Node(data_dir, conf)
+    done = threading.Event()
+
+    def on_signal(signum: int, _: Any) -> None:
+        log.info("signal %s received", signal.Signals(signum).name)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        node.start()
+    except SystemExit:
+        node.stop()
+        raise
+    except Exception as err:
+        log.exception("startup failed")
+        node.stop()
+        sys.exit(f"corrald: startup failed: {err}")
+    (data_dir / "corrald.pid").write_text(f"{os.getpid()}\n")
+    print(f"corrald: node {node.name} ready at {node.url}", flush=True)
+    done.wait()
+    node.stop()
+    (data_dir / "corrald.pid").unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

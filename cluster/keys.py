@@ -1,0 +1,40 @@
+"""The etcd key layout, in one place (all under store.PREFIX, i.e. /corral/v1/)."""
+
+from __future__ import annotations
+
+CLUSTER = "cluster/config"          # {"name", "version", ...}
+NODE_INFO = "nodeinfo/"             # nodeinfo/{node}: address, fingerprint, nodeid (persistent)
+NODE_ALIVE = "nodes/"               # nodes/{node}: present while the node's lease lives
+NODE_STATUS = "nodestatus/"         # nodestatus/{node}: live figures, under the node's lease
+GUESTS = "guests/"                  # guests/{vmid}: the guest record (type, node, config...)
+GUEST_STATUS = "gueststatus/"       # gueststatus/{node}: {vmid: live status}, one doc a node
+VMID_RESERVED = "vmidres/"          # vmidres/{vmid}: a reservation under a lease
+STORAGE = "storage/"                # storage/{id}: storage configuration
+
+
+def node_info(node: str) -> str:
+    return f"{NODE_INFO}{node}"
+
+
+def node_alive(node: str) -> str:
+    return f"{NODE_ALIVE}{node}"
+
+
+def node_status(node: str) -> str:
+    return f"{NODE_STATUS}{node}"
+
+
+def guest(vmid: int) -> str:
+    return f"{GUESTS}{vmid}"
+
+
+def guest_status(node: str) -> str:
+    return f"{GUEST_STATUS}{node}"
+
+
+def vmid_reservation(vmid: int) -> str:
+    return f"{VMID_RESERVED}{vmid}"
+
+
+def storage(storage_id: str) -> str:
+    return f"{STORAGE}{storage_id}"

@@ -1,0 +1,476 @@
+"""The one module that talks to etcd (through aetcd).
+
+aetcd is asyncio; corral's daemon is threaded (WSGI workers, task workers).
+The store runs one event loop in a private thread and offers a synchronous
+API whose every call is bounded by a timeout: when etcd cannot answer in
+time the caller gets `Unavailable` (HTTP 503) with the reason, never a hang.
+
+It owns what no client does by itself (DESIGN.md): leases are kept alive by
+`KeptLease`, and watches resume from their last revision after a failure,
+re-reading the whole range when that revision was compacted.
+
+Keys are relative strings ("nodes/node1"); every key lives under one
+versioned prefix (`/corral/v1/`). Values are JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aetcd
+import aetcd.exceptions
+import aetcd.rpc
+import grpc
+import orjson
+from corral.cluster.errors import Conflict, Unavailable
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/corral/v1/"
+DEFAULT_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True)
+class KV:
+    key: str
+    value: Any
+    mod_revision: int
+    create_revision: int
+    version: int
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    """A change seen by a watch. `kind` is "put", "delete" or "resync".
+
+    "resync" means events were lost (compaction): `value` then holds the
+    complete current list of KVs under the watched prefix.
+    """
+
+    kind: str
+    key: str
+    value: Any
+    revision: int
+
+
+def _encode(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def _decode(raw: bytes) -> Any:
+    if not raw:
+        return None
+    return orjson.loads(raw)
+
+
+def _range_end(prefix: bytes) -> bytes:
+    """The key just past every key that starts with `prefix` (etcd's prefix range)."""
+    end = bytearray(prefix)
+    for i in reversed(range(len(end))):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
+async def _raw_range(client: aetcd.Client, start: bytes, end: bytes | None, limit: int, *,
+                     count_only: bool = False) -> Any:
+    """A Range RPC built here: aetcd's request builder ignores `limit`."""
+    request = aetcd.rpc.RangeRequest(key=start, limit=limit, count_only=count_only,
+                                     sort_order=aetcd.rpc.RangeRequest.ASCEND,
+                                     sort_target=aetcd.rpc.RangeRequest.KEY)
+    if end is not None:
+        request.range_end = end
+    return await client.kvstub.Range(request, timeout=client._timeout, metadata=client.metadata)
+
+
+class Store:
+    """Synchronous, timeout-bounded access to etcd."""
+
+    def __init__(self, endpoints: list[str], *, prefix: str = PREFIX,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        if not endpoints:
+            raise ValueError("no etcd endpoints")
+        self.endpoints = list(endpoints)
+        self.prefix = prefix
+        self.timeout = timeout
+        self._current = 0
+        self._client: aetcd.Client | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="etcd-loop", daemon=True)
+        self._thread.start()
+        self._closed = False
+        self._watchers: list[Watch] = []
+        self.last_error: str | None = None
+        self.last_ok = 0.0
+
+    # -- plumbing ---------------------------------------------------------
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def _k(self, key: str) -> bytes:
+        return (self.prefix + key).encode()
+
+    def _unk(self, raw: bytes) -> str:
+        return raw.decode()[len(self.prefix):]
+
+    async def _client_async(self) -> aetcd.Client:
+        if self._client is None:
+            url = urlsplit(self.endpoints[self._current % len(self.endpoints)])
+            client = aetcd.Client(host=url.hostname or "127.0.0.1", port=url.port or 2379,
+                                  timeout=int(max(1, self.timeout)))
+            await client.connect()
+            self._client = client
+        return self._client
+
+    async def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        self._current += 1  # next call tries the next endpoint
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), 1.0)
+
+    def call(self, fn: Callable[[aetcd.Client], Any], *, timeout: float | None = None) -> Any:
+        """Run `await fn(client)` on the loop, bounded by `timeout` seconds."""
+        if self._closed:
+            raise Unavailable("store is closed")
+        limit = self.timeout if timeout is None else timeout
+
+        async def run() -> Any:
+            client = await self._client_async()
+            try:
+                return await asyncio.wait_for(fn(client), limit)
+            except (TimeoutError, aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError, aetcd.exceptions.InternalError, grpc.aio.AioRpcError):
+                await self._drop_client()
+                raise
+
+        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        try:
+            result = future.result(limit + 0.5)
+        except (FutureTimeout, TimeoutError):
+            future.cancel()
+            self._fail("etcd did not answer within %.1f s" % limit)
+        except aetcd.exceptions.ClientError as err:
+            if isinstance(err, aetcd.exceptions.PreconditionFailedError):
+                raise
+            self._fail(f"etcd error: {err}")
+        except grpc.aio.AioRpcError as err:
+            self._fail(f"etcd error: {err.code().name}: {err.details()}")
+        except OSError as err:
+            self._fail(f"etcd unreachable: {err}")
+        self.last_ok = time.monotonic()
+        self.last_error = None
+        return result
+
+    def _fail(self, reason: str) -> None:
+        self.last_error = reason
+        raise Unavailable(f"cluster state store unavailable: {reason} "
+                          f"(endpoints {', '.join(self.endpoints)})")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        for watch in list(self._watchers):
+            watch.cancel()
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._drop_client(), self._loop).result(2)
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(2)
+
+    # -- key/value --------------------------------------------------------
+    def _kv(self, item: Any) -> KV:
+        return KV(self._unk(item.key), _decode(item.value), item.mod_revision,
+                  item.create_revision, item.version, item.lease)
+
+    def get(self, key: str) -> KV | None:
+        item = self.call(lambda c: c.get(self._k(key)))
+        return None if item is None else self._kv(item)
+
+    def get_value(self, key: str, default: Any = None) -> Any:
+        kv = self.get(key)
+        return default if kv is None else kv.value
+
+    def range(self, prefix: str, *, limit: int = 0) -> list[KV]:
+        return self.range_rev(prefix, limit=limit)[0]
+
+    def range_rev(self, prefix: str, *, limit: int = 0) -> tuple[list[KV], int]:
+        """Every KV under `prefix` (sorted by key) and the store revision of the read."""
+        start = self._k(prefix)
+        response = self.call(lambda c: _raw_range(c, start, _range_end(start), limit))
+        return [self._kv(aetcd.rtypes.KeyValue(kv)) for kv in response.kvs], \
+            int(response.header.revision)
+
+    def put(self, key: str, value: Any, *, lease: int | None = None) -> int:
+        result = self.call(lambda c: c.put(self._k(key), _encode(value), lease=lease))
+        return int(result.header.revision)
+
+    def create(self, key: str, value: Any, *, lease: int | None = None) -> bool:
+        """Create-if-absent; False when the key already exists."""
+        return self.txn([("version", key, "==", 0)], [("put", key, value, lease)])
+
+    def replace(self, key: str, value: Any, *, mod_revision: int,
+                lease: int | None = None) -> bool:
+        """Compare-and-swap on the key's revision (0 means: must not exist)."""
+        return self.txn([("mod", key, "==", mod_revision)], [("put", key, value, lease)])
+
+    def delete(self, key: str, *, mod_revision: int | None = None) -> bool:
+        if mod_revision is None:
+            result = self.call(lambda c: c.delete(self._k(key)))
+            return bool(result and result.deleted)
+        return self.txn([("mod", key, "==", mod_revision)], [("delete", key)])
+
+    def delete_prefix(self, prefix: str) -> int:
+        result = self.call(lambda c: c.delete_prefix(self._k(prefix)))
+        return int(result.deleted) if result else 0
+
+    def txn(self, compare: list[tuple[Any, ...]], success: list[tuple[Any, ...]],
+            failure: list[tuple[Any, ...]] | None = None) -> bool:
+        """One atomic transaction.
+
+        compare: ("version"|"mod"|"create"|"value", key, "=="|"!="|"<"|">", operand)
+        ops: ("put", key, value[, lease]) | ("delete", key) | ("delete_prefix", prefix)
+        """
+
+        async def run(c: aetcd.Client) -> bool:
+            t = c.transactions
+            cmps = []
+            for kind, key, op, operand in compare:
+                target = {"version": t.version, "mod": t.mod, "create": t.create,
+                          "value": t.value}[kind](self._k(key))
+                if kind == "value":
+                    operand = _encode(operand)
+                cmps.append({"==": target.__eq__, "!=": target.__ne__, "<": target.__lt__,
+                             ">": target.__gt__}[op](operand))
+
+            def ops(items: list[tuple[Any, ...]] | None) -> list[Any]:
+                out = []
+                for item in items or []:
+                    if item[0] == "put":
+                        lease = item[3] if len(item) > 3 else None
+                        out.append(t.put(self._k(item[1]), _encode(item[2]), lease=lease))
+                    elif item[0] == "delete":
+                        out.append(t.delete(self._k(item[1])))
+                    elif item[0] == "delete_prefix":
+                        start = self._k(item[1])
+                        out.append(t.delete(start, range_end=_range_end(start)))
+                    else:
+                        raise ValueError(f"unknown txn op {item[0]}")
+                return out
+
+            succeeded, _ = await c.transaction(cmps, ops(success), ops(failure))
+            return bool(succeeded)
+
+        return self.call(run)
+
+    def update(self, key: str, fn: Callable[[Any], Any], *, retries: int = 20) -> Any:
+        """Read-modify-write with CAS, retried on concurrent change."""
+        for _ in range(retries):
+            kv = self.get(key)
+            new = fn(None if kv is None else kv.value)
+            if self.replace(key, new, mod_revision=0 if kv is None else kv.mod_revision):
+                return new
+        raise Conflict(f"too much contention on {key}")
+
+    def revision(self) -> int:
+        """The store's current revision (a quorum read: it fails without quorum)."""
+        key = self._k("")
+        response = self.call(lambda c: _raw_range(c, key, None, 1, count_only=True))
+        return int(response.header.revision)
+
+    def status(self) -> Any:
+        """The answering member's status (version, leader, raft index); no quorum needed."""
+
+        async def run(c: aetcd.Client) -> Any:
+            return await c.maintenancestub.Status(aetcd.rpc.StatusRequest(), timeout=c._timeout)
+
+        return self.call(run)
+
+    def members(self) -> list[Any]:
+        async def run(c: aetcd.Client) -> list[Any]:
+            return [m async for m in c.members()]
+
+        return self.call(run)
+
+    # -- leases -----------------------------------------------------------
+    def lease_grant(self, ttl: int) -> int:
+        lease = self.call(lambda c: c.lease(ttl))
+        return int(lease.id)
+
+    def lease_refresh(self, lease_id: int) -> int:
+        """Renew; returns the TTL granted, 0 when the lease has expired."""
+        reply = self.call(lambda c: c.refresh_lease(lease_id))
+        return int(reply.TTL) if reply is not None else 0
+
+    def lease_revoke(self, lease_id: int) -> None:
+        with contextlib.suppress(Exception):
+            self.call(lambda c: c.revoke_lease(lease_id))
+
+    def keep_lease(self, ttl: int, *, on_lost: Callable[[], None] | None = None) -> KeptLease:
+        return KeptLease(self, ttl, on_lost=on_lost)
+
+    # -- watches ----------------------------------------------------------
+    def watch(self, prefix: str, callback: Callable[[Event], None], *,
+              start_revision: int | None = None) -> Watch:
+        """Call `callback` (in the watch's own thread) for every change under `prefix`.
+
+        Starts after `start_revision` (exclusive) when given, else from now.
+        """
+        watch = Watch(self, prefix, callback, start_revision)
+        self._watchers.append(watch)
+        return watch
+
+    # -- locks ------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, name: str, *, ttl: int = 10, timeout: float = 10.0) -> Iterator[None]:
+        """A cluster-wide mutex: a key under a kept lease, created if absent.
+
+        Held until the block ends or the holder dies (its lease expires).
+        """
+        key = f"locks/{name}"
+        kept = self.keep_lease(ttl)
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + timeout
+        try:
+            while not self.create(key, {"token": token}, lease=kept.id):
+                if time.monotonic() > deadline:
+                    raise Conflict(f"can't lock '{name}' - timeout after {timeout:.0f}s")
+                time.sleep(0.05)
+            yield
+        finally:
+            with contextlib.suppress(Unavailable):
+                self.txn([("value", key, "==", {"token": token})], [("delete", key)])
+            kept.revoke()
+
+
+class KeptLease:
+    """A lease renewed every ttl/3 by a thread; `on_lost` runs once if it expires."""
+
+    def __init__(self, store: Store, ttl: int, *,
+                 on_lost: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.id = store.lease_grant(ttl)
+        self.on_lost = on_lost
+        self.lost = False
+        self._stop = threading.Event()
+        self._last_renewed = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{self.id:x}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        interval = max(0.3, self.ttl / 3)
+        while not self._stop.wait(interval):
+            try:
+                granted = self.store.lease_refresh(self.id)
+            except Exception as err:  # noqa: BLE001 - any failure counts as a missed renewal
+                log.debug("lease %x renewal failed: %s", self.id, err)
+                granted = -1
+            now = time.monotonic()
+            if granted > 0:
+                self._last_renewed = now
+            elif granted == 0 or now - self._last_renewed >= self.ttl:
+                self.lost = True
+                log.warning("lease %x lost", self.id)
+                if self.on_lost is not None:
+                    try:
+                        self.on_lost()
+                    except Exception:  # noqa: BLE001
+                        log.exception("lease lost handler failed")
+                return
+
+    def revoke(self) -> None:
+        self._stop.set()
+        if not self.lost:
+            self.store.lease_revoke(self.id)
+
+
+class Watch:
+    """A watch that survives etcd failures by resuming from its last revision."""
+
+    def __init__(self, store: Store, prefix: str, callback: Callable[[Event], None],
+                 start_revision: int | None) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.callback = callback
+        self.revision = start_revision  # last revision delivered
+        self._events: queue.Queue[Event | None] = queue.Queue()
+        self._cancelled = threading.Event()
+        self._dispatcher = threading.Thread(target=self._dispatch, daemon=True,
+                                            name=f"watch-{prefix}")
+        self._dispatcher.start()
+        self._task = asyncio.run_coroutine_threadsafe(self._run(), store._loop)
+
+    def _dispatch(self) -> None:
+        while True:
+            event = self._events.get()
+            if event is None:
+                return
+            try:
+                self.callback(event)
+            except Exception:  # noqa: BLE001 - a bad consumer must not kill the watch
+                log.exception("watch callback failed for %s", self.prefix)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        start = self.store._k(self.prefix)
+        while not self._cancelled.is_set():
+            try:
+                client = await self.store._client_async()
+                if self.revision is None:
+                    response = await asyncio.wait_for(
+                        _raw_range(client, start, None, 1, count_only=True), self.store.timeout)
+                    self.revision = int(response.header.revision)
+                watch = await asyncio.wait_for(
+                    client.watch(start, range_end=_range_end(start),
+                                 start_revision=self.revision + 1),
+                    self.store.timeout)
+                backoff = 0.1
+                async for ev in watch:
+                    if self._cancelled.is_set():
+                        break
+                    kv = ev.kv
+                    kind = "put" if ev.kind == "PUT" else "delete"
+                    value = _decode(kv.value) if kind == "put" else None
+                    self.revision = int(kv.mod_revision)
+                    self._events.put(Event(kind, self.store._unk(kv.key), value, self.revision))
+                with contextlib.suppress(Exception):
+                    await watch.cancel()
+            except aetcd.exceptions.RevisionCompactedError:
+                await self._resync()
+            except asyncio.CancelledError:
+                return
+            except Exception as err:  # noqa: BLE001 - reconnect on any stream failure
+                log.debug("watch %s interrupted: %s", self.prefix, err)
+                await self.store._drop_client()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _resync(self) -> None:
+        """Events were compacted away: deliver the whole current range instead."""
+        client = await self.store._client_async()
+        start = self.store._k(self.prefix)
+        response = await _raw_range(client, start, _range_end(start), 0)
+        kvs = [self.store._kv(aetcd.rtypes.KeyValue(kv)) for kv in response.kvs]
+        self.revision = int(response.header.revision)
+        self._events.put(Event("resync", self.prefix, kvs, self.revision))
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._task.cancel()
+        self._events.put(None)
+        with contextlib.suppress(ValueError):
+            self.store._watchers.remove(self)

@@ -1,0 +1,374 @@
+"""Tasks: every long operation, with a Proxmox UPID, a record and a log in etcd.
+
+The API records a task addressed to the owning node (status "queued") and
+answers with its UPID at once. That node's `TaskWorker` watches its queue and
+runs the task in a thread pool. Tasks that share a `serial` key (a guest:
+"vm:105") run one after another in submission order instead of failing with
+a lock timeout, which is how corral avoids Proxmox's "can't lock file"
+errors under parallel automation. Different keys run in parallel.
+
+Keys:
+  tasks/{node}/{upid}        the record (Proxmox's task fields + args, abort)
+  tasklog/{upid}/{chunk}     log lines, a JSON list per chunk
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from corral.cluster.errors import CorralError, NotFound, ParamError, Unavailable
+from corral.cluster.store import Event, Store
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["TaskContext", dict[str, Any]], Any]
+HANDLERS: dict[str, Handler] = {}
+INTERRUPTED = "interrupted by node restart"
+ABORTED = "aborted by user"
+
+
+def task_handler(task_type: str) -> Callable[[Handler], Handler]:
+    """Register the function that runs tasks of `task_type` on their node."""
+
+    def register(fn: Handler) -> Handler:
+        HANDLERS[task_type] = fn
+        return fn
+
+    return register
+
+
+# -- UPIDs -------------------------------------------------------------------
+
+def _process_start_ticks() -> int:
+    try:
+        with open("/proc/self/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+_PSTART = _process_start_ticks()
+_SEQ = itertools.count()
+
+
+@dataclass(frozen=True)
+class Upid:
+    node: str
+    pid: int
+    pstart: int
+    starttime: int
+    type: str
+    id: str
+    user: str
+
+    def __str__(self) -> str:
+        return (f"UPID:{self.node}:{self.pid:08X}:{self.pstart:08X}:{self.starttime:08X}:"
+                f"{self.type}:{self.id}:{self.user}:")
+
+    @classmethod
+    def new(cls, node: str, task_type: str, task_id: str, user: str) -> Upid:
+        # One daemon runs many tasks at once; pstart carries a sequence number
+        # so two tasks started in one second still get distinct UPIDs.
+        return cls(node, os.getpid(), _PSTART + next(_SEQ), int(time.time()), task_type,
+                   task_id, user)
+
+    @classmethod
+    def parse(cls, text: str) -> Upid:
+        parts = text.split(":")
+        if len(parts) != 9 or parts[0] != "UPID" or parts[8] != "":
+            raise ParamError.one("upid", "unable to parse worker upid")
+        try:
+            return cls(parts[1], int(parts[2], 16), int(parts[3], 16), int(parts[4], 16),
+                       parts[5], parts[6], parts[7])
+        except ValueError:
+            raise ParamError.one("upid", "unable to parse worker upid") from None
+
+    def fields(self) -> dict[str, Any]:
+        return {"upid": str(self), "node": self.node, "pid": self.pid, "pstart": self.pstart,
+                "starttime": self.starttime, "type": self.type, "id": self.id,
+                "user": self.user}
+
+
+def record_key(node: str, upid: str) -> str:
+    # UPIDs contain ':' and '@', fine in etcd keys; quote '/' defensively.
+    return f"tasks/{node}/{quote(upid, safe=':@!')}"
+
+
+# -- submitting and reading ---------------------------------------------------
+
+class Tasks:
+    """Cluster-wide task bookkeeping (any node can submit and read)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def submit(self, *, node: str, type: str, id: str, user: str,
+               args: dict[str, Any] | None = None, serial: str | None = None) -> str:
+        upid = Upid.new(node, type, id, user)
+        record = {**upid.fields(), "status": "queued", "args": args or {},
+                  "serial": serial, "abort": False}
+        self.store.put(record_key(node, str(upid)), record)
+        return str(upid)
+
+    def get(self, upid: str) -> dict[str, Any]:
+        parsed = Upid.parse(upid)
+        kv = self.store.get(record_key(parsed.node, upid))
+        if kv is None:
+            raise NotFound(f"no such task '{upid}'")
+        return kv.value
+
+    def status(self, upid: str) -> dict[str, Any]:
+        rec = self.get(upid)
+        out = {k: rec[k] for k in ("upid", "node", "pid", "pstart", "starttime", "type", "id",
+                                   "user")}
+        out["status"] = "stopped" if rec["status"] == "stopped" else "running"
+        if rec["status"] == "stopped":
+            out["exitstatus"] = rec.get("exitstatus", "unknown")
+            out["endtime"] = rec.get("endtime")
+        if rec.get("progress") is not None:
+            out["progress"] = rec["progress"]
+        return out
+
+    def log_lines(self, upid: str) -> list[str]:
+        Upid.parse(upid)
+        lines: list[str] = []
+        for kv in self.store.range(f"tasklog/{quote(upid, safe=':@!')}/"):
+            lines.extend(kv.value or [])
+        return lines
+
+    def list(self, node: str | None = None) -> list[dict[str, Any]]:
+        prefix = f"tasks/{node}/" if node else "tasks/"
+        out = []
+        for kv in self.store.range(prefix):
+            rec = kv.value
+            item = {k: rec.get(k) for k in ("upid", "node", "pid", "pstart", "starttime",
+                                            "type", "id", "user")}
+            if rec["status"] == "stopped":
+                item["status"] = rec.get("exitstatus")
+                item["endtime"] = rec.get("endtime")
+            out.append(item)
+        out.sort(key=lambda t: (t["starttime"], t["pstart"]), reverse=True)
+        return out
+
+    def abort(self, upid: str) -> None:
+        parsed = Upid.parse(upid)
+        key = record_key(parsed.node, upid)
+
+        def mark(rec: Any) -> Any:
+            if rec is None:
+                raise NotFound(f"no such task '{upid}'")
+            if rec["status"] != "stopped":
+                rec["abort"] = True
+            return rec
+
+        self.store.update(key, mark)
+
+    def wait(self, upid: str, *, timeout: float = 60.0, poll: float = 0.05) -> dict[str, Any]:
+        """Block until the task stops; returns its status. For tests and the CLI."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status(upid)
+            if status["status"] == "stopped":
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"task {upid} still running after {timeout:.0f} s")
+            time.sleep(poll)
+
+
+# -- running -------------------------------------------------------------------
+
+class TaskAborted(CorralError):
+    status = 500
+    msg_fmt = ABORTED
+
+
+class TaskContext:
+    """What a handler sees: the log, progress, abort flag, who asked."""
+
+    FLUSH_SECONDS = 0.2
+
+    def __init__(self, worker: TaskWorker, record: dict[str, Any]) -> None:
+        self.worker = worker
+        self.store = worker.store
+        self.record = record
+        self.upid: str = record["upid"]
+        self.user: str = record["user"]
+        self.node: str = record["node"]
+        self.aborted = threading.Event()
+        self._buffer: list[str] = []
+        self._chunk = 0
+        self._last_flush = 0.0
+        self._lock = threading.Lock()
+
+    def log(self, line: str) -> None:
+        with self._lock:
+            self._buffer.extend(str(line).splitlines() or [""])
+            if len(self._buffer) >= 100 or time.monotonic() - self._last_flush > self.FLUSH_SECONDS:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if not self._buffer:
+            return
+        try:
+            self.store.put(f"tasklog/{quote(self.upid, safe=':@!')}/{self._chunk:06d}",
+                           self._buffer)
+        except Unavailable:
+            return  # keep the lines; the next flush retries
+        self._chunk += 1
+        self._buffer = []
+        self._last_flush = time.monotonic()
+
+    def progress(self, fraction: float) -> None:
+        self.worker.set_fields(self.record, progress=round(max(0.0, min(1.0, fraction)), 3))
+
+    def check_abort(self) -> None:
+        if self.aborted.is_set():
+            raise TaskAborted()
+
+
+class TaskWorker:
+    """Runs the tasks addressed to one node."""
+
+    def __init__(self, store: Store, node: str, *, workers: int = 8) -> None:
+        self.store = store
+        self.node = node
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
+        self._lock = threading.Lock()
+        self._queues: dict[str, deque[dict[str, Any]]] = {}
+        self._running: dict[str, TaskContext] = {}
+        self._seen: set[str] = set()
+        self._watch: Any = None
+        self.context: dict[str, Any] = {}  # services handlers need (drivers, volumes...)
+
+    def start(self) -> None:
+        kvs, revision = self.store.range_rev(f"tasks/{self.node}/")
+        kvs.sort(key=lambda kv: kv.create_revision)
+        for kv in kvs:
+            rec = kv.value
+            if rec["status"] == "running":
+                # This node restarted while the task ran: it will never finish.
+                self._finish(rec, INTERRUPTED)
+            elif rec["status"] == "queued":
+                self._accept(rec)
+        self._watch = self.store.watch(f"tasks/{self.node}/", self._on_event,
+                                       start_revision=revision)
+
+    def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        for ctx in list(self._running.values()):
+            ctx.aborted.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _on_event(self, event: Event) -> None:
+        if event.kind == "resync":
+            for kv in sorted(event.value, key=lambda kv: kv.create_revision):
+                self._on_record(kv.value)
+        elif event.kind == "put":
+            self._on_record(event.value)
+
+    def _on_record(self, rec: dict[str, Any]) -> None:
+        upid = rec["upid"]
+        if rec.get("abort"):
+            ctx = self._running.get(upid)
+            if ctx is not None:
+                ctx.aborted.set()
+            elif rec["status"] == "queued":
+                self._drop_queued(upid)
+                self._finish(rec, ABORTED)
+            return
+        if rec["status"] == "queued":
+            self._accept(rec)
+
+    def _accept(self, rec: dict[str, Any]) -> None:
+        with self._lock:
+            if rec["upid"] in self._seen:
+                return
+            self._seen.add(rec["upid"])
+            key = rec.get("serial") or rec["upid"]
+            q = self._queues.setdefault(key, deque())
+            q.append(rec)
+            if len(q) == 1:
+                self.pool.submit(self._run_serial, key)
+
+    def _drop_queued(self, upid: str) -> None:
+        with self._lock:
+            for q in self._queues.values():
+                for rec in list(q)[1:]:  # the head is running
+                    if rec["upid"] == upid:
+                        q.remove(rec)
+
+    def _run_serial(self, key: str) -> None:
+        while True:
+            with self._lock:
+                q = self._queues.get(key)
+                if not q:
+                    self._queues.pop(key, None)
+                    return
+                rec = q[0]
+            try:
+                self._run_one(rec)
+            finally:
+                with self._lock:
+                    q.popleft()
+                    if not q:
+                        self._queues.pop(key, None)
+                        return
+
+    def _run_one(self, rec: dict[str, Any]) -> None:
+        ctx = TaskContext(self, rec)
+        current = self.store.get_value(record_key(self.node, rec["upid"]))
+        if current is None or current.get("status") != "queued":
+            return
+        if current.get("abort"):
+            self._finish(current, ABORTED)
+            return
+        self._running[rec["upid"]] = ctx
+        self.set_fields(rec, status="running")
+        exitstatus = "OK"
+        try:
+            handler = HANDLERS.get(rec["type"])
+            if handler is None:
+                raise CorralError(f"no handler for task type '{rec['type']}'")
+            handler(ctx, rec.get("args") or {})
+        except TaskAborted:
+            exitstatus = ABORTED
+        except CorralError as err:
+            exitstatus = str(err) or type(err).__name__
+        except Exception as err:  # noqa: BLE001 - the task log keeps the trace, not the API
+            exitstatus = f"{type(err).__name__}: {err}"
+            for line in traceback.format_exc().splitlines():
+                ctx.log(line)
+            log.exception("task %s failed", rec["upid"])
+        finally:
+            self._running.pop(rec["upid"], None)
+        ctx.log("TASK OK" if exitstatus == "OK" else f"TASK ERROR: {exitstatus}")
+        ctx.flush()
+        self._finish(rec, exitstatus)
+
+    def set_fields(self, rec: dict[str, Any], **fields: Any) -> None:
+        key = record_key(self.node, rec["upid"])
+        for _ in range(50):
+            try:
+                self.store.update(key, lambda cur: {**(cur or rec), **fields})
+                return
+            except Unavailable:
+                time.sleep(0.5)  # etcd is restarting; the task's outcome must not be lost
+
+    def _finish(self, rec: dict[str, Any], exitstatus: str) -> None:
+        self.set_fields(rec, status="stopped", exitstatus=exitstatus, endtime=int(time.time()))

@@ -1,0 +1,128 @@
+"""Declaring API endpoints: once, with their parameters and permission.
+
+    from corral.web.api import endpoint, Ctx
+    from corral.cluster.schema import NODE, Param
+
+    @endpoint("GET", "/nodes/{node}/storage", params={
+        "node": NODE,
+        "content": Param("string", "Only list stores supporting this content type.",
+                         optional=True),
+    }, perm=("/storage", ["Datastore.Audit"]), description="Get status for all datastores.")
+    def list_node_storage(ctx: Ctx, node: str, content: str | None = None) -> list[dict]:
+        ...
+
+The handler receives the validated, coerced parameters as keyword arguments
+(path parameters included) and returns the value that becomes `{"data": ...}`.
+Raise corral.cluster.errors exceptions for errors; they become the right
+status with Proxmox's error shape in one place (corral.web.app).
+
+`perm` is a (path, privileges) tuple where the path may contain `{param}`
+placeholders filled from the parameters, a callable `perm(ctx, **params)`
+doing its own checks through `ctx.check(...)`, or None for "any
+authenticated user" (the handler may still filter what it returns).
+`public=True` means no authentication (only the login endpoint).
+`raw=True` handlers get `ctx.request` untouched (uploads) and may return a
+Flask response.
+
+Every module that declares endpoints must be imported by corral.web.app.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from corral.cluster.errors import NotImplementedPath
+from corral.cluster.schema import Param, Schema
+
+if TYPE_CHECKING:
+    from corral.cluster.access import Access, Identity
+    from corral.cluster.store import Store
+    from corral.cluster.tasks import Tasks
+    from flask import Request
+
+
+@dataclass
+class Endpoint:
+    method: str
+    path: str
+    handler: Callable[..., Any]
+    params: Schema
+    perm: tuple[str, list[str]] | Callable[..., None] | None
+    description: str = ""
+    public: bool = False
+    raw: bool = False
+    returns: dict[str, Any] | None = None
+    regex: re.Pattern[str] = field(init=False)
+    path_params: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = tuple(re.findall(r"\{(\w+)\}", self.path))
+        self.path_params = names
+        pattern = re.escape(self.path)
+        for name in names:
+            pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>[^/]+)")
+        self.regex = re.compile(f"^{pattern}$")
+        for name in names:
+            self.params.props.setdefault(name, Param("string", f"The {name}."))
+
+
+ENDPOINTS: list[Endpoint] = []
+
+
+def endpoint(method: str, path: str, *, params: dict[str, Param] | None = None,
+             perm: tuple[str, list[str]] | Callable[..., None] | None = None,
+             description: str = "", public: bool = False, raw: bool = False,
+             returns: dict[str, Any] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        ENDPOINTS.append(Endpoint(method.upper(), path, fn, Schema(dict(params or {})), perm,
+                                  description or (fn.__doc__ or "").strip(), public, raw,
+                                  returns))
+        return fn
+
+    return register
+
+
+def route(method: str, path: str) -> tuple[Endpoint, dict[str, str]]:
+    """The endpoint for `method path`, and its path parameters; 501 as Proxmox otherwise."""
+    clean = "/" + path.strip("/")
+    for ep in ENDPOINTS:
+        if ep.method != method:
+            continue
+        match = ep.regex.match(clean)
+        if match:
+            return ep, match.groupdict()
+    raise NotImplementedPath(method=method, path=clean)
+
+
+@dataclass
+class Ctx:
+    """What a handler may use. `services` holds the node's drivers, volumes..."""
+
+    store: Store
+    access: Access
+    tasks: Tasks
+    node: str
+    identity: Identity
+    request: Request
+    data_dir: str
+    services: dict[str, Any]
+
+    @property
+    def user(self) -> str:
+        return self.identity.name
+
+    def check(self, path: str, privs: list[str], *, any_of: bool = False) -> None:
+        self.access.check(self.identity, path, privs, any_of=any_of)
+
+    def can(self, path: str, privs: list[str], *, any_of: bool = False) -> bool:
+        have = self.access.privileges(self.identity, path)
+        return any(p in have for p in privs) if any_of else all(p in have for p in privs)
+
+    def submit(self, *, node: str, type: str, id: str, args: dict[str, Any] | None = None,
+               serial: str | None = None) -> str:
+        """Record a task for `node`'s worker; returns its UPID (the API's answer)."""
+        return self.tasks.submit(node=node, type=type, id=id, user=self.user, args=args,
+                                 serial=serial)
