@@ -87,7 +87,7 @@ class Param:
             raise ValueError(f"value '{text}' does not have a value in the enumeration "
                              f"'{', '.join(self.enum)}'")
         if self.pattern is not None and not re.fullmatch(self.pattern, text):
-            raise ValueError(f"value does not match the regex pattern")
+            raise ValueError("value does not match the regex pattern")
         if isinstance(self.format, PropertyFormat):
             self.format.parse(text)  # raises ValueError naming the bad sub-key
         elif isinstance(self.format, str) and self.format in FORMATS:
@@ -149,6 +149,8 @@ class PropertyFormat:
                 raise ValueError("empty element in property string")
             if "=" in part:
                 key, _, value = part.partition("=")
+            elif self.keyed_enum and part in self.keyed_enum[2]:
+                key, value = part, ""  # `virtio` alone: the MAC is generated
             elif self.default_key is not None and self.default_key not in out:
                 key, value = self.default_key, part
             else:

@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError as FutureCancelled
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
@@ -163,6 +164,9 @@ class Store:
         except (FutureTimeout, TimeoutError):
             future.cancel()
             self._fail("etcd did not answer within %.1f s" % limit)
+        except (asyncio.CancelledError, FutureCancelled):
+            # The connection was dropped under this call (a failed watch resets it).
+            self._fail("connection to etcd was reset")
         except aetcd.exceptions.ClientError as err:
             if isinstance(err, aetcd.exceptions.PreconditionFailedError):
                 raise
@@ -329,6 +333,10 @@ class Store:
 
         Starts after `start_revision` (exclusive) when given, else from now.
         """
+        if start_revision is None:
+            # Fix "now" before returning, so a change made right after watch()
+            # returns is always delivered.
+            start_revision = self.revision()
         watch = Watch(self, prefix, callback, start_revision)
         self._watchers.append(watch)
         return watch

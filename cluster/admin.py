@@ -1,0 +1,175 @@
+"""corral: node administration.
+
+    corral start [--data-dir DIR] [corrald options...]   start corrald in the background
+    corral stop                                           stop it (SIGTERM, waits)
+    corral status                                         node and cluster state
+    corral template build busybox|debian [--storage local]
+    corral template import-oci PATH [--name NAME] [--storage local]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from corral.cluster import registry
+from corral.cluster.client import Client
+
+DEFAULT_DIR = os.environ.get("CORRAL_DATA_DIR", "/var/lib/corral")
+
+
+def _client(data_dir: str) -> Client:
+    return Client(socket_path=os.path.join(data_dir, "corrald.sock"), timeout=10)
+
+
+def _pid(data_dir: str) -> int | None:
+    try:
+        pid = int(Path(data_dir, "corrald.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if b"corrald" in cmdline else None
+
+
+def cmd_start(args: argparse.Namespace, extra: list[str]) -> int:
+    data_dir = args.data_dir
+    if _pid(data_dir):
+        print(f"corral: corrald already running (pid {_pid(data_dir)})")
+        return _print_access(data_dir)
+    Path(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    corrald = Path(sys.executable).with_name("corrald")
+    log = open(Path(data_dir, "corrald.log"), "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen([str(corrald), "--data-dir", data_dir, *extra], stdout=log,
+                            stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            print(f"corral: corrald exited with {proc.returncode}; last log lines:",
+                  file=sys.stderr)
+            lines = Path(data_dir, "corrald.log").read_text(errors="replace").splitlines()
+            print("\n".join(lines[-15:]), file=sys.stderr)
+            return 1
+        if Path(data_dir, "corrald.pid").exists():
+            try:
+                _client(data_dir).call("GET", "/version")
+                return _print_access(data_dir)
+            except Exception:  # noqa: BLE001 - not ready yet
+                pass
+        time.sleep(0.2)
+    print("corral: corrald did not become ready within 60 s; see "
+          f"{data_dir}/corrald.log", file=sys.stderr)
+    return 1
+
+
+def _print_access(data_dir: str) -> int:
+    conf = json.loads(Path(data_dir, "corral.json").read_text())
+    nodes = _client(data_dir).call("GET", "/cluster/status")
+    host, _, port = conf["listen"].rpartition(":")
+    if host in ("0.0.0.0", "", "::"):
+        from corral.cluster.daemon import _primary_address
+
+        host = _primary_address() or "127.0.0.1"
+    url = f"https://{host}:{port}/"
+    print(f"corral node '{conf['node']}' is running ({len(nodes) - 1} node(s) in the cluster)")
+    print(f"  web console: {url}")
+    pw_file = Path(data_dir, "initial-admin-password")
+    if pw_file.exists():
+        print(f"  login:       admin@pve / {pw_file.read_text().strip()}  (realm pve; "
+              f"also in {pw_file})")
+    print("  root@pam logs in with the host's root password")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace, _: list[str]) -> int:
+    pid = _pid(args.data_dir)
+    if pid is None:
+        print("corral: corrald is not running")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists() or _pid(args.data_dir) is None:
+            print("corral: corrald stopped")
+            return 0
+        time.sleep(0.1)
+    print(f"corral: corrald (pid {pid}) did not stop within 30 s", file=sys.stderr)
+    return 1
+
+
+def cmd_status(args: argparse.Namespace, _: list[str]) -> int:
+    try:
+        client = _client(args.data_dir)
+        cluster = client.call("GET", "/cluster/status")
+    except Exception as err:  # noqa: BLE001 - report, don't trace
+        print(f"corral: node not reachable: {err}", file=sys.stderr)
+        return 1
+    head = cluster[0]
+    print(f"cluster {head['name']}: {head['nodes']} node(s), "
+          f"{'quorate' if head['quorate'] else 'NOT QUORATE'}")
+    for node in cluster[1:]:
+        mark = " (local)" if node.get("local") else ""
+        print(f"  {node['name']:<16} {'online' if node['online'] else 'offline'}"
+              f"  {node.get('ip', '')}{mark}")
+    return 0
+
+
+def cmd_template(args: argparse.Namespace, _: list[str]) -> int:
+    services = registry.load(registry.SERVICES)
+    if "templates" not in services:
+        print("corral: container templates are unavailable (corral.lxc missing)",
+              file=sys.stderr)
+        return 1
+    templates = services["templates"]
+    client = _client(args.data_dir)
+    storage = client.call("GET", f"/storage/{args.storage}")
+    if storage.get("type") not in ("dir", "btrfs") or not storage.get("path"):
+        print(f"corral: storage '{args.storage}' cannot hold templates", file=sys.stderr)
+        return 1
+    dest = os.path.join(storage["path"], "template", "cache")
+    os.makedirs(dest, exist_ok=True)
+    if args.action == "build":
+        builder = {"busybox": templates.build_busybox, "debian": templates.build_debian}.get(
+            args.what)
+        if builder is None:
+            print("corral: templates that can be built: busybox, debian", file=sys.stderr)
+            return 2
+        path = builder(dest, name=args.name)
+    else:
+        path = templates.import_oci(args.what, dest, name=args.name)
+    print(f"{args.storage}:vztmpl/{os.path.basename(path)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="corral", description="corral node administration")
+    parser.add_argument("--data-dir", default=DEFAULT_DIR)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("start", help="start corrald in the background")
+    sub.add_parser("stop", help="stop corrald")
+    sub.add_parser("status", help="show node and cluster state")
+    tpl = sub.add_parser("template", help="container templates")
+    tpl.add_argument("action", choices=["build", "import-oci"])
+    tpl.add_argument("what", help="busybox|debian for build, a path for import-oci")
+    tpl.add_argument("--storage", default="local")
+    tpl.add_argument("--name", default=None)
+    args, extra = parser.parse_known_args(argv)
+    if args.cmd != "start" and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    handler = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status,
+               "template": cmd_template}[args.cmd]
+    sys.exit(handler(args, extra))
+
+
+if __name__ == "__main__":
+    main()

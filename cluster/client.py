@@ -1,0 +1,129 @@
+"""A small Proxmox-API client: over the node's root-only unix socket, or HTTPS
+with an API token or a login ticket. Used by corralsh, corral and tests."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import sys
+import time
+from typing import Any
+from urllib.parse import quote, urlencode
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 60) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_path)
+        self.sock = sock
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, errors: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors or {}
+
+
+class Client:
+    """A minimal Proxmox-API client: unix socket, token or ticket."""
+
+    def __init__(self, *, socket_path: str | None = None, host: str | None = None,
+                 port: int = 8006, token: str | None = None, user: str | None = None,
+                 password: str | None = None, verify: bool = False,
+                 cafile: str | None = None, timeout: float = 60) -> None:
+        self.socket_path = socket_path
+        self.host = host
+        self.port = port
+        self.token = token
+        self.timeout = timeout
+        self.ticket: str | None = None
+        self.csrf: str | None = None
+        if host:
+            self.ssl_ctx = ssl.create_default_context(cafile=cafile)
+            if not verify and not cafile:
+                self.ssl_ctx.check_hostname = False
+                self.ssl_ctx.verify_mode = ssl.CERT_NONE
+        if host and not token and user:
+            data = self.call("POST", "/access/ticket",
+                             {"username": user, "password": password or ""})
+            self.ticket, self.csrf = data["ticket"], data["CSRFPreventionToken"]
+
+    def _conn(self) -> http.client.HTTPConnection:
+        if self.socket_path:
+            return UnixHTTPConnection(self.socket_path, self.timeout)
+        return http.client.HTTPSConnection(self.host or "127.0.0.1", self.port,
+                                           timeout=self.timeout, context=self.ssl_ctx)
+
+    def call_full(self, method: str, path: str,
+                  params: dict[str, Any] | None = None) -> dict[str, Any]:
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+        url = "/api2/json/" + "/".join(quote(p, safe="@!:=") for p in path.strip("/").split("/")
+                                       if p)
+        body = None
+        headers = {"Accept": "application/json"}
+        if method in ("GET", "DELETE"):
+            if params:
+                url += "?" + urlencode(params)
+        else:
+            body = urlencode(params)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        if self.token:
+            headers["Authorization"] = f"PVEAPIToken={self.token}"
+        elif self.ticket:
+            headers["Cookie"] = f"PVEAuthCookie={quote(self.ticket)}"
+            if method != "GET" and self.csrf:
+                headers["CSRFPreventionToken"] = self.csrf
+        conn = self._conn()
+        try:
+            conn.request(method, url, body=body, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except OSError as err:
+            where = self.socket_path or f"{self.host}:{self.port}"
+            raise ApiError(0, f"cannot reach corrald at {where}: {err}") from None
+        finally:
+            conn.close()
+        try:
+            doc = json.loads(raw) if raw else {}
+        except ValueError:
+            doc = {}
+        if resp.status >= 400:
+            raise ApiError(resp.status, doc.get("message") or resp.reason, doc.get("errors"))
+        return doc
+
+    def call(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        return self.call_full(method, path, params).get("data")
+
+    def follow_task(self, upid: str, *, out: Any = sys.stderr, quiet: bool = False,
+                    timeout: float = 3600) -> dict[str, Any]:
+        node = upid.split(":")[1]
+        seen = 0
+        deadline = time.monotonic() + timeout
+        last_progress = None
+        while True:
+            status = self.call("GET", f"/nodes/{node}/tasks/{upid}/status")
+            log = self.call_full("GET", f"/nodes/{node}/tasks/{upid}/log",
+                                 {"start": seen, "limit": 0})
+            for line in log.get("data") or []:
+                seen = max(seen, line["n"])
+                if not quiet:
+                    print(line["t"], file=out, flush=True)
+            progress = status.get("progress")
+            if not quiet and progress is not None and progress != last_progress \
+                    and status["status"] == "running":
+                print(f"progress {progress * 100:.0f}%", file=out, flush=True)
+                last_progress = progress
+            if status["status"] == "stopped":
+                return status
+            if time.monotonic() > deadline:
+                raise ApiError(0, f"task {upid} still running after {timeout:.0f} s")
+            time.sleep(0.2)

@@ -1,0 +1,99 @@
+#!/bin/bash
+# Install corral on a Debian 12 machine and start a single-node cluster.
+#
+#   ./install.sh              install everything, start the node, print URL and login
+#   ./install.sh --no-start   install only
+#   ./install.sh --test-deps  also install what the test suite needs (Ceph daemons,
+#                             zfs-fuse, Chromium, Prometheus, test Python packages)
+#
+# Idempotent: run it again to upgrade in place. Must run as root.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV=/opt/corral/venv
+START=1
+TEST_DEPS=0
+for arg in "$@"; do
+    case "$arg" in
+        --no-start) START=0 ;;
+        --test-deps) TEST_DEPS=1 ;;
+        *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
+    esac
+done
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install.sh: run as root" >&2
+    exit 1
+fi
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+# What a node needs to run guests and reach every storage type.
+PACKAGES=(
+    python3 python3-venv python3-dev python3-pip gcc
+    etcd-server etcd-client
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients python3-libvirt
+    qemu-system-x86 qemu-utils qemu-block-extra ovmf
+    lxc python3-lxc uidmap busybox-static debootstrap
+    btrfs-progs lvm2 ceph-common python3-rados python3-rbd
+    iproute2 nftables rsync xz-utils zstd openssl ca-certificates procps
+    libpam0g genisoimage
+)
+# Only for the test suite: real services the tests start and stop.
+TEST_PACKAGES=(
+    ceph-mon ceph-mgr ceph-osd
+    zfs-fuse
+    linux-image-amd64 cpio
+)
+
+export DEBIAN_FRONTEND=noninteractive
+want=("${PACKAGES[@]}")
+[ "$TEST_DEPS" = 1 ] && want+=("${TEST_PACKAGES[@]}")
+missing=()
+for p in "${want[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -q
+    # The package scripts of some daemons try systemd and fail harmlessly here.
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# libvirtd refuses to start without the users, groups and directories that
+# libvirt-daemon-system would create (we do not want its systemd units).
+log "preparing libvirt"
+getent group kvm >/dev/null || groupadd --system kvm
+getent group libvirt >/dev/null || groupadd --system libvirt
+getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+id libvirt-qemu >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /var/lib/libvirt \
+    --gid kvm --groups libvirt-qemu --shell /usr/sbin/nologin libvirt-qemu
+mkdir -p /var/log/libvirt/qemu /var/run/libvirt /var/lib/libvirt/images /var/cache/libvirt
+if ! pgrep -x virtlogd >/dev/null; then virtlogd -d; fi
+if ! pgrep -x libvirtd >/dev/null; then libvirtd -d; fi
+
+log "installing corral into $VENV"
+if [ ! -x "$VENV/bin/python" ]; then
+    mkdir -p "$(dirname "$VENV")"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade "pip==24.3.1"
+if [ "$TEST_DEPS" = 1 ]; then
+    # Editable, so the tests run the checkout itself.
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$HERE[test]"
+else
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$HERE"
+fi
+for tool in corrald corralsh corral; do
+    ln -sf "$VENV/bin/$tool" "/usr/local/bin/$tool"
+done
+install -d -m 0755 /usr/local/lib/systemd/system
+install -m 0644 "$HERE/ansible/files/corrald.service" /usr/local/lib/systemd/system/corrald.service
+
+if [ "$START" = 1 ]; then
+    log "starting corral"
+    /usr/local/bin/corral start
+    echo
+    echo "corral is running. Try:  corralsh get /cluster/resources"
+    echo "Stop it with:            corral stop"
+fi

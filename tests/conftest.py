@@ -1,0 +1,58 @@
+"""Shared fixtures: a real etcd per session, isolated stores, a real corrald."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.cluster.etcd_embed import EmbeddedEtcd
+from corral.cluster.store import Store
+from tests.util import Corrald, free_ports
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.geteuid() != 0:
+        raise pytest.UsageError("corral's tests drive containers, VMs and namespaces: run as root")
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEtcd]:
+    """One real etcd for the whole session; tests isolate themselves by key prefix."""
+    base = free_ports(2)
+    server = EmbeddedEtcd(tmp_path_factory.mktemp("etcd") / "data", name="test",
+                          client_port=base)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def store(etcd: EmbeddedEtcd) -> Iterator[Store]:
+    s = Store([etcd.endpoint], prefix=f"/corral-test/{uuid.uuid4().hex}/")
+    yield s
+    try:
+        s.delete_prefix("")
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def corrald(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corrald]:
+    """A real node daemon (private etcd, HTTPS, unix socket), shared by a module's tests."""
+    node = Corrald(Path(tmp_path_factory.mktemp("corrald")))
+    node.start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def fresh_corrald(tmp_path: Path) -> Iterator[Corrald]:
+    """A node of the test's own, for tests that kill or restart things."""
+    node = Corrald(tmp_path / "node")
+    node.start()
+    yield node
+    node.stop()
