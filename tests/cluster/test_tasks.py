@@ -1,0 +1,157 @@
+"""Tasks: UPIDs, the worker, serial order per guest, abort, logs, restart marking."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from corral.cluster.errors import NotFound, ParamError
+from corral.cluster.store import Store
+from corral.cluster.tasks import (
+    ABORTED,
+    INTERRUPTED,
+    TaskContext,
+    Tasks,
+    TaskWorker,
+    Upid,
+    record_key,
+    task_handler,
+)
+from tests.util import wait_for
+
+ORDER: list[str] = []
+GATE = threading.Event()
+
+
+@task_handler("t_ok")
+def _ok(ctx: TaskContext, args: dict[str, Any]) -> None:
+    for i in range(args.get("lines", 3)):
+        ctx.log(f"line {i}")
+    ctx.progress(1.0)
+
+
+@task_handler("t_fail")
+def _fail(ctx: TaskContext, args: dict[str, Any]) -> None:
+    ctx.log("about to fail")
+    raise ParamError.one("memory", "too small")
+
+
+@task_handler("t_crash")
+def _crash(ctx: TaskContext, args: dict[str, Any]) -> None:
+    raise RuntimeError("boom")
+
+
+@task_handler("t_order")
+def _order(ctx: TaskContext, args: dict[str, Any]) -> None:
+    ORDER.append(f"start {args['n']}")
+    time.sleep(0.05)
+    ORDER.append(f"end {args['n']}")
+
+
+@task_handler("t_wait")
+def _wait(ctx: TaskContext, args: dict[str, Any]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        ctx.check_abort()
+        if GATE.is_set():
+            return
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def worker(store: Store) -> Any:
+    w = TaskWorker(store, "n1")
+    w.start()
+    yield w
+    w.stop()
+
+
+def test_upid_format_round_trip() -> None:
+    upid = Upid.new("node1", "vzstart", "105", "root@pam")
+    text = str(upid)
+    parts = text.split(":")
+    assert parts[0] == "UPID" and parts[1] == "node1" and text.endswith(":root@pam:")
+    assert all(len(p) == 8 for p in parts[2:5])
+    assert Upid.parse(text) == upid
+    assert str(Upid.new("n", "t", "1", "u")) != str(Upid.new("n", "t", "1", "u"))
+    with pytest.raises(ParamError):
+        Upid.parse("UPID:bad")
+
+
+def test_task_runs_and_logs(store: Store, worker: TaskWorker) -> None:
+    tasks = Tasks(store)
+    upid = tasks.submit(node="n1", type="t_ok", id="100", user="root@pam", args={"lines": 120})
+    status = tasks.wait(upid, timeout=20)
+    assert status["exitstatus"] == "OK"
+    lines = tasks.log_lines(upid)
+    assert lines[0] == "line 0" and lines[119] == "line 119" and lines[-1] == "TASK OK"
+    assert tasks.list("n1")[0]["status"] == "OK"
+
+
+def test_failures_end_with_the_error(store: Store, worker: TaskWorker) -> None:
+    tasks = Tasks(store)
+    upid = tasks.submit(node="n1", type="t_fail", id="", user="root@pam")
+    assert "Parameter verification failed" in tasks.wait(upid)["exitstatus"]
+    crash = tasks.submit(node="n1", type="t_crash", id="", user="root@pam")
+    assert tasks.wait(crash)["exitstatus"] == "RuntimeError: boom"
+    assert any("Traceback" in line for line in tasks.log_lines(crash))
+    unknown = tasks.submit(node="n1", type="no_such_type", id="", user="root@pam")
+    assert "no handler" in tasks.wait(unknown)["exitstatus"]
+
+
+def test_same_serial_runs_in_submission_order(store: Store, worker: TaskWorker) -> None:
+    ORDER.clear()
+    tasks = Tasks(store)
+    upids = [tasks.submit(node="n1", type="t_order", id="105", user="u@pve", args={"n": i},
+                          serial="vm:105") for i in range(5)]
+    for upid in upids:
+        assert tasks.wait(upid)["exitstatus"] == "OK"
+    expected = [x for i in range(5) for x in (f"start {i}", f"end {i}")]
+    assert ORDER == expected
+
+
+def test_other_serials_run_in_parallel(store: Store, worker: TaskWorker) -> None:
+    GATE.clear()
+    tasks = Tasks(store)
+    first = tasks.submit(node="n1", type="t_wait", id="1", user="u@pve", serial="vm:1")
+    second = tasks.submit(node="n1", type="t_ok", id="2", user="u@pve", serial="vm:2")
+    assert tasks.wait(second)["exitstatus"] == "OK"  # not blocked behind vm:1
+    GATE.set()
+    assert tasks.wait(first)["exitstatus"] == "OK"
+
+
+def test_abort_running_and_queued(store: Store, worker: TaskWorker) -> None:
+    GATE.clear()
+    tasks = Tasks(store)
+    running = tasks.submit(node="n1", type="t_wait", id="9", user="u@pve", serial="vm:9")
+    queued = tasks.submit(node="n1", type="t_ok", id="9", user="u@pve", serial="vm:9")
+    wait_for(lambda: tasks.status(running)["status"] == "running" and
+             store.get_value(record_key("n1", running))["status"] == "running", 10)
+    tasks.abort(queued)
+    tasks.abort(running)
+    assert tasks.wait(running)["exitstatus"] == ABORTED
+    assert tasks.wait(queued)["exitstatus"] == ABORTED
+    assert "line 0" not in tasks.log_lines(queued)
+
+
+def test_restarted_node_marks_running_tasks_interrupted(store: Store) -> None:
+    tasks = Tasks(store)
+    upid = tasks.submit(node="n2", type="t_ok", id="", user="u@pve")
+    key = record_key("n2", upid)
+    store.update(key, lambda r: {**r, "status": "running"})  # as if the node died mid-task
+    queued = tasks.submit(node="n2", type="t_ok", id="", user="u@pve")
+    w = TaskWorker(store, "n2")
+    w.start()
+    try:
+        assert tasks.wait(upid)["exitstatus"] == INTERRUPTED
+        assert tasks.wait(queued)["exitstatus"] == "OK"  # never started: runs after restart
+    finally:
+        w.stop()
+
+
+def test_unknown_task(store: Store) -> None:
+    with pytest.raises(NotFound):
+        Tasks(store).get(str(Upid.new("n1", "x", "", "u@pve")))
