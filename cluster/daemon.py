@@ -189,6 +189,7 @@ class Node:
     def _grant_lease(self) -> None:
         assert self.store is not None
         self.lease = self.store.keep_lease(LEASE_TTL, on_lost=self._lease_lost)
+        self.services["lease_id"] = self.lease.id  # live status documents die with the node
         self.store.put(keys.node_alive(self.name), {"since": int(time.time()),
                                                     "pid": os.getpid()}, lease=self.lease.id)
 
@@ -230,11 +231,8 @@ class Node:
         for name, driver in drivers.items():
             threading.Thread(target=self._probe, args=(name, driver), daemon=True).start()
         # The guest flow's task handlers register themselves on import.
-        try:
-            importlib.import_module("corral.cluster.guests")
-        except ModuleNotFoundError as err:
-            if err.name != "corral.cluster.guests":
-                raise
+        guests = importlib.import_module("corral.cluster.guests")
+        STATUS_HOOKS.append(guests.status_hook)
 
     def _probe(self, name: str, driver: Any) -> None:
         """Probe in the background with a deadline: a hung libvirt must not hang the node."""

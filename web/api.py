@@ -75,9 +75,14 @@ ENDPOINTS: list[Endpoint] = []
 def endpoint(method: str, path: str, *, params: dict[str, Param] | None = None,
              perm: tuple[str, list[str]] | Callable[..., None] | None = None,
              description: str = "", public: bool = False, raw: bool = False,
-             returns: dict[str, Any] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+             returns: dict[str, Any] | None = None, additional: bool = False,
+             ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`additional=True`: undeclared parameters reach the handler unvalidated in
+    **kwargs (guest config keys, validated by the driver's own schema)."""
+
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        ENDPOINTS.append(Endpoint(method.upper(), path, fn, Schema(dict(params or {})), perm,
+        ENDPOINTS.append(Endpoint(method.upper(), path, fn,
+                                  Schema(dict(params or {}), additional), perm,
                                   description or (fn.__doc__ or "").strip(), public, raw,
                                   returns))
         return fn

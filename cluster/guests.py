@@ -1,0 +1,353 @@
+"""The guest flow written once for containers and VMs.
+
+A guest's record lives at guests/{vmid}:
+
+    {"vmid": 105, "type": "lxc", "node": "node1", "config": {...},
+     "pending": {...}, "pending_delete": [...], "lock": null, "created": ...}
+
+The API validates, records intent and submits a task to the guest's node;
+the handlers below run there and call the node's driver. Every change to a
+record is a compare-and-swap on its revision, so concurrent edits never
+overwrite each other; `digest` (SHA-1 of the current config, as Proxmox's)
+lets clients detect that a config changed under them. All tasks of one guest
+share the serial key `vm:{vmid}` and run in submission order.
+
+Config changes to a running guest become pending; the driver applies what it
+can live (`apply_live`) and the rest is applied at the next start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from corral.cluster import keys
+from corral.cluster.errors import Conflict, CorralError, NotFound, ParamError, Unavailable
+from corral.cluster.guest_driver import GuestDriver
+from corral.cluster.store import Store
+from corral.cluster.tasks import TaskContext, task_handler
+
+log = logging.getLogger(__name__)
+
+# Proxmox task type names per guest type.
+TASK_TYPES = {
+    "lxc": {"create": "vzcreate", "start": "vzstart", "stop": "vzstop",
+            "shutdown": "vzshutdown", "reboot": "vzreboot", "suspend": "vzsuspend",
+            "resume": "vzresume", "destroy": "vzdestroy", "config": "vzconfig",
+            "resize": "resize"},
+    "qemu": {"create": "qmcreate", "start": "qmstart", "stop": "qmstop",
+             "shutdown": "qmshutdown", "reboot": "qmreboot", "suspend": "qmsuspend",
+             "resume": "qmresume", "reset": "qmreset", "destroy": "qmdestroy",
+             "config": "qmconfig", "resize": "resize"},
+}
+# Parameters of a create call that are not config keys.
+CREATE_ONLY = frozenset({"vmid", "start", "pool", "storage", "unique", "force", "restore",
+                         "ostemplate", "password", "ssh-public-keys", "archive",
+                         "live-restore"})
+
+
+def digest(config: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def serial(vmid: int) -> str:
+    return f"vm:{vmid}"
+
+
+def get_record(store: Store, vmid: int, *, type: str | None = None,
+               node: str | None = None) -> dict[str, Any]:
+    rec = store.get_value(keys.guest(vmid))
+    if rec is None or (type is not None and rec["type"] != type):
+        kind = {"lxc": "CT", "qemu": "VM"}.get(type or "", "guest")
+        raise NotFound(f"Configuration file 'nodes/{node or '?'}/{type or 'guest'}/{vmid}.conf' "
+                       f"does not exist" if node else f"{kind} {vmid} does not exist")
+    if node is not None and rec["node"] != node:
+        raise NotFound(f"Configuration file 'nodes/{node}/{rec['type']}/{vmid}.conf' does not "
+                       f"exist (the guest is on node '{rec['node']}')")
+    return rec
+
+
+def update_record(store: Store, vmid: int, fn: Callable[[dict[str, Any]], dict[str, Any]]
+                  ) -> dict[str, Any]:
+    def change(rec: Any) -> Any:
+        if rec is None:
+            raise NotFound(f"guest {vmid} does not exist")
+        return fn(rec)
+
+    return store.update(keys.guest(vmid), change)
+
+
+def merged_config(rec: dict[str, Any]) -> dict[str, Any]:
+    """The config with pending changes applied (what the guest gets at next start)."""
+    out = {**rec["config"], **rec.get("pending", {})}
+    for key in rec.get("pending_delete", []):
+        out.pop(key, None)
+    return out
+
+
+def check_lock(rec: dict[str, Any], *, allow: tuple[str, ...] = ()) -> None:
+    lock = rec.get("lock")
+    if lock and lock not in allow:
+        kind = "CT" if rec["type"] == "lxc" else "VM"
+        raise Conflict(f"{kind} {rec['vmid']} is locked ({lock})")
+
+
+def set_lock(store: Store, vmid: int, lock: str | None, *, expect: str | None = None) -> None:
+    def change(rec: dict[str, Any]) -> dict[str, Any]:
+        if lock is not None and rec.get("lock") not in (None, expect):
+            check_lock(rec)
+        rec["lock"] = lock
+        return rec
+
+    update_record(store, vmid, change)
+
+
+# -- helpers for handlers -------------------------------------------------------
+
+def _driver(ctx: TaskContext, type: str) -> GuestDriver:
+    drivers = ctx.worker.context.get("drivers") or {}
+    driver = drivers.get(type)
+    if driver is None:
+        raise Unavailable(f"{type} guests are not available on node '{ctx.node}'")
+    return driver
+
+
+def _volumes(ctx: TaskContext) -> Any:
+    volumes = ctx.worker.context.get("volumes")
+    if volumes is None:
+        raise Unavailable(f"storage is not available on node '{ctx.node}'")
+    return volumes
+
+
+def _record(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
+    rec = get_record(ctx.store, args["vmid"])
+    if rec["node"] != ctx.node:
+        raise Conflict(f"guest {args['vmid']} moved to node '{rec['node']}'")
+    return rec
+
+
+def _apply_pending(ctx: TaskContext, vmid: int) -> dict[str, Any]:
+    def apply(rec: dict[str, Any]) -> dict[str, Any]:
+        rec["config"] = merged_config(rec)
+        rec["pending"], rec["pending_delete"] = {}, []
+        return rec
+
+    return update_record(ctx.store, vmid, apply)
+
+
+def _kind(rec: dict[str, Any]) -> str:
+    return "CT" if rec["type"] == "lxc" else "VM"
+
+
+# -- task handlers ------------------------------------------------------------------
+
+def _create(ctx: TaskContext, args: dict[str, Any]) -> None:
+    vmid = args["vmid"]
+    rec = _record(ctx, args)
+    driver = _driver(ctx, rec["type"])
+    try:
+        config = driver.create(vmid, dict(rec["config"]), volumes=_volumes(ctx), log=ctx.log,
+                               params=args.get("params", {}))
+    except BaseException:
+        # The driver has undone its own steps; the record must go too.
+        ctx.store.delete(keys.guest(vmid))
+        raise
+
+    def done(r: dict[str, Any]) -> dict[str, Any]:
+        r["config"], r["lock"] = config, None
+        return r
+
+    update_record(ctx.store, vmid, done)
+    ctx.log(f"{_kind(rec)} {vmid} created")
+    if args.get("start"):
+        _start(ctx, {"vmid": vmid})
+
+
+def _start(ctx: TaskContext, args: dict[str, Any]) -> None:
+    rec = _record(ctx, args)
+    check_lock(rec)
+    driver = _driver(ctx, rec["type"])
+    if driver.status(rec["vmid"], rec["config"]).get("status") == "running":
+        raise Conflict(f"{_kind(rec)} {rec['vmid']} already running")
+    rec = _apply_pending(ctx, rec["vmid"])
+    driver.start(rec["vmid"], rec["config"], volumes=_volumes(ctx), log=ctx.log)
+    _mark(ctx, rec, "running")
+
+
+def _stop(ctx: TaskContext, args: dict[str, Any]) -> None:
+    rec = _record(ctx, args)
+    if not args.get("skiplock"):
+        check_lock(rec, allow=("backup",))
+    _driver(ctx, rec["type"]).stop(rec["vmid"], rec["config"], log=ctx.log)
+    _mark(ctx, rec, "stopped")
+
+
+def _shutdown(ctx: TaskContext, args: dict[str, Any]) -> None:
+    rec = _record(ctx, args)
+    check_lock(rec)
+    _driver(ctx, rec["type"]).shutdown(rec["vmid"], rec["config"],
+                                       timeout=int(args.get("timeout") or 60),
+                                       force_stop=bool(args.get("forceStop", 1)), log=ctx.log)
+    _mark(ctx, rec, "stopped")
+
+
+def _reboot(ctx: TaskContext, args: dict[str, Any]) -> None:
+    rec = _record(ctx, args)
+    check_lock(rec)
+    driver = _driver(ctx, rec["type"])
+    driver.shutdown(rec["vmid"], rec["config"], timeout=int(args.get("timeout") or 60),
+                    force_stop=True, log=ctx.log)
+    rec = _apply_pending(ctx, rec["vmid"])  # a reboot applies pending changes
+    driver.start(rec["vmid"], rec["config"], volumes=_volumes(ctx), log=ctx.log)
+    _mark(ctx, rec, "running")
+
+
+def _simple(op: str) -> Callable[[TaskContext, dict[str, Any]], None]:
+    def run(ctx: TaskContext, args: dict[str, Any]) -> None:
+        rec = _record(ctx, args)
+        check_lock(rec)
+        getattr(_driver(ctx, rec["type"]), op)(rec["vmid"], rec["config"], log=ctx.log)
+        _mark(ctx, rec, "paused" if op == "suspend" else "running")
+
+    return run
+
+
+def _destroy(ctx: TaskContext, args: dict[str, Any]) -> None:
+    rec = _record(ctx, args)
+    check_lock(rec, allow=("destroyed",))
+    driver = _driver(ctx, rec["type"])
+    if driver.status(rec["vmid"], rec["config"]).get("status") == "running":
+        raise Conflict(f"{_kind(rec)} {rec['vmid']} is running - destroy failed")
+    set_lock(ctx.store, rec["vmid"], "destroyed", expect="destroyed")
+    try:
+        driver.destroy(rec["vmid"], merged_config(rec), volumes=_volumes(ctx), log=ctx.log)
+    except BaseException:
+        set_lock(ctx.store, rec["vmid"], None, expect="destroyed")
+        raise
+    ctx.store.delete(keys.guest(rec["vmid"]))
+    _forget_status(ctx, rec["vmid"])
+    ctx.log(f"{_kind(rec)} {rec['vmid']} destroyed")
+
+
+def _config(ctx: TaskContext, args: dict[str, Any]) -> None:
+    """Apply what a running guest can take now; the rest stays pending."""
+    rec = _record(ctx, args)
+    if not rec.get("pending") and not rec.get("pending_delete"):
+        return
+    driver = _driver(ctx, rec["type"])
+    if driver.status(rec["vmid"], rec["config"]).get("status") != "running":
+        rec = _apply_pending(ctx, rec["vmid"])
+        return
+    new = merged_config(rec)
+    applied = driver.apply_live(rec["vmid"], rec["config"], new, volumes=_volumes(ctx),
+                                log=ctx.log)
+
+    def commit(r: dict[str, Any]) -> dict[str, Any]:
+        for key in applied:
+            if key in r.get("pending", {}):
+                r["config"][key] = r["pending"].pop(key)
+            elif key in r.get("pending_delete", []):
+                r["config"].pop(key, None)
+                r["pending_delete"].remove(key)
+        return r
+
+    update_record(ctx.store, rec["vmid"], commit)
+    for key in sorted(applied):
+        ctx.log(f"applied {key} to the running guest")
+    left = sorted(set(rec.get("pending", {})) | set(rec.get("pending_delete", [])) - applied)
+    if left:
+        ctx.log(f"pending until the next start: {', '.join(left)}")
+
+
+def _resize(ctx: TaskContext, args: dict[str, Any]) -> None:
+    rec = _record(ctx, args)
+    check_lock(rec)
+    driver = _driver(ctx, rec["type"])
+    config = driver.resize(rec["vmid"], rec["config"], args["disk"], int(args["size"]),
+                           volumes=_volumes(ctx), log=ctx.log)
+
+    def commit(r: dict[str, Any]) -> dict[str, Any]:
+        r["config"] = config
+        return r
+
+    update_record(ctx.store, rec["vmid"], commit)
+
+
+HANDLERS: dict[str, Callable[[TaskContext, dict[str, Any]], None]] = {
+    "create": _create, "start": _start, "stop": _stop, "shutdown": _shutdown,
+    "reboot": _reboot, "suspend": _simple("suspend"), "resume": _simple("resume"),
+    "reset": _simple("reset"), "destroy": _destroy, "config": _config, "resize": _resize,
+}
+for _type, _names in TASK_TYPES.items():
+    for _op, _task in _names.items():
+        task_handler(_task)(HANDLERS[_op])
+
+
+# -- live status -----------------------------------------------------------------
+
+_STATUS_CACHE: dict[str, dict[str, Any]] = {}
+
+
+def _mark(ctx: TaskContext, rec: dict[str, Any], status: str) -> None:
+    """Publish a state change at once instead of waiting for the next 2 s round."""
+    try:
+        publish_status_for(ctx.store, ctx.node, ctx.worker.context)
+    except (Unavailable, CorralError) as err:
+        log.debug("status publish after %s failed: %s", status, err)
+
+
+def _forget_status(ctx: TaskContext, vmid: int) -> None:
+    try:
+        publish_status_for(ctx.store, ctx.node, ctx.worker.context)
+    except (Unavailable, CorralError):
+        pass
+
+
+def local_guests(store: Store, node: str) -> list[dict[str, Any]]:
+    return [kv.value for kv in store.range(keys.GUESTS) if kv.value.get("node") == node]
+
+
+def publish_status_for(store: Store, node: str, services: dict[str, Any]) -> dict[str, Any]:
+    """One document per node with every local guest's live figures."""
+    drivers = services.get("drivers") or {}
+    doc: dict[str, Any] = {}
+    for rec in local_guests(store, node):
+        driver = drivers.get(rec["type"])
+        entry: dict[str, Any] = {"status": "unknown"}
+        if driver is not None and rec.get("lock") != "create":
+            try:
+                entry = driver.status(rec["vmid"], rec["config"])
+            except CorralError as err:
+                entry = {"status": "unknown", "error": str(err)}
+            except Exception as err:  # noqa: BLE001 - one broken guest must not hide the rest
+                log.warning("status of %s failed: %s", rec["vmid"], err)
+                entry = {"status": "unknown", "error": str(err)}
+        elif rec.get("lock") == "create":
+            entry = {"status": "stopped"}
+        entry["time"] = time.time()
+        doc[str(rec["vmid"])] = entry
+    lease = services.get("lease_id")
+    store.put(keys.guest_status(node), doc, lease=lease)
+    return doc
+
+
+def status_hook(node: Any) -> None:
+    """Registered with the daemon's status loop (every 2 s)."""
+    publish_status_for(node.store, node.name, node.services)
+
+
+def live_status(store: Store) -> dict[str, dict[str, Any]]:
+    """vmid -> live figures, for the whole cluster in one range read."""
+    out: dict[str, dict[str, Any]] = {}
+    for kv in store.range(keys.GUEST_STATUS):
+        out.update(kv.value or {})
+    return out
+
+
+def require_param(params: dict[str, Any], name: str, reason: str) -> None:
+    if params.get(name) in (None, ""):
+        raise ParamError.one(name, reason)
