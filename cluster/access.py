@@ -38,19 +38,44 @@ _hasher = PasswordHasher()
 # Roles and their privileges (a subset of Proxmox's, same names).
 _VM_AUDIT = ["VM.Audit"]
 _VM_USER = _VM_AUDIT + ["VM.Console", "VM.PowerMgmt", "VM.Backup", "VM.Config.CDROM"]
-_VM_ADMIN = _VM_USER + ["VM.Allocate", "VM.Clone", "VM.Config.CPU", "VM.Config.Memory",
-                        "VM.Config.Disk", "VM.Config.Network", "VM.Config.Options",
-                        "VM.Config.HWType", "VM.Config.Cloudinit", "VM.Migrate",
-                        "VM.Monitor", "VM.Snapshot", "VM.Snapshot.Rollback"]
-_DS_ADMIN = ["Datastore.Audit", "Datastore.Allocate", "Datastore.AllocateSpace",
-             "Datastore.AllocateTemplate"]
+_VM_ADMIN = _VM_USER + [
+    "VM.Allocate",
+    "VM.Clone",
+    "VM.Config.CPU",
+    "VM.Config.Memory",
+    "VM.Config.Disk",
+    "VM.Config.Network",
+    "VM.Config.Options",
+    "VM.Config.HWType",
+    "VM.Config.Cloudinit",
+    "VM.Migrate",
+    "VM.Monitor",
+    "VM.Snapshot",
+    "VM.Snapshot.Rollback",
+]
+_DS_ADMIN = [
+    "Datastore.Audit",
+    "Datastore.Allocate",
+    "Datastore.AllocateSpace",
+    "Datastore.AllocateTemplate",
+]
 _SYS = ["Sys.Audit", "Sys.Console", "Sys.Modify", "Sys.PowerMgmt", "Sys.Syslog"]
-_USER = ["User.Modify", "Permissions.Modify", "Group.Allocate", "Realm.Allocate",
-         "Realm.AllocateUser", "Pool.Allocate", "Pool.Audit", "SDN.Audit", "SDN.Allocate"]
+_USER = [
+    "User.Modify",
+    "Permissions.Modify",
+    "Group.Allocate",
+    "Realm.Allocate",
+    "Realm.AllocateUser",
+    "Pool.Allocate",
+    "Pool.Audit",
+    "SDN.Audit",
+    "SDN.Allocate",
+]
 ROLES: dict[str, frozenset[str]] = {
     "Administrator": frozenset(_VM_ADMIN + _DS_ADMIN + _SYS + _USER),
-    "PVEAuditor": frozenset(["VM.Audit", "Datastore.Audit", "Sys.Audit", "Pool.Audit",
-                             "SDN.Audit"]),
+    "PVEAuditor": frozenset(
+        ["VM.Audit", "Datastore.Audit", "Sys.Audit", "Pool.Audit", "SDN.Audit"]
+    ),
     "PVEVMAdmin": frozenset(_VM_ADMIN),
     "PVEVMUser": frozenset(_VM_USER),
     "PVEDatastoreAdmin": frozenset(_DS_ADMIN),
@@ -89,9 +114,13 @@ class Access:
     # -- keys ---------------------------------------------------------------
     def _key(self, which: str) -> bytes:
         if self._keys is None:
-            self.store.create("access/keys", {
-                "ticket": base64.b64encode(secrets.token_bytes(32)).decode(),
-                "csrf": base64.b64encode(secrets.token_bytes(32)).decode()})
+            self.store.create(
+                "access/keys",
+                {
+                    "ticket": base64.b64encode(secrets.token_bytes(32)).decode(),
+                    "csrf": base64.b64encode(secrets.token_bytes(32)).decode(),
+                },
+            )
             raw = self.store.get_value("access/keys")
             self._keys = {k: base64.b64decode(v) for k, v in raw.items()}
         return self._keys[which]
@@ -107,13 +136,19 @@ class Access:
     def users(self) -> list[dict[str, Any]]:
         return [kv.value for kv in self.store.range("access/users/")]
 
-    def create_user(self, userid: str, *, password: str | None = None,
-                    **fields: Any) -> dict[str, Any]:
+    def create_user(
+        self, userid: str, *, password: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
         _, realm = split_userid(userid)
         if realm not in ("pve", "pam"):
             raise ParamError.one("userid", f"unknown realm '{realm}'")
-        record: dict[str, Any] = {"userid": userid, "enable": 1, "expire": 0, "tokens": {},
-                                  **fields}
+        record: dict[str, Any] = {
+            "userid": userid,
+            "enable": 1,
+            "expire": 0,
+            "tokens": {},
+            **fields,
+        }
         if password is not None:
             if realm != "pve":
                 raise ParamError.one("password", "passwords are kept by PAM for realm 'pam'")
@@ -195,12 +230,17 @@ class Access:
             raise Unauthorized(f"user '{userid}' is disabled")
 
     # -- API tokens -------------------------------------------------------------
-    def create_token(self, userid: str, tokenid: str, *, privsep: int = 1, expire: int = 0,
-                     comment: str = "") -> dict[str, Any]:
+    def create_token(
+        self, userid: str, tokenid: str, *, privsep: int = 1, expire: int = 0, comment: str = ""
+    ) -> dict[str, Any]:
         FORMATS["pve-tokenid"](tokenid)
         secret = str(uuid.uuid4())
-        entry = {"privsep": privsep, "expire": expire, "comment": comment,
-                 "hash": _token_hash(secret)}
+        entry = {
+            "privsep": privsep,
+            "expire": expire,
+            "comment": comment,
+            "hash": _token_hash(secret),
+        }
 
         def add(rec: Any) -> Any:
             if rec is None:
@@ -213,8 +253,11 @@ class Access:
             return rec
 
         self.store.update(f"access/users/{userid}", add)
-        return {"full-tokenid": f"{userid}!{tokenid}", "value": secret,
-                "info": {k: v for k, v in entry.items() if k != "hash"}}
+        return {
+            "full-tokenid": f"{userid}!{tokenid}",
+            "value": secret,
+            "info": {k: v for k, v in entry.items() if k != "hash"},
+        }
 
     def delete_token(self, userid: str, tokenid: str) -> None:
         def remove(rec: Any) -> Any:
@@ -229,8 +272,10 @@ class Access:
         rec = self.user(userid)
         if rec is None:
             raise NotFound(f"no such user ('{userid}')")
-        return [{"tokenid": t, **{k: v for k, v in e.items() if k != "hash"}}
-                for t, e in sorted(rec.get("tokens", {}).items())]
+        return [
+            {"tokenid": t, **{k: v for k, v in e.items() if k != "hash"}}
+            for t, e in sorted(rec.get("tokens", {}).items())
+        ]
 
     def verify_token(self, header_value: str) -> Identity:
         """`USER@REALM!TOKENID=SECRET` (after `PVEAPIToken=`)."""
@@ -255,16 +300,21 @@ class Access:
     def acl(self) -> list[dict[str, Any]]:
         return self.store.get_value("access/acl", [])
 
-    def add_acl(self, path: str, ugid: str, roleid: str, *, kind: str = "user",
-                propagate: int = 1) -> None:
+    def add_acl(
+        self, path: str, ugid: str, roleid: str, *, kind: str = "user", propagate: int = 1
+    ) -> None:
         if roleid not in ROLES:
             raise ParamError.one("roles", f"role '{roleid}' does not exist")
 
         def add(entries: Any) -> Any:
-            entries = [e for e in entries or [] if not (e["path"] == path and e["ugid"] == ugid
-                                                         and e["roleid"] == roleid)]
-            entries.append({"path": path, "ugid": ugid, "type": kind, "roleid": roleid,
-                            "propagate": propagate})
+            entries = [
+                e
+                for e in entries or []
+                if not (e["path"] == path and e["ugid"] == ugid and e["roleid"] == roleid)
+            ]
+            entries.append(
+                {"path": path, "ugid": ugid, "type": kind, "roleid": roleid, "propagate": propagate}
+            )
             return entries
 
         self.store.update("access/acl", add)
@@ -293,8 +343,9 @@ class Access:
             raise Forbidden(f"Permission check failed ({path}, {', '.join(privs)})")
 
 
-def _effective(entries: list[dict[str, Any]], path: str, ugid: str, groups: set[str],
-               kind: str) -> frozenset[str]:
+def _effective(
+    entries: list[dict[str, Any]], path: str, ugid: str, groups: set[str], kind: str
+) -> frozenset[str]:
     """Privileges from the most specific ACL path that applies, as Proxmox resolves them."""
     parts = [p for p in path.split("/") if p]
     best: frozenset[str] | None = None
@@ -304,12 +355,15 @@ def _effective(entries: list[dict[str, Any]], path: str, ugid: str, groups: set[
         found: set[str] = set()
         matched = False
         for e in entries:
-            if e["path"].rstrip("/") != prefix.rstrip("/") and not (prefix == "/" and e["path"] == "/"):
+            if e["path"].rstrip("/") != prefix.rstrip("/") and not (
+                prefix == "/" and e["path"] == "/"
+            ):
                 continue
             if not exact and not e.get("propagate", 1):
                 continue
             if (e["type"] == kind and e["ugid"] == ugid) or (
-                    kind == "user" and e["type"] == "group" and e["ugid"] in groups):
+                kind == "user" and e["type"] == "group" and e["ugid"] in groups
+            ):
                 matched = True
                 found |= ROLES.get(e["roleid"], frozenset())
         if matched:

@@ -1,10 +1,10 @@
 """corral: node administration.
 
-    corral start [--data-dir DIR] [corrald options...]   start corrald in the background
-    corral stop                                           stop it (SIGTERM, waits)
-    corral status                                         node and cluster state
-    corral template build busybox|debian [--storage local]
-    corral template import-oci PATH [--name NAME] [--storage local]
+corral start [--data-dir DIR] [corrald options...]   start corrald in the background
+corral stop                                           stop it (SIGTERM, waits)
+corral status                                         node and cluster state
+corral template build busybox|debian [--storage local]
+corral template import-oci PATH [--name NAME] [--storage local]
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from corral.cluster import registry
 from corral.cluster.client import Client
@@ -49,14 +48,20 @@ def cmd_start(args: argparse.Namespace, extra: list[str]) -> int:
     Path(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     corrald = Path(sys.executable).with_name("corrald")
     log = open(Path(data_dir, "corrald.log"), "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen([str(corrald), "--data-dir", data_dir, *extra], stdout=log,
-                            stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(corrald), "--data-dir", data_dir, *extra],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     log.close()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            print(f"corral: corrald exited with {proc.returncode}; last log lines:",
-                  file=sys.stderr)
+            print(
+                f"corral: corrald exited with {proc.returncode}; last log lines:", file=sys.stderr
+            )
             lines = Path(data_dir, "corrald.log").read_text(errors="replace").splitlines()
             print("\n".join(lines[-15:]), file=sys.stderr)
             return 1
@@ -67,8 +72,10 @@ def cmd_start(args: argparse.Namespace, extra: list[str]) -> int:
             except Exception:  # noqa: BLE001 - not ready yet
                 pass
         time.sleep(0.2)
-    print("corral: corrald did not become ready within 60 s; see "
-          f"{data_dir}/corrald.log", file=sys.stderr)
+    print(
+        f"corral: corrald did not become ready within 60 s; see {data_dir}/corrald.log",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -85,8 +92,10 @@ def _print_access(data_dir: str) -> int:
     print(f"  web console: {url}")
     pw_file = Path(data_dir, "initial-admin-password")
     if pw_file.exists():
-        print(f"  login:       admin@pve / {pw_file.read_text().strip()}  (realm pve; "
-              f"also in {pw_file})")
+        print(
+            f"  login:       admin@pve / {pw_file.read_text().strip()}  (realm pve; "
+            f"also in {pw_file})"
+        )
     print("  root@pam logs in with the host's root password")
     return 0
 
@@ -115,20 +124,23 @@ def cmd_status(args: argparse.Namespace, _: list[str]) -> int:
         print(f"corral: node not reachable: {err}", file=sys.stderr)
         return 1
     head = cluster[0]
-    print(f"cluster {head['name']}: {head['nodes']} node(s), "
-          f"{'quorate' if head['quorate'] else 'NOT QUORATE'}")
+    print(
+        f"cluster {head['name']}: {head['nodes']} node(s), "
+        f"{'quorate' if head['quorate'] else 'NOT QUORATE'}"
+    )
     for node in cluster[1:]:
         mark = " (local)" if node.get("local") else ""
-        print(f"  {node['name']:<16} {'online' if node['online'] else 'offline'}"
-              f"  {node.get('ip', '')}{mark}")
+        print(
+            f"  {node['name']:<16} {'online' if node['online'] else 'offline'}"
+            f"  {node.get('ip', '')}{mark}"
+        )
     return 0
 
 
 def cmd_template(args: argparse.Namespace, _: list[str]) -> int:
     services = registry.load(registry.SERVICES)
     if "templates" not in services:
-        print("corral: container templates are unavailable (corral.lxc missing)",
-              file=sys.stderr)
+        print("corral: container templates are unavailable (corral.lxc missing)", file=sys.stderr)
         return 1
     templates = services["templates"]
     client = _client(args.data_dir)
@@ -140,7 +152,8 @@ def cmd_template(args: argparse.Namespace, _: list[str]) -> int:
     os.makedirs(dest, exist_ok=True)
     if args.action == "build":
         builder = {"busybox": templates.build_busybox, "debian": templates.build_debian}.get(
-            args.what)
+            args.what
+        )
         if builder is None:
             print("corral: templates that can be built: busybox, debian", file=sys.stderr)
             return 2
@@ -166,8 +179,12 @@ def main(argv: list[str] | None = None) -> None:
     args, extra = parser.parse_known_args(argv)
     if args.cmd != "start" and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    handler = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status,
-               "template": cmd_template}[args.cmd]
+    handler = {
+        "start": cmd_start,
+        "stop": cmd_stop,
+        "status": cmd_status,
+        "template": cmd_template,
+    }[args.cmd]
     sys.exit(handler(args, extra))
 
 

@@ -36,10 +36,19 @@ class ApiError(Exception):
 class Client:
     """A minimal Proxmox-API client: unix socket, token or ticket."""
 
-    def __init__(self, *, socket_path: str | None = None, host: str | None = None,
-                 port: int = 8006, token: str | None = None, user: str | None = None,
-                 password: str | None = None, verify: bool = False,
-                 cafile: str | None = None, timeout: float = 60) -> None:
+    def __init__(
+        self,
+        *,
+        socket_path: str | None = None,
+        host: str | None = None,
+        port: int = 8006,
+        token: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        verify: bool = False,
+        cafile: str | None = None,
+        timeout: float = 60,
+    ) -> None:
         self.socket_path = socket_path
         self.host = host
         self.port = port
@@ -53,21 +62,25 @@ class Client:
                 self.ssl_ctx.check_hostname = False
                 self.ssl_ctx.verify_mode = ssl.CERT_NONE
         if host and not token and user:
-            data = self.call("POST", "/access/ticket",
-                             {"username": user, "password": password or ""})
+            data = self.call(
+                "POST", "/access/ticket", {"username": user, "password": password or ""}
+            )
             self.ticket, self.csrf = data["ticket"], data["CSRFPreventionToken"]
 
     def _conn(self) -> http.client.HTTPConnection:
         if self.socket_path:
             return UnixHTTPConnection(self.socket_path, self.timeout)
-        return http.client.HTTPSConnection(self.host or "127.0.0.1", self.port,
-                                           timeout=self.timeout, context=self.ssl_ctx)
+        return http.client.HTTPSConnection(
+            self.host or "127.0.0.1", self.port, timeout=self.timeout, context=self.ssl_ctx
+        )
 
-    def call_full(self, method: str, path: str,
-                  params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def call_full(
+        self, method: str, path: str, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         params = {k: v for k, v in (params or {}).items() if v is not None}
-        url = "/api2/json/" + "/".join(quote(p, safe="@!:=") for p in path.strip("/").split("/")
-                                       if p)
+        url = "/api2/json/" + "/".join(
+            quote(p, safe="@!:=") for p in path.strip("/").split("/") if p
+        )
         body = None
         headers = {"Accept": "application/json"}
         if method in ("GET", "DELETE"):
@@ -103,23 +116,29 @@ class Client:
     def call(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
         return self.call_full(method, path, params).get("data")
 
-    def follow_task(self, upid: str, *, out: Any = sys.stderr, quiet: bool = False,
-                    timeout: float = 3600) -> dict[str, Any]:
+    def follow_task(
+        self, upid: str, *, out: Any = sys.stderr, quiet: bool = False, timeout: float = 3600
+    ) -> dict[str, Any]:
         node = upid.split(":")[1]
         seen = 0
         deadline = time.monotonic() + timeout
         last_progress = None
         while True:
             status = self.call("GET", f"/nodes/{node}/tasks/{upid}/status")
-            log = self.call_full("GET", f"/nodes/{node}/tasks/{upid}/log",
-                                 {"start": seen, "limit": 0})
+            log = self.call_full(
+                "GET", f"/nodes/{node}/tasks/{upid}/log", {"start": seen, "limit": 0}
+            )
             for line in log.get("data") or []:
                 seen = max(seen, line["n"])
                 if not quiet:
                     print(line["t"], file=out, flush=True)
             progress = status.get("progress")
-            if not quiet and progress is not None and progress != last_progress \
-                    and status["status"] == "running":
+            if (
+                not quiet
+                and progress is not None
+                and progress != last_progress
+                and status["status"] == "running"
+            ):
                 print(f"progress {progress * 100:.0f}%", file=out, flush=True)
                 last_progress = progress
             if status["status"] == "stopped":

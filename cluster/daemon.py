@@ -36,7 +36,7 @@ from corral.cluster.tasks import Tasks, TaskWorker
 
 log = logging.getLogger("corrald")
 
-LEASE_TTL = 6          # seconds; a node is shown offline this long after it dies
+LEASE_TTL = 6  # seconds; a node is shown offline this long after it dies
 STATUS_INTERVAL = 2.0  # live figures at most ~2 s stale in /cluster/resources
 ADMIN = "admin@pve"
 
@@ -47,8 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--listen", default=None, help="ADDR:PORT for HTTPS (default 0.0.0.0:8006)")
     p.add_argument("--node", default=None, help="node name (default: the hostname)")
     p.add_argument("--etcd", default=None, help="comma-separated etcd endpoints to join")
-    p.add_argument("--etcd-port", type=int, default=None,
-                   help="client port of the private etcd (default 2379; peer port +1)")
+    p.add_argument(
+        "--etcd-port",
+        type=int,
+        default=None,
+        help="client port of the private etcd (default 2379; peer port +1)",
+    )
     p.add_argument("--libvirt-uri", default=None, help="default qemu:///system")
     p.add_argument("--log-level", default=os.environ.get("CORRAL_LOG_LEVEL", "info"))
     return p.parse_args(argv)
@@ -93,8 +97,11 @@ class Node:
         self.worker: TaskWorker | None = None
         self.servers: list[Any] = []
         self.stopping = threading.Event()
-        self.services: dict[str, Any] = {"config": conf, "node": self.name,
-                                         "data_dir": str(data_dir)}
+        self.services: dict[str, Any] = {
+            "config": conf,
+            "node": self.name,
+            "data_dir": str(data_dir),
+        }
         self.started = time.time()
 
     # -- startup ----------------------------------------------------------------
@@ -102,8 +109,9 @@ class Node:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         endpoints = self.conf["etcd"]
         if not endpoints:
-            self.etcd = EmbeddedEtcd(self.data_dir / "etcd" / "data", name=self.name,
-                                     client_port=self.conf["etcd_port"])
+            self.etcd = EmbeddedEtcd(
+                self.data_dir / "etcd" / "data", name=self.name, client_port=self.conf["etcd_port"]
+            )
             self.etcd.start()
             endpoints = [self.etcd.endpoint]
         self.store = Store(endpoints)
@@ -143,8 +151,7 @@ class Node:
         """First start: cluster record, admin user, the `local` storage, TLS."""
         assert self.store is not None
         store = self.store
-        store.create(keys.CLUSTER, {"name": self.name, "version": 1,
-                                    "created": int(time.time())})
+        store.create(keys.CLUSTER, {"name": self.name, "version": 1, "created": int(time.time())})
         access = Access(store)
         self.access = access
         if access.user(ADMIN) is None:
@@ -159,39 +166,58 @@ class Node:
                 fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "w") as f:
                     f.write(password + "\n")
-                print(f"corrald: created {ADMIN} with password {password} "
-                      f"(also in {pw_file})", flush=True)
+                print(
+                    f"corrald: created {ADMIN} with password {password} (also in {pw_file})",
+                    flush=True,
+                )
         local_path = self.data_dir / "local"
-        store.create(keys.storage("local"), {
-            "storage": "local", "type": "dir", "path": str(local_path),
-            "content": "iso,vztmpl,backup,images,rootdir,snippets", "shared": 0})
-        for sub in ("images", "private", "template/iso", "template/cache", "dump",
-                    "snippets"):
+        store.create(
+            keys.storage("local"),
+            {
+                "storage": "local",
+                "type": "dir",
+                "path": str(local_path),
+                "content": "iso,vztmpl,backup,images,rootdir,snippets",
+                "shared": 0,
+            },
+        )
+        for sub in ("images", "private", "template/iso", "template/cache", "dump", "snippets"):
             (local_path / sub).mkdir(parents=True, exist_ok=True)
         ssl_dir = self.data_dir / "ssl"
         cluster = store.get_value(keys.CLUSTER) or {}
         tls.ensure_ca(ssl_dir, cluster.get("name", self.name))
         host = self.conf["listen"].rpartition(":")[0]
-        self.cert, self.key = tls.ensure_node_cert(ssl_dir, self.name,
-                                                   [host, _primary_address() or ""])
+        self.cert, self.key = tls.ensure_node_cert(
+            ssl_dir, self.name, [host, _primary_address() or ""]
+        )
 
     def _register(self) -> None:
         assert self.store is not None
         host = self.conf["listen"].rpartition(":")[0]
         info = self.store.get_value(keys.node_info(self.name)) or {}
         nodeid = info.get("nodeid") or 1 + len(self.store.range(keys.NODE_INFO))
-        self.store.put(keys.node_info(self.name), {
-            "node": self.name, "nodeid": nodeid, "listen": self.conf["listen"],
-            "address": host if host not in ("0.0.0.0", "") else (_primary_address() or host),
-            "fingerprint": tls.fingerprint(self.cert), "url": self.url})
+        self.store.put(
+            keys.node_info(self.name),
+            {
+                "node": self.name,
+                "nodeid": nodeid,
+                "listen": self.conf["listen"],
+                "address": host if host not in ("0.0.0.0", "") else (_primary_address() or host),
+                "fingerprint": tls.fingerprint(self.cert),
+                "url": self.url,
+            },
+        )
         self._grant_lease()
 
     def _grant_lease(self) -> None:
         assert self.store is not None
         self.lease = self.store.keep_lease(LEASE_TTL, on_lost=self._lease_lost)
         self.services["lease_id"] = self.lease.id  # live status documents die with the node
-        self.store.put(keys.node_alive(self.name), {"since": int(time.time()),
-                                                    "pid": os.getpid()}, lease=self.lease.id)
+        self.store.put(
+            keys.node_alive(self.name),
+            {"since": int(time.time()), "pid": os.getpid()},
+            lease=self.lease.id,
+        )
 
     def _lease_lost(self) -> None:
         if self.stopping.is_set():
@@ -217,12 +243,12 @@ class Node:
         if "volumes" in services:
             self.services["volumes"] = services["volumes"](
                 lambda: {kv.key.split("/", 1)[1]: kv.value for kv in store.range(keys.STORAGE)},
-                node=self.name)
+                node=self.name,
+            )
         drivers = {}
         for name, cls in registry.load(registry.GUEST_DRIVERS).items():
             try:
-                drivers[name] = cls(node=self.name, data_dir=str(self.data_dir),
-                                    options=self.conf)
+                drivers[name] = cls(node=self.name, data_dir=str(self.data_dir), options=self.conf)
             except Exception as err:  # noqa: BLE001 - a driver that cannot start is reported
                 log.warning("guest driver %s unavailable: %s", name, err)
                 registry.UNAVAILABLE.setdefault(registry.GUEST_DRIVERS, {})[name] = str(err)
@@ -254,8 +280,12 @@ class Node:
         else:
             probe = result["probe"]
             self.services["probes"][name] = {"ok": probe.ok, "reason": probe.reason}
-        log.info("driver probe driver=%s ok=%s reason=%r", name,
-                 self.services["probes"][name]["ok"], self.services["probes"][name]["reason"])
+        log.info(
+            "driver probe driver=%s ok=%s reason=%r",
+            name,
+            self.services["probes"][name]["ok"],
+            self.services["probes"][name]["reason"],
+        )
 
     # -- status -----------------------------------------------------------------
     def _publish_loop(self) -> None:
@@ -266,12 +296,16 @@ class Node:
                 host = hostinfo.host_status(str(self.data_dir))
                 cpuinfo = host.get("cpuinfo", {})
                 status = {
-                    "cpu": host.get("cpu", 0), "maxcpu": cpuinfo.get("cpus", os.cpu_count()),
+                    "cpu": host.get("cpu", 0),
+                    "maxcpu": cpuinfo.get("cpus", os.cpu_count()),
                     "mem": host.get("memory", {}).get("used", 0),
                     "maxmem": host.get("memory", {}).get("total", 0),
                     "disk": host.get("rootfs", {}).get("used", 0),
                     "maxdisk": host.get("rootfs", {}).get("total", 0),
-                    "uptime": host.get("uptime", 0), "host": host, "time": time.time()}
+                    "uptime": host.get("uptime", 0),
+                    "host": host,
+                    "time": time.time(),
+                }
                 lease = self.lease.id if self.lease else None
                 assert self.store is not None
                 self.store.put(keys.node_status(self.name), status, lease=lease)
@@ -293,12 +327,19 @@ class Node:
         make_app = registry.load(registry.SERVICES)["api"]
         from corral.web.app import LOCAL_ROOT, NodeContext
 
-        ctx = NodeContext(self.store, self.access, Tasks(self.store), self.name,
-                          str(self.data_dir), self.services)
+        ctx = NodeContext(
+            self.store, self.access, Tasks(self.store), self.name, str(self.data_dir), self.services
+        )
         app = make_app(ctx)
         host, _, port = self.conf["listen"].rpartition(":")
-        https = wsgi.Server((host.strip("[]") or "0.0.0.0", int(port)), app, numthreads=16,
-                            request_queue_size=256, server_name=self.name, timeout=30)
+        https = wsgi.Server(
+            (host.strip("[]") or "0.0.0.0", int(port)),
+            app,
+            numthreads=16,
+            request_queue_size=256,
+            server_name=self.name,
+            timeout=30,
+        )
         https.ssl_adapter = BuiltinSSLAdapter(str(self.cert), str(self.key))
         sock_path = self.data_dir / "corrald.sock"
         sock_path.unlink(missing_ok=True)

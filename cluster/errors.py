@@ -16,8 +16,9 @@ class CorralError(Exception):
     status: int = 500
     msg_fmt: str = "internal error"
 
-    def __init__(self, message: str | None = None, *, errors: dict[str, str] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, message: str | None = None, *, errors: dict[str, str] | None = None, **kwargs: Any
+    ) -> None:
         if message is None:
             try:
                 message = self.msg_fmt % kwargs

@@ -50,8 +50,14 @@ def port_is_free(port: int) -> bool:
 class EmbeddedEtcd:
     """One single-member etcd bound to 127.0.0.1:`client_port` (peer on `peer_port`)."""
 
-    def __init__(self, data_dir: str | Path, *, name: str, client_port: int = 2379,
-                 peer_port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        name: str,
+        client_port: int = 2379,
+        peer_port: int | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.name = name
         self.client_port = client_port
@@ -69,21 +75,45 @@ class EmbeddedEtcd:
     def argv(self) -> list[str]:
         peer = f"http://127.0.0.1:{self.peer_port}"
         return [
-            etcd_binary(), "--name", self.name, "--data-dir", str(self.data_dir),
-            "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{self.name}={peer}", "--initial-cluster-state", "new",
+            etcd_binary(),
+            "--name",
+            self.name,
+            "--data-dir",
+            str(self.data_dir),
+            "--listen-client-urls",
+            self.endpoint,
+            "--advertise-client-urls",
+            self.endpoint,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"{self.name}={peer}",
+            "--initial-cluster-state",
+            "new",
             # Keep history bounded; watches that fall behind resync (store.Watch).
-            "--auto-compaction-mode", "revision", "--auto-compaction-retention", "10000",
-            "--quota-backend-bytes", str(2 << 30), "--log-level", "warn",
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "10000",
+            "--quota-backend-bytes",
+            str(2 << 30),
+            "--log-level",
+            "warn",
         ]
 
     def _spawn(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         logfile = open(self.data_dir.parent / "etcd.log", "ab")  # noqa: SIM115 - owned by child
         try:
-            self.proc = subprocess.Popen(self.argv(), stdout=logfile, stderr=logfile,
-                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(
+                self.argv(),
+                stdout=logfile,
+                stderr=logfile,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
         finally:
             logfile.close()
         self.state = "running"
@@ -92,16 +122,19 @@ class EmbeddedEtcd:
     def start(self, *, wait: float = 20.0) -> None:
         self._spawn()
         self.wait_healthy(wait)
-        self._supervisor = threading.Thread(target=self._supervise, name="etcd-supervisor",
-                                            daemon=True)
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="etcd-supervisor", daemon=True
+        )
         self._supervisor.start()
 
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"etcd exited with {self.proc.returncode}; see "
-                                   f"{self.data_dir.parent / 'etcd.log'}")
+                raise RuntimeError(
+                    f"etcd exited with {self.proc.returncode}; see "
+                    f"{self.data_dir.parent / 'etcd.log'}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.client_port), timeout=0.5):
                     return

@@ -28,8 +28,16 @@ class VolumeAccess(Protocol):
     subclasses (ParamError for a bad name, NotFound, NotSupported...).
     """
 
-    def alloc(self, storage: str, vmid: int, *, size: int, fmt: str | None = None,
-              content: str = "images", name: str | None = None) -> str:
+    def alloc(
+        self,
+        storage: str,
+        vmid: int,
+        *,
+        size: int,
+        fmt: str | None = None,
+        content: str = "images",
+        name: str | None = None,
+    ) -> str:
         """Allocate a volume of `size` bytes; returns its volume ID."""
         ...
 
@@ -61,8 +69,8 @@ class VolumeAccess(Protocol):
 class DriverInfo:
     """Capabilities read by generic code; never test a driver's name."""
 
-    type: str                      # "lxc" or "qemu" (Proxmox's resource type)
-    live_config: frozenset[str] = frozenset()   # keys applied to a running guest
+    type: str  # "lxc" or "qemu" (Proxmox's resource type)
+    live_config: frozenset[str] = frozenset()  # keys applied to a running guest
     can_suspend: bool = True
     can_snapshot: bool = False
     can_live_migrate: bool = False
@@ -80,7 +88,9 @@ class GuestDriver:
 
     info: DriverInfo
 
-    def __init__(self, *, node: str, data_dir: str, options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, *, node: str, data_dir: str, options: Mapping[str, Any] | None = None
+    ) -> None:
         self.node = node
         self.data_dir = data_dir
         self.options = dict(options or {})
@@ -95,19 +105,29 @@ class GuestDriver:
         return Probe(True)
 
     # -- lifecycle ------------------------------------------------------
-    def create(self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess,
-               log: LogFn, params: Mapping[str, Any]) -> dict[str, Any]:
+    def create(
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        *,
+        volumes: VolumeAccess,
+        log: LogFn,
+        params: Mapping[str, Any],
+    ) -> dict[str, Any]:
         """Build the guest on this node from `config` (allocating disks named as
         `STORAGE:SIZE` through `volumes`). Returns the config to store, with
         allocated volume IDs filled in. On failure nothing is left behind."""
         raise NotImplementedError
 
-    def start(self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn) -> None:
+    def start(
+        self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
+    ) -> None:
         """After it returns the guest is running (status() says "running")."""
         raise NotImplementedError
 
-    def shutdown(self, vmid: int, config: dict[str, Any], *, timeout: int, force_stop: bool,
-                 log: LogFn) -> None:
+    def shutdown(
+        self, vmid: int, config: dict[str, Any], *, timeout: int, force_stop: bool, log: LogFn
+    ) -> None:
         """Clean shutdown; after `timeout` s stop hard if `force_stop`, else raise."""
         raise NotImplementedError
 
@@ -115,8 +135,9 @@ class GuestDriver:
         """Hard stop. Stopping a stopped guest is not an error."""
         raise NotImplementedError
 
-    def reboot(self, vmid: int, config: dict[str, Any], *, timeout: int, volumes: VolumeAccess,
-               log: LogFn) -> None:
+    def reboot(
+        self, vmid: int, config: dict[str, Any], *, timeout: int, volumes: VolumeAccess, log: LogFn
+    ) -> None:
         self.shutdown(vmid, config, timeout=timeout, force_stop=True, log=log)
         self.start(vmid, config, volumes=volumes, log=log)
 
@@ -129,7 +150,9 @@ class GuestDriver:
     def resume(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
         raise NotSupported(what="resume")
 
-    def destroy(self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn) -> None:
+    def destroy(
+        self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
+    ) -> None:
         """Remove the guest from this node and free its owned volumes. The guest is stopped."""
         raise NotImplementedError
 
@@ -143,14 +166,29 @@ class GuestDriver:
         """VMIDs of this type running on this node right now."""
         raise NotImplementedError
 
-    def apply_live(self, vmid: int, old: dict[str, Any], new: dict[str, Any], *,
-                   volumes: VolumeAccess, log: LogFn) -> set[str]:
+    def apply_live(
+        self,
+        vmid: int,
+        old: dict[str, Any],
+        new: dict[str, Any],
+        *,
+        volumes: VolumeAccess,
+        log: LogFn,
+    ) -> set[str]:
         """Apply changed keys to a running guest. Returns the keys applied; the
         rest stay pending until the next start."""
         return set()
 
-    def resize(self, vmid: int, config: dict[str, Any], disk: str, size: int, *,
-               volumes: VolumeAccess, log: LogFn) -> dict[str, Any]:
+    def resize(
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        disk: str,
+        size: int,
+        *,
+        volumes: VolumeAccess,
+        log: LogFn,
+    ) -> dict[str, Any]:
         """Grow `disk` to `size` bytes; returns the updated config."""
         raise NotSupported(what="resize")
 

@@ -35,19 +35,49 @@ log = logging.getLogger(__name__)
 
 # Proxmox task type names per guest type.
 TASK_TYPES = {
-    "lxc": {"create": "vzcreate", "start": "vzstart", "stop": "vzstop",
-            "shutdown": "vzshutdown", "reboot": "vzreboot", "suspend": "vzsuspend",
-            "resume": "vzresume", "destroy": "vzdestroy", "config": "vzconfig",
-            "resize": "resize"},
-    "qemu": {"create": "qmcreate", "start": "qmstart", "stop": "qmstop",
-             "shutdown": "qmshutdown", "reboot": "qmreboot", "suspend": "qmsuspend",
-             "resume": "qmresume", "reset": "qmreset", "destroy": "qmdestroy",
-             "config": "qmconfig", "resize": "resize"},
+    "lxc": {
+        "create": "vzcreate",
+        "start": "vzstart",
+        "stop": "vzstop",
+        "shutdown": "vzshutdown",
+        "reboot": "vzreboot",
+        "suspend": "vzsuspend",
+        "resume": "vzresume",
+        "destroy": "vzdestroy",
+        "config": "vzconfig",
+        "resize": "resize",
+    },
+    "qemu": {
+        "create": "qmcreate",
+        "start": "qmstart",
+        "stop": "qmstop",
+        "shutdown": "qmshutdown",
+        "reboot": "qmreboot",
+        "suspend": "qmsuspend",
+        "resume": "qmresume",
+        "reset": "qmreset",
+        "destroy": "qmdestroy",
+        "config": "qmconfig",
+        "resize": "resize",
+    },
 }
 # Parameters of a create call that are not config keys.
-CREATE_ONLY = frozenset({"vmid", "start", "pool", "storage", "unique", "force", "restore",
-                         "ostemplate", "password", "ssh-public-keys", "archive",
-                         "live-restore"})
+CREATE_ONLY = frozenset(
+    {
+        "vmid",
+        "start",
+        "pool",
+        "storage",
+        "unique",
+        "force",
+        "restore",
+        "ostemplate",
+        "password",
+        "ssh-public-keys",
+        "archive",
+        "live-restore",
+    }
+)
 
 
 def digest(config: dict[str, Any]) -> str:
@@ -58,21 +88,28 @@ def serial(vmid: int) -> str:
     return f"vm:{vmid}"
 
 
-def get_record(store: Store, vmid: int, *, type: str | None = None,
-               node: str | None = None) -> dict[str, Any]:
+def get_record(
+    store: Store, vmid: int, *, type: str | None = None, node: str | None = None
+) -> dict[str, Any]:
     rec = store.get_value(keys.guest(vmid))
     if rec is None or (type is not None and rec["type"] != type):
         kind = {"lxc": "CT", "qemu": "VM"}.get(type or "", "guest")
-        raise NotFound(f"Configuration file 'nodes/{node or '?'}/{type or 'guest'}/{vmid}.conf' "
-                       f"does not exist" if node else f"{kind} {vmid} does not exist")
+        raise NotFound(
+            f"Configuration file 'nodes/{node or '?'}/{type or 'guest'}/{vmid}.conf' does not exist"
+            if node
+            else f"{kind} {vmid} does not exist"
+        )
     if node is not None and rec["node"] != node:
-        raise NotFound(f"Configuration file 'nodes/{node}/{rec['type']}/{vmid}.conf' does not "
-                       f"exist (the guest is on node '{rec['node']}')")
+        raise NotFound(
+            f"Configuration file 'nodes/{node}/{rec['type']}/{vmid}.conf' does not "
+            f"exist (the guest is on node '{rec['node']}')"
+        )
     return rec
 
 
-def update_record(store: Store, vmid: int, fn: Callable[[dict[str, Any]], dict[str, Any]]
-                  ) -> dict[str, Any]:
+def update_record(
+    store: Store, vmid: int, fn: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
     def change(rec: Any) -> Any:
         if rec is None:
             raise NotFound(f"guest {vmid} does not exist")
@@ -107,6 +144,7 @@ def set_lock(store: Store, vmid: int, lock: str | None, *, expect: str | None = 
 
 
 # -- helpers for handlers -------------------------------------------------------
+
 
 def _driver(ctx: TaskContext, type: str) -> GuestDriver:
     drivers = ctx.worker.context.get("drivers") or {}
@@ -145,13 +183,19 @@ def _kind(rec: dict[str, Any]) -> str:
 
 # -- task handlers ------------------------------------------------------------------
 
+
 def _create(ctx: TaskContext, args: dict[str, Any]) -> None:
     vmid = args["vmid"]
     rec = _record(ctx, args)
     driver = _driver(ctx, rec["type"])
     try:
-        config = driver.create(vmid, dict(rec["config"]), volumes=_volumes(ctx), log=ctx.log,
-                               params=args.get("params", {}))
+        config = driver.create(
+            vmid,
+            dict(rec["config"]),
+            volumes=_volumes(ctx),
+            log=ctx.log,
+            params=args.get("params", {}),
+        )
     except BaseException:
         # The driver has undone its own steps; the record must go too.
         ctx.store.delete(keys.guest(vmid))
@@ -189,9 +233,13 @@ def _stop(ctx: TaskContext, args: dict[str, Any]) -> None:
 def _shutdown(ctx: TaskContext, args: dict[str, Any]) -> None:
     rec = _record(ctx, args)
     check_lock(rec)
-    _driver(ctx, rec["type"]).shutdown(rec["vmid"], rec["config"],
-                                       timeout=int(args.get("timeout") or 60),
-                                       force_stop=bool(args.get("forceStop", 1)), log=ctx.log)
+    _driver(ctx, rec["type"]).shutdown(
+        rec["vmid"],
+        rec["config"],
+        timeout=int(args.get("timeout") or 60),
+        force_stop=bool(args.get("forceStop", 1)),
+        log=ctx.log,
+    )
     _mark(ctx, rec, "stopped")
 
 
@@ -199,8 +247,13 @@ def _reboot(ctx: TaskContext, args: dict[str, Any]) -> None:
     rec = _record(ctx, args)
     check_lock(rec)
     driver = _driver(ctx, rec["type"])
-    driver.shutdown(rec["vmid"], rec["config"], timeout=int(args.get("timeout") or 60),
-                    force_stop=True, log=ctx.log)
+    driver.shutdown(
+        rec["vmid"],
+        rec["config"],
+        timeout=int(args.get("timeout") or 60),
+        force_stop=True,
+        log=ctx.log,
+    )
     rec = _apply_pending(ctx, rec["vmid"])  # a reboot applies pending changes
     driver.start(rec["vmid"], rec["config"], volumes=_volumes(ctx), log=ctx.log)
     _mark(ctx, rec, "running")
@@ -243,8 +296,7 @@ def _config(ctx: TaskContext, args: dict[str, Any]) -> None:
         rec = _apply_pending(ctx, rec["vmid"])
         return
     new = merged_config(rec)
-    applied = driver.apply_live(rec["vmid"], rec["config"], new, volumes=_volumes(ctx),
-                                log=ctx.log)
+    applied = driver.apply_live(rec["vmid"], rec["config"], new, volumes=_volumes(ctx), log=ctx.log)
 
     def commit(r: dict[str, Any]) -> dict[str, Any]:
         for key in applied:
@@ -267,8 +319,14 @@ def _resize(ctx: TaskContext, args: dict[str, Any]) -> None:
     rec = _record(ctx, args)
     check_lock(rec)
     driver = _driver(ctx, rec["type"])
-    config = driver.resize(rec["vmid"], rec["config"], args["disk"], int(args["size"]),
-                           volumes=_volumes(ctx), log=ctx.log)
+    config = driver.resize(
+        rec["vmid"],
+        rec["config"],
+        args["disk"],
+        int(args["size"]),
+        volumes=_volumes(ctx),
+        log=ctx.log,
+    )
 
     def commit(r: dict[str, Any]) -> dict[str, Any]:
         r["config"] = config
@@ -278,9 +336,17 @@ def _resize(ctx: TaskContext, args: dict[str, Any]) -> None:
 
 
 HANDLERS: dict[str, Callable[[TaskContext, dict[str, Any]], None]] = {
-    "create": _create, "start": _start, "stop": _stop, "shutdown": _shutdown,
-    "reboot": _reboot, "suspend": _simple("suspend"), "resume": _simple("resume"),
-    "reset": _simple("reset"), "destroy": _destroy, "config": _config, "resize": _resize,
+    "create": _create,
+    "start": _start,
+    "stop": _stop,
+    "shutdown": _shutdown,
+    "reboot": _reboot,
+    "suspend": _simple("suspend"),
+    "resume": _simple("resume"),
+    "reset": _simple("reset"),
+    "destroy": _destroy,
+    "config": _config,
+    "resize": _resize,
 }
 for _type, _names in TASK_TYPES.items():
     for _op, _task in _names.items():

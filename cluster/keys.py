@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-CLUSTER = "cluster/config"          # {"name", "version", ...}
-NODE_INFO = "nodeinfo/"             # nodeinfo/{node}: address, fingerprint, nodeid (persistent)
-NODE_ALIVE = "nodes/"               # nodes/{node}: present while the node's lease lives
-NODE_STATUS = "nodestatus/"         # nodestatus/{node}: live figures, under the node's lease
-GUESTS = "guests/"                  # guests/{vmid}: the guest record (type, node, config...)
-GUEST_STATUS = "gueststatus/"       # gueststatus/{node}: {vmid: live status}, one doc a node
-VMID_RESERVED = "vmidres/"          # vmidres/{vmid}: a reservation under a lease
-STORAGE = "storage/"                # storage/{id}: storage configuration
+CLUSTER = "cluster/config"  # {"name", "version", ...}
+NODE_INFO = "nodeinfo/"  # nodeinfo/{node}: address, fingerprint, nodeid (persistent)
+NODE_ALIVE = "nodes/"  # nodes/{node}: present while the node's lease lives
+NODE_STATUS = "nodestatus/"  # nodestatus/{node}: live figures, under the node's lease
+GUESTS = "guests/"  # guests/{vmid}: the guest record (type, node, config...)
+GUEST_STATUS = "gueststatus/"  # gueststatus/{node}: {vmid: live status}, one doc a node
+VMID_RESERVED = "vmidres/"  # vmidres/{vmid}: a reservation under a lease
+STORAGE = "storage/"  # storage/{id}: storage configuration
 
 
 def node_info(node: str) -> str:

@@ -11,8 +11,10 @@ class LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         msg = record.getMessage().replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        line = (f'ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} '
-                f'logger={record.name} thread={record.threadName} msg="{msg}"')
+        line = (
+            f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} "
+            f'logger={record.name} thread={record.threadName} msg="{msg}"'
+        )
         if record.exc_info:
             exc = self.formatException(record.exc_info).replace("\n", "\\n").replace('"', "'")
             line += f' exc="{exc}"'

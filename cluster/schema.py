@@ -17,7 +17,9 @@ from typing import Any
 
 from corral.cluster.errors import ParamError
 
-UNKNOWN_PROPERTY = "property is not defined in schema and the schema does not allow additional properties"
+UNKNOWN_PROPERTY = (
+    "property is not defined in schema and the schema does not allow additional properties"
+)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -84,8 +86,9 @@ class Param:
         if self.max_length is not None and len(text) > self.max_length:
             raise ValueError(f"value may only be {self.max_length} characters long")
         if self.enum is not None and text not in self.enum:
-            raise ValueError(f"value '{text}' does not have a value in the enumeration "
-                             f"'{', '.join(self.enum)}'")
+            raise ValueError(
+                f"value '{text}' does not have a value in the enumeration '{', '.join(self.enum)}'"
+            )
         if self.pattern is not None and not re.fullmatch(self.pattern, text):
             raise ValueError("value does not match the regex pattern")
         if isinstance(self.format, PropertyFormat):
@@ -154,7 +157,9 @@ class PropertyFormat:
             elif self.default_key is not None and self.default_key not in out:
                 key, value = self.default_key, part
             else:
-                raise ValueError(f"value without key, but schema does not define a default key: '{part}'")
+                raise ValueError(
+                    f"value without key, but schema does not define a default key: '{part}'"
+                )
             if self.keyed_enum and key in self.keyed_enum[2]:
                 enum_key, value_key, _ = self.keyed_enum
                 if enum_key in out:
@@ -214,8 +219,9 @@ class Schema:
     def __or__(self, other: Schema) -> Schema:
         return Schema({**self.props, **other.props}, self.additional or other.additional)
 
-    def validate(self, raw: Mapping[str, Any], *, partial: bool = False,
-                 ignore: Iterable[str] = ()) -> dict[str, Any]:
+    def validate(
+        self, raw: Mapping[str, Any], *, partial: bool = False, ignore: Iterable[str] = ()
+    ) -> dict[str, Any]:
         """Coerce and check `raw`; raise ParamError with every bad parameter at once."""
         errors: dict[str, str] = {}
         out: dict[str, Any] = {}
@@ -245,8 +251,11 @@ class Schema:
     def json_schema(self) -> dict[str, Any]:
         props = {name: p.json_schema() for name, p in self.props.items()}
         required = [name for name, p in self.props.items() if not p.optional]
-        out: dict[str, Any] = {"type": "object", "properties": props,
-                               "additionalProperties": self.additional}
+        out: dict[str, Any] = {
+            "type": "object",
+            "properties": props,
+            "additionalProperties": self.additional,
+        }
         if required:
             out["required"] = required
         return out
@@ -258,6 +267,7 @@ def indexed(prefix: str, count: int, param: Param) -> dict[str, Param]:
 
 
 # Named formats. Each raises ValueError with the reason.
+
 
 def _pve_vmid(text: str) -> None:
     if not re.fullmatch(r"[1-9]\d{2,8}", text) or not 100 <= int(text) <= 999999999:
@@ -305,8 +315,11 @@ def _cidr(text: str) -> None:
 
 
 def _dns_name(text: str) -> None:
-    if not re.fullmatch(r"(?=.{1,253}$)[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
-                        r"(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*", text):
+    if not re.fullmatch(
+        r"(?=.{1,253}$)[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+        r"(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*",
+        text,
+    ):
         raise ValueError(f"value '{text}' does not look like a valid DNS name")
 
 
@@ -361,11 +374,17 @@ FORMATS: dict[str, Callable[[str], None]] = {
 NODE = Param("string", "The cluster node name.", format="pve-node")
 VMID = Param("integer", "The (unique) ID of the VM.", minimum=100, maximum=999999999)
 STORAGE_ID = Param("string", "The storage identifier.", format="pve-storage-id")
-DIGEST = Param("string", "Prevent changes if current configuration file has a different "
-               "SHA1 digest. This can be used to prevent concurrent modifications.",
-               optional=True, max_length=64, pattern=r"[a-fA-F0-9]{1,64}")
-SIZE = Param("string", "Size, optionally with a unit: K, M, G, T.",
-             pattern=r"\+?\d+(\.\d+)?[KMGT]?")
+DIGEST = Param(
+    "string",
+    "Prevent changes if current configuration file has a different "
+    "SHA1 digest. This can be used to prevent concurrent modifications.",
+    optional=True,
+    max_length=64,
+    pattern=r"[a-fA-F0-9]{1,64}",
+)
+SIZE = Param(
+    "string", "Size, optionally with a unit: K, M, G, T.", pattern=r"\+?\d+(\.\d+)?[KMGT]?"
+)
 
 
 def parse_size(text: str, *, default_unit: str = "G") -> int:

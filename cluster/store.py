@@ -86,12 +86,17 @@ def _range_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
-async def _raw_range(client: aetcd.Client, start: bytes, end: bytes | None, limit: int, *,
-                     count_only: bool = False) -> Any:
+async def _raw_range(
+    client: aetcd.Client, start: bytes, end: bytes | None, limit: int, *, count_only: bool = False
+) -> Any:
     """A Range RPC built here: aetcd's request builder ignores `limit`."""
-    request = aetcd.rpc.RangeRequest(key=start, limit=limit, count_only=count_only,
-                                     sort_order=aetcd.rpc.RangeRequest.ASCEND,
-                                     sort_target=aetcd.rpc.RangeRequest.KEY)
+    request = aetcd.rpc.RangeRequest(
+        key=start,
+        limit=limit,
+        count_only=count_only,
+        sort_order=aetcd.rpc.RangeRequest.ASCEND,
+        sort_target=aetcd.rpc.RangeRequest.KEY,
+    )
     if end is not None:
         request.range_end = end
     return await client.kvstub.Range(request, timeout=client._timeout, metadata=client.metadata)
@@ -100,8 +105,9 @@ async def _raw_range(client: aetcd.Client, start: bytes, end: bytes | None, limi
 class Store:
     """Synchronous, timeout-bounded access to etcd."""
 
-    def __init__(self, endpoints: list[str], *, prefix: str = PREFIX,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, endpoints: list[str], *, prefix: str = PREFIX, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         if not endpoints:
             raise ValueError("no etcd endpoints")
         self.endpoints = list(endpoints)
@@ -126,13 +132,16 @@ class Store:
         return (self.prefix + key).encode()
 
     def _unk(self, raw: bytes) -> str:
-        return raw.decode()[len(self.prefix):]
+        return raw.decode()[len(self.prefix) :]
 
     async def _client_async(self) -> aetcd.Client:
         if self._client is None:
             url = urlsplit(self.endpoints[self._current % len(self.endpoints)])
-            client = aetcd.Client(host=url.hostname or "127.0.0.1", port=url.port or 2379,
-                                  timeout=int(max(1, self.timeout)))
+            client = aetcd.Client(
+                host=url.hostname or "127.0.0.1",
+                port=url.port or 2379,
+                timeout=int(max(1, self.timeout)),
+            )
             await client.connect()
             self._client = client
         return self._client
@@ -154,7 +163,13 @@ class Store:
             client = await self._client_async()
             try:
                 return await asyncio.wait_for(fn(client), limit)
-            except (TimeoutError, aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError, aetcd.exceptions.InternalError, grpc.aio.AioRpcError):
+            except (
+                TimeoutError,
+                aetcd.exceptions.ConnectionFailedError,
+                aetcd.exceptions.ConnectionTimeoutError,
+                aetcd.exceptions.InternalError,
+                grpc.aio.AioRpcError,
+            ):
                 await self._drop_client()
                 raise
 
@@ -163,7 +178,7 @@ class Store:
             result = future.result(limit + 0.5)
         except (FutureTimeout, TimeoutError):
             future.cancel()
-            self._fail("etcd did not answer within %.1f s" % limit)
+            self._fail(f"etcd did not answer within {limit:.1f} s")
         except (asyncio.CancelledError, FutureCancelled):
             # The connection was dropped under this call (a failed watch resets it).
             self._fail("connection to etcd was reset")
@@ -181,8 +196,9 @@ class Store:
 
     def _fail(self, reason: str) -> None:
         self.last_error = reason
-        raise Unavailable(f"cluster state store unavailable: {reason} "
-                          f"(endpoints {', '.join(self.endpoints)})")
+        raise Unavailable(
+            f"cluster state store unavailable: {reason} (endpoints {', '.join(self.endpoints)})"
+        )
 
     def close(self) -> None:
         if self._closed:
@@ -197,8 +213,14 @@ class Store:
 
     # -- key/value --------------------------------------------------------
     def _kv(self, item: Any) -> KV:
-        return KV(self._unk(item.key), _decode(item.value), item.mod_revision,
-                  item.create_revision, item.version, item.lease)
+        return KV(
+            self._unk(item.key),
+            _decode(item.value),
+            item.mod_revision,
+            item.create_revision,
+            item.version,
+            item.lease,
+        )
 
     def get(self, key: str) -> KV | None:
         item = self.call(lambda c: c.get(self._k(key)))
@@ -215,8 +237,9 @@ class Store:
         """Every KV under `prefix` (sorted by key) and the store revision of the read."""
         start = self._k(prefix)
         response = self.call(lambda c: _raw_range(c, start, _range_end(start), limit))
-        return [self._kv(aetcd.rtypes.KeyValue(kv)) for kv in response.kvs], \
-            int(response.header.revision)
+        return [self._kv(aetcd.rtypes.KeyValue(kv)) for kv in response.kvs], int(
+            response.header.revision
+        )
 
     def put(self, key: str, value: Any, *, lease: int | None = None) -> int:
         result = self.call(lambda c: c.put(self._k(key), _encode(value), lease=lease))
@@ -226,8 +249,7 @@ class Store:
         """Create-if-absent; False when the key already exists."""
         return self.txn([("version", key, "==", 0)], [("put", key, value, lease)])
 
-    def replace(self, key: str, value: Any, *, mod_revision: int,
-                lease: int | None = None) -> bool:
+    def replace(self, key: str, value: Any, *, mod_revision: int, lease: int | None = None) -> bool:
         """Compare-and-swap on the key's revision (0 means: must not exist)."""
         return self.txn([("mod", key, "==", mod_revision)], [("put", key, value, lease)])
 
@@ -241,8 +263,12 @@ class Store:
         result = self.call(lambda c: c.delete_prefix(self._k(prefix)))
         return int(result.deleted) if result else 0
 
-    def txn(self, compare: list[tuple[Any, ...]], success: list[tuple[Any, ...]],
-            failure: list[tuple[Any, ...]] | None = None) -> bool:
+    def txn(
+        self,
+        compare: list[tuple[Any, ...]],
+        success: list[tuple[Any, ...]],
+        failure: list[tuple[Any, ...]] | None = None,
+    ) -> bool:
         """One atomic transaction.
 
         compare: ("version"|"mod"|"create"|"value", key, "=="|"!="|"<"|">", operand)
@@ -253,12 +279,19 @@ class Store:
             t = c.transactions
             cmps = []
             for kind, key, op, operand in compare:
-                target = {"version": t.version, "mod": t.mod, "create": t.create,
-                          "value": t.value}[kind](self._k(key))
+                target = {"version": t.version, "mod": t.mod, "create": t.create, "value": t.value}[
+                    kind
+                ](self._k(key))
                 if kind == "value":
                     operand = _encode(operand)
-                cmps.append({"==": target.__eq__, "!=": target.__ne__, "<": target.__lt__,
-                             ">": target.__gt__}[op](operand))
+                cmps.append(
+                    {
+                        "==": target.__eq__,
+                        "!=": target.__ne__,
+                        "<": target.__lt__,
+                        ">": target.__gt__,
+                    }[op](operand)
+                )
 
             def ops(items: list[tuple[Any, ...]] | None) -> list[Any]:
                 out = []
@@ -327,8 +360,9 @@ class Store:
         return KeptLease(self, ttl, on_lost=on_lost)
 
     # -- watches ----------------------------------------------------------
-    def watch(self, prefix: str, callback: Callable[[Event], None], *,
-              start_revision: int | None = None) -> Watch:
+    def watch(
+        self, prefix: str, callback: Callable[[Event], None], *, start_revision: int | None = None
+    ) -> Watch:
         """Call `callback` (in the watch's own thread) for every change under `prefix`.
 
         Starts after `start_revision` (exclusive) when given, else from now.
@@ -367,8 +401,9 @@ class Store:
 class KeptLease:
     """A lease renewed every ttl/3 by a thread; `on_lost` runs once if it expires."""
 
-    def __init__(self, store: Store, ttl: int, *,
-                 on_lost: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, store: Store, ttl: int, *, on_lost: Callable[[], None] | None = None
+    ) -> None:
         self.store = store
         self.ttl = ttl
         self.id = store.lease_grant(ttl)
@@ -409,16 +444,22 @@ class KeptLease:
 class Watch:
     """A watch that survives etcd failures by resuming from its last revision."""
 
-    def __init__(self, store: Store, prefix: str, callback: Callable[[Event], None],
-                 start_revision: int | None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        prefix: str,
+        callback: Callable[[Event], None],
+        start_revision: int | None,
+    ) -> None:
         self.store = store
         self.prefix = prefix
         self.callback = callback
         self.revision = start_revision  # last revision delivered
         self._events: queue.Queue[Event | None] = queue.Queue()
         self._cancelled = threading.Event()
-        self._dispatcher = threading.Thread(target=self._dispatch, daemon=True,
-                                            name=f"watch-{prefix}")
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, daemon=True, name=f"watch-{prefix}"
+        )
         self._dispatcher.start()
         self._task = asyncio.run_coroutine_threadsafe(self._run(), store._loop)
 
@@ -440,12 +481,15 @@ class Watch:
                 client = await self.store._client_async()
                 if self.revision is None:
                     response = await asyncio.wait_for(
-                        _raw_range(client, start, None, 1, count_only=True), self.store.timeout)
+                        _raw_range(client, start, None, 1, count_only=True), self.store.timeout
+                    )
                     self.revision = int(response.header.revision)
                 watch = await asyncio.wait_for(
-                    client.watch(start, range_end=_range_end(start),
-                                 start_revision=self.revision + 1),
-                    self.store.timeout)
+                    client.watch(
+                        start, range_end=_range_end(start), start_revision=self.revision + 1
+                    ),
+                    self.store.timeout,
+                )
                 backoff = 0.1
                 async for ev in watch:
                     if self._cancelled.is_set():

@@ -50,6 +50,7 @@ def task_handler(task_type: str) -> Callable[[Handler], Handler]:
 
 # -- UPIDs -------------------------------------------------------------------
 
+
 def _process_start_ticks() -> int:
     try:
         with open("/proc/self/stat") as f:
@@ -73,15 +74,18 @@ class Upid:
     user: str
 
     def __str__(self) -> str:
-        return (f"UPID:{self.node}:{self.pid:08X}:{self.pstart:08X}:{self.starttime:08X}:"
-                f"{self.type}:{self.id}:{self.user}:")
+        return (
+            f"UPID:{self.node}:{self.pid:08X}:{self.pstart:08X}:{self.starttime:08X}:"
+            f"{self.type}:{self.id}:{self.user}:"
+        )
 
     @classmethod
     def new(cls, node: str, task_type: str, task_id: str, user: str) -> Upid:
         # One daemon runs many tasks at once; pstart carries a sequence number
         # so two tasks started in one second still get distinct UPIDs.
-        return cls(node, os.getpid(), _PSTART + next(_SEQ), int(time.time()), task_type,
-                   task_id, user)
+        return cls(
+            node, os.getpid(), _PSTART + next(_SEQ), int(time.time()), task_type, task_id, user
+        )
 
     @classmethod
     def parse(cls, text: str) -> Upid:
@@ -89,15 +93,29 @@ class Upid:
         if len(parts) != 9 or parts[0] != "UPID" or parts[8] != "":
             raise ParamError.one("upid", "unable to parse worker upid")
         try:
-            return cls(parts[1], int(parts[2], 16), int(parts[3], 16), int(parts[4], 16),
-                       parts[5], parts[6], parts[7])
+            return cls(
+                parts[1],
+                int(parts[2], 16),
+                int(parts[3], 16),
+                int(parts[4], 16),
+                parts[5],
+                parts[6],
+                parts[7],
+            )
         except ValueError:
             raise ParamError.one("upid", "unable to parse worker upid") from None
 
     def fields(self) -> dict[str, Any]:
-        return {"upid": str(self), "node": self.node, "pid": self.pid, "pstart": self.pstart,
-                "starttime": self.starttime, "type": self.type, "id": self.id,
-                "user": self.user}
+        return {
+            "upid": str(self),
+            "node": self.node,
+            "pid": self.pid,
+            "pstart": self.pstart,
+            "starttime": self.starttime,
+            "type": self.type,
+            "id": self.id,
+            "user": self.user,
+        }
 
 
 def record_key(node: str, upid: str) -> str:
@@ -107,17 +125,31 @@ def record_key(node: str, upid: str) -> str:
 
 # -- submitting and reading ---------------------------------------------------
 
+
 class Tasks:
     """Cluster-wide task bookkeeping (any node can submit and read)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def submit(self, *, node: str, type: str, id: str, user: str,
-               args: dict[str, Any] | None = None, serial: str | None = None) -> str:
+    def submit(
+        self,
+        *,
+        node: str,
+        type: str,
+        id: str,
+        user: str,
+        args: dict[str, Any] | None = None,
+        serial: str | None = None,
+    ) -> str:
         upid = Upid.new(node, type, id, user)
-        record = {**upid.fields(), "status": "queued", "args": args or {},
-                  "serial": serial, "abort": False}
+        record = {
+            **upid.fields(),
+            "status": "queued",
+            "args": args or {},
+            "serial": serial,
+            "abort": False,
+        }
         self.store.put(record_key(node, str(upid)), record)
         return str(upid)
 
@@ -130,8 +162,9 @@ class Tasks:
 
     def status(self, upid: str) -> dict[str, Any]:
         rec = self.get(upid)
-        out = {k: rec[k] for k in ("upid", "node", "pid", "pstart", "starttime", "type", "id",
-                                   "user")}
+        out = {
+            k: rec[k] for k in ("upid", "node", "pid", "pstart", "starttime", "type", "id", "user")
+        }
         out["status"] = "stopped" if rec["status"] == "stopped" else "running"
         if rec["status"] == "stopped":
             out["exitstatus"] = rec.get("exitstatus", "unknown")
@@ -152,8 +185,10 @@ class Tasks:
         out = []
         for kv in self.store.range(prefix):
             rec = kv.value
-            item = {k: rec.get(k) for k in ("upid", "node", "pid", "pstart", "starttime",
-                                            "type", "id", "user")}
+            item = {
+                k: rec.get(k)
+                for k in ("upid", "node", "pid", "pstart", "starttime", "type", "id", "user")
+            }
             if rec["status"] == "stopped":
                 item["status"] = rec.get("exitstatus")
                 item["endtime"] = rec.get("endtime")
@@ -187,6 +222,7 @@ class Tasks:
 
 
 # -- running -------------------------------------------------------------------
+
 
 class TaskAborted(CorralError):
     status = 500
@@ -225,8 +261,9 @@ class TaskContext:
         if not self._buffer:
             return
         try:
-            self.store.put(f"tasklog/{quote(self.upid, safe=':@!')}/{self._chunk:06d}",
-                           self._buffer)
+            self.store.put(
+                f"tasklog/{quote(self.upid, safe=':@!')}/{self._chunk:06d}", self._buffer
+            )
         except Unavailable:
             return  # keep the lines; the next flush retries
         self._chunk += 1
@@ -265,8 +302,9 @@ class TaskWorker:
                 self._finish(rec, INTERRUPTED)
             elif rec["status"] == "queued":
                 self._accept(rec)
-        self._watch = self.store.watch(f"tasks/{self.node}/", self._on_event,
-                                       start_revision=revision)
+        self._watch = self.store.watch(
+            f"tasks/{self.node}/", self._on_event, start_revision=revision
+        )
 
     def stop(self) -> None:
         if self._watch is not None:
@@ -323,12 +361,13 @@ class TaskWorker:
                 rec = q[0]
             try:
                 self._run_one(rec)
-            finally:
-                with self._lock:
-                    q.popleft()
-                    if not q:
-                        self._queues.pop(key, None)
-                        return
+            except Exception:  # noqa: BLE001 - the next task of this guest must still run
+                log.exception("task %s could not be run", rec["upid"])
+            with self._lock:
+                q.popleft()
+                if not q:
+                    self._queues.pop(key, None)
+                    return
 
     def _run_one(self, rec: dict[str, Any]) -> None:
         ctx = TaskContext(self, rec)

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from corral.cluster.etcd_embed import EmbeddedEtcd
 from corral.cluster.store import Store
+
 from tests.util import Corrald, free_ports
 
 
@@ -23,8 +23,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEtcd]:
     """One real etcd for the whole session; tests isolate themselves by key prefix."""
     base = free_ports(2)
-    server = EmbeddedEtcd(tmp_path_factory.mktemp("etcd") / "data", name="test",
-                          client_port=base)
+    server = EmbeddedEtcd(tmp_path_factory.mktemp("etcd") / "data", name="test", client_port=base)
     server.start()
     yield server
     server.stop()

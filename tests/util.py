@@ -14,7 +14,6 @@ from typing import Any
 
 import requests
 import urllib3
-
 from corral.cluster.client import Client
 
 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
@@ -41,8 +40,9 @@ def free_ports(count: int = 1) -> int:
     raise RuntimeError("no free ports")
 
 
-def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05,
-             what: str = "condition") -> Any:
+def wait_for(
+    predicate: Any, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -76,10 +76,23 @@ class Corrald:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "test-corrald.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "corrald"), "--data-dir", str(self.data_dir), "--listen",
-             f"127.0.0.1:{self.port}", "--node", self.node, "--etcd-port", str(self.etcd_port),
-             *self.extra],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+            [
+                str(VENV_BIN / "corrald"),
+                "--data-dir",
+                str(self.data_dir),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--node",
+                self.node,
+                "--etcd-port",
+                str(self.etcd_port),
+                *self.extra,
+            ],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -145,7 +158,8 @@ class Corrald:
 
     def session(self, user: str = "admin@pve", password: str | None = None) -> ApiSession:
         return ApiSession(self.url, self.ca).login(
-            user, self.password if password is None else password)
+            user, self.password if password is None else password
+        )
 
     def anonymous(self) -> ApiSession:
         return ApiSession(self.url, self.ca)
@@ -163,8 +177,12 @@ class ApiSession:
         self.csrf: str | None = None
 
     def login(self, user: str, password: str) -> ApiSession:
-        r = self.http.post(f"{self.base}/api2/json/access/ticket", verify=self.ca,
-                           data={"username": user, "password": password}, timeout=30)
+        r = self.http.post(
+            f"{self.base}/api2/json/access/ticket",
+            verify=self.ca,
+            data={"username": user, "password": password},
+            timeout=30,
+        )
         assert r.status_code == 200, r.text
         data = r.json()["data"]
         self.http.cookies.set("PVEAuthCookie", data["ticket"])
@@ -217,6 +235,7 @@ class ApiSession:
         if status.get("exitstatus") != "OK":
             node = upid.split(":")[1]
             log = self.data("GET", f"/nodes/{node}/tasks/{upid}/log", params={"limit": 0})
-            raise AssertionError(f"task failed: {status.get('exitstatus')}\n"
-                                 + "\n".join(line["t"] for line in log))
+            raise AssertionError(
+                f"task failed: {status.get('exitstatus')}\n" + "\n".join(line["t"] for line in log)
+            )
         return status

@@ -72,19 +72,35 @@ class Endpoint:
 ENDPOINTS: list[Endpoint] = []
 
 
-def endpoint(method: str, path: str, *, params: dict[str, Param] | None = None,
-             perm: tuple[str, list[str]] | Callable[..., None] | None = None,
-             description: str = "", public: bool = False, raw: bool = False,
-             returns: dict[str, Any] | None = None, additional: bool = False,
-             ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def endpoint(
+    method: str,
+    path: str,
+    *,
+    params: dict[str, Param] | None = None,
+    perm: tuple[str, list[str]] | Callable[..., None] | None = None,
+    description: str = "",
+    public: bool = False,
+    raw: bool = False,
+    returns: dict[str, Any] | None = None,
+    additional: bool = False,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """`additional=True`: undeclared parameters reach the handler unvalidated in
     **kwargs (guest config keys, validated by the driver's own schema)."""
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        ENDPOINTS.append(Endpoint(method.upper(), path, fn,
-                                  Schema(dict(params or {}), additional), perm,
-                                  description or (fn.__doc__ or "").strip(), public, raw,
-                                  returns))
+        ENDPOINTS.append(
+            Endpoint(
+                method.upper(),
+                path,
+                fn,
+                Schema(dict(params or {}), additional),
+                perm,
+                description or (fn.__doc__ or "").strip(),
+                public,
+                raw,
+                returns,
+            )
+        )
         return fn
 
     return register
@@ -126,8 +142,16 @@ class Ctx:
         have = self.access.privileges(self.identity, path)
         return any(p in have for p in privs) if any_of else all(p in have for p in privs)
 
-    def submit(self, *, node: str, type: str, id: str, args: dict[str, Any] | None = None,
-               serial: str | None = None) -> str:
+    def submit(
+        self,
+        *,
+        node: str,
+        type: str,
+        id: str,
+        args: dict[str, Any] | None = None,
+        serial: str | None = None,
+    ) -> str:
         """Record a task for `node`'s worker; returns its UPID (the API's answer)."""
-        return self.tasks.submit(node=node, type=type, id=id, user=self.user, args=args,
-                                 serial=serial)
+        return self.tasks.submit(
+            node=node, type=type, id=id, user=self.user, args=args, serial=serial
+        )

@@ -17,8 +17,13 @@ PVE_COMPAT = "8.1.0"
 
 @endpoint("GET", "/version", description="API version details.")
 def version(ctx: Ctx) -> dict[str, Any]:
-    return {"version": PVE_COMPAT, "release": PVE_COMPAT.rsplit(".", 1)[0],
-            "repoid": f"corral-{VERSION}", "product": "corral", "corral": VERSION}
+    return {
+        "version": PVE_COMPAT,
+        "release": PVE_COMPAT.rsplit(".", 1)[0],
+        "repoid": f"corral-{VERSION}",
+        "product": "corral",
+        "corral": VERSION,
+    }
 
 
 def node_entries(ctx: Ctx) -> list[dict[str, Any]]:
@@ -28,9 +33,14 @@ def node_entries(ctx: Ctx) -> list[dict[str, Any]]:
     out = []
     for name, info in sorted(infos.items()):
         status = live.get(name, {}) if name in online else {}
-        entry: dict[str, Any] = {"node": name, "id": f"node/{name}", "type": "node",
-                                 "status": "online" if name in online else "offline",
-                                 "level": "", "ssl_fingerprint": info.get("fingerprint", "")}
+        entry: dict[str, Any] = {
+            "node": name,
+            "id": f"node/{name}",
+            "type": "node",
+            "status": "online" if name in online else "offline",
+            "level": "",
+            "ssl_fingerprint": info.get("fingerprint", ""),
+        }
         for field in ("cpu", "maxcpu", "mem", "maxmem", "disk", "maxdisk", "uptime"):
             if field in status:
                 entry[field] = status[field]
@@ -63,8 +73,13 @@ def node_index(ctx: Ctx, node: str) -> list[dict[str, str]]:
     return [{"name": n} for n in ("status", "tasks", "storage", "lxc", "qemu", "version")]
 
 
-@endpoint("GET", "/nodes/{node}/status", params={"node": NODE},
-          perm=("/nodes/{node}", ["Sys.Audit"]), description="Read node status")
+@endpoint(
+    "GET",
+    "/nodes/{node}/status",
+    params={"node": NODE},
+    perm=("/nodes/{node}", ["Sys.Audit"]),
+    description="Read node status",
+)
 def node_status(ctx: Ctx, node: str) -> dict[str, Any]:
     require_node(ctx, node)
     if node == ctx.node:
@@ -84,8 +99,12 @@ def node_version(ctx: Ctx, node: str) -> dict[str, Any]:
     return version(ctx)
 
 
-@endpoint("GET", "/cluster/status", perm=("/", ["Sys.Audit"]),
-          description="Get cluster status information.")
+@endpoint(
+    "GET",
+    "/cluster/status",
+    perm=("/", ["Sys.Audit"]),
+    description="Get cluster status information.",
+)
 def cluster_status(ctx: Ctx) -> list[dict[str, Any]]:
     nodes = node_entries(ctx)
     infos = {kv.key.split("/", 1)[1]: kv.value for kv in ctx.store.range(keys.NODE_INFO)}
@@ -95,28 +114,52 @@ def cluster_status(ctx: Ctx) -> list[dict[str, Any]]:
     except Exception:  # noqa: BLE001 - answered as "not quorate"
         quorate = 0
     cluster = ctx.store.get_value(keys.CLUSTER, {}) or {}
-    out: list[dict[str, Any]] = [{
-        "type": "cluster", "id": "cluster", "name": cluster.get("name", ctx.node),
-        "nodes": len(nodes), "quorate": quorate, "version": cluster.get("version", 1)}]
+    out: list[dict[str, Any]] = [
+        {
+            "type": "cluster",
+            "id": "cluster",
+            "name": cluster.get("name", ctx.node),
+            "nodes": len(nodes),
+            "quorate": quorate,
+            "version": cluster.get("version", 1),
+        }
+    ]
     for i, n in enumerate(nodes, 1):
         info = infos.get(n["node"], {})
-        out.append({"type": "node", "id": f"node/{n['node']}", "name": n["node"],
-                    "nodeid": info.get("nodeid", i), "ip": info.get("address", ""),
-                    "online": 1 if n["status"] == "online" else 0,
-                    "local": 1 if n["node"] == ctx.node else 0, "level": ""})
+        out.append(
+            {
+                "type": "node",
+                "id": f"node/{n['node']}",
+                "name": n["node"],
+                "nodeid": info.get("nodeid", i),
+                "ip": info.get("address", ""),
+                "online": 1 if n["status"] == "online" else 0,
+                "local": 1 if n["node"] == ctx.node else 0,
+                "level": "",
+            }
+        )
     return out
 
 
 RESERVATION_TTL = 600
 
 
-@endpoint("GET", "/cluster/nextid", params={
-    "vmid": Param("integer", "The (unique) ID of the VM.", optional=True, minimum=100,
-                  maximum=999999999)}, description="Get next free VMID.")
+@endpoint(
+    "GET",
+    "/cluster/nextid",
+    params={
+        "vmid": Param(
+            "integer", "The (unique) ID of the VM.", optional=True, minimum=100, maximum=999999999
+        )
+    },
+    description="Get next free VMID.",
+)
 def nextid(ctx: Ctx, vmid: int | None = None) -> str:
     if vmid is not None:
-        if ctx.store.get(keys.guest(vmid)) is not None or \
-                ctx.store.get(keys.vmid_reservation(vmid)) is not None:
+        if (
+            ctx.store.get(keys.guest(vmid)) is not None
+            or ctx.store.get(keys.vmid_reservation(vmid)) is not None
+        ):
             raise ParamError.one("vmid", f"VM {vmid} already exists")
         return str(vmid)
     return str(_first_free(ctx))
@@ -131,20 +174,34 @@ def _first_free(ctx: Ctx) -> int:
     return candidate
 
 
-@endpoint("POST", "/cluster/nextid", params={
-    "vmid": Param("integer", "Reserve this VMID instead of the next free one.",
-                  optional=True, minimum=100, maximum=999999999)},
+@endpoint(
+    "POST",
+    "/cluster/nextid",
+    params={
+        "vmid": Param(
+            "integer",
+            "Reserve this VMID instead of the next free one.",
+            optional=True,
+            minimum=100,
+            maximum=999999999,
+        )
+    },
     perm=("/vms", ["VM.Allocate"]),
     description="Reserve a VMID atomically (corral extension): it is yours for 10 minutes "
-                "or until you create a guest with it.")
+    "or until you create a guest with it.",
+)
 def reserve_nextid(ctx: Ctx, vmid: int | None = None) -> str:
     lease = ctx.store.lease_grant(RESERVATION_TTL)
     record = {"user": ctx.user, "until": int(time.time()) + RESERVATION_TTL}
     for _ in range(100):
         candidate = vmid if vmid is not None else _first_free(ctx)
-        ok = ctx.store.txn([("version", keys.guest(candidate), "==", 0),
-                            ("version", keys.vmid_reservation(candidate), "==", 0)],
-                           [("put", keys.vmid_reservation(candidate), record, lease)])
+        ok = ctx.store.txn(
+            [
+                ("version", keys.guest(candidate), "==", 0),
+                ("version", keys.vmid_reservation(candidate), "==", 0),
+            ],
+            [("put", keys.vmid_reservation(candidate), record, lease)],
+        )
         if ok:
             return str(candidate)
         if vmid is not None:
@@ -157,9 +214,12 @@ def reserve_nextid(ctx: Ctx, vmid: int | None = None) -> str:
 RESOURCE_TYPES = ("vm", "storage", "node", "sdn", "pool")
 
 
-@endpoint("GET", "/cluster/resources", params={
-    "type": Param("string", "Resource type.", optional=True, enum=RESOURCE_TYPES)},
-    description="Resources index (cluster wide).")
+@endpoint(
+    "GET",
+    "/cluster/resources",
+    params={"type": Param("string", "Resource type.", optional=True, enum=RESOURCE_TYPES)},
+    description="Resources index (cluster wide).",
+)
 def resources(ctx: Ctx, type: str | None = None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if type in (None, "node"):

@@ -34,7 +34,7 @@ _KEY_PRIVS = [
 
 def _priv_for(key: str) -> str:
     for prefixes, priv in _KEY_PRIVS:
-        if any(key == p or (key.startswith(p) and key[len(p):].isdigit()) for p in prefixes):
+        if any(key == p or (key.startswith(p) and key[len(p) :].isdigit()) for p in prefixes):
             return priv
     return "VM.Config.Options"
 
@@ -63,11 +63,31 @@ def _live(ctx: Ctx, rec: dict[str, Any]) -> dict[str, Any]:
 def _summary(rec: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
     cfg = rec["config"]
     name = cfg.get("hostname") or cfg.get("name") or f"{KIND[rec['type']]}{rec['vmid']}"
-    out: dict[str, Any] = {"vmid": rec["vmid"], "name": name, "type": rec["type"],
-                           "status": live.get("status", "unknown"),
-                           "lock": rec.get("lock") or "", "tags": cfg.get("tags", "")}
-    for field in ("cpu", "cpus", "mem", "maxmem", "disk", "maxdisk", "netin", "netout",
-                  "diskread", "diskwrite", "uptime", "pid", "qmpstatus", "maxswap", "swap"):
+    out: dict[str, Any] = {
+        "vmid": rec["vmid"],
+        "name": name,
+        "type": rec["type"],
+        "status": live.get("status", "unknown"),
+        "lock": rec.get("lock") or "",
+        "tags": cfg.get("tags", ""),
+    }
+    for field in (
+        "cpu",
+        "cpus",
+        "mem",
+        "maxmem",
+        "disk",
+        "maxdisk",
+        "netin",
+        "netout",
+        "diskread",
+        "diskwrite",
+        "uptime",
+        "pid",
+        "qmpstatus",
+        "maxswap",
+        "swap",
+    ):
         if field in live:
             out[field] = live[field]
     out.setdefault("maxmem", int(cfg.get("memory", 512)) * 1024 * 1024)
@@ -91,8 +111,9 @@ def _wait(ctx: Ctx, upid: str, timeout: float) -> dict[str, Any]:
         time.sleep(0.02)
 
 
-def _config_schema_check(ctx: Ctx, type: str, raw: dict[str, Any], *,
-                         partial: bool) -> dict[str, Any]:
+def _config_schema_check(
+    ctx: Ctx, type: str, raw: dict[str, Any], *, partial: bool
+) -> dict[str, Any]:
     return driver_for(ctx, type).config_schema().validate(raw, partial=partial)
 
 
@@ -115,15 +136,34 @@ def register(type: str) -> None:
     def create_perm(ctx: Ctx, **params: Any) -> None:
         ctx.check(f"/vms/{params['vmid']}", ["VM.Allocate"])
 
-    @endpoint("POST", base, params={
-        "node": NODE, "vmid": VMID,
-        "start": Param("boolean", f"Start the {kind} after its creation finished.",
-                       optional=True, default=0),
-        "pool": Param("string", "Add the guest to the specified pool.", optional=True),
-        "digest": DIGEST,
-    }, perm=create_perm, description=f"Create a {kind}.", additional=True)
-    def create(ctx: Ctx, node: str, vmid: int, start: int = 0, pool: str | None = None,
-               digest: str | None = None, **raw: Any) -> str:
+    @endpoint(
+        "POST",
+        base,
+        params={
+            "node": NODE,
+            "vmid": VMID,
+            "start": Param(
+                "boolean",
+                f"Start the {kind} after its creation finished.",
+                optional=True,
+                default=0,
+            ),
+            "pool": Param("string", "Add the guest to the specified pool.", optional=True),
+            "digest": DIGEST,
+        },
+        perm=create_perm,
+        description=f"Create a {kind}.",
+        additional=True,
+    )
+    def create(
+        ctx: Ctx,
+        node: str,
+        vmid: int,
+        start: int = 0,
+        pool: str | None = None,
+        digest: str | None = None,
+        **raw: Any,
+    ) -> str:
         require_node(ctx, node)
         if ctx.store.get(keys.node_alive(node)) is None:
             raise Unavailable(f"node '{node}' is offline")
@@ -136,8 +176,16 @@ def register(type: str) -> None:
         check = getattr(driver_for(ctx, type), "check_create", None)
         if check is not None:
             check(vmid, config, params=params, volumes=ctx.services.get("volumes"))
-        record = {"vmid": vmid, "type": type, "node": node, "config": config, "pending": {},
-                  "pending_delete": [], "lock": "create", "created": int(time.time())}
+        record = {
+            "vmid": vmid,
+            "type": type,
+            "node": node,
+            "config": config,
+            "pending": {},
+            "pending_delete": [],
+            "lock": "create",
+            "created": int(time.time()),
+        }
         reservation = ctx.store.get(keys.vmid_reservation(vmid))
         compare: list[tuple[Any, ...]] = [("version", keys.guest(vmid), "==", 0)]
         if reservation is None:
@@ -145,36 +193,63 @@ def register(type: str) -> None:
         elif reservation.value.get("user") != ctx.user:
             raise Conflict(f"VM {vmid} is reserved by {reservation.value.get('user')}")
         else:
-            compare.append(("mod", keys.vmid_reservation(vmid), "==",
-                            reservation.mod_revision))
-        ok = ctx.store.txn(compare, [("put", keys.guest(vmid), record),
-                                     ("delete", keys.vmid_reservation(vmid))])
+            compare.append(("mod", keys.vmid_reservation(vmid), "==", reservation.mod_revision))
+        ok = ctx.store.txn(
+            compare, [("put", keys.guest(vmid), record), ("delete", keys.vmid_reservation(vmid))]
+        )
         if not ok:
-            raise Conflict(f"{kind} {vmid} already exists") if ctx.store.get(
-                keys.guest(vmid)) else Conflict(f"VM {vmid} is reserved")
-        return ctx.submit(node=node, type=task["create"], id=str(vmid),
-                          args={"vmid": vmid, "params": params, "start": start},
-                          serial=guests.serial(vmid))
+            raise (
+                Conflict(f"{kind} {vmid} already exists")
+                if ctx.store.get(keys.guest(vmid))
+                else Conflict(f"VM {vmid} is reserved")
+            )
+        return ctx.submit(
+            node=node,
+            type=task["create"],
+            id=str(vmid),
+            args={"vmid": vmid, "params": params, "start": start},
+            serial=guests.serial(vmid),
+        )
 
-    @endpoint("GET", one, params={"node": NODE, "vmid": VMID},
-              perm=("/vms/{vmid}", ["VM.Audit"]), description="Directory index")
+    @endpoint(
+        "GET",
+        one,
+        params={"node": NODE, "vmid": VMID},
+        perm=("/vms/{vmid}", ["VM.Audit"]),
+        description="Directory index",
+    )
     def index(ctx: Ctx, node: str, vmid: int) -> list[dict[str, str]]:
         _record(ctx, type, node, vmid)
         subs = ["config", "pending", "status", "resize"]
         subs += ["interfaces"] if type == "lxc" else ["vncproxy"]
         return [{"subdir": s} for s in subs]
 
-    @endpoint("DELETE", one, params={
-        "node": NODE, "vmid": VMID,
-        "purge": Param("boolean", "Remove the guest from all related configurations.",
-                       optional=True, default=0),
-        "force": Param("boolean", "Force destroy, even if running.", optional=True, default=0),
-        "destroy-unreferenced-disks": Param("boolean", "Also destroy unreferenced disks.",
-                                            optional=True, default=1),
-        "skiplock": Param("boolean", "Ignore locks - only root is allowed to use this option.",
-                          optional=True, default=0),
-    }, perm=("/vms/{vmid}", ["VM.Allocate"]), description=f"Destroy the {kind} (also delete "
-       "all used/owned volumes).")
+    @endpoint(
+        "DELETE",
+        one,
+        params={
+            "node": NODE,
+            "vmid": VMID,
+            "purge": Param(
+                "boolean",
+                "Remove the guest from all related configurations.",
+                optional=True,
+                default=0,
+            ),
+            "force": Param("boolean", "Force destroy, even if running.", optional=True, default=0),
+            "destroy-unreferenced-disks": Param(
+                "boolean", "Also destroy unreferenced disks.", optional=True, default=1
+            ),
+            "skiplock": Param(
+                "boolean",
+                "Ignore locks - only root is allowed to use this option.",
+                optional=True,
+                default=0,
+            ),
+        },
+        perm=("/vms/{vmid}", ["VM.Allocate"]),
+        description=f"Destroy the {kind} (also delete all used/owned volumes).",
+    )
     def destroy(ctx: Ctx, node: str, vmid: int, force: int = 0, **_: Any) -> str:
         rec = _record(ctx, type, node, vmid)
         guests.check_lock(rec)
@@ -184,19 +259,41 @@ def register(type: str) -> None:
         if live.get("status") == "running" and not force:
             raise Conflict(f"{kind} {vmid} is running - destroy failed")
         if force and live.get("status") == "running":
-            ctx.submit(node=node, type=task["stop"], id=str(vmid), args={"vmid": vmid},
-                       serial=guests.serial(vmid))
-        return ctx.submit(node=node, type=task["destroy"], id=str(vmid), args={"vmid": vmid},
-                          serial=guests.serial(vmid))
+            ctx.submit(
+                node=node,
+                type=task["stop"],
+                id=str(vmid),
+                args={"vmid": vmid},
+                serial=guests.serial(vmid),
+            )
+        return ctx.submit(
+            node=node,
+            type=task["destroy"],
+            id=str(vmid),
+            args={"vmid": vmid},
+            serial=guests.serial(vmid),
+        )
 
-    @endpoint("GET", f"{one}/config", params={
-        "node": NODE, "vmid": VMID,
-        "current": Param("boolean", "Get current values (instead of pending values).",
-                         optional=True, default=0),
-        "snapshot": Param("string", "Fetch config values from given snapshot.", optional=True),
-    }, perm=("/vms/{vmid}", ["VM.Audit"]), description=f"Get {kind} configuration.")
-    def get_config(ctx: Ctx, node: str, vmid: int, current: int = 0,
-                   snapshot: str | None = None) -> dict[str, Any]:
+    @endpoint(
+        "GET",
+        f"{one}/config",
+        params={
+            "node": NODE,
+            "vmid": VMID,
+            "current": Param(
+                "boolean",
+                "Get current values (instead of pending values).",
+                optional=True,
+                default=0,
+            ),
+            "snapshot": Param("string", "Fetch config values from given snapshot.", optional=True),
+        },
+        perm=("/vms/{vmid}", ["VM.Audit"]),
+        description=f"Get {kind} configuration.",
+    )
+    def get_config(
+        ctx: Ctx, node: str, vmid: int, current: int = 0, snapshot: str | None = None
+    ) -> dict[str, Any]:
         rec = _record(ctx, type, node, vmid)
         if snapshot:
             raise NotFound(f"snapshot '{snapshot}' does not exist")
@@ -211,22 +308,45 @@ def register(type: str) -> None:
         return config
 
     config_params = {
-        "node": NODE, "vmid": VMID, "digest": DIGEST,
-        "delete": Param("string", "A list of settings you want to delete.", optional=True,
-                        format="pve-configid-list"),
-        "revert": Param("string", "Revert a pending change.", optional=True,
-                        format="pve-configid-list"),
+        "node": NODE,
+        "vmid": VMID,
+        "digest": DIGEST,
+        "delete": Param(
+            "string",
+            "A list of settings you want to delete.",
+            optional=True,
+            format="pve-configid-list",
+        ),
+        "revert": Param(
+            "string", "Revert a pending change.", optional=True, format="pve-configid-list"
+        ),
         "skiplock": Param("boolean", "Ignore locks.", optional=True, default=0),
     }
 
     def config_perm(ctx: Ctx, vmid: int, **_: Any) -> None:
-        ctx.check(f"/vms/{vmid}", ["VM.Config.Options", "VM.Config.Memory", "VM.Config.CPU",
-                                   "VM.Config.Disk", "VM.Config.Network",
-                                   "VM.Config.Cloudinit", "VM.Config.CDROM"], any_of=True)
+        ctx.check(
+            f"/vms/{vmid}",
+            [
+                "VM.Config.Options",
+                "VM.Config.Memory",
+                "VM.Config.CPU",
+                "VM.Config.Disk",
+                "VM.Config.Network",
+                "VM.Config.Cloudinit",
+                "VM.Config.CDROM",
+            ],
+            any_of=True,
+        )
 
-    def change_config(ctx: Ctx, node: str, vmid: int, digest: str | None,
-                      delete: str | None, revert: str | None,
-                      raw: dict[str, Any]) -> str | None:
+    def change_config(
+        ctx: Ctx,
+        node: str,
+        vmid: int,
+        digest: str | None,
+        delete: str | None,
+        revert: str | None,
+        raw: dict[str, Any],
+    ) -> str | None:
         rec = _record(ctx, type, node, vmid)
         raw = {k: v for k, v in raw.items() if k != "skiplock"}
         schema = driver_for(ctx, type).config_schema()
@@ -254,8 +374,9 @@ def register(type: str) -> None:
 
         def apply(r: dict[str, Any]) -> dict[str, Any]:
             if digest and guests.digest(r["config"]) != digest.lower():
-                raise Conflict("detected modified configuration - file changed by other user? "
-                               "Try again.")
+                raise Conflict(
+                    "detected modified configuration - file changed by other user? Try again."
+                )
             guests.check_lock(r)
             pending = dict(r.get("pending", {}))
             pending_delete = list(r.get("pending_delete", []))
@@ -279,14 +400,32 @@ def register(type: str) -> None:
         guests.update_record(ctx.store, vmid, apply)
         if not running:
             return None
-        return ctx.submit(node=node, type=task["config"], id=str(vmid), args={"vmid": vmid},
-                          serial=guests.serial(vmid))
+        return ctx.submit(
+            node=node,
+            type=task["config"],
+            id=str(vmid),
+            args={"vmid": vmid},
+            serial=guests.serial(vmid),
+        )
 
-    @endpoint("PUT", f"{one}/config", params=dict(config_params), perm=config_perm,
-              additional=True, description=f"Set {kind} options (synchronous; running guests take what they "
-                          "can live, the rest stays pending).")
-    def put_config(ctx: Ctx, node: str, vmid: int, digest: str | None = None,
-                   delete: str | None = None, revert: str | None = None, **raw: Any) -> None:
+    @endpoint(
+        "PUT",
+        f"{one}/config",
+        params=dict(config_params),
+        perm=config_perm,
+        additional=True,
+        description=f"Set {kind} options (synchronous; running guests take what they "
+        "can live, the rest stays pending).",
+    )
+    def put_config(
+        ctx: Ctx,
+        node: str,
+        vmid: int,
+        digest: str | None = None,
+        delete: str | None = None,
+        revert: str | None = None,
+        **raw: Any,
+    ) -> None:
         upid = change_config(ctx, node, vmid, digest, delete, revert, raw)
         if upid is not None:
             status = _wait(ctx, upid, CONFIG_WAIT)
@@ -294,16 +433,33 @@ def register(type: str) -> None:
                 raise Conflict(f"applying the change failed: {status.get('exitstatus')}")
 
     if type == "qemu":
-        @endpoint("POST", f"{one}/config", params=dict(config_params), perm=config_perm,
-                  additional=True, description="Set virtual machine options (asynchronous API).")
-        def post_config(ctx: Ctx, node: str, vmid: int, digest: str | None = None,
-                        delete: str | None = None, revert: str | None = None,
-                        **raw: Any) -> str | None:
+
+        @endpoint(
+            "POST",
+            f"{one}/config",
+            params=dict(config_params),
+            perm=config_perm,
+            additional=True,
+            description="Set virtual machine options (asynchronous API).",
+        )
+        def post_config(
+            ctx: Ctx,
+            node: str,
+            vmid: int,
+            digest: str | None = None,
+            delete: str | None = None,
+            revert: str | None = None,
+            **raw: Any,
+        ) -> str | None:
             return change_config(ctx, node, vmid, digest, delete, revert, raw)
 
-    @endpoint("GET", f"{one}/pending", params={"node": NODE, "vmid": VMID},
-              perm=("/vms/{vmid}", ["VM.Audit"]),
-              description="Get the configuration with both current and pending values.")
+    @endpoint(
+        "GET",
+        f"{one}/pending",
+        params={"node": NODE, "vmid": VMID},
+        perm=("/vms/{vmid}", ["VM.Audit"]),
+        description="Get the configuration with both current and pending values.",
+    )
     def pending(ctx: Ctx, node: str, vmid: int) -> list[dict[str, Any]]:
         rec = _record(ctx, type, node, vmid)
         out = []
@@ -318,15 +474,25 @@ def register(type: str) -> None:
             out.append(row)
         return out
 
-    @endpoint("GET", f"{one}/status", params={"node": NODE, "vmid": VMID},
-              perm=("/vms/{vmid}", ["VM.Audit"]), description="Directory index")
+    @endpoint(
+        "GET",
+        f"{one}/status",
+        params={"node": NODE, "vmid": VMID},
+        perm=("/vms/{vmid}", ["VM.Audit"]),
+        description="Directory index",
+    )
     def status_index(ctx: Ctx, node: str, vmid: int) -> list[dict[str, str]]:
         _record(ctx, type, node, vmid)
         ops = ["current", "start", "stop", "shutdown", "reboot", "suspend", "resume"]
         return [{"subdir": s} for s in ops + (["reset"] if type == "qemu" else [])]
 
-    @endpoint("GET", f"{one}/status/current", params={"node": NODE, "vmid": VMID},
-              perm=("/vms/{vmid}", ["VM.Audit"]), description=f"Get current {kind} status.")
+    @endpoint(
+        "GET",
+        f"{one}/status/current",
+        params={"node": NODE, "vmid": VMID},
+        perm=("/vms/{vmid}", ["VM.Audit"]),
+        description=f"Get current {kind} status.",
+    )
     def status_current(ctx: Ctx, node: str, vmid: int) -> dict[str, Any]:
         rec = _record(ctx, type, node, vmid)
         if node == ctx.node and rec.get("lock") != "create":
@@ -341,20 +507,32 @@ def register(type: str) -> None:
         return out
 
     ops: dict[str, dict[str, Param]] = {
-        "start": {"skiplock": Param("boolean", "Ignore locks.", optional=True, default=0),
-                  "timeout": Param("integer", "Wait maximal timeout seconds.", optional=True,
-                                   minimum=0)},
-        "stop": {"skiplock": Param("boolean", "Ignore locks.", optional=True, default=0),
-                 "timeout": Param("integer", "Wait maximal timeout seconds.", optional=True,
-                                  minimum=0),
-                 "overrule-shutdown": Param("boolean", "Abort any running shutdown task.",
-                                            optional=True, default=0)},
-        "shutdown": {"timeout": Param("integer", "Wait maximal timeout seconds.",
-                                      optional=True, minimum=0, default=60),
-                     "forceStop": Param("boolean", "Make sure the guest stops.",
-                                        optional=True, default=0)},
-        "reboot": {"timeout": Param("integer", "Wait maximal timeout seconds for the shutdown.",
-                                    optional=True, minimum=0, default=60)},
+        "start": {
+            "skiplock": Param("boolean", "Ignore locks.", optional=True, default=0),
+            "timeout": Param("integer", "Wait maximal timeout seconds.", optional=True, minimum=0),
+        },
+        "stop": {
+            "skiplock": Param("boolean", "Ignore locks.", optional=True, default=0),
+            "timeout": Param("integer", "Wait maximal timeout seconds.", optional=True, minimum=0),
+            "overrule-shutdown": Param(
+                "boolean", "Abort any running shutdown task.", optional=True, default=0
+            ),
+        },
+        "shutdown": {
+            "timeout": Param(
+                "integer", "Wait maximal timeout seconds.", optional=True, minimum=0, default=60
+            ),
+            "forceStop": Param("boolean", "Make sure the guest stops.", optional=True, default=0),
+        },
+        "reboot": {
+            "timeout": Param(
+                "integer",
+                "Wait maximal timeout seconds for the shutdown.",
+                optional=True,
+                minimum=0,
+                default=60,
+            )
+        },
         "suspend": {},
         "resume": {},
     }
@@ -364,21 +542,33 @@ def register(type: str) -> None:
     for op, extra in ops.items():
         _register_op(type, one, op, extra)
 
-    @endpoint("PUT", f"{one}/resize", params={
-        "node": NODE, "vmid": VMID, "digest": DIGEST,
-        "disk": Param("string", "The disk you want to resize.",
-                      pattern=r"[a-z]+\d*"),
-        "size": Param("string", "The new size. With the '+' sign the value is added to the "
-                      "actual size of the volume and without it, the value is taken as an "
-                      "absolute one. Shrinking disk size is not supported.",
-                      pattern=r"\+?\d+(\.\d+)?[KMGT]?"),
-    }, perm=("/vms/{vmid}", ["VM.Config.Disk"]), description="Resize a volume.")
-    def resize(ctx: Ctx, node: str, vmid: int, disk: str, size: str,
-               digest: str | None = None) -> str:
+    @endpoint(
+        "PUT",
+        f"{one}/resize",
+        params={
+            "node": NODE,
+            "vmid": VMID,
+            "digest": DIGEST,
+            "disk": Param("string", "The disk you want to resize.", pattern=r"[a-z]+\d*"),
+            "size": Param(
+                "string",
+                "The new size. With the '+' sign the value is added to the "
+                "actual size of the volume and without it, the value is taken as an "
+                "absolute one. Shrinking disk size is not supported.",
+                pattern=r"\+?\d+(\.\d+)?[KMGT]?",
+            ),
+        },
+        perm=("/vms/{vmid}", ["VM.Config.Disk"]),
+        description="Resize a volume.",
+    )
+    def resize(
+        ctx: Ctx, node: str, vmid: int, disk: str, size: str, digest: str | None = None
+    ) -> str:
         rec = _record(ctx, type, node, vmid)
         if digest and guests.digest(rec["config"]) != digest.lower():
-            raise Conflict("detected modified configuration - file changed by other user? "
-                           "Try again.")
+            raise Conflict(
+                "detected modified configuration - file changed by other user? Try again."
+            )
         guests.check_lock(rec)
         if disk not in rec["config"]:
             raise ParamError.one("disk", f"disk '{disk}' does not exist")
@@ -394,27 +584,47 @@ def register(type: str) -> None:
             raise ParamError.one("size", "shrinking disks is not supported")
         if new == current:
             raise ParamError.one("size", "the disk already has this size")
-        return ctx.submit(node=node, type=task["resize"], id=str(vmid),
-                          args={"vmid": vmid, "disk": disk, "size": new},
-                          serial=guests.serial(vmid))
+        return ctx.submit(
+            node=node,
+            type=task["resize"],
+            id=str(vmid),
+            args={"vmid": vmid, "disk": disk, "size": new},
+            serial=guests.serial(vmid),
+        )
 
     if type == "lxc":
-        @endpoint("GET", f"{one}/interfaces", params={"node": NODE, "vmid": VMID},
-                  perm=("/vms/{vmid}", ["VM.Audit"]),
-                  description="Get IP addresses of the specified container interface.")
+
+        @endpoint(
+            "GET",
+            f"{one}/interfaces",
+            params={"node": NODE, "vmid": VMID},
+            perm=("/vms/{vmid}", ["VM.Audit"]),
+            description="Get IP addresses of the specified container interface.",
+        )
         def interfaces(ctx: Ctx, node: str, vmid: int) -> list[dict[str, Any]]:
             rec = _record(ctx, type, node, vmid)
             if node != ctx.node:
                 raise Unavailable("interfaces are read on the container's own node")
             return driver_for(ctx, type).interfaces(vmid, rec["config"])
     else:
-        @endpoint("POST", f"{one}/vncproxy", params={
-            "node": NODE, "vmid": VMID,
-            "websocket": Param("boolean", "Prepare for websocket upgrade.", optional=True),
-            "generate-password": Param("boolean", "Generate a random password to use as "
-                                       "ticket.", optional=True, default=0),
-        }, perm=("/vms/{vmid}", ["VM.Console"]), description="Creates a TCP VNC proxy "
-           "connection.")
+
+        @endpoint(
+            "POST",
+            f"{one}/vncproxy",
+            params={
+                "node": NODE,
+                "vmid": VMID,
+                "websocket": Param("boolean", "Prepare for websocket upgrade.", optional=True),
+                "generate-password": Param(
+                    "boolean",
+                    "Generate a random password to use as ticket.",
+                    optional=True,
+                    default=0,
+                ),
+            },
+            perm=("/vms/{vmid}", ["VM.Console"]),
+            description="Creates a TCP VNC proxy connection.",
+        )
         def vncproxy(ctx: Ctx, node: str, vmid: int, **_: Any) -> dict[str, Any]:
             rec = _record(ctx, type, node, vmid)
             if node != ctx.node:
@@ -441,9 +651,13 @@ def _register_op(type: str, one: str, op: str, extra: dict[str, Param]) -> None:
     kind = KIND[type]
     task = guests.TASK_TYPES[type]
 
-    @endpoint("POST", f"{one}/status/{op}", params={"node": NODE, "vmid": VMID, **extra},
-              perm=("/vms/{vmid}", ["VM.PowerMgmt"]), description=f"{op.capitalize()} the "
-              f"{kind}.")
+    @endpoint(
+        "POST",
+        f"{one}/status/{op}",
+        params={"node": NODE, "vmid": VMID, **extra},
+        perm=("/vms/{vmid}", ["VM.PowerMgmt"]),
+        description=f"{op.capitalize()} the {kind}.",
+    )
     def run(ctx: Ctx, node: str, vmid: int, **params: Any) -> str:
         rec = _record(ctx, type, node, vmid)
         if op != "stop" or not params.get("skiplock"):
@@ -451,8 +665,9 @@ def _register_op(type: str, one: str, op: str, extra: dict[str, Param]) -> None:
         if params.get("skiplock") and ctx.identity.userid != "root@pam":
             raise ParamError.one("skiplock", "Only root may use this option.")
         args = {"vmid": vmid, **{k: v for k, v in params.items() if v is not None}}
-        return ctx.submit(node=node, type=task[op], id=str(vmid), args=args,
-                          serial=guests.serial(vmid))
+        return ctx.submit(
+            node=node, type=task[op], id=str(vmid), args=args, serial=guests.serial(vmid)
+        )
 
     run.__name__ = f"{type}_{op}"
 

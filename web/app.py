@@ -65,8 +65,11 @@ def load_endpoint_modules() -> None:
 
 
 def json_response(body: Any, status: int = 200, reason: str | None = None) -> Response:
-    resp = Response(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), status=status,
-                    mimetype="application/json")
+    resp = Response(
+        orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
+        status=status,
+        mimetype="application/json",
+    )
     if reason:
         # Proxmox clients (proxmoxer) show the status line's reason phrase.
         resp.status = f"{status} {_reason(reason)}"
@@ -74,8 +77,11 @@ def json_response(body: Any, status: int = 200, reason: str | None = None) -> Re
 
 
 def _reason(text: str) -> str:
-    return " ".join(text.replace("\r", " ").replace("\n", " ").split())[:200].encode(
-        "latin-1", "replace").decode("latin-1")
+    return (
+        " ".join(text.replace("\r", " ").replace("\n", " ").split())[:200]
+        .encode("latin-1", "replace")
+        .decode("latin-1")
+    )
 
 
 def error_response(err: CorralError) -> Response:
@@ -90,7 +96,7 @@ def authenticate(node: NodeContext, req: Request) -> Identity:
         return Identity("root@pam")
     header = req.headers.get("Authorization", "")
     if header.startswith("PVEAPIToken="):
-        return node.access.verify_token(header[len("PVEAPIToken="):])
+        return node.access.verify_token(header[len("PVEAPIToken=") :])
     cookie = req.cookies.get("PVEAuthCookie")
     if cookie:
         userid = node.access.verify_ticket(unquote(cookie))
@@ -129,8 +135,16 @@ def dispatch(node: NodeContext, path: str) -> Response:
             ident = authenticate(node, request)
         else:
             ident = Identity("")
-        ctx = api.Ctx(node.store, node.access, node.tasks, node.node, ident, request,
-                      node.data_dir, node.services)
+        ctx = api.Ctx(
+            node.store,
+            node.access,
+            node.tasks,
+            node.node,
+            ident,
+            request,
+            node.data_dir,
+            node.services,
+        )
         if ep.raw:
             raw_params = {k: unquote(v) for k, v in path_params.items()}
             result = ep.handler(ctx, **raw_params)
@@ -157,8 +171,7 @@ def dispatch(node: NodeContext, path: str) -> Response:
         return error_response(err)
     except Exception:  # noqa: BLE001 - never a traceback to the client
         log.exception("unexpected error in %s %s", request.method, path)
-        return json_response({"data": None, "message": "internal error"}, 500,
-                             "internal error")
+        return json_response({"data": None, "message": "internal error"}, 500, "internal error")
 
 
 def create_app(node: NodeContext) -> Flask:
@@ -183,18 +196,21 @@ def create_app(node: NodeContext) -> Flask:
 
     @app.errorhandler(405)
     def not_allowed(_: Any) -> Response:
-        return json_response({"data": None, "message": "method not allowed"}, 405,
-                             "method not allowed")
+        return json_response(
+            {"data": None, "message": "method not allowed"}, 405, "method not allowed"
+        )
 
     @app.errorhandler(400)
     def bad_request(_: Any) -> Response:
-        return json_response({"data": None, "message": "malformed request"}, 400,
-                             "malformed request")
+        return json_response(
+            {"data": None, "message": "malformed request"}, 400, "malformed request"
+        )
 
     @app.errorhandler(413)
     def too_large(_: Any) -> Response:
-        return json_response({"data": None, "message": "request too large"}, 413,
-                             "request too large")
+        return json_response(
+            {"data": None, "message": "request too large"}, 413, "request too large"
+        )
 
     for hook in _app_hooks:
         hook(app, node)

@@ -73,9 +73,15 @@ def render_text(data: Any) -> str:
             cells = [[_cell(row.get(c)) for c in cols] for row in data]
             widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
             line = "+".join("-" * (w + 2) for w in widths)
-            out = [f"+{line}+", "| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |",
-                   f"+{line}+"]
-            out += ["| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |" for r in cells]
+            out = [
+                f"+{line}+",
+                "| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)) + " |",
+                f"+{line}+",
+            ]
+            out += [
+                "| " + " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + " |"
+                for r in cells
+            ]
             out.append(f"+{line}+")
             return "\n".join(out)
         return "\n".join(_cell(v) for v in data)
@@ -103,8 +109,11 @@ def usage(path: str, verbose: bool) -> str:
     for ep in api.ENDPOINTS:
         if ep.path == clean or ep.regex.match(clean):
             verb = {v: k for k, v in METHODS.items() if k != "ls"}[ep.method]
-            args = " ".join(f"--{n} <{p.type}>" if not p.optional else f"[--{n} <{p.type}>]"
-                            for n, p in ep.params.props.items() if n not in ep.path_params)
+            args = " ".join(
+                f"--{n} <{p.type}>" if not p.optional else f"[--{n} <{p.type}>]"
+                for n, p in ep.params.props.items()
+                if n not in ep.path_params
+            )
             lines.append(f"USAGE: corralsh {verb} {ep.path} {args}".rstrip())
             if verbose:
                 lines.append(f"  {ep.description}")
@@ -122,9 +131,17 @@ def make_client(args: argparse.Namespace) -> Client:
         password = None
         if not token:
             password = os.environ.get("CORRAL_PASSWORD") or getpass.getpass(
-                f"Password for {args.user}: ")
-        return Client(host=args.host, port=args.port, token=token, user=args.user,
-                      password=password, verify=args.verify, cafile=args.cafile)
+                f"Password for {args.user}: "
+            )
+        return Client(
+            host=args.host,
+            port=args.port,
+            token=token,
+            user=args.user,
+            password=password,
+            verify=args.verify,
+            cafile=args.cafile,
+        )
     sock = os.path.join(args.data_dir, "corrald.sock")
     if os.geteuid() != 0:
         raise SystemExit("corralsh: local access needs root (or use --host with a token)")
@@ -135,16 +152,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="corralsh", description="corral API shell")
     parser.add_argument("command", choices=[*METHODS, "usage"])
     parser.add_argument("path")
-    parser.add_argument("--output-format", default="text",
-                        choices=["text", "json", "json-pretty", "yaml"])
+    parser.add_argument(
+        "--output-format", default="text", choices=["text", "json", "json-pretty", "yaml"]
+    )
     parser.add_argument("--host", default=os.environ.get("CORRAL_HOST"))
     parser.add_argument("--port", type=int, default=8006)
     parser.add_argument("--user", default=os.environ.get("CORRAL_USER", "root@pam"))
     parser.add_argument("--token", default=None)
     parser.add_argument("--verify", action="store_true", help="verify the TLS certificate")
     parser.add_argument("--cafile", default=None)
-    parser.add_argument("--data-dir", default=os.environ.get("CORRAL_DATA_DIR",
-                                                             "/var/lib/corral"))
+    parser.add_argument("--data-dir", default=os.environ.get("CORRAL_DATA_DIR", "/var/lib/corral"))
     parser.add_argument("--quiet", action="store_true", help="do not print task logs")
     parser.add_argument("--noproxy", action="store_true", help="accepted for pvesh compat")
     parser.add_argument("--verbose", action="store_true")
@@ -160,9 +177,23 @@ def main(argv: list[str] | None = None) -> None:
             names = []
             for row in data:
                 if isinstance(row, dict):
-                    name = next((str(row[k]) for k in ("name", "subdir", "node", "vmid",
-                                                       "storage", "volid", "upid", "userid")
-                                 if k in row), json.dumps(row))
+                    name = next(
+                        (
+                            str(row[k])
+                            for k in (
+                                "name",
+                                "subdir",
+                                "node",
+                                "vmid",
+                                "storage",
+                                "volid",
+                                "upid",
+                                "userid",
+                            )
+                            if k in row
+                        ),
+                        json.dumps(row),
+                    )
                     names.append(name)
             print("\n".join(names))
             return

@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from corral.cluster.store import Store  # noqa: E402
+
 from tests.util import Corrald  # noqa: E402
 
 
@@ -47,8 +48,11 @@ def hammer(session_factory, path: str, seconds: float, clients: int) -> tuple[fl
         t.join()
     elapsed = time.monotonic() - start
     latencies.sort()
-    return (len(latencies) / elapsed, statistics.median(latencies) * 1000,
-            latencies[int(len(latencies) * 0.95)] * 1000)
+    return (
+        len(latencies) / elapsed,
+        statistics.median(latencies) * 1000,
+        latencies[int(len(latencies) * 0.95)] * 1000,
+    )
 
 
 def store_ops(endpoint: str, n: int) -> tuple[float, float]:
@@ -69,9 +73,13 @@ def store_ops(endpoint: str, n: int) -> tuple[float, float]:
 def etcdctl_ops(endpoint: str, n: int) -> float:
     t = time.perf_counter()
     for i in range(n):
-        subprocess.run(["etcdctl", "--endpoints", endpoint, "put", f"/bench-raw/{i}", "x"],
-                       check=True, capture_output=True, timeout=10,
-                       env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+        subprocess.run(
+            ["etcdctl", "--endpoints", endpoint, "put", f"/bench-raw/{i}", "x"],
+            check=True,
+            capture_output=True,
+            timeout=10,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        )
     return n / (time.perf_counter() - t)
 
 
@@ -84,8 +92,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         node = Corrald(Path(tmp) / "n").start()
         try:
-            token = node.local().call("POST", "/access/users/admin@pve/token/bench",
-                                      {"privsep": 0})["value"]
+            token = node.local().call(
+                "POST", "/access/users/admin@pve/token/bench", {"privsep": 0}
+            )["value"]
             from tests.util import ApiSession
 
             def factory() -> ApiSession:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from corral.cluster.errors import ParamError
 from corral.cluster.schema import (
     UNKNOWN_PROPERTY,
@@ -15,14 +14,16 @@ from corral.cluster.schema import (
     parse_size,
 )
 
-SCHEMA = Schema({
-    "vmid": Param("integer", minimum=100, maximum=999999999),
-    "name": Param("string", optional=True, format="dns-name"),
-    "onboot": Param("boolean", optional=True, default=0),
-    "ratio": Param("number", optional=True, minimum=0, maximum=1),
-    "mode": Param("string", optional=True, enum=("a", "b")),
-    "mac": Param("string", optional=True, format="mac-addr"),
-})
+SCHEMA = Schema(
+    {
+        "vmid": Param("integer", minimum=100, maximum=999999999),
+        "name": Param("string", optional=True, format="dns-name"),
+        "onboot": Param("boolean", optional=True, default=0),
+        "ratio": Param("number", optional=True, minimum=0, maximum=1),
+        "mode": Param("string", optional=True, enum=("a", "b")),
+        "mac": Param("string", optional=True, format="mac-addr"),
+    }
+)
 
 
 def test_coerces_strings_from_forms() -> None:
@@ -32,8 +33,16 @@ def test_coerces_strings_from_forms() -> None:
 
 def test_every_bad_parameter_is_named_with_its_reason() -> None:
     with pytest.raises(ParamError) as exc:
-        SCHEMA.validate({"vmid": "99", "onboot": "maybe", "mode": "c", "bogus": 1,
-                         "mac": "01:00:00:00:00:01", "ratio": "nan"})
+        SCHEMA.validate(
+            {
+                "vmid": "99",
+                "onboot": "maybe",
+                "mode": "c",
+                "bogus": 1,
+                "mac": "01:00:00:00:00:01",
+                "ratio": "nan",
+            }
+        )
     errors = exc.value.errors
     assert errors["vmid"] == "value must have a minimum value of 100"
     assert "boolean" in errors["onboot"]
@@ -65,23 +74,33 @@ def test_strings_reject_control_characters() -> None:
     assert Param("string", format="multiline").coerce("x", "a\nb") == "a\nb"
 
 
-NET = PropertyFormat({
-    "bridge": Param("string", optional=True),
-    "macaddr": Param("string", optional=True, format="mac-addr"),
-    "model": Param("string", optional=True),
-    "tag": Param("integer", optional=True, minimum=1, maximum=4094),
-}, keyed_enum=("model", "macaddr", frozenset({"virtio", "e1000"})))
+NET = PropertyFormat(
+    {
+        "bridge": Param("string", optional=True),
+        "macaddr": Param("string", optional=True, format="mac-addr"),
+        "model": Param("string", optional=True),
+        "tag": Param("integer", optional=True, minimum=1, maximum=4094),
+    },
+    keyed_enum=("model", "macaddr", frozenset({"virtio", "e1000"})),
+)
 
-ROOTFS = PropertyFormat({
-    "volume": Param("string"),
-    "size": Param("string", optional=True),
-}, default_key="volume")
+ROOTFS = PropertyFormat(
+    {
+        "volume": Param("string"),
+        "size": Param("string", optional=True),
+    },
+    default_key="volume",
+)
 
 
 def test_property_string_keyed_enum_round_trip() -> None:
     parsed = NET.parse("virtio=BC:24:11:00:00:01,bridge=vmbr0,tag=5")
-    assert parsed == {"model": "virtio", "macaddr": "BC:24:11:00:00:01", "bridge": "vmbr0",
-                      "tag": 5}
+    assert parsed == {
+        "model": "virtio",
+        "macaddr": "BC:24:11:00:00:01",
+        "bridge": "vmbr0",
+        "tag": 5,
+    }
     assert NET.print(parsed) == "virtio=BC:24:11:00:00:01,bridge=vmbr0,tag=5"
 
 
@@ -91,14 +110,17 @@ def test_property_string_default_key() -> None:
     assert ROOTFS.print({"volume": "local:8", "size": "8G"}) == "local:8,size=8G"
 
 
-@pytest.mark.parametrize("text,reason", [
-    ("bridge=vmbr0,bridge=vmbr1", "duplicate key"),
-    ("colour=red", "unknown key 'colour'"),
-    ("virtio=zz", "mac"),
-    ("tag=9999", "maximum"),
-    ("", "empty"),
-    ("bridge=x,,tag=1", "empty element"),
-])
+@pytest.mark.parametrize(
+    "text,reason",
+    [
+        ("bridge=vmbr0,bridge=vmbr1", "duplicate key"),
+        ("colour=red", "unknown key 'colour'"),
+        ("virtio=zz", "mac"),
+        ("tag=9999", "maximum"),
+        ("", "empty"),
+        ("bridge=x,,tag=1", "empty element"),
+    ],
+)
 def test_property_string_errors(text: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         NET.parse(text)
@@ -112,15 +134,18 @@ def test_property_param_validates_through_schema() -> None:
     assert "unknown key 'bogus'" in exc.value.errors["net3"]
 
 
-@pytest.mark.parametrize("fmt,good,bad", [
-    ("pve-vmid", "100", "99"),
-    ("pve-node", "node-1", "-node"),
-    ("pve-storage-id", "local-lvm", "local/../x"),
-    ("CIDR", "10.0.0.1/24", "10.0.0.1"),
-    ("pve-userid", "admin@pve", "admin"),
-    ("pve-volume-id", "local:100/vm-100-disk-0.qcow2", "local:../etc/passwd"),
-    ("pve-volume-id", "local:iso/x.iso", "local:-o"),
-])
+@pytest.mark.parametrize(
+    "fmt,good,bad",
+    [
+        ("pve-vmid", "100", "99"),
+        ("pve-node", "node-1", "-node"),
+        ("pve-storage-id", "local-lvm", "local/../x"),
+        ("CIDR", "10.0.0.1/24", "10.0.0.1"),
+        ("pve-userid", "admin@pve", "admin"),
+        ("pve-volume-id", "local:100/vm-100-disk-0.qcow2", "local:../etc/passwd"),
+        ("pve-volume-id", "local:iso/x.iso", "local:-o"),
+    ],
+)
 def test_named_formats(fmt: str, good: str, bad: str) -> None:
     Param("string", format=fmt).coerce("x", good)
     with pytest.raises(ValueError):

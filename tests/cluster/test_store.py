@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from corral.cluster.errors import Conflict, Unavailable
 from corral.cluster.etcd_embed import EmbeddedEtcd
 from corral.cluster.store import Event, Store
+
 from tests.util import free_ports, wait_for
 
 
@@ -89,7 +89,10 @@ def test_watch_sees_puts_and_deletes_in_order(store: Store) -> None:
         store.put("other", 3)
         wait_for(lambda: len(events) >= 3, 10, what="3 events")
         assert [(e.kind, e.key, e.value) for e in events] == [
-            ("put", "w/a", 1), ("put", "w/b", 2), ("delete", "w/a", None)]
+            ("put", "w/a", 1),
+            ("put", "w/b", 2),
+            ("delete", "w/a", None),
+        ]
     finally:
         watch.cancel()
 

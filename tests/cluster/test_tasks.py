@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import pytest
-
 from corral.cluster.errors import NotFound, ParamError
 from corral.cluster.store import Store
 from corral.cluster.tasks import (
@@ -20,6 +19,7 @@ from corral.cluster.tasks import (
     record_key,
     task_handler,
 )
+
 from tests.util import wait_for
 
 ORDER: list[str] = []
@@ -105,8 +105,12 @@ def test_failures_end_with_the_error(store: Store, worker: TaskWorker) -> None:
 def test_same_serial_runs_in_submission_order(store: Store, worker: TaskWorker) -> None:
     ORDER.clear()
     tasks = Tasks(store)
-    upids = [tasks.submit(node="n1", type="t_order", id="105", user="u@pve", args={"n": i},
-                          serial="vm:105") for i in range(5)]
+    upids = [
+        tasks.submit(
+            node="n1", type="t_order", id="105", user="u@pve", args={"n": i}, serial="vm:105"
+        )
+        for i in range(5)
+    ]
     for upid in upids:
         assert tasks.wait(upid)["exitstatus"] == "OK"
     expected = [x for i in range(5) for x in (f"start {i}", f"end {i}")]
@@ -128,8 +132,13 @@ def test_abort_running_and_queued(store: Store, worker: TaskWorker) -> None:
     tasks = Tasks(store)
     running = tasks.submit(node="n1", type="t_wait", id="9", user="u@pve", serial="vm:9")
     queued = tasks.submit(node="n1", type="t_ok", id="9", user="u@pve", serial="vm:9")
-    wait_for(lambda: tasks.status(running)["status"] == "running" and
-             store.get_value(record_key("n1", running))["status"] == "running", 10)
+    wait_for(
+        lambda: (
+            tasks.status(running)["status"] == "running"
+            and store.get_value(record_key("n1", running))["status"] == "running"
+        ),
+        10,
+    )
     tasks.abort(queued)
     tasks.abort(running)
     assert tasks.wait(running)["exitstatus"] == ABORTED

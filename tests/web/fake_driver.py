@@ -28,29 +28,33 @@ class FakeDriver(GuestDriver):
         self.lock = threading.Lock()
 
     def config_schema(self) -> Schema:
-        return Schema({
-            "hostname": Param("string", optional=True, format="dns-name", hotplug=False),
-            "memory": Param("integer", optional=True, minimum=16, default=512),
-            "cores": Param("integer", optional=True, minimum=1, maximum=128),
-            "net0": Param("string", optional=True, format=NET, hotplug=False),
-            "description": Param("string", optional=True, format="multiline"),
-            "protection": Param("boolean", optional=True),
-            "ostemplate": Param("string", optional=True),
-            "password": Param("string", optional=True, secret=True),
-            "rootfs": Param("string", optional=True),
-        })
+        return Schema(
+            {
+                "hostname": Param("string", optional=True, format="dns-name", hotplug=False),
+                "memory": Param("integer", optional=True, minimum=16, default=512),
+                "cores": Param("integer", optional=True, minimum=1, maximum=128),
+                "net0": Param("string", optional=True, format=NET, hotplug=False),
+                "description": Param("string", optional=True, format="multiline"),
+                "protection": Param("boolean", optional=True),
+                "ostemplate": Param("string", optional=True),
+                "password": Param("string", optional=True, secret=True),
+                "rootfs": Param("string", optional=True),
+            }
+        )
 
-    def create(self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn,
-               params: Any) -> dict[str, Any]:
+    def create(
+        self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn, params: Any
+    ) -> dict[str, Any]:
         self.calls.append(("create", vmid))
         if self.fail_create:
             raise CommandFailed(cmd="tar", stderr="unexpected end of archive")
         self.guests[vmid] = {"status": "stopped", "config": dict(config)}
         log(f"created {vmid}")
-        return {**config, "rootfs": "local:subvol-%d-disk-0,size=1G" % vmid}
+        return {**config, "rootfs": f"local:subvol-{vmid}-disk-0,size=1G"}
 
-    def start(self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess,
-              log: LogFn) -> None:
+    def start(
+        self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
+    ) -> None:
         self.calls.append(("start", vmid))
         self.guests[vmid].update(status="running", config=dict(config))
 
@@ -58,8 +62,9 @@ class FakeDriver(GuestDriver):
         self.calls.append(("stop", vmid))
         self.guests[vmid]["status"] = "stopped"
 
-    def shutdown(self, vmid: int, config: dict[str, Any], *, timeout: int, force_stop: bool,
-                 log: LogFn) -> None:
+    def shutdown(
+        self, vmid: int, config: dict[str, Any], *, timeout: int, force_stop: bool, log: LogFn
+    ) -> None:
         self.calls.append(("shutdown", vmid))
         self.guests[vmid]["status"] = "stopped"
 
@@ -71,8 +76,9 @@ class FakeDriver(GuestDriver):
     def resume(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
         self.guests[vmid]["status"] = "running"
 
-    def destroy(self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess,
-                log: LogFn) -> None:
+    def destroy(
+        self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
+    ) -> None:
         self.calls.append(("destroy", vmid))
         del self.guests[vmid]
 
@@ -80,21 +86,41 @@ class FakeDriver(GuestDriver):
         g = self.guests.get(vmid)
         if g is None:
             return {"status": "stopped"}
-        return {"status": g["status"], "cpu": 0.0, "mem": 1 << 20,
-                "maxmem": int(g["config"].get("memory", 512)) << 20, "uptime": 1}
+        return {
+            "status": g["status"],
+            "cpu": 0.0,
+            "mem": 1 << 20,
+            "maxmem": int(g["config"].get("memory", 512)) << 20,
+            "uptime": 1,
+        }
 
     def running(self) -> set[int]:
         return {v for v, g in self.guests.items() if g["status"] == "running"}
 
-    def apply_live(self, vmid: int, old: dict[str, Any], new: dict[str, Any], *,
-                   volumes: VolumeAccess, log: LogFn) -> set[str]:
+    def apply_live(
+        self,
+        vmid: int,
+        old: dict[str, Any],
+        new: dict[str, Any],
+        *,
+        volumes: VolumeAccess,
+        log: LogFn,
+    ) -> set[str]:
         changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
         applied = changed & self.info.live_config
         for key in applied:
             self.guests[vmid]["config"][key] = new.get(key)
         return applied
 
-    def resize(self, vmid: int, config: dict[str, Any], disk: str, size: int, *,
-               volumes: VolumeAccess, log: LogFn) -> dict[str, Any]:
+    def resize(
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        disk: str,
+        size: int,
+        *,
+        volumes: VolumeAccess,
+        log: LogFn,
+    ) -> dict[str, Any]:
         volid = str(config[disk]).split(",")[0]
         return {**config, disk: f"{volid},size={size >> 30}G"}

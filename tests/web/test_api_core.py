@@ -19,10 +19,17 @@ def test_initial_admin_password_is_private(corrald: Corrald) -> None:
     assert len(corrald.password) >= 12
 
 
-@pytest.mark.parametrize("method,path", [
-    ("GET", "/version"), ("GET", "/nodes"), ("GET", "/cluster/resources"),
-    ("POST", "/cluster/nextid"), ("GET", "/no/such/path"), ("DELETE", "/nodes/node1"),
-])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/version"),
+        ("GET", "/nodes"),
+        ("GET", "/cluster/resources"),
+        ("POST", "/cluster/nextid"),
+        ("GET", "/no/such/path"),
+        ("DELETE", "/nodes/node1"),
+    ],
+)
 def test_everything_but_login_needs_credentials(corrald: Corrald, method: str, path: str) -> None:
     r = corrald.anonymous().request(method, path)
     assert r.status_code == 401
@@ -33,19 +40,30 @@ def test_login_and_ticket_shape(corrald: Corrald) -> None:
     s = corrald.session()
     assert s.ticket.startswith("PVE:admin@pve:")
     assert s.get("/version").json()["data"]["version"]
-    bad = requests.post(f"{corrald.url}/api2/json/access/ticket", verify=corrald.ca, timeout=30,
-                        data={"username": "admin@pve", "password": "wrong"})
+    bad = requests.post(
+        f"{corrald.url}/api2/json/access/ticket",
+        verify=corrald.ca,
+        timeout=30,
+        data={"username": "admin@pve", "password": "wrong"},
+    )
     assert bad.status_code == 401
-    realm = requests.post(f"{corrald.url}/api2/json/access/ticket", verify=corrald.ca, timeout=30,
-                          data={"username": "admin", "realm": "pve",
-                                "password": corrald.password})
+    realm = requests.post(
+        f"{corrald.url}/api2/json/access/ticket",
+        verify=corrald.ca,
+        timeout=30,
+        data={"username": "admin", "realm": "pve", "password": corrald.password},
+    )
     assert realm.status_code == 200
 
 
 def test_ticket_renewal_with_the_ticket_as_password(corrald: Corrald) -> None:
     s = corrald.session()
-    renewed = requests.post(f"{corrald.url}/api2/json/access/ticket", verify=corrald.ca, timeout=30,
-                            data={"username": "admin@pve", "password": s.ticket})
+    renewed = requests.post(
+        f"{corrald.url}/api2/json/access/ticket",
+        verify=corrald.ca,
+        timeout=30,
+        data={"username": "admin@pve", "password": s.ticket},
+    )
     assert renewed.status_code == 200
 
 
@@ -74,8 +92,9 @@ def test_privilege_separated_token_without_acl_is_forbidden(corrald: Corrald) ->
     tok = admin.data("POST", "/access/users/admin@pve/token/sep")
     t = ApiSession(corrald.url, corrald.ca).token(f"admin@pve!sep={tok['value']}")
     assert t.get("/nodes/node1/status").status_code == 403
-    admin.data("PUT", "/access/acl", data={"path": "/", "roles": "PVEAuditor",
-                                           "tokens": "admin@pve!sep"})
+    admin.data(
+        "PUT", "/access/acl", data={"path": "/", "roles": "PVEAuditor", "tokens": "admin@pve!sep"}
+    )
     assert t.get("/nodes/node1/status").status_code == 200
     assert t.post("/cluster/nextid").status_code == 403
 
@@ -164,13 +183,20 @@ def test_openapi_document(corrald: Corrald) -> None:
 
 def test_proxmoxer_unmodified(corrald: Corrald) -> None:
     host, port = "127.0.0.1", corrald.port
-    api = ProxmoxAPI(host, port=port, user="admin@pve", password=corrald.password,
-                     verify_ssl=corrald.ca)
+    api = ProxmoxAPI(
+        host, port=port, user="admin@pve", password=corrald.password, verify_ssl=corrald.ca
+    )
     assert api.version.get()["version"]
     assert api.nodes.get()[0]["node"] == "node1"
     tok = api.access.users("admin@pve").token("prox").post(privsep=0)
-    via_token = ProxmoxAPI(host, port=port, user="admin@pve", token_name="prox",
-                           token_value=tok["value"], verify_ssl=corrald.ca)
+    via_token = ProxmoxAPI(
+        host,
+        port=port,
+        user="admin@pve",
+        token_name="prox",
+        token_value=tok["value"],
+        verify_ssl=corrald.ca,
+    )
     assert via_token.nodes("node1").status.get()["uptime"] >= 0
 
 

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask.testing import FlaskClient
-
 from corral.cluster import keys
 from corral.cluster.access import Access
 from corral.cluster.store import Store
 from corral.cluster.tasks import Tasks, TaskWorker
 from corral.web.app import LOCAL_ROOT, NodeContext, create_app
+from flask.testing import FlaskClient
+
 from tests.util import wait_for
 from tests.web.fake_driver import FakeDriver
 
@@ -43,8 +43,15 @@ class Api:
     def task(self, method: str, path: str, **params: Any) -> dict[str, Any]:
         upid = self.ok(method, path, **params)
         assert upid.startswith("UPID:node1:")
-        return wait_for(lambda: (s := self.ok("GET", f"/nodes/node1/tasks/{upid}/status"))
-                        ["status"] == "stopped" and s, 20, 0.02, what=upid)
+        return wait_for(
+            lambda: (
+                (s := self.ok("GET", f"/nodes/node1/tasks/{upid}/status"))["status"] == "stopped"
+                and s
+            ),
+            20,
+            0.02,
+            what=upid,
+        )
 
 
 @pytest.fixture
@@ -65,8 +72,16 @@ def env(store: Store) -> Iterator[tuple[Api, FakeDriver, Store]]:
 
 def test_create_start_config_stop_destroy(env: tuple[Api, FakeDriver, Store]) -> None:
     api, driver, store = env
-    status = api.task("POST", "/nodes/node1/lxc", vmid=200, hostname="web", memory=256,
-                      ostemplate="local:vztmpl/x.tar.gz", password="s3cretpass", start=1)
+    status = api.task(
+        "POST",
+        "/nodes/node1/lxc",
+        vmid=200,
+        hostname="web",
+        memory=256,
+        ostemplate="local:vztmpl/x.tar.gz",
+        password="s3cretpass",
+        start=1,
+    )
     assert status["exitstatus"] == "OK"
     cfg = api.ok("GET", "/nodes/node1/lxc/200/config")
     assert cfg["hostname"] == "web" and cfg["memory"] == 256
@@ -84,11 +99,16 @@ def test_create_start_config_stop_destroy(env: tuple[Api, FakeDriver, Store]) ->
     assert store.get(keys.guest(200)) is None
     assert api.call("GET", "/nodes/node1/lxc/200/config").status_code == 404
     assert [c for c in driver.calls if c[1] == 200] == [
-        ("create", 200), ("start", 200), ("stop", 200), ("destroy", 200)]
+        ("create", 200),
+        ("start", 200),
+        ("stop", 200),
+        ("destroy", 200),
+    ]
 
 
 def test_running_guest_takes_live_keys_and_keeps_the_rest_pending(
-        env: tuple[Api, FakeDriver, Store]) -> None:
+    env: tuple[Api, FakeDriver, Store],
+) -> None:
     api, driver, _ = env
     api.task("POST", "/nodes/node1/lxc", vmid=201, hostname="a", start=1)
     api.ok("PUT", "/nodes/node1/lxc/201/config", memory=1024, hostname="b")
@@ -102,11 +122,13 @@ def test_running_guest_takes_live_keys_and_keeps_the_rest_pending(
     api.task("POST", "/nodes/node1/lxc/201/status/reboot")  # pending applied on restart
     assert api.ok("GET", "/nodes/node1/lxc/201/config", current=1)["hostname"] == "b"
     assert api.ok("GET", "/nodes/node1/lxc/201/pending") and all(
-        "pending" not in r for r in api.ok("GET", "/nodes/node1/lxc/201/pending"))
+        "pending" not in r for r in api.ok("GET", "/nodes/node1/lxc/201/pending")
+    )
 
 
 def test_stopped_guest_config_applies_at_once_and_delete(
-        env: tuple[Api, FakeDriver, Store]) -> None:
+    env: tuple[Api, FakeDriver, Store],
+) -> None:
     api, _, _ = env
     api.task("POST", "/nodes/node1/lxc", vmid=202, hostname="a", cores=2)
     api.ok("PUT", "/nodes/node1/lxc/202/config", hostname="c", delete="cores")
@@ -125,10 +147,10 @@ def test_digest_detects_concurrent_change(env: tuple[Api, FakeDriver, Store]) ->
 
 
 def test_bad_config_is_400_naming_each_key_and_creates_nothing(
-        env: tuple[Api, FakeDriver, Store]) -> None:
+    env: tuple[Api, FakeDriver, Store],
+) -> None:
     api, driver, store = env
-    r = api.call("POST", "/nodes/node1/lxc", vmid=204, memory=1, colour="red",
-                 net0="bridge=vmbr0")
+    r = api.call("POST", "/nodes/node1/lxc", vmid=204, memory=1, colour="red", net0="bridge=vmbr0")
     assert r.status_code == 400
     errors = r.get_json()["errors"]
     assert set(errors) == {"memory", "colour", "net0"}
@@ -160,15 +182,24 @@ def test_duplicate_vmid_and_reservations(env: tuple[Api, FakeDriver, Store]) -> 
 def test_operations_on_one_guest_queue_in_order(env: tuple[Api, FakeDriver, Store]) -> None:
     api, driver, _ = env
     api.task("POST", "/nodes/node1/lxc", vmid=208)
-    upids = [api.ok("POST", f"/nodes/node1/lxc/208/status/{op}")
-             for op in ("start", "stop", "start", "stop", "start")]
+    upids = [
+        api.ok("POST", f"/nodes/node1/lxc/208/status/{op}")
+        for op in ("start", "stop", "start", "stop", "start")
+    ]
     for upid in upids:
-        wait_for(lambda u=upid: api.ok("GET", f"/nodes/node1/tasks/{u}/status")["status"]
-                 == "stopped", 20)
+        wait_for(
+            lambda u=upid: api.ok("GET", f"/nodes/node1/tasks/{u}/status")["status"] == "stopped",
+            20,
+        )
     statuses = [api.ok("GET", f"/nodes/node1/tasks/{u}/status")["exitstatus"] for u in upids]
     assert statuses == ["OK"] * 5  # no lock-timeout errors, each ran after the previous
     assert [c[0] for c in driver.calls if c[1] == 208][1:] == [
-        "start", "stop", "start", "stop", "start"]
+        "start",
+        "stop",
+        "start",
+        "stop",
+        "start",
+    ]
 
 
 def test_protection_and_running_refuse_destroy(env: tuple[Api, FakeDriver, Store]) -> None:
@@ -199,8 +230,10 @@ def test_suspend_resume_and_status_ops_need_a_guest(env: tuple[Api, FakeDriver, 
 def test_resize_grows_and_refuses_shrinking(env: tuple[Api, FakeDriver, Store]) -> None:
     api, _, _ = env
     api.task("POST", "/nodes/node1/lxc", vmid=211)
-    assert api.task("PUT", "/nodes/node1/lxc/211/resize", disk="rootfs",
-                    size="+2G")["exitstatus"] == "OK"
+    assert (
+        api.task("PUT", "/nodes/node1/lxc/211/resize", disk="rootfs", size="+2G")["exitstatus"]
+        == "OK"
+    )
     assert api.ok("GET", "/nodes/node1/lxc/211/config")["rootfs"].endswith("size=3G")
     r = api.call("PUT", "/nodes/node1/lxc/211/resize", disk="rootfs", size="1G")
     assert r.status_code == 400 and "shrinking" in r.get_json()["errors"]["size"]

@@ -27,8 +27,12 @@ def test_etcd_killed_gives_503_fast_then_recovers(fresh_corrald: Corrald) -> Non
         os.kill(pid, signal.SIGKILL)
         os.kill(pid, signal.SIGCONT)
     # corrald's supervisor restarts its etcd; the API comes back by itself.
-    wait_for(lambda: s.get("/cluster/status").status_code == 200, 30, 0.2,
-             what="API back after etcd restart")
+    wait_for(
+        lambda: s.get("/cluster/status").status_code == 200,
+        30,
+        0.2,
+        what="API back after etcd restart",
+    )
     assert node.etcd_pid() not in (None, pid)
     upid_ok = s.post("/cluster/nextid").status_code
     assert upid_ok == 200
