@@ -26,6 +26,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
 from corral.cluster.errors import Conflict, Forbidden, NotFound, ParamError, Unauthorized
 from corral.cluster.schema import FORMATS
 from corral.cluster.store import Store
@@ -170,7 +171,11 @@ class Access:
         _, realm = split_userid(userid)
         rec = self.user(userid)
         if realm == "pam":
-            if rec is not None and not rec.get("enable", 1):
+            # As in Proxmox: PAM checks the password, but only root@pam and users
+            # added to corral may log in.
+            if rec is None and userid != "root@pam":
+                return False
+            if rec is not None and (not rec.get("enable", 1) or _expired(rec.get("expire", 0))):
                 return False
             return _pam_authenticate(userid.rpartition("@")[0], password)
         if rec is None or not rec.get("enable", 1) or _expired(rec.get("expire", 0)):

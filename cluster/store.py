@@ -34,6 +34,7 @@ import aetcd.exceptions
 import aetcd.rpc
 import grpc
 import orjson
+
 from corral.cluster.errors import Conflict, Unavailable
 
 log = logging.getLogger(__name__)

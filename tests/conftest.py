@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from corral.cluster.etcd_embed import EmbeddedEtcd
 from corral.cluster.store import Store
-
 from tests.util import Corrald, free_ports
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import requests
 import urllib3
+
 from corral.cluster.client import Client
 
 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)

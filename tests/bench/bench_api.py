@@ -20,7 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from corral.cluster.store import Store  # noqa: E402
-
 from tests.util import Corrald  # noqa: E402
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from corral.cluster.access import TICKET_LIFETIME, Access, Identity
 from corral.cluster.errors import Conflict, Forbidden, Unauthorized
 from corral.cluster.store import Store

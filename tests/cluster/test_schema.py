@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from corral.cluster.errors import ParamError
 from corral.cluster.schema import (
     UNKNOWN_PROPERTY,

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+
 from corral.cluster.errors import Conflict, Unavailable
 from corral.cluster.etcd_embed import EmbeddedEtcd
 from corral.cluster.store import Event, Store
-
 from tests.util import free_ports, wait_for
 
 

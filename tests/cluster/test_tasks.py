@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+
 from corral.cluster.errors import NotFound, ParamError
 from corral.cluster.store import Store
 from corral.cluster.tasks import (
@@ -19,7 +20,6 @@ from corral.cluster.tasks import (
     record_key,
     task_handler,
 )
-
 from tests.util import wait_for
 
 ORDER: list[str] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import stat
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -204,3 +205,39 @@ def test_local_socket_is_root_only(corrald: Corrald) -> None:
     sock = corrald.data_dir / "corrald.sock"
     assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
     assert corrald.local().call("GET", "/nodes")[0]["node"] == "node1"
+
+
+@pytest.fixture
+def pam_user() -> Iterator[tuple[str, str]]:
+    """A throwaway host account with a password, removed afterwards."""
+    import subprocess
+
+    name, password = "crltestpam", "Pam-Test-Passw0rd"
+    subprocess.run(["userdel", name], capture_output=True, timeout=30)
+    subprocess.run(
+        ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        check=True,
+        timeout=30,
+    )
+    subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True, timeout=30)
+    yield name, password
+    subprocess.run(["userdel", name], capture_output=True, timeout=30)
+
+
+def test_pam_realm_checks_the_host_password(corrald: Corrald, pam_user: tuple[str, str]) -> None:
+    name, password = pam_user
+    url = f"{corrald.url}/api2/json/access/ticket"
+    # PAM accepts the password, but the user was not added to corral yet.
+    r = requests.post(
+        url, data={"username": f"{name}@pam", "password": password}, verify=corrald.ca, timeout=30
+    )
+    assert r.status_code == 401
+    corrald.session().data("POST", "/access/users", data={"userid": f"{name}@pam"})
+    r = requests.post(
+        url, data={"username": f"{name}@pam", "password": password}, verify=corrald.ca, timeout=30
+    )
+    assert r.status_code == 200, r.text
+    r = requests.post(
+        url, data={"username": f"{name}@pam", "password": "wrong"}, verify=corrald.ca, timeout=30
+    )
+    assert r.status_code == 401

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from flask.testing import FlaskClient
+
 from corral.cluster import keys
 from corral.cluster.access import Access
 from corral.cluster.store import Store
 from corral.cluster.tasks import Tasks, TaskWorker
 from corral.web.app import LOCAL_ROOT, NodeContext, create_app
-from flask.testing import FlaskClient
-
 from tests.util import wait_for
 from tests.web.fake_driver import FakeDriver
 
