@@ -38,10 +38,11 @@ from corral.cluster.errors import NotImplementedPath
 from corral.cluster.schema import Param, Schema
 
 if TYPE_CHECKING:
+    from flask import Request
+
     from corral.cluster.access import Access, Identity
     from corral.cluster.store import Store
     from corral.cluster.tasks import Tasks
-    from flask import Request
 
 
 @dataclass

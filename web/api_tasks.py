@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import Response
+
 from corral.cluster.errors import NotFound
 from corral.cluster.schema import NODE, Param
 from corral.cluster.tasks import Upid
 from corral.web.api import Ctx, endpoint
 from corral.web.app import json_response
-from flask import Response
 
 UPID = Param("string", "The task's unique ID.", max_length=512)
 

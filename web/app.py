@@ -18,12 +18,13 @@ from typing import Any
 from urllib.parse import unquote
 
 import orjson
+from flask import Flask, Request, Response, request
+
 from corral.cluster.access import Access, Identity
 from corral.cluster.errors import CorralError, ParamError, Unauthorized
 from corral.cluster.store import Store
 from corral.cluster.tasks import Tasks
 from corral.web import api
-from flask import Flask, Request, Response, request
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ ENDPOINT_MODULES = [
     "corral.web.api_tasks",
     "corral.web.api_storage",
     "corral.web.api_guests",
+    "corral.web.console",
 ]
 
 LOCAL_ROOT = "corral.local_root"  # environ flag set by the root-only unix socket server
