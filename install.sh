@@ -44,6 +44,7 @@ TEST_PACKAGES=(
     ceph-mon ceph-mgr ceph-osd
     zfs-fuse
     linux-image-amd64 cpio
+    chromium
 )
 
 export DEBIAN_FRONTEND=noninteractive
@@ -55,9 +56,10 @@ for p in "${want[@]}"; do
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
-    apt-get update -q
+    # Wait for another apt/dpkg run to finish rather than failing on its lock.
+    apt-get -o DPkg::Lock::Timeout=600 update -q
     # The package scripts of some daemons try systemd and fail harmlessly here.
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
 fi
 
 # libvirtd refuses to start without the users, groups and directories that
