@@ -126,7 +126,27 @@ def request_params(req: Request) -> dict[str, Any]:
     return params
 
 
+audit = logging.getLogger("corral.audit")
+
+
 def dispatch(node: NodeContext, path: str) -> Response:
+    response = _dispatch(node, path)
+    if request.method in WRITE_METHODS:
+        # Every change is audited: who, what, and how it ended (never the parameters:
+        # they may hold passwords).
+        who = getattr(request, "corral_identity", "") or "-"
+        audit.info(
+            "audit user=%s method=%s path=/%s status=%s remote=%s",
+            who,
+            request.method,
+            path,
+            response.status_code,
+            request.remote_addr or "local",
+        )
+    return response
+
+
+def _dispatch(node: NodeContext, path: str) -> Response:
     try:
         try:
             ep, path_params = api.route(request.method, path)
@@ -135,6 +155,7 @@ def dispatch(node: NodeContext, path: str) -> Response:
             raise
         if not ep.public:
             ident = authenticate(node, request)
+            request.corral_identity = ident.name  # type: ignore[attr-defined]
         else:
             ident = Identity("")
         ctx = api.Ctx(

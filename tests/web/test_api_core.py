@@ -241,3 +241,21 @@ def test_pam_realm_checks_the_host_password(corrald: Corrald, pam_user: tuple[st
         url, data={"username": f"{name}@pam", "password": "wrong"}, verify=corrald.ca, timeout=30
     )
     assert r.status_code == 401
+
+
+def test_every_change_is_audited_without_secrets(corrald: Corrald) -> None:
+    s = corrald.session()
+    s.post("/cluster/nextid")
+    s.post("/access/users", data={"userid": "audited@pve", "password": "Secret-Pass-123"})
+
+    def logged() -> bool:
+        text = (corrald.data_dir / "test-corrald.log").read_text()
+        return (
+            "audit user=admin@pve method=POST path=/cluster/nextid status=200" in text
+            and "path=/access/users status=200" in text
+        )
+
+    from tests.util import wait_for
+
+    wait_for(logged, 10, what="audit lines")
+    assert "Secret-Pass-123" not in (corrald.data_dir / "test-corrald.log").read_text()
