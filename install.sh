@@ -10,7 +10,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-VENV=/opt/corral/venv
+VENV="${CORRAL_VENV:-/opt/corral/venv}"
 START=1
 TEST_DEPS=0
 for arg in "$@"; do
@@ -86,11 +86,14 @@ if [ "$TEST_DEPS" = 1 ]; then
 else
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$HERE"
 fi
-for tool in corrald corralsh corral; do
-    ln -sf "$VENV/bin/$tool" "/usr/local/bin/$tool"
-done
-install -d -m 0755 /usr/local/lib/systemd/system
-install -m 0644 "$HERE/ansible/files/corrald.service" /usr/local/lib/systemd/system/corrald.service
+if [ "$VENV" = /opt/corral/venv ]; then
+    # Only the real install goes on PATH (a CI dry run may use another venv).
+    for tool in corrald corralsh corral; do
+        ln -sf "$VENV/bin/$tool" "/usr/local/bin/$tool"
+    done
+    install -d -m 0755 /usr/local/lib/systemd/system
+    install -m 0644 "$HERE/ansible/files/corrald.service" /usr/local/lib/systemd/system/corrald.service
+fi
 
 if [ "$START" = 1 ]; then
     log "starting corral"
