@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from corral.cluster import registry
 from corral.cluster.client import Client
@@ -164,6 +165,113 @@ def cmd_template(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
+def _conf(data_dir: str) -> dict[str, Any]:
+    return dict(json.loads(Path(data_dir, "corral.json").read_text()))
+
+
+def cmd_cluster(args: argparse.Namespace, extra: list[str]) -> int:
+    client = _client(args.data_dir)
+    if args.action == "create":
+        params = {"clustername": args.target}
+        if args.link0:
+            params["link0"] = args.link0
+        client.call("POST", "/cluster/config", params)
+        print(f"cluster '{args.target}' created; join other nodes with:")
+        fp = next(
+            n["pve_fp"]
+            for n in client.call("GET", "/cluster/config/join")["nodelist"]
+            if n["name"] == _conf(args.data_dir)["node"]
+        )
+        print(f"  corral cluster join {_node_address(args.data_dir)} --fingerprint {fp}")
+        return 0
+    if args.action == "delnode":
+        client.call("DELETE", f"/cluster/config/nodes/{args.target}")
+        print(f"node '{args.target}' removed")
+        return 0
+    if args.action == "status":
+        return cmd_status(args, extra)
+    return _join(args, client)
+
+
+def _node_address(data_dir: str) -> str:
+    host = _conf(data_dir)["listen"].rpartition(":")[0]
+    if host in ("0.0.0.0", "", "::"):
+        from corral.cluster.daemon import _primary_address
+
+        host = _primary_address() or "127.0.0.1"
+    return host
+
+
+def _join(args: argparse.Namespace, local: Client) -> int:
+    """Join the cluster an existing node at args.target belongs to (this node's own
+    state is replaced by the cluster's, so a node with guests is refused)."""
+    import getpass
+    import shutil
+
+    if not args.fingerprint:
+        print(
+            "corral: --fingerprint is required (the existing node's certificate "
+            "SHA-256, shown by 'corral cluster create' and in /nodes)",
+            file=sys.stderr,
+        )
+        return 2
+    if local.call("GET", "/cluster/resources", {"type": "vm"}):
+        print("corral: this node has guests; a joining node must be empty", file=sys.stderr)
+        return 1
+    conf = _conf(args.data_dir)
+    password = os.environ.get("CORRAL_PASSWORD") or getpass.getpass(
+        f"Password for {args.user} on {args.target}: "
+    )
+    host, _, port = args.target.partition(":")
+    remote = Client(
+        host=host,
+        port=int(port or 8006),
+        user=args.user,
+        password=password,
+        fingerprint=args.fingerprint,
+        timeout=30,
+    )
+    address = _node_address(args.data_dir)
+    result = remote.call(
+        "POST",
+        f"/cluster/config/nodes/{conf['node']}",
+        {
+            "address": address,
+            "etcd_client_port": conf["etcd_port"],
+            "etcd_peer_port": conf["etcd_port"] + 1,
+        },
+    )
+    if cmd_stop(args, []) != 0:
+        return 1
+    data = Path(args.data_dir)
+    shutil.rmtree(data / "etcd", ignore_errors=True)  # the cluster's state replaces ours
+    ssl_dir = data / "ssl"
+    ssl_dir.mkdir(exist_ok=True, mode=0o700)
+    (ssl_dir / "ca.pem").write_text(result["ca_cert"])
+    fd = os.open(ssl_dir / "ca.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(result["ca_key"])
+    for name in ("node.pem", "node.key"):
+        (ssl_dir / name).unlink(missing_ok=True)  # re-issued by the cluster CA on start
+    (data / "initial-admin-password").unlink(missing_ok=True)
+    if result.get("voter"):
+        conf.update(
+            etcd=[],
+            etcd_address=address,
+            etcd_initial_cluster=result["initial_cluster"],
+            etcd_state="existing",
+        )
+    else:
+        conf.update(etcd=result["endpoints"])
+    from corral.cluster.daemon import save_config
+
+    save_config(data, conf)
+    code = cmd_start(args, [])
+    if code == 0:
+        print(f"node '{conf['node']}' joined cluster '{result.get('cluster_name')}'")
+    return code
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="corral", description="corral node administration")
     parser.add_argument("--data-dir", default=DEFAULT_DIR)
@@ -171,6 +279,17 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("start", help="start corrald in the background")
     sub.add_parser("stop", help="stop corrald")
     sub.add_parser("status", help="show node and cluster state")
+    cl = sub.add_parser("cluster", help="create, join or shrink a cluster")
+    cl.add_argument("action", choices=["create", "join", "delnode", "status"])
+    cl.add_argument(
+        "target",
+        nargs="?",
+        default="",
+        help="cluster name (create), ADDRESS[:PORT] of a member (join), node",
+    )
+    cl.add_argument("--fingerprint", default=None)
+    cl.add_argument("--user", default="admin@pve")
+    cl.add_argument("--link0", default=None, help="address other nodes reach this one at")
     tpl = sub.add_parser("template", help="container templates")
     tpl.add_argument("action", choices=["build", "import-oci"])
     tpl.add_argument("what", help="busybox|debian for build, a path for import-oci")

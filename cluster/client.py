@@ -3,6 +3,7 @@ with an API token or a login ticket. Used by corralsh, corral and tests."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import socket
@@ -11,6 +12,27 @@ import sys
 import time
 from typing import Any
 from urllib.parse import quote, urlencode
+
+
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to a node whose certificate is trusted by its SHA-256 fingerprint
+    (`corral cluster join`, before the joining node has the cluster CA)."""
+
+    def __init__(self, host: str, port: int, *, fingerprint: str, timeout: float) -> None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # replaced by the fingerprint check below
+        super().__init__(host, port, timeout=timeout, context=ctx)
+        self.fingerprint = fingerprint.replace(":", "").upper()
+
+    def connect(self) -> None:
+        super().connect()
+        der = self.sock.getpeercert(binary_form=True) if self.sock else None  # type: ignore[union-attr]
+        got = hashlib.sha256(der or b"").hexdigest().upper()
+        if got != self.fingerprint:
+            self.close()
+            pretty = ":".join(got[i : i + 2] for i in range(0, len(got), 2))
+            raise ssl.SSLError(f"certificate fingerprint mismatch: the node presented {pretty}")
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -48,12 +70,14 @@ class Client:
         verify: bool = False,
         cafile: str | None = None,
         timeout: float = 60,
+        fingerprint: str | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.host = host
         self.port = port
         self.token = token
         self.timeout = timeout
+        self.fingerprint = fingerprint
         self.ticket: str | None = None
         self.csrf: str | None = None
         if host:
@@ -70,6 +94,13 @@ class Client:
     def _conn(self) -> http.client.HTTPConnection:
         if self.socket_path:
             return UnixHTTPConnection(self.socket_path, self.timeout)
+        if self.fingerprint:
+            return PinnedHTTPSConnection(
+                self.host or "127.0.0.1",
+                self.port,
+                fingerprint=self.fingerprint,
+                timeout=self.timeout,
+            )
         return http.client.HTTPSConnection(
             self.host or "127.0.0.1", self.port, timeout=self.timeout, context=self.ssl_ctx
         )

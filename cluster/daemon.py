@@ -78,10 +78,15 @@ def load_config(data_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     conf.setdefault("etcd_port", 2379)
     conf.setdefault("libvirt_uri", "qemu:///system")
     conf.setdefault("bridge", "vmbr0")
+    save_config(data_dir, conf)
+    return conf
+
+
+def save_config(data_dir: Path, conf: dict[str, Any]) -> None:
+    path = data_dir / "corral.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(conf, indent=2) + "\n")
     os.replace(tmp, path)
-    return conf
 
 
 class Node:
@@ -98,6 +103,7 @@ class Node:
         self.servers: list[Any] = []
         self.stopping = threading.Event()
         self.services: dict[str, Any] = {
+            "daemon": self,
             "config": conf,
             "node": self.name,
             "data_dir": str(data_dir),
@@ -109,12 +115,11 @@ class Node:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         endpoints = self.conf["etcd"]
         if not endpoints:
-            self.etcd = EmbeddedEtcd(
-                self.data_dir / "etcd" / "data", name=self.name, client_port=self.conf["etcd_port"]
-            )
+            self.etcd = self._embedded_etcd()
             self.etcd.start()
             endpoints = [self.etcd.endpoint]
         self.store = Store(endpoints)
+        self.store.start_quorum_probe()
         self.services["etcd"] = self.etcd
         self._wait_store()
         self._bootstrap()
@@ -127,6 +132,37 @@ class Node:
         threading.Thread(target=self._publish_loop, name="status", daemon=True).start()
         self._serve()
         log.info("node ready node=%s url=%s", self.name, self.url)
+
+    def _embedded_etcd(self) -> EmbeddedEtcd:
+        return EmbeddedEtcd(
+            self.data_dir / "etcd" / "data",
+            name=self.name,
+            client_port=self.conf["etcd_port"],
+            address=self.conf.get("etcd_address", "127.0.0.1"),
+            initial_cluster=self.conf.get("etcd_initial_cluster"),
+            state=self.conf.get("etcd_state", "new"),
+        )
+
+    def move_etcd(self, address: str) -> None:
+        """Make the private etcd reachable by peers at `address` (cluster create).
+
+        The member's advertised peer URL is updated first, then etcd restarts
+        listening there; clients keep using loopback throughout.
+        """
+        assert self.etcd is not None and self.store is not None
+        if address == self.etcd.address:
+            return
+        members = self.store.members()
+        me = next(m for m in members if m.name == self.name)
+        peer = f"http://{address}:{self.etcd.peer_port}"
+        self.store.call(lambda c: c.update_member(me.id, [peer]))
+        self.conf["etcd_address"] = address
+        save_config(self.data_dir, self.conf)
+        self.etcd.stop()
+        self.etcd = self._embedded_etcd()
+        self.etcd.start()
+        self.services["etcd"] = self.etcd
+        self._wait_store()
 
     def _wait_store(self, timeout: float = 30.0) -> None:
         assert self.store is not None

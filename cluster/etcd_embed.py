@@ -47,6 +47,10 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
 class EmbeddedEtcd:
     """One single-member etcd bound to 127.0.0.1:`client_port` (peer on `peer_port`)."""
 
@@ -57,11 +61,19 @@ class EmbeddedEtcd:
         name: str,
         client_port: int = 2379,
         peer_port: int | None = None,
+        address: str = "127.0.0.1",
+        initial_cluster: str | None = None,
+        state: str = "new",
     ) -> None:
+        """`address`: where peers and other nodes reach this member (loopback for a
+        single node). `initial_cluster`/`state`: as etcd's flags, for joining."""
         self.data_dir = Path(data_dir)
         self.name = name
         self.client_port = client_port
         self.peer_port = peer_port or client_port + 1
+        self.address = address
+        self.initial_cluster = initial_cluster
+        self.initial_state = state
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._stop = threading.Event()
@@ -72,8 +84,20 @@ class EmbeddedEtcd:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.client_port}"
 
+    @property
+    def peer_url(self) -> str:
+        return f"http://{_host(self.address)}:{self.peer_port}"
+
+    @property
+    def client_url(self) -> str:
+        """The URL other nodes use to reach this member's client port."""
+        return f"http://{_host(self.address)}:{self.client_port}"
+
     def argv(self) -> list[str]:
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        clients = [self.endpoint]
+        if self.address not in ("127.0.0.1", "localhost"):
+            clients.append(self.client_url)
+        initial = self.initial_cluster or f"{self.name}={self.peer_url}"
         return [
             etcd_binary(),
             "--name",
@@ -81,17 +105,17 @@ class EmbeddedEtcd:
             "--data-dir",
             str(self.data_dir),
             "--listen-client-urls",
-            self.endpoint,
+            ",".join(clients),
             "--advertise-client-urls",
-            self.endpoint,
+            ",".join(reversed(clients)),
             "--listen-peer-urls",
-            peer,
+            self.peer_url,
             "--initial-advertise-peer-urls",
-            peer,
+            self.peer_url,
             "--initial-cluster",
-            f"{self.name}={peer}",
+            initial,
             "--initial-cluster-state",
-            "new",
+            self.initial_state,
             # Keep history bounded; watches that fall behind resync (store.Watch).
             "--auto-compaction-mode",
             "revision",
@@ -101,6 +125,11 @@ class EmbeddedEtcd:
             str(2 << 30),
             "--log-level",
             "warn",
+            # Notice a dead leader within about a second, not etcd's default 10 beats.
+            "--heartbeat-interval",
+            "100",
+            "--election-timeout",
+            "1000",
         ]
 
     def _spawn(self) -> None:

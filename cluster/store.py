@@ -35,7 +35,7 @@ import aetcd.rpc
 import grpc
 import orjson
 
-from corral.cluster.errors import Conflict, Unavailable
+from corral.cluster.errors import Conflict, NotQuorate, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,20 @@ def _range_end(prefix: bytes) -> bytes:
 
 
 async def _raw_range(
-    client: aetcd.Client, start: bytes, end: bytes | None, limit: int, *, count_only: bool = False
+    client: aetcd.Client,
+    start: bytes,
+    end: bytes | None,
+    limit: int,
+    *,
+    count_only: bool = False,
+    serializable: bool = False,
 ) -> Any:
     """A Range RPC built here: aetcd's request builder ignores `limit`."""
     request = aetcd.rpc.RangeRequest(
         key=start,
         limit=limit,
         count_only=count_only,
+        serializable=serializable,
         sort_order=aetcd.rpc.RangeRequest.ASCEND,
         sort_target=aetcd.rpc.RangeRequest.KEY,
     )
@@ -123,6 +130,10 @@ class Store:
         self._watchers: list[Watch] = []
         self.last_error: str | None = None
         self.last_ok = 0.0
+        # None until the quorum probe has run (single-node tools never start it).
+        self.quorate: bool | None = None
+        self._local = threading.local()
+        self._probe: threading.Thread | None = None
 
     # -- plumbing ---------------------------------------------------------
     def _run_loop(self) -> None:
@@ -212,6 +223,49 @@ class Store:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(2)
 
+    # -- quorum -----------------------------------------------------------
+    def start_quorum_probe(self, interval: float = 1.0) -> None:
+        """Keep `quorate` current: a linearizable read must succeed within a second.
+
+        Without quorum, writes then fail at once with NotQuorate and reads are
+        served by the local member (serializable) and flagged stale.
+        """
+
+        def run() -> None:
+            while not self._closed:
+                try:
+                    self.call(
+                        lambda c: _raw_range(c, self._k(""), None, 1, count_only=True),
+                        timeout=min(1.0, self.timeout),
+                    )
+                    ok = True
+                except Unavailable:
+                    ok = False
+                if ok != self.quorate:
+                    log.warning("cluster is %s", "quorate" if ok else "NOT quorate")
+                self.quorate = ok
+                time.sleep(interval)
+
+        self._probe = threading.Thread(target=run, name="quorum-probe", daemon=True)
+        self._probe.start()
+
+    def _writable(self) -> None:
+        if self.quorate is False:
+            raise NotQuorate("cluster not quorate - writes are refused until quorum returns")
+
+    @property
+    def last_read_stale(self) -> bool:
+        return bool(getattr(self._local, "stale", False))
+
+    def reset_stale(self) -> None:
+        self._local.stale = False
+
+    def _serializable(self) -> bool:
+        if self.quorate is False:
+            self._local.stale = True
+            return True
+        return False
+
     # -- key/value --------------------------------------------------------
     def _kv(self, item: Any) -> KV:
         return KV(
@@ -224,7 +278,8 @@ class Store:
         )
 
     def get(self, key: str) -> KV | None:
-        item = self.call(lambda c: c.get(self._k(key)))
+        serializable = self._serializable()
+        item = self.call(lambda c: c.get(self._k(key), serializable=serializable))
         return None if item is None else self._kv(item)
 
     def get_value(self, key: str, default: Any = None) -> Any:
@@ -237,12 +292,16 @@ class Store:
     def range_rev(self, prefix: str, *, limit: int = 0) -> tuple[list[KV], int]:
         """Every KV under `prefix` (sorted by key) and the store revision of the read."""
         start = self._k(prefix)
-        response = self.call(lambda c: _raw_range(c, start, _range_end(start), limit))
+        serializable = self._serializable()
+        response = self.call(
+            lambda c: _raw_range(c, start, _range_end(start), limit, serializable=serializable)
+        )
         return [self._kv(aetcd.rtypes.KeyValue(kv)) for kv in response.kvs], int(
             response.header.revision
         )
 
     def put(self, key: str, value: Any, *, lease: int | None = None) -> int:
+        self._writable()
         result = self.call(lambda c: c.put(self._k(key), _encode(value), lease=lease))
         return int(result.header.revision)
 
@@ -255,12 +314,14 @@ class Store:
         return self.txn([("mod", key, "==", mod_revision)], [("put", key, value, lease)])
 
     def delete(self, key: str, *, mod_revision: int | None = None) -> bool:
+        self._writable()
         if mod_revision is None:
             result = self.call(lambda c: c.delete(self._k(key)))
             return bool(result and result.deleted)
         return self.txn([("mod", key, "==", mod_revision)], [("delete", key)])
 
     def delete_prefix(self, prefix: str) -> int:
+        self._writable()
         result = self.call(lambda c: c.delete_prefix(self._k(prefix)))
         return int(result.deleted) if result else 0
 
@@ -275,6 +336,7 @@ class Store:
         compare: ("version"|"mod"|"create"|"value", key, "=="|"!="|"<"|">", operand)
         ops: ("put", key, value[, lease]) | ("delete", key) | ("delete_prefix", prefix)
         """
+        self._writable()
 
         async def run(c: aetcd.Client) -> bool:
             t = c.transactions
@@ -345,6 +407,7 @@ class Store:
 
     # -- leases -----------------------------------------------------------
     def lease_grant(self, ttl: int) -> int:
+        self._writable()
         lease = self.call(lambda c: c.lease(ttl))
         return int(lease.id)
 

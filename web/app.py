@@ -36,6 +36,7 @@ ENDPOINT_MODULES = [
     "corral.web.api_tasks",
     "corral.web.api_storage",
     "corral.web.api_guests",
+    "corral.web.api_cluster",
     "corral.web.console",
 ]
 
@@ -130,7 +131,11 @@ audit = logging.getLogger("corral.audit")
 
 
 def dispatch(node: NodeContext, path: str) -> Response:
+    node.store.reset_stale()
     response = _dispatch(node, path)
+    if node.store.last_read_stale:
+        # Without quorum, reads come from the local member and may be stale.
+        response.headers["X-Corral-Stale"] = "1"
     if request.method in WRITE_METHODS:
         # Every change is audited: who, what, and how it ended (never the parameters:
         # they may hold passwords).
