@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.cluster import registry
-from corral.cluster.client import Client
+from corral.cluster.client import ApiError, Client
 
 DEFAULT_DIR = os.environ.get("CORRAL_DATA_DIR", "/var/lib/corral")
 
@@ -82,14 +82,18 @@ def cmd_start(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _print_access(data_dir: str) -> int:
     conf = json.loads(Path(data_dir, "corral.json").read_text())
-    nodes = _client(data_dir).call("GET", "/cluster/status")
+    try:
+        nodes = _client(data_dir).call("GET", "/cluster/status")
+        members = f"{len(nodes) - 1} node(s) in the cluster"
+    except ApiError as err:
+        members = f"waiting for its cluster: {err}"
     host, _, port = conf["listen"].rpartition(":")
     if host in ("0.0.0.0", "", "::"):
         from corral.cluster.daemon import _primary_address
 
         host = _primary_address() or "127.0.0.1"
     url = f"https://{host}:{port}/"
-    print(f"corral node '{conf['node']}' is running ({len(nodes) - 1} node(s) in the cluster)")
+    print(f"corral node '{conf['node']}' is running ({members})")
     print(f"  web console: {url}")
     pw_file = Path(data_dir, "initial-admin-password")
     if pw_file.exists():
@@ -272,6 +276,12 @@ def _join(args: argparse.Namespace, local: Client) -> int:
     return code
 
 
+def cmd_lab(args: argparse.Namespace, extra: list[str]) -> int:
+    from corral.cluster import lab
+
+    return lab.main(args, extra)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="corral", description="corral node administration")
     parser.add_argument("--data-dir", default=DEFAULT_DIR)
@@ -290,19 +300,30 @@ def main(argv: list[str] | None = None) -> None:
     cl.add_argument("--fingerprint", default=None)
     cl.add_argument("--user", default="admin@pve")
     cl.add_argument("--link0", default=None, help="address other nodes reach this one at")
+    lab = sub.add_parser("lab", help="a cluster of N nodes on this machine (testing, trying)")
+    lab.add_argument(
+        "action", choices=["up", "down", "status", "kill", "start", "partition", "heal", "exec"]
+    )
+    lab.add_argument("node", nargs="?", default="")
+    lab.add_argument("--nodes", type=int, default=3)
+    lab.add_argument("--lab-dir", default=os.environ.get("CORRAL_LAB_DIR", "/var/lib/corral-lab"))
+    lab.add_argument("--subnet", default="10.249.77.0/24")
+    lab.add_argument("--prefix", default="crlab", help="names of bridges, namespaces, links")
     tpl = sub.add_parser("template", help="container templates")
     tpl.add_argument("action", choices=["build", "import-oci"])
     tpl.add_argument("what", help="busybox|debian for build, a path for import-oci")
     tpl.add_argument("--storage", default="local")
     tpl.add_argument("--name", default=None)
     args, extra = parser.parse_known_args(argv)
-    if args.cmd != "start" and extra:
+    if args.cmd not in ("start", "lab") and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler = {
         "start": cmd_start,
         "stop": cmd_stop,
         "status": cmd_status,
         "template": cmd_template,
+        "cluster": cmd_cluster,
+        "lab": cmd_lab,
     }[args.cmd]
     sys.exit(handler(args, extra))
 

@@ -111,7 +111,14 @@ class Node:
         self.started = time.time()
 
     # -- startup ----------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, *, quorum_wait: float = 10.0) -> None:
+        """Serve as soon as the local etcd member answers; join the cluster's state
+        (bootstrap, registration, task worker) once it is quorate.
+
+        A node restarting while its cluster has no quorum (the others still
+        down) must come up anyway: it answers reads, refuses writes with 503,
+        and completes its start by itself when quorum returns.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         endpoints = self.conf["etcd"]
         if not endpoints:
@@ -119,19 +126,68 @@ class Node:
             self.etcd.start()
             endpoints = [self.etcd.endpoint]
         self.store = Store(endpoints)
-        self.store.start_quorum_probe()
         self.services["etcd"] = self.etcd
-        self._wait_store()
-        self._bootstrap()
-        self._register()
+        # A restarted etcd member serves nothing until it has quorum, so this
+        # wait is short; without it the API still comes up and answers 503.
+        self._wait_member(timeout=3.0)
+        self.store.start_quorum_probe()
+        self.access = Access(self.store)
+        self._tls()
         self._load_services()
         self.worker = TaskWorker(self.store, self.name)
         self.worker.context = self.services
         self.services["worker"] = self.worker
-        self.worker.start()
-        threading.Thread(target=self._publish_loop, name="status", daemon=True).start()
         self._serve()
-        log.info("node ready node=%s url=%s", self.name, self.url)
+        self.ready = threading.Event()
+        threading.Thread(target=self._join_cluster_state, name="bootstrap", daemon=True).start()
+        if self.ready.wait(quorum_wait):
+            log.info("node ready node=%s url=%s", self.name, self.url)
+        else:
+            log.warning("no quorum yet: serving reads only until the cluster is quorate")
+
+    def _wait_member(self, timeout: float = 30.0) -> None:
+        """The local etcd member answers (no quorum needed for that)."""
+        assert self.store is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.store.status()
+                return
+            except Unavailable as err:
+                if time.monotonic() > deadline:
+                    log.warning("etcd member not answering yet: %s", err)
+                    return
+                time.sleep(0.2)
+
+    def _join_cluster_state(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self._wait_store(timeout=3600)
+                self._bootstrap()
+                self._register()
+                assert self.worker is not None
+                self.worker.start()
+                threading.Thread(target=self._publish_loop, name="status", daemon=True).start()
+                self.ready.set()
+                return
+            except Unavailable as err:
+                log.warning("waiting for the cluster: %s", err)
+                time.sleep(1)
+
+    def _tls(self) -> None:
+        assert self.store is not None
+        ssl_dir = self.data_dir / "ssl"
+        name = self.name
+        if not (ssl_dir / "ca.pem").exists():
+            try:
+                name = (self.store.get_value(keys.CLUSTER) or {}).get("name", self.name)
+            except Unavailable:
+                pass
+        tls.ensure_ca(ssl_dir, name)
+        host = self.conf["listen"].rpartition(":")[0]
+        self.cert, self.key = tls.ensure_node_cert(
+            ssl_dir, self.name, [host, _primary_address() or ""]
+        )
 
     def _embedded_etcd(self) -> EmbeddedEtcd:
         return EmbeddedEtcd(
@@ -169,7 +225,8 @@ class Node:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self.store.revision()
+                self.store.revision()  # linearizable: succeeds only with quorum
+                self.store.quorate = True
                 return
             except Unavailable as err:
                 if time.monotonic() > deadline:
@@ -184,12 +241,11 @@ class Node:
         return f"https://{host}:{port}/"
 
     def _bootstrap(self) -> None:
-        """First start: cluster record, admin user, the `local` storage, TLS."""
+        """First start: cluster record, admin user, the `local` storage."""
         assert self.store is not None
         store = self.store
         store.create(keys.CLUSTER, {"name": self.name, "version": 1, "created": int(time.time())})
-        access = Access(store)
-        self.access = access
+        access = self.access
         if access.user(ADMIN) is None:
             password = secrets.token_urlsafe(12)
             try:
@@ -219,13 +275,6 @@ class Node:
         )
         for sub in ("images", "private", "template/iso", "template/cache", "dump", "snippets"):
             (local_path / sub).mkdir(parents=True, exist_ok=True)
-        ssl_dir = self.data_dir / "ssl"
-        cluster = store.get_value(keys.CLUSTER) or {}
-        tls.ensure_ca(ssl_dir, cluster.get("name", self.name))
-        host = self.conf["listen"].rpartition(":")[0]
-        self.cert, self.key = tls.ensure_node_cert(
-            ssl_dir, self.name, [host, _primary_address() or ""]
-        )
 
     def _register(self) -> None:
         assert self.store is not None

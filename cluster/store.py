@@ -251,6 +251,15 @@ class Store:
 
     def _writable(self) -> None:
         if self.quorate is False:
+            # The probe may be a second behind: look once more, briefly, before refusing.
+            try:
+                self.call(
+                    lambda c: _raw_range(c, self._k(""), None, 1, count_only=True), timeout=0.5
+                )
+                self.quorate = True
+                return
+            except Unavailable:
+                pass
             raise NotQuorate("cluster not quorate - writes are refused until quorum returns")
 
     @property

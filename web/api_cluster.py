@@ -10,6 +10,7 @@ etcd member each; further nodes use the ensemble as clients.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from corral.cluster import keys
@@ -172,7 +173,7 @@ def add_node(
     if voter:
         # Last step: from here on quorum counts the new member, so nothing else
         # may be written before it starts.
-        ctx.store.call(lambda c: c.add_member([peer]))
+        _add_member(ctx, peer)
         initial = [f"{m.name}={m.peer_urls[0]}" for m in members if m.name] + [f"{node}={peer}"]
         result["initial_cluster"] = ",".join(initial)
     result["endpoints"] = client_urls
@@ -205,3 +206,17 @@ def del_node(ctx: Ctx, node: str) -> None:
     ctx.store.delete(keys.node_info(node))
     ctx.store.delete(keys.node_status(node))
     ctx.store.delete(keys.guest_status(node))
+
+
+def _add_member(ctx: Ctx, peer: str, timeout: float = 20.0) -> None:
+    """etcd refuses new members while it calls itself unhealthy (for a few seconds
+    after its leader started, say); retry within a bound."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ctx.store.call(lambda c: c.add_member([peer]))
+            return
+        except Unavailable as err:
+            if "unhealthy cluster" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
