@@ -56,6 +56,7 @@ class Endpoint:
     public: bool = False
     raw: bool = False
     returns: dict[str, Any] | None = None
+    local: bool = False
     regex: re.Pattern[str] = field(init=False)
     path_params: tuple[str, ...] = field(init=False)
 
@@ -84,9 +85,12 @@ def endpoint(
     raw: bool = False,
     returns: dict[str, Any] | None = None,
     additional: bool = False,
+    local: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """`additional=True`: undeclared parameters reach the handler unvalidated in
-    **kwargs (guest config keys, validated by the driver's own schema)."""
+    **kwargs (guest config keys, validated by the driver's own schema).
+    `local=True`: the call needs the resources of the node named by the path's
+    {node}; other nodes forward it there (corral.web.proxy)."""
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         ENDPOINTS.append(
@@ -100,6 +104,7 @@ def endpoint(
                 public,
                 raw,
                 returns,
+                local,
             )
         )
         return fn

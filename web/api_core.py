@@ -79,6 +79,7 @@ def node_index(ctx: Ctx, node: str) -> list[dict[str, str]]:
     params={"node": NODE},
     perm=("/nodes/{node}", ["Sys.Audit"]),
     description="Read node status",
+    local=True,
 )
 def node_status(ctx: Ctx, node: str) -> dict[str, Any]:
     require_node(ctx, node)

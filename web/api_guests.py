@@ -492,6 +492,7 @@ def register(type: str) -> None:
         params={"node": NODE, "vmid": VMID},
         perm=("/vms/{vmid}", ["VM.Audit"]),
         description=f"Get current {kind} status.",
+        local=True,
     )
     def status_current(ctx: Ctx, node: str, vmid: int) -> dict[str, Any]:
         rec = _record(ctx, type, node, vmid)
@@ -600,6 +601,7 @@ def register(type: str) -> None:
             params={"node": NODE, "vmid": VMID},
             perm=("/vms/{vmid}", ["VM.Audit"]),
             description="Get IP addresses of the specified container interface.",
+            local=True,
         )
         def interfaces(ctx: Ctx, node: str, vmid: int) -> list[dict[str, Any]]:
             rec = _record(ctx, type, node, vmid)
@@ -624,6 +626,7 @@ def register(type: str) -> None:
             },
             perm=("/vms/{vmid}", ["VM.Console"]),
             description="Creates a TCP VNC proxy connection.",
+            local=True,
         )
         def vncproxy(ctx: Ctx, node: str, vmid: int, **_: Any) -> dict[str, Any]:
             rec = _record(ctx, type, node, vmid)

@@ -25,6 +25,7 @@ from corral.cluster.errors import CorralError, ParamError, Unauthorized
 from corral.cluster.store import Store
 from corral.cluster.tasks import Tasks
 from corral.web import api
+from corral.web.proxy import PROXIED, forward
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ audit = logging.getLogger("corral.audit")
 def dispatch(node: NodeContext, path: str) -> Response:
     node.store.reset_stale()
     response = _dispatch(node, path)
+    response.headers.setdefault("X-Corral-Node", node.node)  # who answered
     if node.store.last_read_stale:
         # Without quorum, reads come from the local member and may be stale.
         response.headers["X-Corral-Stale"] = "1"
@@ -163,6 +165,9 @@ def _dispatch(node: NodeContext, path: str) -> Response:
             request.corral_identity = ident.name  # type: ignore[attr-defined]
         else:
             ident = Identity("")
+        target = path_params.get("node")
+        if ep.local and target and target != node.node and not request.headers.get(PROXIED):
+            return forward(node, target, request, local_root=bool(request.environ.get(LOCAL_ROOT)))
         ctx = api.Ctx(
             node.store,
             node.access,

@@ -83,6 +83,18 @@ def test_a_ticket_from_one_node_works_on_every_node(lab: labmod.Lab) -> None:
     assert _get(s, lab, "node3", "/version").status_code == 200
 
 
+def test_node_local_calls_are_forwarded_to_their_node(lab: labmod.Lab) -> None:
+    s = _api(lab, "node1")
+    r = _get(s, lab, "node1", "/nodes/node3/status")
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Corral-Node"] == "node3"  # answered by node3 itself
+    assert r.json()["data"]["uptime"] > 0
+    assert _get(s, lab, "node1", "/nodes/node1/status").headers["X-Corral-Node"] == "node1"
+    # The root-only socket forwards too (with a short-lived root ticket).
+    local = labmod._local(lab.node("node2"))
+    assert local.call("GET", "/nodes/node3/status")["uptime"] > 0
+
+
 def test_killed_node_goes_offline_and_comes_back(lab: labmod.Lab) -> None:
     labmod.kill(lab, "node3")
     start = time.monotonic()
