@@ -199,10 +199,9 @@ def del_node(ctx: Ctx, node: str) -> None:
     ]
     if guests_left:
         raise Conflict(f"node '{node}' still has guests: {guests_left[:10]}")
-    for m in ctx.store.members():
-        if m.name == node:
-            member_id = int(m.id)
-            ctx.store.call(lambda c: c.remove_member(member_id))
+    member_ids = [int(m.id) for m in ctx.store.members() if m.name == node]
+    for member_id in member_ids:
+        ctx.store.call(lambda c, mid=member_id: c.remove_member(mid))
     ctx.store.delete(keys.node_info(node))
     ctx.store.delete(keys.node_status(node))
     ctx.store.delete(keys.guest_status(node))
