@@ -9,6 +9,7 @@ etcd member each; further nodes use the ensemble as clients.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from typing import Any
@@ -199,9 +200,8 @@ def del_node(ctx: Ctx, node: str) -> None:
     ]
     if guests_left:
         raise Conflict(f"node '{node}' still has guests: {guests_left[:10]}")
-    member_ids = [int(m.id) for m in ctx.store.members() if m.name == node]
-    for member_id in member_ids:
-        ctx.store.call(lambda c, mid=member_id: c.remove_member(mid))
+    for member_id in [int(m.id) for m in ctx.store.members() if m.name == node]:
+        ctx.store.call(functools.partial(_remove_member, member_id=member_id))
     ctx.store.delete(keys.node_info(node))
     ctx.store.delete(keys.node_status(node))
     ctx.store.delete(keys.guest_status(node))
@@ -219,3 +219,7 @@ def _add_member(ctx: Ctx, peer: str, timeout: float = 20.0) -> None:
             if "unhealthy cluster" not in str(err) or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+async def _remove_member(client: Any, *, member_id: int) -> None:
+    await client.remove_member(member_id)
