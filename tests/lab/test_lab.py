@@ -187,3 +187,22 @@ def test_a_node_restarting_without_quorum_comes_up_and_recovers(lab: labmod.Lab)
         0.3,
         what="all online after a cold start",
     )
+
+
+def test_delnode_removes_a_dead_node(lab: labmod.Lab) -> None:
+    """Last in this module: it shrinks the lab to two nodes."""
+    s = _api(lab, "node1")
+    url = f"{lab.node('node1').url}api2/json/cluster/config/nodes/node3"
+    refused = s.delete(url, timeout=15, verify=s.headers["X-Lab-CA"])
+    assert refused.status_code == 409 and "online" in refused.json()["message"]
+    labmod.kill(lab, "node3")
+    wait_for(lambda: _online(lab, "node1")["node3"] == "offline", 20, 0.2, what="node3 down")
+    r = s.delete(url, timeout=30, verify=s.headers["X-Lab-CA"])
+    assert r.status_code == 200, r.text
+    members = _get(s, lab, "node1", "/cluster/config/nodes").json()["data"]
+    assert sorted(m["node"] for m in members) == ["node1", "node2"]
+    assert set(_online(lab, "node2")) == {"node1", "node2"}
+    r = s.post(
+        f"{lab.node('node1').url}api2/json/cluster/nextid", timeout=15, verify=s.headers["X-Lab-CA"]
+    )
+    assert r.status_code == 200  # two of two members: still quorate
