@@ -1,0 +1,423 @@
+"""The LXC guest driver: containers through liblxc, one lxcpath per node.
+
+State questions (is it running, its init pid) go through python3-lxc, which
+answers quickly over the container's command socket. Anything that waits
+(start, stop, shutdown, freeze) runs as an `lxc-*` subprocess with a timeout:
+python3-lxc holds the GIL inside stop()/shutdown()/wait() and would freeze
+every other thread of the daemon for the whole timeout.
+
+Containers are run by liblxc's monitor process, not by corrald, so they
+outlive a restart of the daemon; a fresh driver asks liblxc and reports them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+# python3-lxc's C extension, imported directly: with the repo on sys.path (tests,
+# editable installs) `import lxc` finds this very folder, not the binding.
+import _lxc
+
+from corral.cluster import bridges
+from corral.cluster.errors import CommandFailed, Conflict, NotFound, ParamError
+from corral.cluster.guest_driver import DriverInfo, GuestDriver, LogFn, Probe, VolumeAccess
+from corral.cluster.schema import Schema, format_size, parse_size
+from corral.cluster.undo import Reverter
+from corral.lxc import cgroups, rootfs
+from corral.lxc import config as cfg
+from corral.lxc.render import IDMAP_BASE, Facts, cgroup_values, render, veth_name
+
+START_TIMEOUT = 120.0
+STOP_TIMEOUT = 60.0
+
+
+def _run(argv: list[str], *, timeout: float, ok: tuple[int, ...] = (0,)) -> int:
+    try:
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise CommandFailed(cmd=" ".join(argv), stderr=f"timed out after {timeout:g} s") from exc
+    if proc.returncode not in ok:
+        err = (proc.stderr or proc.stdout).decode(errors="replace").strip()
+        raise CommandFailed(cmd=" ".join(argv), stderr=err or f"exit status {proc.returncode}")
+    return proc.returncode
+
+
+class LxcDriver(GuestDriver):
+    info = DriverInfo(type="lxc", live_config=cfg.LIVE_KEYS, can_suspend=True)
+
+    def __init__(
+        self, *, node: str, data_dir: str, options: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(node=node, data_dir=data_dir, options=options)
+        self.lxcpath = os.path.join(data_dir, "lxc")
+        os.makedirs(self.lxcpath, mode=0o755, exist_ok=True)
+        self.mac_seed = str(self.options.get("mac_seed", ""))
+        self._cpu = cgroups.CpuMeter()
+        self._locks: dict[int, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    # -- declarations ------------------------------------------------------------
+    def config_schema(self) -> Schema:
+        return cfg.SCHEMA
+
+    def probe(self) -> Probe:
+        missing = [t for t in ("lxc-start", "lxc-stop", "lxc-attach", "nsenter")
+                   if shutil.which(t) is None]  # fmt: skip
+        if missing:
+            return Probe(False, f"missing tools: {', '.join(missing)}")
+        return Probe(True, details={"lxcpath": self.lxcpath, "cgroup": cgroups.layout(),
+                                    "vlan": bridges.vlan_filtering_supported()})  # fmt: skip
+
+    def check_create(
+        self, vmid: int, config: dict[str, Any], *, params: Mapping[str, Any], volumes: Any
+    ) -> None:
+        """Cheap checks before a create task is queued (bad input → 400, nothing made)."""
+        if not config.get("rootfs") and not params.get("storage"):
+            raise ParamError.one("rootfs", "property is missing and it is not optional")
+        if not params.get("ostemplate"):
+            raise ParamError.one("ostemplate", "property is missing and it is not optional")
+        cfg.parse_mps(config)
+        self._facts(vmid, config, rootfs_path="/", mounts=None)  # tag, paths
+
+    # -- helpers -----------------------------------------------------------------
+    def _name(self, vmid: int) -> str:
+        return str(int(vmid))
+
+    def _dir(self, vmid: int) -> str:
+        return os.path.join(self.lxcpath, self._name(vmid))
+
+    def _ct(self, vmid: int) -> _lxc.Container:
+        return _lxc.Container(self._name(vmid), self.lxcpath)
+
+    def _lock(self, vmid: int) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(vmid, threading.Lock())
+
+    def _facts(
+        self, vmid: int, config: dict[str, Any], *, rootfs_path: str, mounts: dict[str, str] | None
+    ) -> Facts:
+        nets = cfg.parse_net(config)
+        if mounts is None:  # only validating: any path will do
+            mounts = {k: "/" for k in cfg.parse_mps(config) if k != "rootfs"}
+        return Facts(
+            vmid=vmid,
+            lxcpath=self.lxcpath,
+            rootfs_path=rootfs_path,
+            host_cpus=os.cpu_count() or 1,
+            cgroup=cgroups.layout(),
+            mounts=mounts,
+            hwaddrs={i: bridges.guest_mac(vmid, i, self.mac_seed) for i in nets},
+            vlan_filtering=bool(any(n.get("tag") for n in nets.values()))
+            and bridges.vlan_filtering_supported(),
+        )
+
+    def _mount_all(
+        self, config: dict[str, Any], volumes: VolumeAccess
+    ) -> tuple[str, dict[str, str]]:
+        vols = cfg.parse_mps(config)
+        if "rootfs" not in vols:
+            raise ParamError.one("rootfs", "container has no rootfs")
+        root = volumes.mount_rootdir(vols["rootfs"]["volume"])
+        mounts = {k: volumes.mount_rootdir(v["volume"]) for k, v in vols.items() if k != "rootfs"}
+        return root, mounts
+
+    def _write_config(self, vmid: int, config: dict[str, Any], facts: Facts) -> None:
+        text = render(config, facts)
+        path = os.path.join(self._dir(vmid), "config")
+        with open(path + ".tmp", "w") as fh:
+            fh.write(text)
+        os.replace(path + ".tmp", path)
+
+    # -- lifecycle ---------------------------------------------------------------
+    def create(
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        *,
+        volumes: VolumeAccess,
+        log: LogFn,
+        params: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        config = cfg.SCHEMA.validate(config, partial=True)
+        template = params.get("ostemplate") or config.pop("ostemplate", None)
+        if not template:
+            raise ParamError.one("ostemplate", "property is missing and it is not optional")
+        if not config.get("rootfs"):
+            if not params.get("storage"):
+                raise ParamError.one("rootfs", "property is missing and it is not optional")
+            config["rootfs"] = f"{params['storage']}:4"
+        for key in ("ostemplate", "password", "storage"):
+            config.pop(key, None)
+        if os.path.exists(self._dir(vmid)):
+            raise Conflict(f"CT {vmid} already exists on node '{self.node}'")
+        self._facts(vmid, config, rootfs_path="/", mounts=None)  # reject bad nets before work
+        with self._lock(vmid), Reverter() as undo:
+            for key, vol in cfg.parse_mps(config).items():
+                size = cfg.new_volume_size(vol["volume"])
+                if size is None:
+                    continue
+                storage = vol["volume"].partition(":")[0]
+                volid = volumes.alloc(storage, vmid, size=size, content="rootdir")
+                undo.add(lambda v=volid: volumes.free(v))
+                log(f"allocated {key} {volid} ({format_size(size)})")
+                config[key] = cfg.print_volume(
+                    key, {**vol, "volume": volid, "size": format_size(size)}
+                )
+            root, mounts = self._mount_all(config, volumes)
+            for volid in [v["volume"] for v in cfg.parse_mps(config).values()]:
+                undo.add(lambda v=volid: volumes.unmount_rootdir(v))
+            unpriv = bool(cfg.value(config, "unprivileged"))
+            archive = volumes.file_path(template)
+            log(f"extracting {os.path.basename(archive)}")
+            count = rootfs.unpack_template(archive, root, unprivileged=unpriv, log=log)
+            log(f"extracted {count} entries into {root}")
+            for index, net in cfg.parse_net(config).items():
+                if not net.get("hwaddr"):
+                    net["hwaddr"] = bridges.guest_mac(vmid, index, self.mac_seed)
+                    config[f"net{index}"] = cfg.NET.print(net)
+            config.setdefault("arch", "amd64")
+            config.setdefault("ostype", rootfs.detect_ostype(root))
+            os.makedirs(self._dir(vmid), mode=0o755)
+            undo.add(lambda: shutil.rmtree(self._dir(vmid), ignore_errors=True))
+            self._write_config(
+                vmid, config, self._facts(vmid, config, rootfs_path=root, mounts=mounts)
+            )
+            undo.success()
+        return config
+
+    def start(
+        self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
+    ) -> None:
+        if not os.path.isdir(self._dir(vmid)):
+            raise NotFound(what=f"CT {vmid} on node '{self.node}'")
+        with self._lock(vmid):
+            if self._ct(vmid).running:
+                raise Conflict(f"CT {vmid} already running")
+            root, mounts = self._mount_all(config, volumes)
+            facts = self._facts(vmid, config, rootfs_path=root, mounts=mounts)
+            self._write_config(vmid, config, facts)
+            rootfs.write_identity(
+                root, config, unprivileged=bool(cfg.value(config, "unprivileged"))
+            )
+            for index, net in cfg.parse_net(config).items():
+                bridges.delete_link(veth_name(vmid, index))  # left by a crashed monitor
+                if net.get("bridge"):
+                    bridges.ensure_bridge(net["bridge"])
+            argv = ["lxc-start", "-P", self.lxcpath, "-n", self._name(vmid), "-d"]
+            try:
+                _run(argv, timeout=START_TIMEOUT)
+            except CommandFailed as err:
+                raise CommandFailed(
+                    cmd=" ".join(argv), stderr=f"{err.message}\n{self._log_tail(vmid)}"
+                ) from err
+            self._wait_state(vmid, {"RUNNING"}, START_TIMEOUT)
+            log(f"CT {vmid} started (pid {self._ct(vmid).init_pid})")
+
+    def _log_tail(self, vmid: int, lines: int = 15) -> str:
+        try:
+            with open(os.path.join(self._dir(vmid), "lxc.log"), errors="replace") as fh:
+                return "".join(fh.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _state(self, vmid: int) -> str:
+        if not os.path.isdir(self._dir(vmid)):
+            return "STOPPED"
+        return str(self._ct(vmid).state)
+
+    def _wait_state(self, vmid: int, want: set[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._state(vmid) in want:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+    def shutdown(
+        self, vmid: int, config: dict[str, Any], *, timeout: int, force_stop: bool, log: LogFn
+    ) -> None:
+        with self._lock(vmid):
+            if self._state(vmid) == "STOPPED":
+                return
+            if self._state(vmid) == "FROZEN":
+                self._thaw(vmid)
+            argv = ["lxc-stop", "-P", self.lxcpath, "-n", self._name(vmid), "-t", str(int(timeout))]
+            if not force_stop:
+                argv.append("--nokill")
+            # lxc-stop sends lxc.signal.halt, waits `timeout`, then kills unless --nokill.
+            _run(argv, timeout=timeout + STOP_TIMEOUT, ok=(0, 1, 2))
+            if not self._wait_state(vmid, {"STOPPED"}, 5.0 if not force_stop else STOP_TIMEOUT):
+                raise CommandFailed(
+                    cmd="shutdown", stderr=f"CT {vmid} did not stop within {timeout} s"
+                )
+            log(f"CT {vmid} shut down")
+
+    def stop(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
+        with self._lock(vmid):
+            if self._state(vmid) == "STOPPED":
+                return
+            argv = ["lxc-stop", "-P", self.lxcpath, "-n", self._name(vmid), "-k"]
+            _run(argv, timeout=STOP_TIMEOUT, ok=(0, 2))  # 2: was not running
+            if not self._wait_state(vmid, {"STOPPED"}, STOP_TIMEOUT):
+                raise CommandFailed(cmd=" ".join(argv), stderr=f"CT {vmid} still running")
+            log(f"CT {vmid} stopped")
+
+    def suspend(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
+        with self._lock(vmid):
+            if self._state(vmid) != "RUNNING":
+                raise Conflict(f"CT {vmid} not running")
+            _run(["lxc-freeze", "-P", self.lxcpath, "-n", self._name(vmid)], timeout=STOP_TIMEOUT)
+            if not self._wait_state(vmid, {"FROZEN"}, STOP_TIMEOUT):
+                raise CommandFailed(cmd="lxc-freeze", stderr=f"CT {vmid} did not freeze")
+            log(f"CT {vmid} frozen")
+
+    def resume(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
+        with self._lock(vmid):
+            self._thaw(vmid)
+            log(f"CT {vmid} resumed")
+
+    def _thaw(self, vmid: int) -> None:
+        if self._state(vmid) not in ("FROZEN", "FREEZING"):
+            return
+        _run(["lxc-unfreeze", "-P", self.lxcpath, "-n", self._name(vmid)], timeout=STOP_TIMEOUT)
+        if not self._wait_state(vmid, {"RUNNING"}, STOP_TIMEOUT):
+            raise CommandFailed(cmd="lxc-unfreeze", stderr=f"CT {vmid} did not thaw")
+
+    def destroy(
+        self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
+    ) -> None:
+        with self._lock(vmid):
+            if self._state(vmid) != "STOPPED":
+                raise Conflict(f"CT {vmid} is running - destroy failed")
+            for key, vol in cfg.parse_mps(config).items():
+                volid = vol["volume"]
+                if cfg.new_volume_size(volid) is not None:
+                    continue  # never allocated
+                volumes.unmount_rootdir(volid)
+                if _owned(volid, vmid):
+                    volumes.free(volid)
+                    log(f"freed {key} {volid}")
+            for index in cfg.parse_net(config):
+                bridges.delete_link(veth_name(vmid, index))
+            shutil.rmtree(self._dir(vmid), ignore_errors=True)
+            log(f"CT {vmid} removed from {self.lxcpath}")
+
+    # -- state -------------------------------------------------------------------
+    def running(self) -> set[int]:
+        names = _lxc.list_containers(active=True, defined=False, config_path=self.lxcpath)
+        return {int(n) for n in names if n.isdigit()}
+
+    def status(self, vmid: int, config: dict[str, Any]) -> dict[str, Any]:
+        state = self._state(vmid)
+        mem_max = int(cfg.value(config, "memory")) << 20
+        swap_max = int(cfg.value(config, "swap")) << 20
+        vols = cfg.parse_mps(config)
+        maxdisk = parse_size(vols["rootfs"].get("size") or "0") if "rootfs" in vols else 0
+        out: dict[str, Any] = {
+            "vmid": vmid, "name": config.get("hostname") or f"CT{vmid}", "type": "lxc",
+            "status": "stopped", "cpus": int(config.get("cores") or os.cpu_count() or 1),
+            "maxmem": mem_max, "maxswap": swap_max, "maxdisk": maxdisk, "cpu": 0, "mem": 0,
+            "swap": 0, "disk": 0, "netin": 0, "netout": 0, "uptime": 0, "diskread": 0,
+            "diskwrite": 0,
+        }  # fmt: skip
+        if state == "STOPPED":
+            return out
+        pid = int(self._ct(vmid).init_pid)
+        if pid <= 0:
+            return out
+        out["status"] = "running"
+        out["pid"] = pid
+        if state in ("FROZEN", "FREEZING"):
+            out["frozen"] = 1  # Proxmox keeps status "running" for a frozen container
+        out["mem"], out["swap"] = cgroups.memory(pid)
+        out["cpu"] = round(
+            self._cpu.sample(vmid, cgroups.cpu_usage_ns(pid), os.cpu_count() or 1), 4
+        )
+        out["uptime"] = cgroups.uptime(pid)
+        out["disk"] = rootfs.used_bytes(f"/proc/{pid}/root")
+        for index in cfg.parse_net(config):
+            # The host side transmits what the container receives.
+            rx, tx = bridges.link_stats(veth_name(vmid, index))
+            out["netin"] += tx
+            out["netout"] += rx
+        return out
+
+    def apply_live(
+        self,
+        vmid: int,
+        old: dict[str, Any],
+        new: dict[str, Any],
+        *,
+        volumes: VolumeAccess,
+        log: LogFn,
+    ) -> set[str]:
+        changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+        live = changed & cfg.LIVE_KEYS
+        limits = live & cfg.CGROUP_KEYS
+        if limits:
+            pid = int(self._ct(vmid).init_pid)
+            if pid <= 0:
+                raise Conflict(f"CT {vmid} not running")
+            facts = Facts(vmid=vmid, lxcpath=self.lxcpath, rootfs_path="/",
+                          host_cpus=os.cpu_count() or 1, cgroup=cgroups.layout())  # fmt: skip
+            values = cgroup_values(new, facts)
+            if "cores" in changed and not new.get("cores"):
+                values["cpuset.cpus"] = f"0-{(os.cpu_count() or 1) - 1}"
+            cgroups.write_limits(pid, values)
+            log(f"CT {vmid}: cgroup limits updated ({', '.join(sorted(limits))})")
+        return live
+
+    def resize(
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        disk: str,
+        size: int,
+        *,
+        volumes: VolumeAccess,
+        log: LogFn,
+    ) -> dict[str, Any]:
+        vols = cfg.parse_mps(config)
+        if disk not in vols:
+            raise ParamError.one("disk", f"no such mount point '{disk}'")
+        vol = vols[disk]
+        current = volumes.size(vol["volume"])
+        if size < current:
+            raise ParamError.one("size", "shrinking disks is not supported")
+        volumes.resize(vol["volume"], size)
+        config = dict(config)
+        config[disk] = cfg.print_volume(disk, {**vol, "size": format_size(size)})
+        log(f"resized {disk} to {format_size(size)}")
+        return config
+
+    def interfaces(self, vmid: int, config: dict[str, Any]) -> list[dict[str, Any]]:
+        if self._state(vmid) == "STOPPED":
+            raise Conflict(f"CT {vmid} not running")
+        return cgroups.netns_addresses(int(self._ct(vmid).init_pid))
+
+    def attach(self, vmid: int, argv: list[str], *, timeout: float = 30.0) -> str:
+        """Run a command inside the container (lxc-attach), return its stdout."""
+        cmd = ["lxc-attach", "-P", self.lxcpath, "-n", self._name(vmid), "--clear-env", "--", *argv]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise CommandFailed(cmd=" ".join(cmd), stderr=f"timed out after {timeout:g} s") from exc
+        if proc.returncode:
+            raise CommandFailed(cmd=" ".join(cmd), stderr=proc.stderr.decode(errors="replace"))
+        return proc.stdout.decode(errors="replace")
+
+
+def _owned(volid: str, vmid: int) -> bool:
+    """A volume named for this CT (`vm-101-disk-0`, `subvol-101-disk-0`, `101/...`)."""
+    name = volid.partition(":")[2]
+    return name.startswith(f"{vmid}/") or f"-{vmid}-disk-" in name
+
+
+__all__ = ["LxcDriver", "IDMAP_BASE"]

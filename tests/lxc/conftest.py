@@ -1,0 +1,73 @@
+"""Fixtures for real containers: a busybox template, a driver on a temp lxcpath,
+a test bridge; everything they create is removed even when a test fails."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.cluster import bridges
+from corral.lxc import templates
+from corral.lxc.driver import LxcDriver
+from tests.lxc.volumes import TempVolumes
+
+
+@pytest.fixture(scope="session")
+def busybox_template(tmp_path_factory: pytest.TempPathFactory) -> str:
+    cache = tmp_path_factory.mktemp("tmpl")
+    return templates.build_busybox(str(cache), log=lambda _m: None)
+
+
+@pytest.fixture
+def volumes(tmp_path: Path, busybox_template: str) -> TempVolumes:
+    vols = TempVolumes(str(tmp_path / "storage"))
+    vols.add_template(busybox_template)
+    return vols
+
+
+def _cleanup_lxcpath(lxcpath: str) -> None:
+    if not os.path.isdir(lxcpath):
+        return
+    for name in os.listdir(lxcpath):
+        subprocess.run(
+            ["lxc-stop", "-P", lxcpath, "-n", name, "-k"], capture_output=True, timeout=60
+        )
+        for i in range(4):
+            bridges.delete_link(f"veth{name}i{i}")
+    shutil.rmtree(lxcpath, ignore_errors=True)
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> Iterator[LxcDriver]:
+    # The data dir must be traversable by unprivileged containers' mapped root.
+    data = tmp_path / "node"
+    data.mkdir()
+    for p in (tmp_path, data):
+        os.chmod(p, 0o755)
+    drv = LxcDriver(node="crlnode", data_dir=str(data), options={"mac_seed": "crl-test"})
+    yield drv
+    _cleanup_lxcpath(drv.lxcpath)
+
+
+@pytest.fixture
+def vmid() -> int:
+    return random.randint(70000, 79999)
+
+
+@pytest.fixture
+def bridge() -> Iterator[str]:
+    name = f"crlbr{random.randint(1000, 9999)}"
+    bridges.ensure_bridge(name, address="10.251.77.1/24")
+    yield name
+    bridges.delete_bridge(name)
+
+
+def logs() -> tuple[list[str], object]:
+    lines: list[str] = []
+    return lines, lines.append
