@@ -324,11 +324,20 @@ class Access:
 
         self.store.update("access/acl", add)
 
-    def privileges(self, ident: Identity, path: str) -> frozenset[str]:
+    def snapshot(self, ident: Identity) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The ACL and the caller's record, read once for many privilege checks."""
+        return self.acl(), self.user(ident.userid) or {}
+
+    def privileges(
+        self,
+        ident: Identity,
+        path: str,
+        *,
+        snapshot: tuple[list[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> frozenset[str]:
         if ident.userid == "root@pam" and ident.tokenid is None:
             return ROLES["Administrator"]
-        entries = self.acl()
-        rec = self.user(ident.userid) or {}
+        entries, rec = snapshot if snapshot is not None else self.snapshot(ident)
         groups = set(rec.get("groups", []))
         user_privs = _effective(entries, path, ident.userid, groups, "user")
         if ident.userid == "root@pam":
