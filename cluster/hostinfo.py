@@ -1,0 +1,140 @@
+"""Host facts for GET /nodes/{node}/status, with Proxmox's field names.
+
+Hardware virtualization is usable only when the CPU advertises VT-x/AMD-V
+(vmx/svm) AND /dev/kvm opens and answers KVM_GET_API_VERSION with 12: some
+hosts (nested or paravirtual KVM) have a /dev/kvm that cannot run ordinary
+guests, and then VMs must run under TCG (`kvm: 0`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+import threading
+import time
+from typing import Any
+
+KVM_GET_API_VERSION = 0xAE00
+KVM_API_VERSION = 12
+
+_cpu_sample: dict[str, tuple[float, float]] = {}
+_cpu_lock = threading.Lock()
+
+
+def parse_cpuinfo(text: str) -> dict[str, Any]:
+    cpus = 0
+    model = ""
+    sockets: set[str] = set()
+    flags: set[str] = set()
+    mhz = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "processor":
+            cpus += 1
+        elif key == "model name" and not model:
+            model = value
+        elif key == "physical id":
+            sockets.add(value)
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+        elif key == "cpu MHz" and not mhz:
+            mhz = value
+    return {
+        "cpus": cpus,
+        "model": model,
+        "sockets": max(1, len(sockets)),
+        "cores": cpus // max(1, len(sockets)),
+        "mhz": mhz,
+        "flags": " ".join(sorted(flags)),
+        "_flags": flags,
+    }
+
+
+def kvm_usable(flags: set[str], dev: str = "/dev/kvm") -> tuple[bool, str]:
+    if not flags & {"vmx", "svm"}:
+        return False, "the CPU does not advertise VT-x/AMD-V (no vmx or svm flag)"
+    try:
+        fd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as err:
+        return False, f"{dev} cannot be opened: {err.strerror}"
+    try:
+        version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
+    except OSError as err:
+        return False, f"{dev} does not answer KVM_GET_API_VERSION: {err.strerror}"
+    finally:
+        os.close(fd)
+    if version != KVM_API_VERSION:
+        return False, f"{dev} reports KVM API version {version}, expected {KVM_API_VERSION}"
+    return True, ""
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        parts = value.split()
+        if parts:
+            out[key.strip()] = int(parts[0]) * (1024 if len(parts) > 1 else 1)
+    return out
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def cpu_usage() -> float:
+    """Fraction of all CPUs busy since the previous call (Proxmox's `cpu`)."""
+    fields = _read("/proc/stat").splitlines()[0].split()[1:]
+    values = [float(x) for x in fields]
+    idle = values[3] + (values[4] if len(values) > 4 else 0.0)
+    total = sum(values[:8])
+    with _cpu_lock:
+        prev = _cpu_sample.get("all")
+        _cpu_sample["all"] = (total, idle)
+    if prev is None or total <= prev[0]:
+        return 0.0
+    return round(max(0.0, 1.0 - (idle - prev[1]) / (total - prev[0])), 4)
+
+
+def host_status(root_path: str = "/") -> dict[str, Any]:
+    cpu = parse_cpuinfo(_read("/proc/cpuinfo"))
+    flags = cpu.pop("_flags")
+    hvm, reason = kvm_usable(flags)
+    mem = parse_meminfo(_read("/proc/meminfo"))
+    total, free = mem.get("MemTotal", 0), mem.get("MemAvailable", mem.get("MemFree", 0))
+    stv = os.statvfs(root_path if os.path.exists(root_path) else "/")
+    uptime = float((_read("/proc/uptime").split() or ["0"])[0])
+    uname = platform.uname()
+    return {
+        "cpu": cpu_usage(),
+        "cpuinfo": {
+            **{k: v for k, v in cpu.items() if k != "flags"},
+            "hvm": int(hvm),
+            "user_hz": os.sysconf("SC_CLK_TCK"),
+            "flags": cpu["flags"],
+        },
+        "hvm_reason": reason,
+        "memory": {"total": total, "used": total - free, "free": free},
+        "swap": {
+            "total": mem.get("SwapTotal", 0),
+            "used": mem.get("SwapTotal", 0) - mem.get("SwapFree", 0),
+            "free": mem.get("SwapFree", 0),
+        },
+        "rootfs": {
+            "total": stv.f_blocks * stv.f_frsize,
+            "used": (stv.f_blocks - stv.f_bfree) * stv.f_frsize,
+            "avail": stv.f_bavail * stv.f_frsize,
+            "free": stv.f_bfree * stv.f_frsize,
+        },
+        "loadavg": [f"{x:.2f}" for x in os.getloadavg()],
+        "uptime": int(uptime),
+        "kversion": f"{uname.system} {uname.release} {uname.version}",
+        "pveversion": "corral/0.1.0",
+        "time": int(time.time()),
+    }
