@@ -62,7 +62,7 @@ def common(config: dict[str, Any], facts: Facts) -> Lines:
         ("lxc.tty.dir", "lxc"),
         ("lxc.tty.max", "2"),
         ("lxc.pty.max", "1024"),
-        ("lxc.signal.halt", "SIGPWR"),  # busybox init and systemd both power off on it
+        ("lxc.signal.halt", _halt_signal(config)),
         ("lxc.log.file", f"{facts.lxcpath}/{facts.vmid}/lxc.log"),
         ("lxc.console.logfile", f"{facts.lxcpath}/{facts.vmid}/console.log"),
         ("lxc.cap.drop", "mac_admin mac_override sys_time sys_module sys_rawio"),
@@ -74,6 +74,15 @@ def common(config: dict[str, Any], facts: Facts) -> Lines:
     for dev in _DEVICES:
         lines.append((f"{key}.devices.allow", dev))
     return lines
+
+
+# systemd halts on SIGRTMIN+3 (SIGPWR only starts sigpwr.target); busybox and
+# sysvinit-style inits power off on SIGPWR.
+_SYSTEMD_OSTYPES = frozenset({"debian", "ubuntu", "centos", "fedora", "opensuse", "archlinux"})
+
+
+def _halt_signal(config: dict[str, Any]) -> str:
+    return "SIGRTMIN+3" if config.get("ostype") in _SYSTEMD_OSTYPES else "SIGPWR"
 
 
 # /dev/null, zero, full, random, urandom, tty, console, ptmx, pts, fuse (same as LXC's common.conf).

@@ -154,7 +154,9 @@ def pack(src_dir: str, dest_archive: str, *, log: LogFn | None = None) -> str:
                 assert proc.stdin is not None
                 _write_tar(src_dir, proc.stdin, "w|")
                 proc.stdin.close()
-                _, err = proc.communicate(timeout=UNPACK_TIMEOUT)
+                proc.wait(timeout=UNPACK_TIMEOUT)
+                assert proc.stderr is not None
+                err = proc.stderr.read()
                 if proc.returncode:
                     raise CommandFailed(cmd="zstd -c", stderr=err.decode(errors="replace"))
         else:

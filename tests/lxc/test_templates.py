@@ -1,0 +1,137 @@
+"""Template builders: busybox from the host, OCI layouts the test builds, debootstrap (opt-in)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from corral.cluster.errors import ParamError
+from corral.lxc import templates, unpack
+
+
+def test_busybox_template(busybox_template: str, tmp_path: Path) -> None:
+    assert busybox_template.endswith(".tar.gz")
+    root = tmp_path / "root"
+    root.mkdir()
+    unpack.extract(busybox_template, str(root))
+    assert os.access(root / "bin/busybox", os.X_OK)
+    assert os.readlink(root / "sbin/init") == "/bin/busybox"
+    assert "::sysinit:/etc/init.d/rcS" in (root / "etc/inittab").read_text()
+    assert os.access(root / "etc/init.d/rcS", os.X_OK)
+
+
+def test_bad_template_name(tmp_path: Path) -> None:
+    with pytest.raises(ParamError):
+        templates.build_busybox(str(tmp_path), name="../x.tar.gz")
+
+
+def test_apt_mirror_from_sources() -> None:
+    assert templates.apt_mirror().startswith("http")
+
+
+def _layer(members: dict[str, bytes | None], compress: bool) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+    return gzip.compress(raw) if compress else raw
+
+
+def _blob(layout: Path, data: bytes) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs/sha256").mkdir(parents=True, exist_ok=True)
+    (layout / "blobs/sha256" / digest).write_bytes(data)
+    return f"sha256:{digest}"
+
+
+def make_oci_layout(layout: Path, layers: list[bytes]) -> Path:
+    layout.mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    config = _blob(layout, b'{"architecture":"amd64","os":"linux"}')
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": _blob(layout, data)}
+            for data in layers
+        ],
+    }
+    mdigest = _blob(layout, json.dumps(manifest).encode())
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": mdigest,
+                "platform": {"architecture": "amd64", "os": "linux"},
+            }
+        ],
+    }
+    (layout / "index.json").write_text(json.dumps(index))
+    return layout
+
+
+def _oci_with_whiteouts(tmp_path: Path) -> Path:
+    lower = _layer(
+        {"a": None, "a/1": b"one", "a/2": b"two", "d": None, "d/x": b"x", "keep": b"k"}, True
+    )
+    upper = _layer({"a/.wh.1": b"", "d/.wh..wh..opq": b"", "d/y": b"y", "new": b"n"}, False)
+    return make_oci_layout(tmp_path / "layout", [lower, upper])
+
+
+def _listing(archive: str, tmp_path: Path) -> set[str]:
+    root = tmp_path / "out"
+    root.mkdir()
+    unpack.extract(archive, str(root))
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_oci_layout_whiteouts_and_opaque(tmp_path: Path) -> None:
+    layout = _oci_with_whiteouts(tmp_path)
+    archive = templates.import_oci(str(layout), str(tmp_path / "cache"), name="img.tar.gz", log=lambda _m: None)
+    assert _listing(archive, tmp_path) == {"a", "a/2", "d", "d/y", "keep", "new"}
+
+
+def test_oci_archive(tmp_path: Path) -> None:
+    layout = _oci_with_whiteouts(tmp_path)
+    tarball = tmp_path / "image.oci.tar"
+    with tarfile.open(tarball, "w") as tar:
+        for name in sorted(os.listdir(layout)):
+            tar.add(layout / name, arcname=name)
+    archive = templates.import_oci(str(tarball), str(tmp_path / "cache"), log=lambda _m: None)
+    assert os.path.basename(archive) == "image-oci_amd64.tar.gz"
+    assert "a/1" not in _listing(archive, tmp_path)
+
+
+def test_oci_missing_blob(tmp_path: Path) -> None:
+    layout = _oci_with_whiteouts(tmp_path)
+    for blob in (layout / "blobs/sha256").iterdir():
+        if blob.stat().st_size > 200:
+            blob.unlink()
+    with pytest.raises(ParamError):
+        templates.import_oci(str(layout), str(tmp_path / "cache"), log=lambda _m: None)
+
+
+@pytest.mark.skipif(
+    os.environ.get("CORRAL_TEST_DEBOOTSTRAP") != "1",
+    reason="debootstrap downloads ~100 MB and takes minutes: set CORRAL_TEST_DEBOOTSTRAP=1",
+)
+def test_debian_template(tmp_path: Path) -> None:
+    archive = templates.build_debian(str(tmp_path), log=lambda _m: None)
+    assert "etc/debian_version" in _listing(archive, tmp_path)
