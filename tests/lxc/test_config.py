@@ -69,7 +69,15 @@ def test_good_config_round_trip() -> None:
 
 
 def test_live_and_pending_keys_declared() -> None:
-    assert {"memory", "swap", "cores", "cpulimit", "cpuunits", "description", "onboot"} <= cfg.LIVE_KEYS
+    assert {
+        "memory",
+        "swap",
+        "cores",
+        "cpulimit",
+        "cpuunits",
+        "description",
+        "onboot",
+    } <= cfg.LIVE_KEYS
     assert not {"hostname", "net0", "rootfs", "mp0", "unprivileged"} & cfg.LIVE_KEYS
 
 

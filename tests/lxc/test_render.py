@@ -64,5 +64,7 @@ def test_host_paths_cannot_inject(path: str) -> None:
 
 def test_mount_point_must_be_mounted() -> None:
     with pytest.raises(ParamError) as err:
-        render({"mp0": "crl:100/x.subvol,mp=/data"}, Facts(vmid=100, lxcpath="/l", rootfs_path="/r"))
+        render(
+            {"mp0": "crl:100/x.subvol,mp=/data"}, Facts(vmid=100, lxcpath="/l", rootfs_path="/r")
+        )
     assert "mp0" in err.value.errors

@@ -68,7 +68,10 @@ def make_oci_layout(layout: Path, layers: list[bytes]) -> Path:
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config},
         "layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": _blob(layout, data)}
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": _blob(layout, data),
+            }
             for data in layers
         ],
     }
@@ -104,7 +107,9 @@ def _listing(archive: str, tmp_path: Path) -> set[str]:
 
 def test_oci_layout_whiteouts_and_opaque(tmp_path: Path) -> None:
     layout = _oci_with_whiteouts(tmp_path)
-    archive = templates.import_oci(str(layout), str(tmp_path / "cache"), name="img.tar.gz", log=lambda _m: None)
+    archive = templates.import_oci(
+        str(layout), str(tmp_path / "cache"), name="img.tar.gz", log=lambda _m: None
+    )
     assert _listing(archive, tmp_path) == {"a", "a/2", "d", "d/y", "keep", "new"}
 
 

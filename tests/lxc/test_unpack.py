@@ -72,7 +72,9 @@ def test_file_replacing_symlink_does_not_follow_it(tmp_path: Path) -> None:
 
 
 def test_hardlink_outside_refused(tmp_path: Path) -> None:
-    arc = _tar(tmp_path / "a.tar.gz", [(_info("l", tarfile.LNKTYPE, linkname="../../etc/shadow"), None)])
+    arc = _tar(
+        tmp_path / "a.tar.gz", [(_info("l", tarfile.LNKTYPE, linkname="../../etc/shadow"), None)]
+    )
     (tmp_path / "root").mkdir()
     with pytest.raises(ParamError):
         unpack.extract(arc, str(tmp_path / "root"))
