@@ -25,13 +25,13 @@ from typing import Any
 import _lxc
 
 from corral.cluster import bridges
-from corral.cluster.errors import CommandFailed, Conflict, NotFound, ParamError
+from corral.cluster.errors import CommandFailed, Conflict, NotFound, ParamError, Unavailable
 from corral.cluster.guest_driver import DriverInfo, GuestDriver, LogFn, Probe, VolumeAccess
 from corral.cluster.schema import Schema, format_size, parse_size
 from corral.cluster.undo import Reverter
 from corral.lxc import cgroups, rootfs
 from corral.lxc import config as cfg
-from corral.lxc.render import IDMAP_BASE, Facts, cgroup_values, render, veth_name
+from corral.lxc.render import IDMAP_BASE, IDMAP_SIZE, Facts, cgroup_values, render, veth_name
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
@@ -199,6 +199,8 @@ class LxcDriver(GuestDriver):
         with self._lock(vmid):
             if self._ct(vmid).running:
                 raise Conflict(f"CT {vmid} already running")
+            if cfg.value(config, "unprivileged"):
+                check_subids()
             root, mounts = self._mount_all(config, volumes)
             facts = self._facts(vmid, config, rootfs_path=root, mounts=mounts)
             self._write_config(vmid, config, facts)
@@ -214,7 +216,7 @@ class LxcDriver(GuestDriver):
                 _run(argv, timeout=START_TIMEOUT)
             except CommandFailed as err:
                 raise CommandFailed(
-                    cmd=" ".join(argv), stderr=f"{err.message}\n{self._log_tail(vmid)}"
+                    cmd=" ".join(argv), stderr=f"{err.kwargs.get('stderr')}\n{self._log_tail(vmid)}"
                 ) from err
             self._wait_state(vmid, {"RUNNING"}, START_TIMEOUT)
             log(f"CT {vmid} started (pid {self._ct(vmid).init_pid})")
@@ -414,10 +416,30 @@ class LxcDriver(GuestDriver):
         return proc.stdout.decode(errors="replace")
 
 
+def check_subids(user: str = "root") -> None:
+    """liblxc maps ids through newuidmap, which needs root's range in /etc/sub[ug]id
+    (Proxmox's packages add `root:100000:65536`); say so instead of liblxc's riddle."""
+    for path in ("/etc/subuid", "/etc/subgid"):
+        try:
+            lines = open(path).read().split()
+        except OSError:
+            lines = []
+        ok = False
+        for line in lines:
+            parts = line.split(":")
+            if len(parts) == 3 and parts[0] == user and parts[1].isdigit() and parts[2].isdigit():
+                start, count = int(parts[1]), int(parts[2])
+                ok = ok or (start <= IDMAP_BASE and start + count >= IDMAP_BASE + IDMAP_SIZE)
+        if not ok:
+            raise Unavailable(
+                f"unprivileged containers need '{user}:{IDMAP_BASE}:{IDMAP_SIZE}' in {path}"
+            )
+
+
 def _owned(volid: str, vmid: int) -> bool:
     """A volume named for this CT (`vm-101-disk-0`, `subvol-101-disk-0`, `101/...`)."""
     name = volid.partition(":")[2]
     return name.startswith(f"{vmid}/") or f"-{vmid}-disk-" in name
 
 
-__all__ = ["LxcDriver", "IDMAP_BASE"]
+__all__ = ["LxcDriver", "check_subids"]

@@ -68,6 +68,23 @@ def bridge() -> Iterator[str]:
     bridges.delete_bridge(name)
 
 
+@pytest.fixture
+def subids() -> Iterator[None]:
+    """root's id range for user namespaces, as install.sh must set it; restored after."""
+    saved = {}
+    for path in ("/etc/subuid", "/etc/subgid"):
+        saved[path] = Path(path).read_text() if os.path.exists(path) else None
+        if "root:100000:65536" not in (saved[path] or ""):
+            with open(path, "a") as fh:
+                fh.write("root:100000:65536\n")
+    yield
+    for path, text in saved.items():
+        if text is None:
+            os.unlink(path)
+        else:
+            Path(path).write_text(text)
+
+
 def logs() -> tuple[list[str], object]:
     lines: list[str] = []
     return lines, lines.append

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -226,5 +230,41 @@ def test_mount_point_and_identity_files(driver: LxcDriver, volumes: TempVolumes,
     resolv = driver.attach(vmid, ["/bin/cat", "/etc/resolv.conf"])
     assert "nameserver 192.0.2.53" in resolv and "search example.org" in resolv
     driver.stop(vmid, config, log=_noop)
+    driver.destroy(vmid, config, volumes=volumes, log=_noop)
+    assert volumes.owned() == []
+
+
+@pytest.fixture
+def open_dir(busybox_template: str) -> Iterator[str]:
+    """pytest's tmp dirs are 0700 under /tmp/pytest-of-root: the container's mapped
+    root (uid 100000) could not reach its rootfs there, so use a 0755 path."""
+    path = tempfile.mkdtemp(prefix="crl-unpriv-", dir="/var/tmp")
+    os.chmod(path, 0o755)
+    yield path
+    _cleanup = LxcDriver(node="crlnode", data_dir=os.path.join(path, "node"))
+    for name in os.listdir(_cleanup.lxcpath):
+        subprocess.run(
+            ["lxc-stop", "-P", _cleanup.lxcpath, "-n", name, "-k"], capture_output=True, timeout=60
+        )
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_unprivileged_container(
+    open_dir: str, busybox_template: str, vmid: int, subids: None
+) -> None:
+    driver = LxcDriver(node="crlnode", data_dir=os.path.join(open_dir, "node"))
+    volumes = TempVolumes(os.path.join(open_dir, "storage"))
+    volumes.add_template(busybox_template)
+    config = _create(driver, volumes, vmid, unprivileged=1)
+    root = volumes.mount_rootdir(config["rootfs"].split(",")[0])
+    assert os.stat(root).st_uid == 100000
+    assert os.stat(os.path.join(root, "bin/busybox")).st_uid == 100000
+    driver.start(vmid, config, volumes=volumes, log=_noop)
+    pid = driver.status(vmid, config)["pid"]
+    assert os.stat(f"/proc/{pid}").st_uid == 100000  # root inside is 100000 outside
+    assert driver.attach(vmid, ["/usr/bin/id", "-u"]).strip() == "0"
+    uid_map = Path(f"/proc/{pid}/uid_map").read_text().split()
+    assert uid_map == ["0", "100000", "65536"]
+    driver.shutdown(vmid, config, timeout=30, force_stop=False, log=_noop)
     driver.destroy(vmid, config, volumes=volumes, log=_noop)
     assert volumes.owned() == []
