@@ -149,9 +149,8 @@ def many(drv: LxcDriver, vols: TempVolumes, tid: str, n: int) -> None:
     avail1, self1 = _mem_available(), _rss(os.getpid())
     lxc_own = sum(_rss(p) for p in _monitor_pids(drv.lxcpath))
     lxc_own += sum(_rss(drv.status(v, c)["pid"]) for v, c in configs.items())
-    print(
-        f"start {n} containers (driver):          {elapsed:8.2f} s ({elapsed / n * 1000:.1f} ms each)"
-    )
+    each = elapsed / n * 1000
+    print(f"start {n} containers (driver):          {elapsed:8.2f} s ({each:.1f} ms each)")
     print(f"host memory per idle container:         {(avail0 - avail1) / n / 1024:8.0f} KiB")
     print(f"  of which LXC's own (monitor + init):  {lxc_own / n / 1024:8.0f} KiB RSS")
     print(f"  driver process growth per container:  {(self1 - self0) / n / 1024:8.1f} KiB")
@@ -176,12 +175,10 @@ def main() -> None:
         ours = [driver_round(drv, vols, tid, 87000 + i) for i in range(args.rounds)]
         med = statistics.median
         print(f"medians of {args.rounds} rounds          driver     raw lxc-* tools")
-        print(
-            f"create+start            {med(o[0] for o in ours) * 1000:9.1f} ms {med(r[0] for r in raw) * 1000:9.1f} ms"
-        )
-        print(
-            f"stop+destroy            {med(o[1] for o in ours) * 1000:9.1f} ms {med(r[1] for r in raw) * 1000:9.1f} ms"
-        )
+        for i, label in enumerate(("create+start", "stop+destroy")):
+            ours_ms = med(o[i] for o in ours) * 1000
+            raw_ms = med(r[i] for r in raw) * 1000
+            print(f"{label:<24}{ours_ms:9.1f} ms {raw_ms:9.1f} ms")
         if args.many:
             many(drv, vols, tid, args.many)
     finally:
@@ -189,9 +186,8 @@ def main() -> None:
             path = os.path.join(base, sub)
             if os.path.isdir(path):
                 for name in os.listdir(path):
-                    subprocess.run(
-                        ["lxc-stop", "-P", path, "-n", name, "-k"], capture_output=True, timeout=60
-                    )
+                    argv = ["lxc-stop", "-P", path, "-n", name, "-k"]
+                    subprocess.run(argv, capture_output=True, timeout=60)
         shutil.rmtree(base, ignore_errors=True)
 
 
