@@ -192,6 +192,28 @@ class GuestDriver:
         """Grow `disk` to `size` bytes; returns the updated config."""
         raise NotSupported(what="resize")
 
+    # -- moving between nodes -----------------------------------------------------
+    def volumes_of(self, config: dict[str, Any]) -> dict[str, str]:
+        """Config key -> volume ID of every disk/rootfs/mount point in `config`."""
+        return {}
+
+    def adopt(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
+        """Make this node know a guest whose volumes already exist (after a
+        migration moved its record here). Idempotent; called before each start."""
+
+    def release(
+        self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
+    ) -> None:
+        """Forget a stopped guest on this node WITHOUT freeing its volumes (it now
+        lives on another node)."""
+        raise NotSupported(what="migration")
+
+    def migrate_live(
+        self, vmid: int, config: dict[str, Any], *, target_uri: str, log: LogFn
+    ) -> None:
+        """Move the running guest to the node at `target_uri` (shared storage only)."""
+        raise NotSupported(what="live migration")
+
     def interfaces(self, vmid: int, config: dict[str, Any]) -> list[dict[str, Any]]:
         raise NotSupported(what="interfaces")
 

@@ -218,6 +218,7 @@ def _start(ctx: TaskContext, args: dict[str, Any]) -> None:
     if driver.status(rec["vmid"], rec["config"]).get("status") == "running":
         raise Conflict(f"{_kind(rec)} {rec['vmid']} already running")
     rec = _apply_pending(ctx, rec["vmid"])
+    driver.adopt(rec["vmid"], rec["config"], log=ctx.log)  # it may have just moved here
     driver.start(rec["vmid"], rec["config"], volumes=_volumes(ctx), log=ctx.log)
     _mark(ctx, rec, "running")
 
@@ -333,6 +334,112 @@ def _resize(ctx: TaskContext, args: dict[str, Any]) -> None:
         return r
 
     update_record(ctx.store, rec["vmid"], commit)
+
+
+def storage_reaches(store: Store, volid: str, node: str) -> bool:
+    """Can `node` use `volid` where it is (shared storage available there)?"""
+    storage_id = volid.split(":", 1)[0]
+    conf = store.get_value(keys.storage(storage_id)) or {}
+    if not conf:
+        return False
+    nodes = [n for n in str(conf.get("nodes") or "").split(",") if n]
+    if nodes and node not in nodes:
+        return False
+    # Ceph RBD is shared by nature; a dir/btrfs/zfs storage only when marked so.
+    return conf.get("type") == "rbd" or str(conf.get("shared", 0)) in ("1", "True", "true")
+
+
+def migration_blockers(
+    store: Store, driver: GuestDriver, config: dict[str, Any], target: str
+) -> list[str]:
+    return [
+        f"{key} ({volid})"
+        for key, volid in sorted(driver.volumes_of(config).items())
+        if not storage_reaches(store, volid, target)
+    ]
+
+
+def _migrate(ctx: TaskContext, args: dict[str, Any]) -> None:
+    """Runs on the source node: stop (or live-move), hand over, start on the target."""
+    rec = _record(ctx, args)
+    check_lock(rec)
+    vmid, target, kind = rec["vmid"], args["target"], _kind(rec)
+    driver = _driver(ctx, rec["type"])
+    config = merged_config(rec)
+    if ctx.store.get(keys.node_alive(target)) is None:
+        raise Unavailable(f"target node '{target}' is offline")
+    running = driver.status(vmid, rec["config"]).get("status") in ("running", "paused")
+    live = bool(running and rec["type"] == "qemu" and args.get("online"))
+    if running and rec["type"] == "lxc" and not args.get("restart"):
+        raise Conflict(f"CT {vmid} is running - use restart mode (restart=1)")
+    if running and rec["type"] == "qemu" and not args.get("online"):
+        raise Conflict(f"VM {vmid} is running - use online migration (online=1)")
+    blockers = migration_blockers(ctx.store, driver, config, target)
+    if blockers:
+        raise Conflict(
+            f"can't migrate {kind} {vmid} to '{target}': volumes on storage the "
+            f"target cannot reach (copying local volumes between nodes is not "
+            f"supported yet): {', '.join(blockers)}"
+        )
+    set_lock(ctx.store, vmid, "migrate")
+    stopped_here = False
+    try:
+        if live:
+            info = ctx.store.get_value(keys.node_info(target)) or {}
+            ctx.log(f"live-migrating {kind} {vmid} to {target}")
+            driver.migrate_live(
+                vmid,
+                rec["config"],
+                log=ctx.log,
+                target_uri=f"qemu+tcp://{info.get('address')}/system",
+            )
+        elif running:
+            ctx.log(f"shutting down {kind} {vmid} for a restart migration")
+            driver.shutdown(
+                vmid,
+                rec["config"],
+                timeout=int(args.get("timeout") or 180),
+                force_stop=True,
+                log=ctx.log,
+            )
+            stopped_here = True
+        driver.release(vmid, config, volumes=_volumes(ctx), log=ctx.log)
+
+        def move(r: dict[str, Any]) -> dict[str, Any]:
+            r["node"], r["lock"] = target, None
+            return r
+
+        update_record(ctx.store, vmid, move)
+    except BaseException:
+        # Nothing moved: the guest stays here, unlocked, running again if it was.
+        set_lock(ctx.store, vmid, None, expect="migrate")
+        if stopped_here:
+            try:
+                driver.start(vmid, rec["config"], volumes=_volumes(ctx), log=ctx.log)
+            except Exception as err:  # noqa: BLE001 - report the first failure
+                ctx.log(f"could not restart {kind} {vmid} here: {err}")
+        raise
+    _mark(ctx, rec, "migrated")
+    ctx.log(f"{kind} {vmid} now belongs to node {target}")
+    if stopped_here:
+        from corral.cluster.tasks import Tasks
+
+        tasks = Tasks(ctx.store)
+        upid = tasks.submit(
+            node=target,
+            type=TASK_TYPES[rec["type"]]["start"],
+            id=str(vmid),
+            user=ctx.user,
+            args={"vmid": vmid},
+            serial=serial(vmid),
+        )
+        ctx.log(f"starting it on {target}: {upid}")
+        status = tasks.wait(upid, timeout=300, poll=0.1)
+        if status.get("exitstatus") != "OK":
+            raise CorralError(
+                f"migrated, but the start on {target} failed: {status.get('exitstatus')}"
+            )
+        ctx.log(f"{kind} {vmid} running on {target}")
 
 
 HANDLERS: dict[str, Callable[[TaskContext, dict[str, Any]], None]] = {

@@ -12,6 +12,7 @@ outlive a restart of the daemon; a fresh driver asks liblxc and reports them.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -164,14 +165,14 @@ class LxcDriver(GuestDriver):
                     continue
                 storage = vol["volume"].partition(":")[0]
                 volid = volumes.alloc(storage, vmid, size=size, content="rootdir")
-                undo.add(lambda v=volid: volumes.free(v))
+                undo.add(functools.partial(volumes.free, volid))
                 log(f"allocated {key} {volid} ({format_size(size)})")
                 config[key] = cfg.print_volume(
                     key, {**vol, "volume": volid, "size": format_size(size)}
                 )
             root, mounts = self._mount_all(config, volumes)
             for volid in [v["volume"] for v in cfg.parse_mps(config).values()]:
-                undo.add(lambda v=volid: volumes.unmount_rootdir(v))
+                undo.add(functools.partial(volumes.unmount_rootdir, volid))
             unpriv = bool(cfg.value(config, "unprivileged"))
             archive = volumes.file_path(template)
             log(f"extracting {os.path.basename(archive)}")
