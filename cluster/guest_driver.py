@@ -197,9 +197,13 @@ class GuestDriver:
         """Config key -> volume ID of every disk/rootfs/mount point in `config`."""
         return {}
 
-    def adopt(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
+    def adopt(
+        self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
+    ) -> None:
         """Make this node know a guest whose volumes already exist (after a
-        migration moved its record here). Idempotent; called before each start."""
+        migration moved its record here): write its local definition from the
+        record, resolving volumes through `volumes`. Idempotent; called before
+        each start."""
 
     def release(
         self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn

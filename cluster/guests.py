@@ -218,7 +218,8 @@ def _start(ctx: TaskContext, args: dict[str, Any]) -> None:
     if driver.status(rec["vmid"], rec["config"]).get("status") == "running":
         raise Conflict(f"{_kind(rec)} {rec['vmid']} already running")
     rec = _apply_pending(ctx, rec["vmid"])
-    driver.adopt(rec["vmid"], rec["config"], log=ctx.log)  # it may have just moved here
+    # It may have just moved here: the driver writes its local definition.
+    driver.adopt(rec["vmid"], rec["config"], volumes=_volumes(ctx), log=ctx.log)
     driver.start(rec["vmid"], rec["config"], volumes=_volumes(ctx), log=ctx.log)
     _mark(ctx, rec, "running")
 
