@@ -241,6 +241,16 @@ CONFIG: dict[str, Param] = {
     "cpuunits": Param(
         "integer", "CPU weight.", optional=True, minimum=0, maximum=500000, default=1024
     ),
+    # Not a Proxmox key (Proxmox users set lxc.cgroup2.pids.max by hand): a fork
+    # bomb inside one container must not exhaust the node's pids.
+    "pidslimit": Param(
+        "integer",
+        "Maximum number of processes in the container (0 = unlimited). corral extension.",
+        optional=True,
+        minimum=0,
+        maximum=4194304,
+        default=0,
+    ),
     "rootfs": Param(
         "string", "Use volume as container root.", optional=True, format=ROOTFS, hotplug=False
     ),
@@ -332,7 +342,7 @@ LIVE_KEYS = frozenset(k for k, p in CONFIG.items() if p.hotplug) - {
     "storage",
 }
 # Keys the driver itself writes into the running container's cgroups.
-CGROUP_KEYS = frozenset({"memory", "swap", "cores", "cpulimit", "cpuunits"})
+CGROUP_KEYS = frozenset({"memory", "swap", "cores", "cpulimit", "cpuunits", "pidslimit"})
 
 
 def value(config: dict[str, Any], key: str) -> Any:

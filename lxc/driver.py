@@ -18,7 +18,8 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 # python3-lxc's C extension, imported directly: with the repo on sys.path (tests,
@@ -26,7 +27,14 @@ from typing import Any
 import _lxc
 
 from corral.cluster import bridges
-from corral.cluster.errors import CommandFailed, Conflict, NotFound, ParamError, Unavailable
+from corral.cluster.errors import (
+    CommandFailed,
+    Conflict,
+    NotFound,
+    NotSupported,
+    ParamError,
+    Unavailable,
+)
 from corral.cluster.guest_driver import DriverInfo, GuestDriver, LogFn, Probe, VolumeAccess
 from corral.cluster.schema import Schema, format_size, parse_size
 from corral.cluster.undo import Reverter
@@ -85,6 +93,41 @@ class LxcDriver(GuestDriver):
             raise ParamError.one("ostemplate", "property is missing and it is not optional")
         cfg.parse_mps(config)
         self._facts(vmid, config, rootfs_path="/", mounts=None)  # tag, paths
+        if volumes is not None:
+            self._check_storage(config, params, volumes)
+
+    def _check_storage(
+        self, config: dict[str, Any], params: Mapping[str, Any], volumes: Any
+    ) -> str:
+        """Each volume's storage exists here and takes container roots, and the
+        template is an existing `vztmpl` volume; returns the template's path.
+
+        Errors name the config key (`rootfs`, `mp0`, `ostemplate`), never the
+        storage layer's own parameter names."""
+        if not config.get("rootfs") and params.get("storage"):
+            config = {**config, "rootfs": f"{params['storage']}:4"}
+        for key, vol in cfg.parse_mps(config).items():
+            volid = vol["volume"]
+            storage = volid.partition(":")[0]
+            with _as_param(key):
+                if cfg.new_volume_size(volid) is not None:
+                    content = _content_of(volumes, storage)
+                    if content is not None and "rootdir" not in content:
+                        raise ParamError.one(
+                            key,
+                            f"storage '{storage}' does not support container directories "
+                            "(content type 'rootdir')",
+                        )
+                elif hasattr(volumes, "parse") and volumes.parse(volid).vtype != "rootdir":
+                    raise ParamError.one(key, f"volume '{volid}' is not a container volume")
+        template = str(params.get("ostemplate") or config.get("ostemplate") or "")
+        with _as_param("ostemplate"):
+            if hasattr(volumes, "parse") and volumes.parse(template).vtype != "vztmpl":
+                raise ParamError.one("ostemplate", f"'{template}' is not a container template")
+            path = str(volumes.file_path(template))
+        if not os.path.isfile(path):
+            raise ParamError.one("ostemplate", f"template '{template}' does not exist")
+        return path
 
     # -- helpers -----------------------------------------------------------------
     def _name(self, vmid: int) -> str:
@@ -158,6 +201,7 @@ class LxcDriver(GuestDriver):
         if os.path.exists(self._dir(vmid)):
             raise Conflict(f"CT {vmid} already exists on node '{self.node}'")
         self._facts(vmid, config, rootfs_path="/", mounts=None)  # reject bad nets before work
+        archive = self._check_storage(config, {"ostemplate": template}, volumes)
         with self._lock(vmid), Reverter() as undo:
             for key, vol in cfg.parse_mps(config).items():
                 size = cfg.new_volume_size(vol["volume"])
@@ -174,7 +218,6 @@ class LxcDriver(GuestDriver):
             for volid in [v["volume"] for v in cfg.parse_mps(config).values()]:
                 undo.add(functools.partial(volumes.unmount_rootdir, volid))
             unpriv = bool(cfg.value(config, "unprivileged"))
-            archive = volumes.file_path(template)
             log(f"extracting {os.path.basename(archive)}")
             count = rootfs.unpack_template(archive, root, unprivileged=unpriv, log=log)
             log(f"extracted {count} entries into {root}")
@@ -373,6 +416,8 @@ class LxcDriver(GuestDriver):
             values = cgroup_values(new, facts)
             if "cores" in changed and not new.get("cores"):
                 values["cpuset.cpus"] = f"0-{(os.cpu_count() or 1) - 1}"
+            if "pidslimit" in changed and not int(cfg.value(new, "pidslimit") or 0):
+                values["pids.max"] = "max"
             cgroups.write_limits(pid, values)
             log(f"CT {vmid}: cgroup limits updated ({', '.join(sorted(limits))})")
         return live
@@ -391,14 +436,63 @@ class LxcDriver(GuestDriver):
         if disk not in vols:
             raise ParamError.one("disk", f"no such mount point '{disk}'")
         vol = vols[disk]
-        current = volumes.size(vol["volume"])
+        current = max(parse_size(vol.get("size") or "0"), volumes.size(vol["volume"]))
         if size < current:
             raise ParamError.one("size", "shrinking disks is not supported")
-        volumes.resize(vol["volume"], size)
+        try:
+            volumes.resize(vol["volume"], size)
+        except NotSupported:
+            # A subvol on a storage without quotas (a plain directory): its size
+            # is advisory, as at allocation; record it, nothing to grow.
+            if not vol["volume"].endswith(".subvol"):
+                raise
+            log(f"{disk}: the storage has no quota for {vol['volume']}; size recorded only")
         config = dict(config)
         config[disk] = cfg.print_volume(disk, {**vol, "size": format_size(size)})
         log(f"resized {disk} to {format_size(size)}")
         return config
+
+    # -- moving between nodes -----------------------------------------------------
+    def volumes_of(self, config: dict[str, Any]) -> dict[str, str]:
+        return {
+            key: vol["volume"]
+            for key, vol in cfg.parse_mps(config).items()
+            if cfg.new_volume_size(vol["volume"]) is None
+        }
+
+    def adopt(
+        self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
+    ) -> None:
+        """Write this node's lxc config for a CT whose record moved here (its
+        volumes already exist on shared storage). Nothing to do if it is known."""
+        path = os.path.join(self._dir(vmid), "config")
+        with self._lock(vmid):
+            if os.path.isfile(path):
+                return
+            root, mounts = self._mount_all(config, volumes)
+            facts = self._facts(vmid, config, rootfs_path=root, mounts=mounts)
+            with Reverter() as undo:
+                made = not os.path.isdir(self._dir(vmid))
+                os.makedirs(self._dir(vmid), mode=0o755, exist_ok=True)
+                if made:
+                    undo.add(lambda: shutil.rmtree(self._dir(vmid), ignore_errors=True))
+                self._write_config(vmid, config, facts)
+                undo.success()
+            log(f"CT {vmid} adopted on node '{self.node}' ({self.lxcpath})")
+
+    def release(
+        self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
+    ) -> None:
+        """Forget a stopped CT here (its lxc dir, veths) and keep its volumes."""
+        with self._lock(vmid):
+            if self._state(vmid) != "STOPPED":
+                raise Conflict(f"CT {vmid} is running - stop it before moving it")
+            for volid in self.volumes_of(config).values():
+                volumes.unmount_rootdir(volid)
+            for index in cfg.parse_net(config):
+                bridges.delete_link(veth_name(vmid, index))
+            shutil.rmtree(self._dir(vmid), ignore_errors=True)
+            log(f"CT {vmid} released from node '{self.node}' (volumes kept)")
 
     def interfaces(self, vmid: int, config: dict[str, Any]) -> list[dict[str, Any]]:
         if self._state(vmid) == "STOPPED":
@@ -435,6 +529,26 @@ def check_subids(user: str = "root") -> None:
             raise Unavailable(
                 f"unprivileged containers need '{user}:{IDMAP_BASE}:{IDMAP_SIZE}' in {path}"
             )
+
+
+@contextmanager
+def _as_param(key: str) -> Iterator[None]:
+    """Storage errors about a volume become a 400 naming the config key."""
+    try:
+        yield
+    except ParamError as err:
+        if key in err.errors:
+            raise
+        reason = "; ".join(err.errors.values()) or str(err)
+        raise ParamError.one(key, reason) from None
+    except (NotFound, NotSupported) as err:
+        raise ParamError.one(key, str(err)) from None
+
+
+def _content_of(volumes: Any, storage: str) -> frozenset[str] | None:
+    """Content types `storage` takes on this node (None: the VolumeAccess cannot say)."""
+    content_of = getattr(volumes, "content_of", None)
+    return None if content_of is None else frozenset(content_of(storage))
 
 
 def _owned(volid: str, vmid: int) -> bool:

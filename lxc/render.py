@@ -157,6 +157,9 @@ def cgroup_values(config: dict[str, Any], facts: Facts) -> dict[str, str]:
     if cores:
         n = max(1, min(int(cores), facts.host_cpus))
         out["cpuset.cpus"] = "0" if n == 1 else f"0-{n - 1}"
+    pids = int(cfg.value(config, "pidslimit") or 0)
+    if pids:
+        out["pids.max"] = str(pids)
     return out
 
 

@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from corral.lxc import templates  # noqa: E402
 from corral.lxc.driver import LxcDriver  # noqa: E402
-from tests.lxc.volumes import TempVolumes  # noqa: E402
+from corral.storage.volumes import Volumes  # noqa: E402
+from tests.lxc.helpers import STORAGE, add_template, dir_volumes  # noqa: E402
 
 RAW_CONF = """\
 lxc.uts.name = {name}
@@ -73,14 +74,14 @@ def raw_round(base: str, template: str, name: str) -> tuple[float, float]:
     return t1 - t0, t2 - t1
 
 
-def driver_round(drv: LxcDriver, vols: TempVolumes, tid: str, vmid: int) -> tuple[float, float]:
+def driver_round(drv: LxcDriver, vols: Volumes, tid: str, vmid: int) -> tuple[float, float]:
     def log(_m: str) -> None:
         return None
 
     t0 = time.perf_counter()
     cfg = drv.create(
         vmid,
-        {"memory": 64, "swap": 0, "rootfs": f"{vols.storage}:1"},
+        {"memory": 64, "swap": 0, "rootfs": f"{STORAGE}:1"},
         volumes=vols,
         log=log,
         params={"ostemplate": tid},
@@ -125,7 +126,7 @@ def _monitor_pids(lxcpath: str) -> list[int]:
     return pids
 
 
-def many(drv: LxcDriver, vols: TempVolumes, tid: str, n: int) -> None:
+def many(drv: LxcDriver, vols: Volumes, tid: str, n: int) -> None:
     def log(_m: str) -> None:
         return None
 
@@ -134,7 +135,7 @@ def many(drv: LxcDriver, vols: TempVolumes, tid: str, n: int) -> None:
         vmid = 88000 + i
         configs[vmid] = drv.create(
             vmid,
-            {"memory": 64, "swap": 0, "rootfs": f"{vols.storage}:1"},
+            {"memory": 64, "swap": 0, "rootfs": f"{STORAGE}:1"},
             volumes=vols,
             log=log,
             params={"ostemplate": tid},
@@ -168,8 +169,8 @@ def main() -> None:
     os.chmod(base, 0o755)
     try:
         template = templates.build_busybox(os.path.join(base, "cache"), log=lambda _m: None)
-        vols = TempVolumes(os.path.join(base, "storage"))
-        tid = vols.add_template(template)
+        vols = dir_volumes(os.path.join(base, "storage"))
+        tid = add_template(vols, template)
         drv = LxcDriver(node="crlbench", data_dir=os.path.join(base, "node"))
         raw = [raw_round(base, template, f"crlraw{i}") for i in range(args.rounds)]
         ours = [driver_round(drv, vols, tid, 87000 + i) for i in range(args.rounds)]

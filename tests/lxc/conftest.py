@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +13,8 @@ import pytest
 from corral.cluster import bridges
 from corral.lxc import templates
 from corral.lxc.driver import LxcDriver
-from tests.lxc.volumes import TempVolumes
+from corral.storage.volumes import Volumes
+from tests.lxc.helpers import cleanup_lxcpath, dir_volumes
 
 
 @pytest.fixture(scope="session")
@@ -25,22 +24,8 @@ def busybox_template(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-def volumes(tmp_path: Path, busybox_template: str) -> TempVolumes:
-    vols = TempVolumes(str(tmp_path / "storage"))
-    vols.add_template(busybox_template)
-    return vols
-
-
-def _cleanup_lxcpath(lxcpath: str) -> None:
-    if not os.path.isdir(lxcpath):
-        return
-    for name in os.listdir(lxcpath):
-        subprocess.run(
-            ["lxc-stop", "-P", lxcpath, "-n", name, "-k"], capture_output=True, timeout=60
-        )
-        for i in range(4):
-            bridges.delete_link(f"veth{name}i{i}")
-    shutil.rmtree(lxcpath, ignore_errors=True)
+def volumes(tmp_path: Path, busybox_template: str) -> Volumes:
+    return dir_volumes(str(tmp_path / "storage"), busybox_template)
 
 
 @pytest.fixture
@@ -52,7 +37,7 @@ def driver(tmp_path: Path) -> Iterator[LxcDriver]:
         os.chmod(p, 0o755)
     drv = LxcDriver(node="crlnode", data_dir=str(data), options={"mac_seed": "crl-test"})
     yield drv
-    _cleanup_lxcpath(drv.lxcpath)
+    cleanup_lxcpath(drv.lxcpath)
 
 
 @pytest.fixture

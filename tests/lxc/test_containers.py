@@ -13,20 +13,27 @@ from pathlib import Path
 import pytest
 
 from corral.cluster import bridges
-from corral.cluster.errors import CommandFailed, ParamError
+from corral.cluster.errors import CommandFailed, Conflict, ParamError
 from corral.lxc import cgroups
 from corral.lxc.driver import LxcDriver
-from tests.lxc.volumes import TempVolumes
+from corral.storage.volumes import Volumes
+from tests.lxc.helpers import (
+    NO_CT_STORAGE,
+    STORAGE,
+    add_template,
+    cleanup_lxcpath,
+    dir_volumes,
+    owned,
+)
 
 pytestmark = pytest.mark.timeout(240)
-STORAGE = "crltmp"
 
 
 def _noop(_msg: str) -> None:
     return None
 
 
-def _create(drv: LxcDriver, vols: TempVolumes, vmid: int, **extra: object) -> dict:
+def _create(drv: LxcDriver, vols: Volumes, vmid: int, **extra: object) -> dict:
     template = f"{STORAGE}:vztmpl/busybox-corral_amd64.tar.gz"
     config = {"hostname": f"crl{vmid}", "memory": 64, "swap": 32, "rootfs": f"{STORAGE}:1", **extra}
     return drv.create(vmid, config, volumes=vols, log=_noop, params={"ostemplate": template})
@@ -45,8 +52,8 @@ def _until(check, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def
     return False
 
 
-def test_lifecycle(driver: LxcDriver, volumes: TempVolumes, vmid: int) -> None:
-    config = _create(driver, volumes, vmid, cores=1, cpulimit=0.5)
+def test_lifecycle(driver: LxcDriver, volumes: Volumes, vmid: int) -> None:
+    config = _create(driver, volumes, vmid, cores=1, cpulimit=0.5, pidslimit=64)
     assert config["rootfs"].startswith(f"{STORAGE}:{vmid}/subvol-{vmid}-disk-0.subvol,size=1G")
     assert config["ostype"] == "unmanaged" and config["arch"] == "amd64"
     assert driver.status(vmid, config)["status"] == "stopped"
@@ -63,10 +70,13 @@ def test_lifecycle(driver: LxcDriver, volumes: TempVolumes, vmid: int) -> None:
     assert int(_cg(pid, "memory.memsw.limit_in_bytes")) == 96 << 20
     assert _cg(pid, "cpu.cfs_quota_us") == "50000"
     assert _cg(pid, "cpuset.cpus") == "0"
+    assert _cg(pid, "pids.max") == "64"
 
     new = {**config, "memory": 128, "swap": 0, "cpulimit": 1, "description": "live"}
+    del new["pidslimit"]
     applied = driver.apply_live(vmid, config, new, volumes=volumes, log=_noop)
-    assert applied == {"memory", "swap", "cpulimit", "description"}
+    assert applied == {"memory", "swap", "cpulimit", "description", "pidslimit"}
+    assert _cg(pid, "pids.max") == "max"
     assert int(_cg(pid, "memory.limit_in_bytes")) == 128 << 20
     assert int(_cg(pid, "memory.memsw.limit_in_bytes")) == 128 << 20
     assert _cg(pid, "cpu.cfs_quota_us") == "100000"
@@ -100,12 +110,10 @@ def test_lifecycle(driver: LxcDriver, volumes: TempVolumes, vmid: int) -> None:
 
     driver.destroy(vmid, config, volumes=volumes, log=_noop)
     assert not os.path.exists(os.path.join(driver.lxcpath, str(vmid)))
-    assert volumes.owned() == []
+    assert owned(volumes) == []
 
 
-def test_shutdown_without_force_times_out(
-    driver: LxcDriver, volumes: TempVolumes, vmid: int
-) -> None:
+def test_shutdown_without_force_times_out(driver: LxcDriver, volumes: Volumes, vmid: int) -> None:
     config = _create(driver, volumes, vmid)
     driver.start(vmid, config, volumes=volumes, log=_noop)
     driver.suspend(vmid, config, log=_noop)
@@ -116,7 +124,7 @@ def test_shutdown_without_force_times_out(
 
 
 def test_two_containers_on_a_bridge(
-    driver: LxcDriver, volumes: TempVolumes, vmid: int, bridge: str
+    driver: LxcDriver, volumes: Volumes, vmid: int, bridge: str
 ) -> None:
     a, b = vmid, vmid + 1
     ca = _create(
@@ -153,7 +161,7 @@ def test_two_containers_on_a_bridge(
 
 
 def test_fresh_driver_sees_running_container(
-    driver: LxcDriver, volumes: TempVolumes, vmid: int
+    driver: LxcDriver, volumes: Volumes, vmid: int
 ) -> None:
     config = _create(driver, volumes, vmid)
     driver.start(vmid, config, volumes=volumes, log=_noop)
@@ -169,11 +177,11 @@ def test_fresh_driver_sees_running_container(
 
 
 def test_failed_create_leaves_nothing(
-    driver: LxcDriver, volumes: TempVolumes, vmid: int, tmp_path: Path
+    driver: LxcDriver, volumes: Volumes, vmid: int, tmp_path: Path
 ) -> None:
     broken = tmp_path / "broken.tar.gz"
     broken.write_bytes(b"\x1f\x8bnot really gzip")
-    volid = volumes.add_template(str(broken))
+    volid = add_template(volumes, str(broken))
     with pytest.raises(Exception):  # noqa: B017 - the archive error itself, whatever its class
         driver.create(
             vmid,
@@ -183,7 +191,7 @@ def test_failed_create_leaves_nothing(
             params={"ostemplate": volid},
         )
     assert not os.path.exists(os.path.join(driver.lxcpath, str(vmid)))
-    assert volumes.owned() == []
+    assert owned(volumes) == []
 
 
 @pytest.mark.parametrize(
@@ -193,20 +201,61 @@ def test_failed_create_leaves_nothing(
         ({"memory": 4}, "memory"),
         ({"net0": "bogus"}, "net0"),
         ({"mp0": "crltmp:1,mp=/a/../.."}, "mp0"),
-        ({"rootfs": "nosuchstorage:1"}, "storage"),
+        ({"rootfs": "nosuchstorage:1"}, "rootfs"),
+        ({"rootfs": f"{NO_CT_STORAGE}:1"}, "rootfs"),
+        ({"mp0": f"{NO_CT_STORAGE}:1,mp=/data"}, "mp0"),
     ],
 )
 def test_bad_config_leaves_nothing(
-    driver: LxcDriver, volumes: TempVolumes, vmid: int, extra: dict, key: str
+    driver: LxcDriver, volumes: Volumes, vmid: int, extra: dict, key: str
 ) -> None:
     with pytest.raises(ParamError) as err:
         _create(driver, volumes, vmid, **extra)
     assert key in err.value.errors
     assert not os.path.exists(os.path.join(driver.lxcpath, str(vmid)))
-    assert volumes.owned() == []
+    assert owned(volumes) == []
 
 
-def test_resize_rootfs(driver: LxcDriver, volumes: TempVolumes, vmid: int) -> None:
+def test_release_and_adopt_on_another_node(
+    driver: LxcDriver, volumes: Volumes, vmid: int, tmp_path: Path
+) -> None:
+    """A restart migration's driver half: the volumes stay, the lxc config moves."""
+    config = _create(driver, volumes, vmid, mp0=f"{STORAGE}:1,mp=/data")
+    assert set(driver.volumes_of(config)) == {"rootfs", "mp0"}
+    assert driver.volumes_of({"rootfs": f"{STORAGE}:1"}) == {}  # not allocated yet
+    driver.start(vmid, config, volumes=volumes, log=_noop)
+    driver.attach(vmid, ["/bin/sh", "-c", "echo kept > /data/f; echo root > /f"])
+    with pytest.raises(Conflict):
+        driver.release(vmid, config, volumes=volumes, log=_noop)
+    driver.shutdown(vmid, config, timeout=30, force_stop=True, log=_noop)
+    before = owned(volumes)
+    driver.release(vmid, config, volumes=volumes, log=_noop)
+    assert not os.path.exists(os.path.join(driver.lxcpath, str(vmid)))
+    assert owned(volumes) == before and len(before) == 2
+    driver.release(vmid, config, volumes=volumes, log=_noop)  # idempotent
+
+    (tmp_path / "node2").mkdir()
+    other = LxcDriver(node="crlnode2", data_dir=str(tmp_path / "node2"))
+    try:
+        lines: list[str] = []
+        log: list[str] = []
+        other.adopt(vmid, config, volumes=volumes, log=lines.append)
+        conf = Path(other.lxcpath, str(vmid), "config").read_text()
+        assert f"lxc.log.file = {other.lxcpath}/{vmid}/lxc.log" in conf
+        other.adopt(vmid, config, volumes=volumes, log=log.append)  # known: nothing to do
+        assert len(lines) == 1 and log == []
+        other.start(vmid, config, volumes=volumes, log=_noop)
+        assert other.attach(vmid, ["/bin/cat", "/data/f", "/f"]).split() == ["kept", "root"]
+        assert other.status(vmid, config)["status"] == "running"
+        assert driver.status(vmid, config)["status"] == "stopped"
+        other.stop(vmid, config, log=_noop)
+        other.destroy(vmid, config, volumes=volumes, log=_noop)
+        assert owned(volumes) == []
+    finally:
+        cleanup_lxcpath(other.lxcpath)
+
+
+def test_resize_rootfs(driver: LxcDriver, volumes: Volumes, vmid: int) -> None:
     config = _create(driver, volumes, vmid)
     config = driver.resize(vmid, config, "rootfs", 3 << 30, volumes=volumes, log=_noop)
     assert ",size=3G" in config["rootfs"]
@@ -218,7 +267,7 @@ def test_resize_rootfs(driver: LxcDriver, volumes: TempVolumes, vmid: int) -> No
     driver.destroy(vmid, config, volumes=volumes, log=_noop)
 
 
-def test_mount_point_and_identity_files(driver: LxcDriver, volumes: TempVolumes, vmid: int) -> None:
+def test_mount_point_and_identity_files(driver: LxcDriver, volumes: Volumes, vmid: int) -> None:
     config = _create(
         driver, volumes, vmid, mp0=f"{STORAGE}:1,mp=/data", nameserver="192.0.2.53",
         searchdomain="example.org",
@@ -231,7 +280,7 @@ def test_mount_point_and_identity_files(driver: LxcDriver, volumes: TempVolumes,
     assert "nameserver 192.0.2.53" in resolv and "search example.org" in resolv
     driver.stop(vmid, config, log=_noop)
     driver.destroy(vmid, config, volumes=volumes, log=_noop)
-    assert volumes.owned() == []
+    assert owned(volumes) == []
 
 
 @pytest.fixture
@@ -253,8 +302,7 @@ def test_unprivileged_container(
     open_dir: str, busybox_template: str, vmid: int, subids: None
 ) -> None:
     driver = LxcDriver(node="crlnode", data_dir=os.path.join(open_dir, "node"))
-    volumes = TempVolumes(os.path.join(open_dir, "storage"))
-    volumes.add_template(busybox_template)
+    volumes = dir_volumes(os.path.join(open_dir, "storage"), busybox_template)
     config = _create(driver, volumes, vmid, unprivileged=1)
     root = volumes.mount_rootdir(config["rootfs"].split(",")[0])
     assert os.stat(root).st_uid == 100000
@@ -267,4 +315,4 @@ def test_unprivileged_container(
     assert uid_map == ["0", "100000", "65536"]
     driver.shutdown(vmid, config, timeout=30, force_stop=False, log=_noop)
     driver.destroy(vmid, config, volumes=volumes, log=_noop)
-    assert volumes.owned() == []
+    assert owned(volumes) == []
