@@ -344,6 +344,8 @@ class Node:
         # The guest flow's task handlers register themselves on import.
         guests = importlib.import_module("corral.cluster.guests")
         STATUS_HOOKS.append(guests.status_hook)
+        if "volumes" in self.services:
+            STATUS_HOOKS.append(_publish_storage_status)
 
     def _probe(self, name: str, driver: Any) -> None:
         """Probe in the background with a deadline: a hung libvirt must not hang the node."""
@@ -471,6 +473,27 @@ class Node:
 
 # Modules (the guest flow) add per-interval publishers here: fn(node).
 STATUS_HOOKS: list[Any] = []
+
+# A hung storage (an NFS server gone) must not stall the node's status loop.
+_storage_status_busy = threading.Lock()
+
+
+def _publish_storage_status(node: Node) -> None:
+    """Every storage's figures as this node sees them, for /cluster/resources."""
+    if not _storage_status_busy.acquire(blocking=False):
+        return
+
+    def run() -> None:
+        try:
+            doc = node.services["volumes"].status_all()
+            assert node.store is not None
+            node.store.put(keys.storage_status(node.name), doc, lease=node.services.get("lease_id"))
+        except Exception as err:  # noqa: BLE001 - retried next interval
+            log.debug("storage status publish failed: %s", err)
+        finally:
+            _storage_status_busy.release()
+
+    threading.Thread(target=run, name="storage-status", daemon=True).start()
 
 
 def _primary_address() -> str | None:

@@ -10,6 +10,8 @@ GUESTS = "guests/"  # guests/{vmid}: the guest record (type, node, config...)
 GUEST_STATUS = "gueststatus/"  # gueststatus/{node}: {vmid: live status}, one doc a node
 VMID_RESERVED = "vmidres/"  # vmidres/{vmid}: a reservation under a lease
 STORAGE = "storage/"  # storage/{id}: storage configuration
+STORAGE_STATUS = "storagestatus/"  # storagestatus/{node}: {storage: figures}, under the lease
+VOLUME_ATTRS = "volattrs/"  # volattrs/{volid}: notes, protected
 
 
 def node_info(node: str) -> str:
@@ -38,3 +40,11 @@ def vmid_reservation(vmid: int) -> str:
 
 def storage(storage_id: str) -> str:
     return f"{STORAGE}{storage_id}"
+
+
+def storage_status(node: str) -> str:
+    return f"{STORAGE_STATUS}{node}"
+
+
+def volume_attrs(volid: str) -> str:
+    return f"{VOLUME_ATTRS}{volid}"

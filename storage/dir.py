@@ -14,7 +14,7 @@ import errno
 import os
 import shutil
 import tarfile
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from corral.cluster.errors import CommandFailed, Conflict, NotFound, NotSupported, ParamError
 from corral.cluster.schema import Param
@@ -46,16 +46,25 @@ class DirPlugin(StoragePlugin):
     type = "dir"
     content = frozenset({"images", "rootdir", "vztmpl", "iso", "backup", "snippets"})
     default_content = frozenset({"images", "rootdir", "vztmpl", "iso", "backup", "snippets"})
-    formats = ("raw", "qcow2", "vmdk", "subvol")
+    formats: ClassVar[tuple[str, ...]] = ("raw", "qcow2", "vmdk", "subvol")
     default_format = "raw"
     options = {
         "path": PATH,
-        "format": Param("string", "Default image format.", optional=True,
-                        enum=("raw", "qcow2", "vmdk", "subvol")),
-        "preallocation": Param("string", "Preallocation mode for raw and qcow2 images.",
-                               optional=True, enum=("off", "metadata", "falloc", "full")),
-        "mkdir": Param("boolean", "Create the directory if it doesn't exist.", optional=True,
-                       default=1),
+        "format": Param(
+            "string",
+            "Default image format.",
+            optional=True,
+            enum=("raw", "qcow2", "vmdk", "subvol"),
+        ),
+        "preallocation": Param(
+            "string",
+            "Preallocation mode for raw and qcow2 images.",
+            optional=True,
+            enum=("off", "metadata", "falloc", "full"),
+        ),
+        "mkdir": Param(
+            "boolean", "Create the directory if it doesn't exist.", optional=True, default=1
+        ),
     }
     features = {
         "snapshot": {"current": frozenset({"qcow2"}), "snap": frozenset({"qcow2"})},
@@ -63,8 +72,7 @@ class DirPlugin(StoragePlugin):
         "template": {"current": _ALL_FMTS},
         "copy": {"base": _ALL_FMTS, "current": _ALL_FMTS, "snap": frozenset({"qcow2"})},
         "resize": {"current": _DISK_FMTS},
-        "sparseinit": {"base": frozenset({"qcow2", "raw"}),
-                       "current": frozenset({"qcow2", "raw"})},
+        "sparseinit": {"base": frozenset({"qcow2", "raw"}), "current": frozenset({"qcow2", "raw"})},
         "rename": {"current": _ALL_FMTS},
     }
 
@@ -107,8 +115,12 @@ class DirPlugin(StoragePlugin):
             return {"total": 0, "used": 0, "avail": 0, "active": False}
         total = st.f_blocks * st.f_frsize
         avail = st.f_bavail * st.f_frsize
-        return {"total": total, "used": total - st.f_bfree * st.f_frsize, "avail": avail,
-                "active": True}
+        return {
+            "total": total,
+            "used": total - st.f_bfree * st.f_frsize,
+            "avail": avail,
+            "active": True,
+        }
 
     # -- volumes ------------------------------------------------------------------
     def _pick_name(self, cfg: dict[str, Any], vmid: int, fmt: str, name: str | None) -> str:
@@ -125,29 +137,44 @@ class DirPlugin(StoragePlugin):
                 return disk_name(vmid, n, subvol=subvol, fmt=fmt)
         raise Conflict(f"no free disk name for VM {vmid}")
 
-    def alloc(self, cfg: dict[str, Any], *, vmid: int, size: int, fmt: str | None = None,
-              content: str = "images", name: str | None = None) -> str:
+    def alloc(
+        self,
+        cfg: dict[str, Any],
+        *,
+        vmid: int,
+        size: int,
+        fmt: str | None = None,
+        content: str = "images",
+        name: str | None = None,
+    ) -> str:
         check_size(size)
         check_content(content, self.enabled_content(cfg))
         if content not in ("images", "rootdir"):
             raise ParamError.one("content", f"cannot allocate volumes of content {content}")
-        fmt = fmt or ("subvol" if content == "rootdir" else cfg.get("format") or self.default_format)
+        fmt = fmt or (
+            "subvol" if content == "rootdir" else cfg.get("format") or self.default_format
+        )
         if fmt not in self.formats:
             raise ParamError.one("format", f"unsupported format '{fmt}'")
         if (fmt == "subvol") != (content == "rootdir"):
             raise ParamError.one("format", f"format {fmt} cannot hold content {content}")
         folder = os.path.join(self.root(cfg), "images", str(vmid))
+        self._pick_name(cfg, vmid, fmt, name)  # a bad name fails before anything exists
         os.makedirs(folder, exist_ok=True)
-        for _ in range(100):
-            fname = self._pick_name(cfg, vmid, fmt, name)
-            try:
-                self._create(cfg, os.path.join(folder, fname), fmt=fmt, size=size)
-            except FileExistsError:
-                if name is not None:
-                    raise Conflict(f"volume '{vmid}/{name}' already exists") from None
-                continue  # a concurrent alloc took this index: try the next one
-            return f"{vmid}/{fname}"
-        raise Conflict(f"no free disk name for VM {vmid}")
+        try:
+            for _ in range(100):
+                fname = self._pick_name(cfg, vmid, fmt, name)
+                try:
+                    self._create(cfg, os.path.join(folder, fname), fmt=fmt, size=size)
+                except FileExistsError:
+                    if name is not None:
+                        raise Conflict(f"volume '{vmid}/{name}' already exists") from None
+                    continue  # a concurrent alloc took this index: try the next one
+                return f"{vmid}/{fname}"
+            raise Conflict(f"no free disk name for VM {vmid}")
+        except BaseException:
+            _rmdir_if_empty(folder)
+            raise
 
     def _create(self, cfg: dict[str, Any], path: str, *, fmt: str, size: int) -> None:
         """Claim the name atomically (O_EXCL / mkdir), then fill it; undo on failure."""
@@ -160,12 +187,14 @@ class DirPlugin(StoragePlugin):
                 os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640))
                 undo.add(lambda: os.unlink(path))
                 try:
-                    qemu_img.create(path, fmt=fmt, size=size,
-                                    preallocation=cfg.get("preallocation"))
+                    qemu_img.create(
+                        path, fmt=fmt, size=size, preallocation=cfg.get("preallocation")
+                    )
                 except CommandFailed as exc:
                     if nospace(exc):
-                        raise StorageFull(detail=f"{size} bytes for {os.path.basename(path)}") \
-                            from exc
+                        raise StorageFull(
+                            detail=f"{size} bytes for {os.path.basename(path)}"
+                        ) from exc
                     raise
             undo.success()
 
@@ -191,8 +220,11 @@ class DirPlugin(StoragePlugin):
         shutil.rmtree(path)
 
     def _children(self, cfg: dict[str, Any], base: VolName) -> list[str]:
-        return [e["volname"] for e in self.list(cfg, content="images")
-                if e["volname"].startswith(f"{base.vmid}/{base.name}/")]
+        return [
+            e["volname"]
+            for e in self.list_volumes(cfg, content="images")
+            if e["volname"].startswith(f"{base.vmid}/{base.name}/")
+        ]
 
     def size(self, cfg: dict[str, Any], *, volname: str) -> int:
         vol, path = self.existing(cfg, volname)
@@ -210,8 +242,9 @@ class DirPlugin(StoragePlugin):
             raise ParamError.one("size", "shrinking disks is not supported")
         qemu_img.resize(path, fmt=vol.fmt or "raw", size=size)
 
-    def list(self, cfg: dict[str, Any], *, content: str | None = None,
-             vmid: int | None = None) -> list[dict[str, Any]]:
+    def list_volumes(
+        self, cfg: dict[str, Any], *, content: str | None = None, vmid: int | None = None
+    ) -> list[dict[str, Any]]:
         root = self.root(cfg)
         out: list[dict[str, Any]] = []
         enabled = self.enabled_content(cfg)
@@ -236,9 +269,13 @@ class DirPlugin(StoragePlugin):
                 if vmid is not None and vol.vmid != vmid:
                     continue
                 st = os.stat(self.vol_path(cfg, vol))
-                entry = {"volname": f"{kind}/{fname}", "content": kind,
-                         "format": _file_format(fname, kind), "size": st.st_size,
-                         "ctime": int(st.st_mtime)}
+                entry = {
+                    "volname": f"{kind}/{fname}",
+                    "content": kind,
+                    "format": _file_format(fname, kind),
+                    "size": st.st_size,
+                    "ctime": int(st.st_mtime),
+                }
                 if vol.vmid is not None:
                     entry["vmid"] = vol.vmid
                 out.append(entry)
@@ -264,8 +301,14 @@ class DirPlugin(StoragePlugin):
                 volname = f"{base_vmid}/{os.path.basename(backing)}/{volname}"
         elif vol.fmt != "subvol":
             size = os.stat(path).st_size
-        return {"volname": volname, "content": vol.vtype, "format": vol.fmt, "size": size,
-                "vmid": vol.vmid, "ctime": int(os.stat(path).st_mtime)}
+        return {
+            "volname": volname,
+            "content": vol.vtype,
+            "format": vol.fmt,
+            "size": size,
+            "vmid": vol.vmid,
+            "ctime": int(os.stat(path).st_mtime),
+        }
 
     def qemu_disk(self, cfg: dict[str, Any], *, volname: str) -> dict[str, Any]:
         vol, path = self.existing(cfg, volname)
@@ -325,8 +368,9 @@ class DirPlugin(StoragePlugin):
             os.chmod(dst, 0o444)  # a base's backing data must never change under its clones
         return f"{vol.vmid}/{new}"
 
-    def clone_image(self, cfg: dict[str, Any], *, volname: str, vmid: int,
-                    snap: str | None = None) -> str:
+    def clone_image(
+        self, cfg: dict[str, Any], *, volname: str, vmid: int, snap: str | None = None
+    ) -> str:
         if snap:
             raise NotSupported(what=f"linked clones from snapshots on {self.type} storage")
         vol = self.require_feature(cfg, feature="clone", volname=volname)
@@ -341,16 +385,16 @@ class DirPlugin(StoragePlugin):
             except FileExistsError:
                 continue
             with Reverter() as undo:
-                undo.add(lambda: os.unlink(dst))
+                undo.add(lambda p=dst: os.unlink(p))  # type: ignore[misc]
                 # A relative backing path keeps the storage movable (../BASEVMID/BASENAME).
-                qemu_img.create(dst, fmt="qcow2", size=0,
-                                backing=f"../{vol.vmid}/{vol.name}")
+                qemu_img.create(dst, fmt="qcow2", size=0, backing=f"../{vol.vmid}/{vol.name}")
                 undo.success()
             return f"{vol.vmid}/{vol.name}/{vmid}/{fname}"
         raise Conflict(f"no free disk name for VM {vmid}")
 
-    def copy_image(self, cfg: dict[str, Any], *, volname: str, vmid: int,
-                   snap: str | None = None) -> str:
+    def copy_image(
+        self, cfg: dict[str, Any], *, volname: str, vmid: int, snap: str | None = None
+    ) -> str:
         vol = self.require_feature(cfg, feature="copy", volname=volname, snap=snap)
         _, src = self.existing(cfg, volname)
         fmt = vol.fmt or "raw"
@@ -376,8 +420,15 @@ class DirPlugin(StoragePlugin):
             return ["tar"]
         return ["raw", "qcow2"] if vol.fmt == "qcow2" else ["raw"]
 
-    def export(self, cfg: dict[str, Any], *, volname: str, fmt: str, out: IO[bytes],
-               snap: str | None = None) -> None:
+    def export(
+        self,
+        cfg: dict[str, Any],
+        *,
+        volname: str,
+        fmt: str,
+        out: IO[bytes],
+        snap: str | None = None,
+    ) -> None:
         vol, path = self.existing(cfg, volname)
         if fmt not in self.export_formats(cfg, volname=volname):
             raise ParamError.one("format", f"cannot export '{volname}' as {fmt}")
@@ -397,20 +448,29 @@ class DirPlugin(StoragePlugin):
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def import_(self, cfg: dict[str, Any], *, stream: IO[bytes], fmt: str, vmid: int,
-                content: str = "images", size: int | None = None) -> str:
+    def import_(
+        self,
+        cfg: dict[str, Any],
+        *,
+        stream: IO[bytes],
+        fmt: str,
+        vmid: int,
+        content: str = "images",
+        size: int | None = None,
+    ) -> str:
         if fmt not in ("raw", "qcow2", "tar"):
             raise ParamError.one("format", f"cannot import format {fmt}")
         if (fmt == "tar") != (content == "rootdir"):
             raise ParamError.one("format", f"format {fmt} cannot hold content {content}")
-        new = self.alloc(cfg, vmid=vmid, size=0, fmt="subvol" if fmt == "tar" else fmt,
-                         content=content)
+        new = self.alloc(
+            cfg, vmid=vmid, size=0, fmt="subvol" if fmt == "tar" else fmt, content=content
+        )
         with Reverter() as undo:
             undo.add(lambda: self.free(cfg, volname=new))
             dst = self.path_of(cfg, new)[1]
             if fmt == "tar":
                 with tarfile.open(fileobj=stream, mode="r|") as tar:
-                    tar.extractall(dst, filter="tar")
+                    extract_tar(tar, dst)
             else:
                 try:
                     with open(dst, "wb") as f:
@@ -425,9 +485,34 @@ class DirPlugin(StoragePlugin):
         return new
 
 
+def extract_tar(tar: tarfile.TarFile, dst: str) -> None:
+    """Unpack a container root, refusing members that would land outside `dst`.
+
+    Debian 12's Python 3.11.2 predates `extractall(filter=...)`, so the check
+    the 'tar' filter does is done here: every member (and every hard link's
+    target) must resolve inside `dst`, following the symlinks unpacked so far.
+    """
+    root = os.path.realpath(dst)
+    for member in tar:
+        for name in (member.name, member.linkname if member.islnk() else None):
+            if name is None:
+                continue
+            where = os.path.realpath(os.path.join(root, name.lstrip("/")))
+            if where != root and not where.startswith(root + os.sep):
+                raise ParamError.one("stream", f"archive member '{member.name}' leaves the root")
+        tar.extract(member, root, numeric_owner=True)
+
+
 def _copy_file(path: str, out: IO[bytes]) -> None:
     with open(path, "rb") as f:
         shutil.copyfileobj(f, out, CHUNK)
+
+
+def _rmdir_if_empty(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass  # not empty (other volumes of the guest), or already gone
 
 
 def _listdir(path: str) -> list[str]:

@@ -31,6 +31,7 @@ from corral.cluster.errors import CorralError, NotSupported, ParamError
 from corral.cluster.schema import Param, Schema
 from corral.storage.volid import CONTENT_TYPES, VolName, parse_block_volname
 
+
 class StorageFull(CorralError):
     """The backend ran out of space; nothing of the volume was left behind."""
 
@@ -49,8 +50,12 @@ COMMON_OPTIONS: dict[str, Param] = {
         optional=True,
         pattern=r"(?:(?:images|rootdir|vztmpl|iso|backup|snippets|none),?)*",
     ),
-    "nodes": Param("string", "List of nodes (comma separated).", optional=True,
-                   pattern=r"(?:[a-zA-Z0-9][a-zA-Z0-9\-]*,?)*"),
+    "nodes": Param(
+        "string",
+        "List of nodes (comma separated).",
+        optional=True,
+        pattern=r"(?:[a-zA-Z0-9][a-zA-Z0-9\-]*,?)*",
+    ),
     "disable": Param("boolean", "Flag to disable the storage.", optional=True, default=0),
     "shared": Param("boolean", "Mark the storage as shared by all nodes.", optional=True),
 }
@@ -153,7 +158,7 @@ class StoragePlugin:
     def size(self, cfg: dict[str, Any], *, volname: str) -> int:
         raise NotSupported(what=f"size on {self.type} storage")
 
-    def list(
+    def list_volumes(
         self, cfg: dict[str, Any], *, content: str | None = None, vmid: int | None = None
     ) -> list[dict[str, Any]]:
         """Entries {"volname", "content", "format", "size", "vmid"?} of this storage."""

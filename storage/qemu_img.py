@@ -11,8 +11,9 @@ QEMU_IMG = "qemu-img"
 _TIMEOUT = 120.0
 
 
-def create(path: str, *, fmt: str, size: int, backing: str | None = None,
-           preallocation: str | None = None) -> None:
+def create(
+    path: str, *, fmt: str, size: int, backing: str | None = None, preallocation: str | None = None
+) -> None:
     argv = [QEMU_IMG, "create", "-q", "-f", fmt]
     opts = []
     if backing:

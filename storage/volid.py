@@ -192,7 +192,9 @@ def check_disk_name(name: str, *, vmid: int, param: str = "name") -> re.Match[st
     return m
 
 
-def check_content(content: str, allowed: frozenset[str] | set[str], *, param: str = "content") -> str:
+def check_content(
+    content: str, allowed: frozenset[str] | set[str], *, param: str = "content"
+) -> str:
     if content not in CONTENT_TYPES:
         raise _bad(param, f"unknown content type '{_printable(content)}'")
     if content not in allowed:

@@ -19,6 +19,9 @@ from corral.cluster.errors import NotFound, ParamError
 from corral.storage.plugin import StoragePlugin, check_snap
 from corral.storage.volid import check_content, check_storage_id, split_volid
 
+# The storage task handlers (upload moves, deletions) run on this node's worker.
+from corral.storage import tasks as _tasks  # noqa: F401, E402  isort: skip
+
 log = logging.getLogger(__name__)
 
 Configs = Callable[[], dict[str, dict[str, Any]]]
@@ -78,7 +81,9 @@ class Volumes:
         if int(cfg.get("disable") or 0):
             raise ParamError.one(param, f"storage '{storage}' is disabled")
         if not available_on(cfg, self.node):
-            raise ParamError.one(param, f"storage '{storage}' is not available on node '{self.node}'")
+            raise ParamError.one(
+                param, f"storage '{storage}' is not available on node '{self.node}'"
+            )
         plugin = plugin_for_type(str(cfg.get("type")))
         if activate:
             self._activate(storage, plugin, cfg)
@@ -93,7 +98,9 @@ class Volumes:
         with self._lock:
             self._active[storage] = stamp
 
-    def _vol(self, volid: str, *, param: str = "volume") -> tuple[StoragePlugin, dict[str, Any], str]:
+    def _vol(
+        self, volid: str, *, param: str = "volume"
+    ) -> tuple[StoragePlugin, dict[str, Any], str]:
         storage, volname = split_volid(volid, param=param)
         plugin, cfg = self.resolve(storage, param=param)
         plugin.parse_volname(cfg, volname=volname)  # validates before any path is built
@@ -218,19 +225,17 @@ class Volumes:
     ) -> str:
         plugin, cfg = self.resolve(storage)
         check_content(content, plugin.enabled_content(cfg))
-        volname = plugin.import_(
-            cfg, stream=stream, fmt=fmt, vmid=vmid, content=content, size=size
-        )
+        volname = plugin.import_(cfg, stream=stream, fmt=fmt, vmid=vmid, content=content, size=size)
         return f"{storage}:{volname}"
 
     # -- storage-level ----------------------------------------------------------------
-    def list(
+    def list_volumes(
         self, storage: str, *, content: str | None = None, vmid: int | None = None
     ) -> list[dict[str, Any]]:
         plugin, cfg = self.resolve(storage)
         if content is not None:
             check_content(content, plugin.enabled_content(cfg))
-        rows = plugin.list(cfg, content=content, vmid=vmid)
+        rows = plugin.list_volumes(cfg, content=content, vmid=vmid)
         return [{**row, "volid": f"{storage}:{row['volname']}"} for row in rows]
 
     def status(self, storage: str) -> dict[str, Any]:

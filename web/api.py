@@ -65,7 +65,10 @@ class Endpoint:
         self.path_params = names
         pattern = re.escape(self.path)
         for name in names:
-            pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>[^/]+)")
+            # A volume ID (`local:100/vm-100-disk-0.raw`) holds slashes, and clients send
+            # them raw or %2F-encoded (decoded before routing): let it take the rest.
+            value = ".+?" if name == "volume" else "[^/]+"
+            pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>{value})")
         self.regex = re.compile(f"^{pattern}$")
         for name in names:
             self.params.props.setdefault(name, Param("string", f"The {name}."))
@@ -115,12 +118,19 @@ def endpoint(
 def route(method: str, path: str) -> tuple[Endpoint, dict[str, str]]:
     """The endpoint for `method path`, and its path parameters; 501 as Proxmox otherwise."""
     clean = "/" + path.strip("/")
+    best: tuple[Endpoint, dict[str, str]] | None = None
     for ep in ENDPOINTS:
         if ep.method != method:
             continue
         match = ep.regex.match(clean)
         if match:
-            return ep, match.groupdict()
+            if "volume" not in ep.path_params:
+                return ep, match.groupdict()
+            # `{volume}` spans slashes: the longest template (`.../{volume}/snapshot`) wins.
+            if best is None or len(ep.path) > len(best[0].path):
+                best = (ep, match.groupdict())
+    if best is not None:
+        return best
     raise NotImplementedPath(method=method, path=clean)
 
 
