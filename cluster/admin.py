@@ -143,29 +143,62 @@ def cmd_status(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def cmd_template(args: argparse.Namespace, _: list[str]) -> int:
+    """Build or import a container template into a storage's vztmpl content.
+
+    Runs on the node as root, like pveam: it reads the storage's config from
+    the cluster state and asks the storage layer where the volume lives
+    (`Volumes.file_path`), so any file-based storage type works. Progress goes
+    to stderr; stdout gets the new volume ID only.
+    """
+    from corral.cluster import keys
+    from corral.cluster.errors import CorralError
+    from corral.cluster.store import Store
+
     services = registry.load(registry.SERVICES)
-    if "templates" not in services:
+    if "templates" not in services or "volumes" not in services:
         print("corral: container templates are unavailable (corral.lxc missing)", file=sys.stderr)
         return 1
     templates = services["templates"]
-    client = _client(args.data_dir)
-    storage = client.call("GET", f"/storage/{args.storage}")
-    if storage.get("type") not in ("dir", "btrfs") or not storage.get("path"):
-        print(f"corral: storage '{args.storage}' cannot hold templates", file=sys.stderr)
-        return 1
-    dest = os.path.join(storage["path"], "template", "cache")
-    os.makedirs(dest, exist_ok=True)
-    if args.action == "build":
-        builder = {"busybox": templates.build_busybox, "debian": templates.build_debian}.get(
-            args.what
+    if args.action == "build" and args.what not in ("busybox", "debian"):
+        print("corral: templates that can be built: busybox, debian", file=sys.stderr)
+        return 2
+    conf = _conf(args.data_dir)
+    endpoints = conf.get("etcd") or [f"http://127.0.0.1:{conf.get('etcd_port', 2379)}"]
+    store = Store(list(endpoints))
+    try:
+        volumes = services["volumes"](
+            lambda: {kv.key.split("/", 1)[1]: kv.value for kv in store.range(keys.STORAGE)},
+            node=conf["node"],
         )
-        if builder is None:
-            print("corral: templates that can be built: busybox, debian", file=sys.stderr)
-            return 2
-        path = builder(dest, name=args.name)
-    else:
-        path = templates.import_oci(args.what, dest, name=args.name)
-    print(f"{args.storage}:vztmpl/{os.path.basename(path)}")
+        kind = args.what if args.action == "build" else "oci"
+        name = args.name or templates.default_name(kind, args.what)
+        volid = f"{args.storage}:vztmpl/{name}"
+        if "vztmpl" not in volumes.content_of(args.storage):
+            print(
+                f"corral: storage '{args.storage}' does not take container templates "
+                "(content type 'vztmpl')",
+                file=sys.stderr,
+            )
+            return 1
+        dest_dir = os.path.dirname(volumes.file_path(volid))  # also checks the name
+
+        def progress(msg: str) -> None:
+            print(msg, file=sys.stderr, flush=True)
+
+        if args.action == "build" and args.what == "busybox":
+            templates.build_busybox(dest_dir, name=name, log=progress)
+        elif args.action == "build":
+            templates.build_debian(dest_dir, name=name, log=progress)
+        else:
+            templates.import_oci(args.what, dest_dir, name=name, log=progress)
+    except CorralError as err:
+        print(f"corral: {err}", file=sys.stderr)
+        for key, reason in sorted(err.errors.items()):
+            print(f"  {key}: {reason}", file=sys.stderr)
+        return 2 if err.status == 400 else 1
+    finally:
+        store.close()
+    print(volid)
     return 0
 
 

@@ -70,6 +70,19 @@ def _default_name(name: str | None, default: str) -> str:
     return name
 
 
+def default_name(kind: str, src: str = "", *, suite: str = "bookworm") -> str:
+    """The archive name a builder picks when none is given (`kind`: busybox,
+    debian or oci; `src` is the OCI layout or archive path)."""
+    if kind == "busybox":
+        return "busybox-corral_amd64.tar.gz"
+    if kind == "debian":
+        return f"debian-{suite}-corral_amd64.tar.zst"
+    if kind == "oci":
+        base = os.path.basename(os.path.normpath(src)).split(".")[0] or "oci"
+        return re.sub(r"[^A-Za-z0-9._+-]", "_", base) + "-oci_amd64.tar.gz"
+    raise ParamError.one("kind", f"no template kind '{kind}'")
+
+
 def _dest(dest_dir: str, name: str) -> str:
     os.makedirs(dest_dir, exist_ok=True)
     return os.path.join(dest_dir, name)
@@ -77,7 +90,7 @@ def _dest(dest_dir: str, name: str) -> str:
 
 def build_busybox(dest_dir: str, *, name: str | None = None, log: LogFn = print) -> str:
     """A ~1 MB template from the host's static busybox; returns the archive path."""
-    name = _default_name(name, "busybox-corral_amd64.tar.gz")
+    name = _default_name(name, default_name("busybox"))
     if not os.path.exists(BUSYBOX):
         raise CommandFailed(cmd=BUSYBOX, stderr="not installed (Debian package busybox-static)")
     with tempfile.TemporaryDirectory(prefix="crl-bb-") as root:
@@ -149,7 +162,7 @@ def build_debian(
     mirror = mirror or apt_mirror()
     if not re.fullmatch(r"https?://[A-Za-z0-9.\-:/_~]+", mirror):
         raise ParamError.one("mirror", f"invalid mirror URL '{mirror}'")
-    name = _default_name(name, f"debian-{suite}-corral_amd64.tar.zst")
+    name = _default_name(name, default_name("debian", suite=suite))
     with tempfile.TemporaryDirectory(prefix="crl-deb-") as root:
         log(f"debootstrap {suite} from {mirror}")
         argv = ["debootstrap", "--variant=minbase", "--include=ifupdown,iproute2,isc-dhcp-client",
@@ -181,6 +194,7 @@ def import_oci(src: str, dest_dir: str, *, name: str | None = None, log: LogFn =
     Layers apply in manifest order; `.wh.NAME` deletes NAME from lower
     layers and `.wh..wh..opq` empties its directory first (OCI image spec).
     """
+    name = _default_name(name, default_name("oci", src))
     with tempfile.TemporaryDirectory(prefix="crl-oci-") as work:
         layout = src
         if os.path.isfile(src):
@@ -193,9 +207,7 @@ def import_oci(src: str, dest_dir: str, *, name: str | None = None, log: LogFn =
         for i, (blob, media) in enumerate(layers):
             log(f"layer {i + 1}/{len(layers)}: {os.path.basename(blob)[:12]} ({media})")
             _apply_layer(blob, root)
-        base = os.path.basename(os.path.normpath(src)).split(".")[0] or "oci"
-        default = re.sub(r"[^A-Za-z0-9._+-]", "_", base) + "-oci_amd64.tar.gz"
-        return unpack.pack(root, _dest(dest_dir, _default_name(name, default)), log=log)
+        return unpack.pack(root, _dest(dest_dir, name), log=log)
 
 
 def _blob(layout: str, digest: str) -> str:

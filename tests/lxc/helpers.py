@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
+import json
 import os
 import shutil
 import subprocess
+import tarfile
+from pathlib import Path
 
 from corral.cluster import bridges
 from corral.storage.volumes import Volumes
@@ -55,3 +61,60 @@ def cleanup_lxcpath(lxcpath: str) -> None:
         for i in range(4):
             bridges.delete_link(f"veth{name}i{i}")
     shutil.rmtree(lxcpath, ignore_errors=True)
+
+
+# -- OCI image layouts, built by the tests ----------------------------------------
+
+
+def layer(members: dict[str, bytes | None], compress: bool) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+    return gzip.compress(raw) if compress else raw
+
+
+def blob(layout: Path, data: bytes) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs/sha256").mkdir(parents=True, exist_ok=True)
+    (layout / "blobs/sha256" / digest).write_bytes(data)
+    return f"sha256:{digest}"
+
+
+def make_oci_layout(layout: Path, layers: list[bytes]) -> Path:
+    layout.mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    config = blob(layout, b'{"architecture":"amd64","os":"linux"}')
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config},
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": blob(layout, data),
+            }
+            for data in layers
+        ],
+    }
+    mdigest = blob(layout, json.dumps(manifest).encode())
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": mdigest,
+                "platform": {"architecture": "amd64", "os": "linux"},
+            }
+        ],
+    }
+    (layout / "index.json").write_text(json.dumps(index))
+    return layout

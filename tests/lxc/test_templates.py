@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
-import json
 import os
 import tarfile
 from pathlib import Path
@@ -14,6 +10,8 @@ import pytest
 
 from corral.cluster.errors import ParamError
 from corral.lxc import templates, unpack
+from tests.lxc.helpers import layer as _layer
+from tests.lxc.helpers import make_oci_layout
 
 
 def test_busybox_template(busybox_template: str, tmp_path: Path) -> None:
@@ -34,60 +32,6 @@ def test_bad_template_name(tmp_path: Path) -> None:
 
 def test_apt_mirror_from_sources() -> None:
     assert templates.apt_mirror().startswith("http")
-
-
-def _layer(members: dict[str, bytes | None], compress: bool) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            if data is None:
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o755
-                tar.addfile(info)
-            else:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    raw = buf.getvalue()
-    return gzip.compress(raw) if compress else raw
-
-
-def _blob(layout: Path, data: bytes) -> str:
-    digest = hashlib.sha256(data).hexdigest()
-    (layout / "blobs/sha256").mkdir(parents=True, exist_ok=True)
-    (layout / "blobs/sha256" / digest).write_bytes(data)
-    return f"sha256:{digest}"
-
-
-def make_oci_layout(layout: Path, layers: list[bytes]) -> Path:
-    layout.mkdir(parents=True)
-    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    config = _blob(layout, b'{"architecture":"amd64","os":"linux"}')
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config},
-        "layers": [
-            {
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": _blob(layout, data),
-            }
-            for data in layers
-        ],
-    }
-    mdigest = _blob(layout, json.dumps(manifest).encode())
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": mdigest,
-                "platform": {"architecture": "amd64", "os": "linux"},
-            }
-        ],
-    }
-    (layout / "index.json").write_text(json.dumps(index))
-    return layout
 
 
 def _oci_with_whiteouts(tmp_path: Path) -> Path:
