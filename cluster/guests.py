@@ -46,6 +46,7 @@ TASK_TYPES = {
         "destroy": "vzdestroy",
         "config": "vzconfig",
         "resize": "resize",
+        "migrate": "vzmigrate",
     },
     "qemu": {
         "create": "qmcreate",
@@ -59,6 +60,7 @@ TASK_TYPES = {
         "destroy": "qmdestroy",
         "config": "qmconfig",
         "resize": "resize",
+        "migrate": "qmigrate",
     },
 }
 # Parameters of a create call that are not config keys.
@@ -337,17 +339,30 @@ def _resize(ctx: TaskContext, args: dict[str, Any]) -> None:
     update_record(ctx.store, rec["vmid"], commit)
 
 
+def storage_shared(conf: dict[str, Any]) -> bool:
+    """Does every node see the same volumes on this storage?"""
+    # Ceph RBD is shared by nature (its plugin says so); a dir/btrfs/zfs storage only
+    # when marked shared (every node mounts the same thing).
+    from corral.cluster import registry
+
+    plugin = registry.load(registry.STORAGE_PLUGINS).get(str(conf.get("type")))
+    return bool(getattr(plugin, "shared_by_nature", False)) or str(conf.get("shared", 0)) in (
+        "1",
+        "True",
+        "true",
+    )
+
+
 def storage_reaches(store: Store, volid: str, node: str) -> bool:
     """Can `node` use `volid` where it is (shared storage available there)?"""
     storage_id = volid.split(":", 1)[0]
     conf = store.get_value(keys.storage(storage_id)) or {}
-    if not conf:
+    if not conf or int(conf.get("disable") or 0):
         return False
     nodes = [n for n in str(conf.get("nodes") or "").split(",") if n]
     if nodes and node not in nodes:
         return False
-    # Ceph RBD is shared by nature; a dir/btrfs/zfs storage only when marked so.
-    return conf.get("type") == "rbd" or str(conf.get("shared", 0)) in ("1", "True", "true")
+    return storage_shared(conf)
 
 
 def migration_blockers(
@@ -455,6 +470,7 @@ HANDLERS: dict[str, Callable[[TaskContext, dict[str, Any]], None]] = {
     "destroy": _destroy,
     "config": _config,
     "resize": _resize,
+    "migrate": _migrate,
 }
 for _type, _names in TASK_TYPES.items():
     for _op, _task in _names.items():

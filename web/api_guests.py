@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from corral.cluster import guests, keys
+from corral.cluster import guests, keys, placement
 from corral.cluster.errors import Conflict, NotFound, ParamError, Unavailable
 from corral.cluster.guest_driver import GuestDriver
 from corral.cluster.schema import DIGEST, NODE, VMID, Param, parse_size
@@ -21,6 +21,7 @@ from corral.web.api_core import require_node
 TYPES = ("lxc", "qemu")
 KIND = {"lxc": "CT", "qemu": "VM"}
 CONFIG_WAIT = 60.0
+AUTO_NODE = "auto"  # the node name that means "pick one" at creation
 
 # Privileges for config keys by family (Proxmox checks them per key).
 _KEY_PRIVS = [
@@ -164,6 +165,13 @@ def register(type: str) -> None:
         digest: str | None = None,
         **raw: Any,
     ) -> str:
+        if node == AUTO_NODE:
+            # corral extension: POST /nodes/auto/{lxc,qemu} places the guest by free resources.
+            try:
+                memory = int(raw.get("memory") or 512) << 20
+            except (TypeError, ValueError):
+                raise ParamError.one("memory", f"invalid memory '{raw.get('memory')}'") from None
+            node = placement.choose_node(ctx.store, memory=memory)
         require_node(ctx, node)
         if ctx.store.get(keys.node_alive(node)) is None:
             raise Unavailable(f"node '{node}' is offline")

@@ -37,6 +37,7 @@ ENDPOINT_MODULES = [
     "corral.web.api_tasks",
     "corral.web.api_storage",
     "corral.web.api_guests",
+    "corral.web.api_migrate",
     "corral.web.api_cluster",
     "corral.web.console",
 ]

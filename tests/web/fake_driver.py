@@ -50,7 +50,8 @@ class FakeDriver(GuestDriver):
             raise CommandFailed(cmd="tar", stderr="unexpected end of archive")
         self.guests[vmid] = {"status": "stopped", "config": dict(config)}
         log(f"created {vmid}")
-        return {**config, "rootfs": f"local:subvol-{vmid}-disk-0,size=1G"}
+        storage = str(config.get("rootfs") or "local:1").split(":", 1)[0]
+        return {**config, "rootfs": f"{storage}:subvol-{vmid}-disk-0,size=1G"}
 
     def start(
         self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
@@ -124,3 +125,19 @@ class FakeDriver(GuestDriver):
     ) -> dict[str, Any]:
         volid = str(config[disk]).split(",")[0]
         return {**config, disk: f"{volid},size={size >> 30}G"}
+
+    # -- moving between nodes ------------------------------------------------------
+    def volumes_of(self, config: dict[str, Any]) -> dict[str, str]:
+        return {"rootfs": str(config["rootfs"]).split(",")[0]} if config.get("rootfs") else {}
+
+    def adopt(
+        self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
+    ) -> None:
+        self.calls.append(("adopt", vmid))
+        self.guests.setdefault(vmid, {"status": "stopped", "config": dict(config)})
+
+    def release(
+        self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
+    ) -> None:
+        self.calls.append(("release", vmid))
+        del self.guests[vmid]

@@ -42,10 +42,11 @@ class Api:
 
     def task(self, method: str, path: str, **params: Any) -> dict[str, Any]:
         upid = self.ok(method, path, **params)
-        assert upid.startswith("UPID:node1:")
+        assert upid.startswith("UPID:node")
+        node = upid.split(":")[1]
         return wait_for(
             lambda: (
-                (s := self.ok("GET", f"/nodes/node1/tasks/{upid}/status"))["status"] == "stopped"
+                (s := self.ok("GET", f"/nodes/{node}/tasks/{upid}/status"))["status"] == "stopped"
                 and s
             ),
             20,
