@@ -108,6 +108,10 @@ def in_node(node: LabNode, argv: list[str]) -> list[str]:
         "--propagation",
         "private",
         "--",
+        sys.executable,
+        "-m",
+        "corral.cluster.labns",
+        "--",
         *argv,
     ]
 
@@ -223,6 +227,7 @@ def up(
             if proc.returncode != 0:
                 raise RuntimeError(f"{n.name} could not join:\n{proc.stdout}{proc.stderr}")
         wait_online(lab, [n.name for n in lab.nodes], timeout=60)
+        add_shared_storage(lab)
     except BaseException:
         for n in lab.nodes:  # what went wrong is in the logs, about to be removed
             log = Path(n.data_dir, "corrald.log")
@@ -235,8 +240,30 @@ def up(
     print(f"lab with {count} node(s) is up:", file=out)
     for n in lab.nodes:
         print(f"  {n.name:<8} {n.url}", file=out)
+    print(f"  shared storage: {SHARED_STORAGE} ({Path(lab.dir, 'shared')})", file=out)
     print(f"  login: admin@pve / {password if count > 1 else _password(first)}", file=out)
     return lab
+
+
+SHARED_STORAGE = "labshared"
+
+
+def add_shared_storage(lab: Lab) -> None:
+    """A dir every node sees at the same path (the host's, below the lab dir), marked
+    shared: what NFS would be on real hosts, so guests can move between nodes."""
+    path = Path(lab.dir, "shared")
+    path.mkdir(parents=True, exist_ok=True)
+    _local(lab.nodes[0]).call(
+        "POST",
+        "/storage",
+        {
+            "storage": SHARED_STORAGE,
+            "type": "dir",
+            "path": str(path),
+            "shared": 1,
+            "content": "images,rootdir,vztmpl,iso,snippets",
+        },
+    )
 
 
 def _password(n: LabNode) -> str:

@@ -6,15 +6,18 @@ etcd member, formed with the real `corral cluster create/join`.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
 from corral.cluster import lab as labmod
+from corral.lxc import templates
 from tests.util import wait_for
 
 PREFIX = "crlt"
@@ -93,6 +96,90 @@ def test_node_local_calls_are_forwarded_to_their_node(lab: labmod.Lab) -> None:
     # The root-only socket forwards too (with a short-lived root ticket).
     local = labmod._local(lab.node("node2"))
     assert local.call("GET", "/nodes/node3/status")["uptime"] > 0
+
+
+def _post(s: requests.Session, lab: labmod.Lab, name: str, path: str, **data: Any) -> Any:
+    r = s.post(f"{lab.node(name).url}api2/json{path}", data=data, timeout=30,
+               verify=s.headers["X-Lab-CA"])  # fmt: skip
+    assert r.status_code == 200, f"POST {path}: {r.status_code} {r.text}"
+    return r.json()["data"]
+
+
+def _wait_task(s: requests.Session, lab: labmod.Lab, via: str, upid: str) -> dict[str, Any]:
+    node = upid.split(":")[1]
+
+    def done() -> Any:
+        st = _get(s, lab, via, f"/nodes/{node}/tasks/{upid}/status").json()["data"]
+        return st if st["status"] == "stopped" else None
+
+    status: dict[str, Any] = wait_for(done, 120, 0.1, f"task {upid}")
+    if status.get("exitstatus") != "OK":
+        log = _get(s, lab, via, f"/nodes/{node}/tasks/{upid}/log?limit=0").json()["data"]
+        raise AssertionError(f"{upid}: {status}\n" + "\n".join(x["t"] for x in log))
+    return status
+
+
+def _current(s: requests.Session, lab: labmod.Lab, via: str, node: str, vmid: int) -> Any:
+    r = _get(s, lab, via, f"/nodes/{node}/lxc/{vmid}/status/current")
+    return r.json()["data"] if r.status_code == 200 else None
+
+
+def test_container_made_through_node3_runs_on_node1_and_moves_to_node2(lab: labmod.Lab) -> None:
+    """The issue's scenario, with a real container on the lab's shared storage."""
+    cache = Path(lab.dir, "shared", "template", "cache")
+    archive = templates.build_busybox(str(cache), log=lambda _m: None)
+    vmid = 90100
+    s3 = _api(lab, "node3")
+    upid = _post(
+        s3, lab, "node3", "/nodes/node1/lxc", vmid=vmid, hostname="mover", memory=64,
+        ostemplate=f"{labmod.SHARED_STORAGE}:vztmpl/{os.path.basename(archive)}",
+        rootfs=f"{labmod.SHARED_STORAGE}:1", start=1,
+        net0="name=eth0,bridge=vmbr0,ip=192.168.201.2/24",
+    )  # fmt: skip
+    try:
+        _wait_task(s3, lab, "node3", upid)
+        cur = _current(s3, lab, "node3", "node1", vmid)
+        assert cur["status"] == "running" and cur["pid"] > 0
+
+        def listed_on(node: str) -> Any:
+            rows = _get(s3, lab, "node2", "/cluster/resources?type=vm").json()["data"]
+            row = next((r for r in rows if r["vmid"] == vmid), None)
+            return row if row and row["node"] == node and row["status"] == "running" else None
+
+        wait_for(lambda: listed_on("node1"), 10, 0.1, "CT listed on node1")
+        s2 = _api(lab, "node2")
+        pre = _get(s2, lab, "node2", f"/nodes/node1/lxc/{vmid}/migrate").json()["data"]
+        assert pre["running"] == 1 and sorted(pre["allowed_nodes"]) == ["node2", "node3"]
+        started = time.monotonic()
+        upid = _post(s2, lab, "node2", f"/nodes/node1/lxc/{vmid}/migrate", target="node2",
+                     restart=1)  # fmt: skip
+        _wait_task(s2, lab, "node2", upid)
+        wait_for(
+            lambda: (_current(s2, lab, "node2", "node2", vmid) or {}).get("status") == "running",
+            30, 0.05, "CT running on node2",
+        )  # fmt: skip
+        downtime = time.monotonic() - started
+        print(f"restart migration: running again on node2 {downtime:.2f} s after the request")
+        assert _get(s2, lab, "node2", f"/nodes/node1/lxc/{vmid}/status/current").status_code == 404
+        wait_for(lambda: listed_on("node2"), 10, 0.1, "CT listed on node2")
+        # Nothing of it is left running on node1.
+        proc = subprocess.run(
+            labmod.in_node(lab.node("node1"), ["lxc-ls", "-P", str(Path(lab.node("node1").data_dir,
+                                               "lxc")), "--running"]),  # fmt: skip
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert str(vmid) not in proc.stdout.split()
+    finally:
+        for node in ("node1", "node2"):
+            s = _api(lab, "node2")
+            r = s.post(f"{lab.node('node2').url}api2/json/nodes/{node}/lxc/{vmid}/status/stop",
+                       timeout=30, verify=s.headers["X-Lab-CA"])  # fmt: skip
+            if r.status_code == 200:
+                _wait_task(s, lab, "node2", r.json()["data"])
+                r = s.delete(f"{lab.node('node2').url}api2/json/nodes/{node}/lxc/{vmid}",
+                             timeout=30, verify=s.headers["X-Lab-CA"])  # fmt: skip
+                if r.status_code == 200:
+                    _wait_task(s, lab, "node2", r.json()["data"])
 
 
 def test_killed_node_goes_offline_and_comes_back(lab: labmod.Lab) -> None:
