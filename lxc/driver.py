@@ -18,9 +18,9 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
 # python3-lxc's C extension, imported directly: with the repo on sys.path (tests,
 # editable installs) `import lxc` finds this very folder, not the binding.
@@ -41,6 +41,8 @@ from corral.cluster.undo import Reverter
 from corral.lxc import cgroups, rootfs
 from corral.lxc import config as cfg
 from corral.lxc.render import IDMAP_BASE, IDMAP_SIZE, Facts, cgroup_values, render, veth_name
+from corral.storage.volid import check_storage_id
+from corral.storage.volumes import plugin_for_type
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
@@ -55,6 +57,26 @@ def _run(argv: list[str], *, timeout: float, ok: tuple[int, ...] = (0,)) -> int:
         err = (proc.stderr or proc.stdout).decode(errors="replace").strip()
         raise CommandFailed(cmd=" ".join(argv), stderr=err or f"exit status {proc.returncode}")
     return proc.returncode
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _explained(fn: F) -> F:
+    """In a task, a ParamError's message is all the log shows: say which
+    parameter and why, not only "Parameter verification failed."."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ParamError as err:
+            if not err.errors or err.message != ParamError.msg_fmt:
+                raise
+            text = "; ".join(f"{key}: {reason}" for key, reason in sorted(err.errors.items()))
+            raise ParamError(err.errors, message=text) from None
+
+    return cast(F, run)
 
 
 class LxcDriver(GuestDriver):
@@ -86,7 +108,12 @@ class LxcDriver(GuestDriver):
     def check_create(
         self, vmid: int, config: dict[str, Any], *, params: Mapping[str, Any], volumes: Any
     ) -> None:
-        """Cheap checks before a create task is queued (bad input → 400, nothing made)."""
+        """Cheap checks before a create task is queued (bad input → 400, nothing made).
+
+        They run on the node that answers the API call, which need not be the
+        CT's node: only what the cluster-wide storage configs say is checked
+        here; where a volume lives (node-local storage, the template file) is
+        checked by create() on the CT's node."""
         if not config.get("rootfs") and not params.get("storage"):
             raise ParamError.one("rootfs", "property is missing and it is not optional")
         if not params.get("ostemplate"):
@@ -94,13 +121,14 @@ class LxcDriver(GuestDriver):
         cfg.parse_mps(config)
         self._facts(vmid, config, rootfs_path="/", mounts=None)  # tag, paths
         if volumes is not None:
-            self._check_storage(config, params, volumes)
+            self._check_storage(config, params, volumes, here=False)
 
     def _check_storage(
-        self, config: dict[str, Any], params: Mapping[str, Any], volumes: Any
-    ) -> str:
-        """Each volume's storage exists here and takes container roots, and the
-        template is an existing `vztmpl` volume; returns the template's path.
+        self, config: dict[str, Any], params: Mapping[str, Any], volumes: Any, *, here: bool
+    ) -> str | None:
+        """Each volume's storage exists and takes container roots, and the template
+        is a `vztmpl` volume. With `here`, also that both are usable on this node
+        and the template file exists; returns its path then.
 
         Errors name the config key (`rootfs`, `mp0`, `ostemplate`), never the
         storage layer's own parameter names."""
@@ -111,22 +139,32 @@ class LxcDriver(GuestDriver):
             storage = volid.partition(":")[0]
             with _as_param(key):
                 if cfg.new_volume_size(volid) is not None:
-                    content = _content_of(volumes, storage)
+                    content = _content_of(volumes, storage, here=here)
                     if content is not None and "rootdir" not in content:
                         raise ParamError.one(
                             key,
                             f"storage '{storage}' does not support container directories "
                             "(content type 'rootdir')",
                         )
-                elif hasattr(volumes, "parse") and volumes.parse(volid).vtype != "rootdir":
+                elif _vtype(volumes, volid, here=here) not in (None, "rootdir"):
                     raise ParamError.one(key, f"volume '{volid}' is not a container volume")
         template = str(params.get("ostemplate") or config.get("ostemplate") or "")
         with _as_param("ostemplate"):
-            if hasattr(volumes, "parse") and volumes.parse(template).vtype != "vztmpl":
+            storage = template.partition(":")[0]
+            content = _content_of(volumes, storage, here=here)
+            if content is not None and "vztmpl" not in content:
+                raise ParamError.one(
+                    "ostemplate", f"storage '{storage}' holds no container templates"
+                )
+            if _vtype(volumes, template, here=here) not in (None, "vztmpl"):
                 raise ParamError.one("ostemplate", f"'{template}' is not a container template")
+            if not here:
+                return None
             path = str(volumes.file_path(template))
         if not os.path.isfile(path):
-            raise ParamError.one("ostemplate", f"template '{template}' does not exist")
+            raise ParamError.one(
+                "ostemplate", f"template '{template}' does not exist on node '{self.node}'"
+            )
         return path
 
     # -- helpers -----------------------------------------------------------------
@@ -179,6 +217,7 @@ class LxcDriver(GuestDriver):
         os.replace(path + ".tmp", path)
 
     # -- lifecycle ---------------------------------------------------------------
+    @_explained
     def create(
         self,
         vmid: int,
@@ -201,7 +240,8 @@ class LxcDriver(GuestDriver):
         if os.path.exists(self._dir(vmid)):
             raise Conflict(f"CT {vmid} already exists on node '{self.node}'")
         self._facts(vmid, config, rootfs_path="/", mounts=None)  # reject bad nets before work
-        archive = self._check_storage(config, {"ostemplate": template}, volumes)
+        archive = self._check_storage(config, {"ostemplate": template}, volumes, here=True)
+        assert archive is not None
         with self._lock(vmid), Reverter() as undo:
             for key, vol in cfg.parse_mps(config).items():
                 size = cfg.new_volume_size(vol["volume"])
@@ -235,6 +275,7 @@ class LxcDriver(GuestDriver):
             undo.success()
         return config
 
+    @_explained
     def start(
         self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
     ) -> None:
@@ -422,6 +463,7 @@ class LxcDriver(GuestDriver):
             log(f"CT {vmid}: cgroup limits updated ({', '.join(sorted(limits))})")
         return live
 
+    @_explained
     def resize(
         self,
         vmid: int,
@@ -460,6 +502,7 @@ class LxcDriver(GuestDriver):
             if cfg.new_volume_size(vol["volume"]) is None
         }
 
+    @_explained
     def adopt(
         self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
     ) -> None:
@@ -545,10 +588,40 @@ def _as_param(key: str) -> Iterator[None]:
         raise ParamError.one(key, str(err)) from None
 
 
-def _content_of(volumes: Any, storage: str) -> frozenset[str] | None:
-    """Content types `storage` takes on this node (None: the VolumeAccess cannot say)."""
-    content_of = getattr(volumes, "content_of", None)
-    return None if content_of is None else frozenset(content_of(storage))
+def _content_of(volumes: Any, storage: str, *, here: bool) -> frozenset[str] | None:
+    """Content types `storage` takes (None: this VolumeAccess cannot say). With
+    `here`, the storage must also be enabled and available on this node."""
+    if here:
+        content_of = getattr(volumes, "content_of", None)
+        return None if content_of is None else frozenset(content_of(storage))
+    conf = _storage_config(volumes, storage)
+    if conf is None:
+        return None
+    return frozenset(plugin_for_type(str(conf.get("type"))).enabled_content(conf))
+
+
+def _vtype(volumes: Any, volid: str, *, here: bool) -> str | None:
+    """The content type a volume ID names (None: this VolumeAccess cannot say)."""
+    storage, _, volname = volid.partition(":")
+    if here:
+        parse = getattr(volumes, "parse", None)
+        return None if parse is None else str(parse(volid).vtype)
+    check_storage_id(storage, param="volume")
+    conf = _storage_config(volumes, storage)
+    if conf is None:
+        return None
+    return str(plugin_for_type(str(conf.get("type"))).parse_volname(conf, volname=volname).vtype)
+
+
+def _storage_config(volumes: Any, storage: str) -> dict[str, Any] | None:
+    """The cluster-wide config of `storage` (NotFound if there is none)."""
+    config = getattr(volumes, "config", None)
+    if config is None:
+        return None
+    conf = dict(config(storage))
+    if int(conf.get("disable") or 0):
+        raise ParamError.one("storage", f"storage '{storage}' is disabled")
+    return conf
 
 
 def _owned(volid: str, vmid: int) -> bool:

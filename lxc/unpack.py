@@ -10,12 +10,15 @@ member, in one streaming pass (zstd through the `zstd` tool).
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import os
 import posixpath
 import shutil
 import stat
 import subprocess
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO
@@ -95,6 +98,21 @@ def extract(
 ) -> int:
     """Unpack `archive` into the existing directory `dest`; returns the member count."""
     root = os.path.realpath(dest)
+    try:
+        count, skipped = _extract(archive, root, id_shift=id_shift, allow_devices=allow_devices)
+    except _UNREADABLE as err:
+        name = os.path.basename(archive)
+        raise ParamError.one("ostemplate", f"cannot read archive '{name}': {err}") from None
+    if skipped and log is not None:
+        log(f"skipped {skipped} device nodes (not allowed in an unprivileged container)")
+    return count
+
+
+# What a corrupt or truncated archive raises while it is read.
+_UNREADABLE = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
+
+
+def _extract(archive: str, root: str, *, id_shift: int, allow_devices: bool) -> tuple[int, int]:
     count = skipped = 0
     with open_archive(archive) as tar:
         for member in tar:
@@ -130,9 +148,7 @@ def extract(
                 member.gid += id_shift
             tar.extract(member, root, numeric_owner=True)
             count += 1
-    if skipped and log is not None:
-        log(f"skipped {skipped} device nodes (not allowed in an unprivileged container)")
-    return count
+    return count, skipped
 
 
 def _apply_root_attrs(root: str, member: tarfile.TarInfo, id_shift: int) -> None:

@@ -1,13 +1,21 @@
-"""LXC driver vs the raw tools, side by side in one run (not collected by pytest).
+"""The API, the LXC driver and the raw tools, side by side in one run (not
+collected by pytest).
 
-    /opt/corral/venv/bin/python tests/bench/bench_lxc.py [--rounds 10] [--many 100]
+    /opt/corral/venv/bin/python tests/bench/bench_lxc.py [--rounds 10] [--many 100] [--no-api]
 
-1. create+start and stop+destroy of one busybox container: LxcDriver against
-   `lxc-create -t none` + tar unpack + `lxc-start -d`, then `lxc-stop -k` +
-   `lxc-destroy`; medians of `--rounds`.
-2. `--many N`: start N containers through the driver; total time, host memory
-   per idle container (MemAvailable drop) next to the RSS of LXC's own
-   processes per container (monitor + init), and the driver process's growth.
+1. create+start and stop+destroy of one busybox container, rounds interleaved:
+   - API: a real corrald (own etcd, task worker): `POST /nodes/N/lxc start=1`
+     and waiting for its task, then `status/stop` + `DELETE` tasks;
+   - driver: LxcDriver.create + start in this process, then stop + destroy;
+   - raw: `lxc-create -t none -f CONF` with the very lxc.conf the driver wrote
+     (paths and name swapped) + tar unpack + `lxc-start -d` until RUNNING, then
+     `lxc-stop -k` + `lxc-destroy`.
+   Medians of `--rounds`.
+2. `--many N`: start N containers through the driver one after the other
+   (total time, host memory per idle container (MemAvailable drop) next to the
+   RSS of LXC's own processes per container, the driver process's growth), then
+   N containers through the API: N start tasks submitted at once and waited
+   for (the node runs 8 tasks at a time).
 """
 
 from __future__ import annotations
@@ -23,20 +31,23 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from pathlib import Path  # noqa: E402
+
 from corral.lxc import templates  # noqa: E402
 from corral.lxc.driver import LxcDriver  # noqa: E402
 from corral.storage.volumes import Volumes  # noqa: E402
-from tests.lxc.helpers import STORAGE, add_template, dir_volumes  # noqa: E402
+from tests.lxc.helpers import STORAGE, add_template, cleanup_lxcpath, dir_volumes  # noqa: E402
+from tests.util import ApiSession, Corrald  # noqa: E402
 
-RAW_CONF = """\
-lxc.uts.name = {name}
-lxc.tty.max = 2
-lxc.pty.max = 1024
-lxc.signal.halt = SIGPWR
-lxc.mount.auto = proc:mixed sys:mixed cgroup:mixed
-lxc.autodev = 1
-lxc.cgroup.memory.limit_in_bytes = 67108864
-"""
+NODE = "crlbench"
+
+_PER_CT_KEYS = ("lxc.uts.name", "lxc.rootfs.path", "lxc.log.file", "lxc.console.logfile")
+
+
+def raw_conf(driver_conf: str) -> str:
+    """The driver's lxc.conf without the keys lxc-create sets per container."""
+    lines = [ln for ln in driver_conf.splitlines() if not ln.startswith(_PER_CT_KEYS)]
+    return "\n".join(lines) + "\n"
 
 
 def _run(argv: list[str]) -> None:
@@ -55,12 +66,12 @@ def _wait_running(lxcpath: str, name: str) -> None:
     raise RuntimeError(f"{name} did not start")
 
 
-def raw_round(base: str, template: str, name: str) -> tuple[float, float]:
+def raw_round(base: str, template: str, name: str, conf_text: str) -> tuple[float, float]:
     lxcpath = os.path.join(base, "raw")
     os.makedirs(lxcpath, exist_ok=True)
     conf = os.path.join(base, f"{name}.conf")
     with open(conf, "w") as fh:
-        fh.write(RAW_CONF.format(name=name))
+        fh.write(conf_text)
     t0 = time.perf_counter()
     _run(["lxc-create", "-P", lxcpath, "-n", name, "-t", "none", "-f", conf])
     os.makedirs(os.path.join(lxcpath, name, "rootfs"), exist_ok=True)  # -t none may not
@@ -92,6 +103,52 @@ def driver_round(drv: LxcDriver, vols: Volumes, tid: str, vmid: int) -> tuple[fl
     drv.destroy(vmid, cfg, volumes=vols, log=log)
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1
+
+
+def _wait_tasks(api: ApiSession, upids: list[str], timeout: float = 600) -> None:
+    left = set(upids)
+    deadline = time.monotonic() + timeout
+    while left:
+        for upid in list(left):
+            st = api.data("GET", f"/nodes/{NODE}/tasks/{upid}/status")
+            if st["status"] == "stopped":
+                if st.get("exitstatus") != "OK":
+                    raise RuntimeError(f"{upid}: {st.get('exitstatus')}")
+                left.discard(upid)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(left)} tasks still running after {timeout:.0f} s")
+        if left:
+            time.sleep(0.01)
+
+
+def api_round(api: ApiSession, tid: str, vmid: int) -> tuple[float, float]:
+    ct = f"/nodes/{NODE}/lxc/{vmid}"
+    t0 = time.perf_counter()
+    params = {"vmid": vmid, "ostemplate": tid, "rootfs": "local:1", "memory": 64, "swap": 0}
+    _wait_tasks(api, [api.data("POST", f"/nodes/{NODE}/lxc", data={**params, "start": 1})])
+    t1 = time.perf_counter()
+    _wait_tasks(api, [api.data("POST", f"{ct}/status/stop")])
+    _wait_tasks(api, [api.data("DELETE", ct)])
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1
+
+
+def many_api(api: ApiSession, tid: str, n: int) -> None:
+    vmids = [89000 + i for i in range(n)]
+    params = {"ostemplate": tid, "rootfs": "local:1", "memory": 64, "swap": 0}
+    _wait_tasks(
+        api, [api.data("POST", f"/nodes/{NODE}/lxc", data={**params, "vmid": v}) for v in vmids]
+    )
+    t0 = time.perf_counter()
+    _wait_tasks(api, [api.data("POST", f"/nodes/{NODE}/lxc/{v}/status/start") for v in vmids])
+    elapsed = time.perf_counter() - t0
+    rows = api.data("GET", "/cluster/resources", params={"type": "vm"})
+    running = sum(1 for r in rows if r["vmid"] in set(vmids) and r["status"] == "running")
+    each = elapsed / n * 1000
+    print(f"start {n} containers (API, at once):    {elapsed:8.2f} s ({each:.1f} ms each)")
+    print(f"  running in /cluster/resources after:  {running:8d}")
+    _wait_tasks(api, [api.data("POST", f"/nodes/{NODE}/lxc/{v}/status/stop") for v in vmids])
+    _wait_tasks(api, [api.data("DELETE", f"/nodes/{NODE}/lxc/{v}") for v in vmids])
 
 
 def _mem_available() -> int:
@@ -164,31 +221,52 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--many", type=int, default=0)
+    ap.add_argument("--no-api", action="store_true", help="skip the corrald measurements")
     args = ap.parse_args()
     base = tempfile.mkdtemp(prefix="crl-bench-", dir="/var/tmp")
     os.chmod(base, 0o755)
+    node: Corrald | None = None
     try:
         template = templates.build_busybox(os.path.join(base, "cache"), log=lambda _m: None)
         vols = dir_volumes(os.path.join(base, "storage"))
         tid = add_template(vols, template)
         drv = LxcDriver(node="crlbench", data_dir=os.path.join(base, "node"))
-        raw = [raw_round(base, template, f"crlraw{i}") for i in range(args.rounds)]
-        ours = [driver_round(drv, vols, tid, 87000 + i) for i in range(args.rounds)]
+        api: ApiSession | None = None
+        if not args.no_api:
+            node = Corrald(Path(base) / "corrald", node=NODE).start()
+            cache = node.data_dir / "local" / "template" / "cache"
+            shutil.copy(template, cache / os.path.basename(template))
+            api = node.session()
+        api_tid = f"local:vztmpl/{os.path.basename(template)}"
+        # The raw containers get the lxc.conf the driver renders for the same config.
+        same = {"memory": 64, "swap": 0, "rootfs": f"{STORAGE}:1"}
+        probe = drv.create(
+            86999, same, volumes=vols, log=lambda _m: None, params={"ostemplate": tid}
+        )
+        conf = raw_conf(Path(drv.lxcpath, "86999", "config").read_text())
+        drv.destroy(86999, probe, volumes=vols, log=lambda _m: None)
+        raw, ours, via_api = [], [], []
+        for i in range(args.rounds):  # interleaved, so drift hits all three alike
+            raw.append(raw_round(base, template, f"crlraw{i}", conf))
+            ours.append(driver_round(drv, vols, tid, 87000 + i))
+            if api is not None:
+                via_api.append(api_round(api, api_tid, 88500 + i))
         med = statistics.median
-        print(f"medians of {args.rounds} rounds          driver     raw lxc-* tools")
+        print(f"medians of {args.rounds} rounds            API       driver    raw lxc-*")
         for i, label in enumerate(("create+start", "stop+destroy")):
-            ours_ms = med(o[i] for o in ours) * 1000
-            raw_ms = med(r[i] for r in raw) * 1000
-            print(f"{label:<24}{ours_ms:9.1f} ms {raw_ms:9.1f} ms")
+            cols = [med(o[i] for o in via_api) * 1000 if via_api else float("nan")]
+            cols += [med(o[i] for o in ours) * 1000, med(r[i] for r in raw) * 1000]
+            print(f"{label:<24}" + "".join(f"{c:9.1f} ms" for c in cols))
         if args.many:
             many(drv, vols, tid, args.many)
+            if api is not None:
+                many_api(api, api_tid, args.many)
     finally:
+        if node is not None:
+            node.stop()
+            cleanup_lxcpath(str(node.data_dir / "lxc"))
         for sub in ("raw", "node/lxc"):
-            path = os.path.join(base, sub)
-            if os.path.isdir(path):
-                for name in os.listdir(path):
-                    argv = ["lxc-stop", "-P", path, "-n", name, "-k"]
-                    subprocess.run(argv, capture_output=True, timeout=60)
+            cleanup_lxcpath(os.path.join(base, sub))
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -316,8 +316,9 @@ def test_limits_exec_freeze_config_shutdown_purge(
         ({"memory": 8}, "memory"),
         ({"rootfs": f"{ISO_ONLY}:1"}, "rootfs"),
         ({"rootfs": "nosuchstorage:1"}, "rootfs"),
-        ({"ostemplate": "local:vztmpl/missing.tar.gz"}, "ostemplate"),
         ({"ostemplate": "local:iso/x.iso"}, "ostemplate"),
+        ({"ostemplate": f"{ISO_ONLY}:vztmpl/x.tar.gz"}, "ostemplate"),
+        ({"ostemplate": "nosuchstorage:vztmpl/x.tar.gz"}, "ostemplate"),
     ],
 )
 def test_bad_config_is_a_400_and_leaves_nothing(
@@ -337,18 +338,35 @@ def test_bad_config_is_a_400_and_leaves_nothing(
     assert leftovers(node, store, vmid) == []
 
 
-def test_failed_create_task_leaves_nothing(node: Corrald, api: ApiSession, store: Store) -> None:
-    """The archive is only found broken while unpacking, inside the task."""
+@pytest.mark.parametrize(
+    ("archive", "reason"),
+    [
+        ("crlbroken.tar.gz", "ostemplate: cannot read archive"),
+        (
+            "crlmissing.tar.gz",
+            "ostemplate: template 'local:vztmpl/crlmissing.tar.gz' does not exist",
+        ),
+    ],
+)
+def test_failed_create_task_leaves_nothing(
+    node: Corrald, api: ApiSession, store: Store, archive: str, reason: str
+) -> None:
+    """What only the CT's own node can know fails the task: a template file that
+    is missing there, or broken (found while unpacking)."""
     cache = node.data_dir / "local" / "template" / "cache"
-    (cache / "crlbroken.tar.gz").write_bytes(b"\x1f\x8bnot really gzip")
+    if archive == "crlbroken.tar.gz":
+        (cache / archive).write_bytes(b"\x1f\x8bnot really gzip")
     vmid = new_vmid()
     upid = api.data(
         "POST", f"/nodes/{NODE}/lxc",
-        data={"vmid": vmid, "ostemplate": "local:vztmpl/crlbroken.tar.gz", "rootfs": "local:1"},
+        data={"vmid": vmid, "ostemplate": f"local:vztmpl/{archive}", "rootfs": "local:1"},
     )  # fmt: skip
-    assert api.wait_task(upid)["exitstatus"] != "OK"
+    exitstatus = api.wait_task(upid)["exitstatus"]
+    assert exitstatus != "OK"
+    log = "\n".join(line["t"] for line in api.data("GET", f"/nodes/{NODE}/tasks/{upid}/log"))
+    assert reason in log or reason in exitstatus, log
     assert leftovers(node, store, vmid) == []
-    (cache / "crlbroken.tar.gz").unlink()
+    (cache / archive).unlink(missing_ok=True)
 
 
 # -- the daemon dies, the container does not ------------------------------------------

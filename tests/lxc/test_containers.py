@@ -316,3 +316,32 @@ def test_unprivileged_container(
     driver.shutdown(vmid, config, timeout=30, force_stop=False, log=_noop)
     driver.destroy(vmid, config, volumes=volumes, log=_noop)
     assert owned(volumes) == []
+
+
+def test_checks_before_the_task_are_cluster_wide(
+    driver: LxcDriver, busybox_template: str, vmid: int, tmp_path: Path
+) -> None:
+    """The API node may not be the CT's node: check_create only judges what the
+    storage configs say; what lives on the CT's node is judged by create()."""
+    configs = {
+        "elsewhere": {"type": "dir", "path": str(tmp_path / "e"), "nodes": "othernode"},
+        "templ": {"type": "dir", "path": str(tmp_path / "t"), "content": "vztmpl"},
+    }
+    vols = Volumes(lambda: configs, node="crlnode")
+    template = "templ:vztmpl/only-on-othernode.tar.gz"
+    config = {"rootfs": "elsewhere:1"}
+    driver.check_create(vmid, config, params={"ostemplate": template}, volumes=vols)
+    with pytest.raises(ParamError) as err:
+        driver.check_create(vmid, {"rootfs": "templ:1"}, params={"ostemplate": template},
+                            volumes=vols)  # fmt: skip
+    assert "rootfs" in err.value.errors
+    with pytest.raises(ParamError) as err:
+        driver.create(vmid, config, volumes=vols, log=_noop, params={"ostemplate": template})
+    assert "not available on node 'crlnode'" in err.value.errors["rootfs"]
+    assert "rootfs: storage 'elsewhere'" in str(err.value)  # the task log says why
+    configs["elsewhere"].pop("nodes")
+    with pytest.raises(ParamError) as err:
+        driver.create(vmid, config, volumes=vols, log=_noop, params={"ostemplate": template})
+    assert "does not exist on node 'crlnode'" in err.value.errors["ostemplate"]
+    assert not os.path.exists(os.path.join(driver.lxcpath, str(vmid)))
+    assert not (tmp_path / "e" / "images" / str(vmid)).exists()
