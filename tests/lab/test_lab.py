@@ -124,16 +124,45 @@ def _current(s: requests.Session, lab: labmod.Lab, via: str, node: str, vmid: in
     return r.json()["data"] if r.status_code == 200 else None
 
 
-def test_container_made_through_node3_runs_on_node1_and_moves_to_node2(lab: labmod.Lab) -> None:
-    """The issue's scenario, with a real container on the lab's shared storage."""
+@pytest.fixture(scope="module")
+def template(lab: labmod.Lab) -> str:
+    """A busybox container template on the lab's shared storage."""
     cache = Path(lab.dir, "shared", "template", "cache")
     archive = templates.build_busybox(str(cache), log=lambda _m: None)
+    return f"{labmod.SHARED_STORAGE}:vztmpl/{os.path.basename(archive)}"
+
+
+def _running_here(lab: labmod.Lab, node: str) -> list[str]:
+    """Containers liblxc itself says run on `node` (not what corral believes)."""
+    lxcpath = str(Path(lab.node(node).data_dir, "lxc"))
+    proc = subprocess.run(
+        labmod.in_node(lab.node(node), ["lxc-ls", "-P", lxcpath, "--running", "-1"]),
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    return proc.stdout.split()
+
+
+def _remove(lab: labmod.Lab, vmid: int) -> None:
+    s = _api(lab, "node1")
+    for node in ("node1", "node2", "node3"):
+        base = f"{lab.node('node1').url}api2/json/nodes/{node}/lxc/{vmid}"
+        r = s.post(f"{base}/status/stop", timeout=30, verify=s.headers["X-Lab-CA"])
+        if r.status_code == 200:
+            _wait_task(s, lab, "node1", r.json()["data"])
+            r = s.delete(base, timeout=30, verify=s.headers["X-Lab-CA"])
+            if r.status_code == 200:
+                _wait_task(s, lab, "node1", r.json()["data"])
+
+
+def test_container_made_through_node3_runs_on_node1_and_moves_to_node2(
+    lab: labmod.Lab, template: str
+) -> None:
+    """The issue's scenario, with a real container on the lab's shared storage."""
     vmid = 90100
     s3 = _api(lab, "node3")
     upid = _post(
         s3, lab, "node3", "/nodes/node1/lxc", vmid=vmid, hostname="mover", memory=64,
-        ostemplate=f"{labmod.SHARED_STORAGE}:vztmpl/{os.path.basename(archive)}",
-        rootfs=f"{labmod.SHARED_STORAGE}:1", start=1,
+        ostemplate=template, rootfs=f"{labmod.SHARED_STORAGE}:1", start=1,
         net0="name=eth0,bridge=vmbr0,ip=192.168.201.2/24",
     )  # fmt: skip
     try:
@@ -163,23 +192,10 @@ def test_container_made_through_node3_runs_on_node1_and_moves_to_node2(lab: labm
         assert _get(s2, lab, "node2", f"/nodes/node1/lxc/{vmid}/status/current").status_code == 404
         wait_for(lambda: listed_on("node2"), 10, 0.1, "CT listed on node2")
         # Nothing of it is left running on node1.
-        proc = subprocess.run(
-            labmod.in_node(lab.node("node1"), ["lxc-ls", "-P", str(Path(lab.node("node1").data_dir,
-                                               "lxc")), "--running"]),  # fmt: skip
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        assert str(vmid) not in proc.stdout.split()
+        assert str(vmid) not in _running_here(lab, "node1")
+        assert str(vmid) in _running_here(lab, "node2")
     finally:
-        for node in ("node1", "node2"):
-            s = _api(lab, "node2")
-            r = s.post(f"{lab.node('node2').url}api2/json/nodes/{node}/lxc/{vmid}/status/stop",
-                       timeout=30, verify=s.headers["X-Lab-CA"])  # fmt: skip
-            if r.status_code == 200:
-                _wait_task(s, lab, "node2", r.json()["data"])
-                r = s.delete(f"{lab.node('node2').url}api2/json/nodes/{node}/lxc/{vmid}",
-                             timeout=30, verify=s.headers["X-Lab-CA"])  # fmt: skip
-                if r.status_code == 200:
-                    _wait_task(s, lab, "node2", r.json()["data"])
+        _remove(lab, vmid)
 
 
 def test_killed_node_goes_offline_and_comes_back(lab: labmod.Lab) -> None:
@@ -194,7 +210,14 @@ def test_killed_node_goes_offline_and_comes_back(lab: labmod.Lab) -> None:
     wait_for(lambda: _online(lab, "node1")["node3"] == "online", 30, 0.2, what="node3 back")
 
 
-def test_partitioned_node_goes_offline_and_heals(lab: labmod.Lab) -> None:
+def test_partitioned_node_goes_offline_and_heals(lab: labmod.Lab, template: str) -> None:
+    """A running guest on the cut-off node keeps running, and after healing it is
+    there exactly once (nothing lost, nothing duplicated)."""
+    vmid = 90101
+    s = _api(lab, "node1")
+    upid = _post(s, lab, "node1", "/nodes/node2/lxc", vmid=vmid, memory=64, ostemplate=template,
+                 rootfs=f"{labmod.SHARED_STORAGE}:1", start=1)  # fmt: skip
+    _wait_task(s, lab, "node1", upid)
     labmod.partition(lab, "node2", cut=True)
     try:
         wait_for(lambda: _online(lab, "node1")["node2"] == "offline", 20, 0.2, what="node2 offline")
@@ -206,9 +229,23 @@ def test_partitioned_node_goes_offline_and_heals(lab: labmod.Lab) -> None:
             verify=s.headers["X-Lab-CA"],
         )
         assert r.status_code == 200
+        assert _running_here(lab, "node2") == [str(vmid)]  # cut off, still running
     finally:
         labmod.partition(lab, "node2", cut=False)
     wait_for(lambda: _online(lab, "node1")["node2"] == "online", 30, 0.2, what="node2 healed")
+    try:
+
+        def listed() -> Any:
+            rows = _get(s, lab, "node3", "/cluster/resources?type=vm").json()["data"]
+            mine = [r for r in rows if r["vmid"] == vmid]
+            return mine if mine and mine[0]["status"] == "running" else None
+
+        rows = wait_for(listed, 15, 0.2, "guest listed after healing")
+        assert [(r["node"], r["status"]) for r in rows] == [("node2", "running")]
+        assert _running_here(lab, "node2") == [str(vmid)]
+        assert str(vmid) not in _running_here(lab, "node1") + _running_here(lab, "node3")
+    finally:
+        _remove(lab, vmid)
 
 
 def test_without_quorum_writes_fail_fast_and_reads_answer_stale(lab: labmod.Lab) -> None:
