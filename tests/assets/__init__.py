@@ -1,0 +1,1 @@
+"""Test assets built at test time (the tiny TCG guest)."""
