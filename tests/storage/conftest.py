@@ -25,7 +25,9 @@ from tests.util import free_ports
 
 RUN = f"crlst{uuid.uuid4().hex[:6]}"  # unique per run: names never collide with others' tests
 # CORRAL_STORAGE_BACKENDS=dir,btrfs narrows a run while working on one backend.
-BACKENDS = [b for b in os.environ.get("CORRAL_STORAGE_BACKENDS", "dir,btrfs,rbd").split(",") if b]
+BACKENDS = [
+    b for b in os.environ.get("CORRAL_STORAGE_BACKENDS", "dir,btrfs,rbd,zfspool").split(",") if b
+]
 MiB = 1 << 20
 
 
