@@ -338,6 +338,7 @@ class Node:
                 log.warning("guest driver %s unavailable: %s", name, err)
                 registry.UNAVAILABLE.setdefault(registry.GUEST_DRIVERS, {})[name] = str(err)
         self.services["drivers"] = drivers
+        self.services["data_dir"] = str(self.data_dir)  # node-to-node calls find the CA here
         self.services["probes"] = {}
         for name, driver in drivers.items():
             threading.Thread(target=self._probe, args=(name, driver), daemon=True).start()

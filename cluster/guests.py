@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from corral.cluster import keys
+from corral.cluster import keys, volume_moves
 from corral.cluster.errors import Conflict, CorralError, NotFound, ParamError, Unavailable
 from corral.cluster.guest_driver import GuestDriver
 from corral.cluster.store import Store
@@ -339,40 +339,16 @@ def _resize(ctx: TaskContext, args: dict[str, Any]) -> None:
     update_record(ctx.store, rec["vmid"], commit)
 
 
-def storage_shared(conf: dict[str, Any]) -> bool:
-    """Does every node see the same volumes on this storage?"""
-    # Ceph RBD is shared by nature (its plugin says so); a dir/btrfs/zfs storage only
-    # when marked shared (every node mounts the same thing).
-    from corral.cluster import registry
-
-    plugin = registry.load(registry.STORAGE_PLUGINS).get(str(conf.get("type")))
-    return bool(getattr(plugin, "shared_by_nature", False)) or str(conf.get("shared", 0)) in (
-        "1",
-        "True",
-        "true",
-    )
-
-
 def storage_reaches(store: Store, volid: str, node: str) -> bool:
     """Can `node` use `volid` where it is (shared storage available there)?"""
-    storage_id = volid.split(":", 1)[0]
-    conf = store.get_value(keys.storage(storage_id)) or {}
-    if not conf or int(conf.get("disable") or 0):
-        return False
-    nodes = [n for n in str(conf.get("nodes") or "").split(",") if n]
-    if nodes and node not in nodes:
-        return False
-    return storage_shared(conf)
+    conf = volume_moves.storage_on(store, volid.split(":", 1)[0], node)
+    return conf is not None and volume_moves.shared(conf)
 
 
 def migration_blockers(
     store: Store, driver: GuestDriver, config: dict[str, Any], target: str
 ) -> list[str]:
-    return [
-        f"{key} ({volid})"
-        for key, volid in sorted(driver.volumes_of(config).items())
-        if not storage_reaches(store, volid, target)
-    ]
+    return volume_moves.plan(store, driver, config, target)[1]
 
 
 def _migrate(ctx: TaskContext, args: dict[str, Any]) -> None:
@@ -390,15 +366,18 @@ def _migrate(ctx: TaskContext, args: dict[str, Any]) -> None:
         raise Conflict(f"CT {vmid} is running - use restart mode (restart=1)")
     if running and rec["type"] == "qemu" and not args.get("online"):
         raise Conflict(f"VM {vmid} is running - use online migration (online=1)")
-    blockers = migration_blockers(ctx.store, driver, config, target)
+    copies, blockers = volume_moves.plan(ctx.store, driver, config, target)
     if blockers:
+        raise Conflict(f"can't migrate {kind} {vmid} to '{target}': {', '.join(blockers)}")
+    if copies and live:
         raise Conflict(
-            f"can't migrate {kind} {vmid} to '{target}': volumes on storage the "
-            f"target cannot reach (copying local volumes between nodes is not "
-            f"supported yet): {', '.join(blockers)}"
+            f"can't live-migrate {kind} {vmid}: local disks {', '.join(sorted(copies))} "
+            "(put them on shared storage, or migrate offline)"
         )
     set_lock(ctx.store, vmid, "migrate")
     stopped_here = False
+    copied: dict[str, str] = {}  # source volume ID -> the copy on the target
+    data_dir = str(ctx.worker.context.get("data_dir") or "")
     try:
         if live:
             info = ctx.store.get_value(keys.node_info(target)) or {}
@@ -419,15 +398,30 @@ def _migrate(ctx: TaskContext, args: dict[str, Any]) -> None:
                 log=ctx.log,
             )
             stopped_here = True
+        for volid in sorted(copies.values()):
+            ctx.check_abort()
+            copied[volid] = volume_moves.copy(
+                ctx.store, data_dir, _volumes(ctx), volid, target, vmid=vmid, log=ctx.log
+            )
         driver.release(vmid, config, volumes=_volumes(ctx), log=ctx.log)
 
         def move(r: dict[str, Any]) -> dict[str, Any]:
             r["node"], r["lock"] = target, None
+            r["config"] = volume_moves.rewrite(r["config"], copied)
+            r["pending"] = volume_moves.rewrite(r.get("pending") or {}, copied)
             return r
 
         update_record(ctx.store, vmid, move)
     except BaseException:
-        # Nothing moved: the guest stays here, unlocked, running again if it was.
+        # Nothing moved: the guest stays here, unlocked, running again if it was;
+        # the copies made on the target go.
+        for new in copied.values():
+            volume_moves.remove_remote(ctx.store, data_dir, target, new, log=ctx.log)
+        if copied:
+            try:
+                driver.adopt(vmid, rec["config"], volumes=_volumes(ctx), log=ctx.log)
+            except Exception as err:  # noqa: BLE001 - report the first failure
+                ctx.log(f"could not re-adopt {kind} {vmid} here: {err}")
         set_lock(ctx.store, vmid, None, expect="migrate")
         if stopped_here:
             try:
@@ -437,6 +431,12 @@ def _migrate(ctx: TaskContext, args: dict[str, Any]) -> None:
         raise
     _mark(ctx, rec, "migrated")
     ctx.log(f"{kind} {vmid} now belongs to node {target}")
+    for volid in copied:  # the guest runs from the copies now
+        try:
+            _volumes(ctx).free(volid)
+            ctx.log(f"removed the source volume {volid}")
+        except Exception as err:  # noqa: BLE001 - a leftover, not a failed migration
+            ctx.log(f"WARNING: could not remove the source volume {volid}: {err}")
     if stopped_here:
         from corral.cluster.tasks import Tasks
 

@@ -111,9 +111,18 @@ def in_node(node: LabNode, argv: list[str]) -> list[str]:
         sys.executable,
         "-m",
         "corral.cluster.labns",
+        *_own_local(node),
         "--",
         *argv,
     ]
+
+
+def _own_local(node: LabNode) -> list[str]:
+    """The `local` storage's path is the first node's (it made the record); every
+    other node gets its own directory mounted there, as hosts have their own disks."""
+    shared_path = Path(node.data_dir).parent / "node1" / "local"
+    own = Path(node.data_dir) / "local"
+    return [] if own == shared_path else ["--bind", str(own), str(shared_path)]
 
 
 def plan(lab_dir: str, count: int, subnet: str, prefix: str) -> Lab:

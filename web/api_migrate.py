@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from corral.cluster import guests, keys, placement
+from corral.cluster import guests, keys, placement, volume_moves
 from corral.cluster.errors import ParamError
 from corral.cluster.schema import NODE, VMID, Param
 from corral.web.api import Ctx, endpoint
@@ -29,7 +29,7 @@ def _local_disks(ctx: Ctx, type: str, rec: dict[str, Any]) -> list[dict[str, Any
     out = []
     for key, volid in sorted(driver.volumes_of(guests.merged_config(rec)).items()):
         conf = ctx.store.get_value(keys.storage(volid.split(":", 1)[0])) or {}
-        if not guests.storage_shared(conf):
+        if not volume_moves.shared(conf):
             out.append({"volid": volid, "drivename": key, "is_unused": 0})
     return out
 
@@ -120,15 +120,19 @@ def register(type: str) -> None:
         for key in ("target-storage", "targetstorage", "with-local-disks"):
             if params.get(key):
                 raise ParamError.one(key, "moving volumes to other storage is not supported yet")
-        blockers = guests.migration_blockers(ctx.store, driver, config, target)
+        copies, blockers = volume_moves.plan(ctx.store, driver, config, target)
         if blockers:
             raise ParamError.one(
-                "target",
-                f"can't migrate {kind} {vmid} to '{target}': volumes on storage the target "
-                f"cannot reach: {', '.join(blockers)}",
+                "target", f"can't migrate {kind} {vmid} to '{target}': {', '.join(blockers)}"
             )
         live = (ctx.store.get_value(keys.guest_status(node)) or {}).get(str(vmid), {})
         running = live.get("status") in ("running", "paused")
+        if copies and running and type == "qemu" and params.get("online"):
+            raise ParamError.one(
+                "online",
+                f"can't live-migrate VM {vmid} with local disks ({', '.join(sorted(copies))}): "
+                "put them on shared storage or migrate offline",
+            )
         if running and type == "lxc" and not params.get("restart"):
             if params.get("online"):
                 raise ParamError.one("online", "lxc live migration is currently not implemented")

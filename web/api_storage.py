@@ -786,6 +786,43 @@ def _remove_staged(files: list[_HashingFile]) -> None:
             os.unlink(f.path)
 
 
+@endpoint(
+    "POST",
+    "/nodes/{node}/storage/{storage}/import",
+    params={"node": NODE, "storage": STORAGE_ID},
+    raw=True,
+    description="corral (node to node): import a volume streamed in the body; query "
+    "parameters vmid, format (raw, qcow2, tar), content. Only root@pam (another node).",
+)
+def import_volume(ctx: Ctx, node: str, storage: str) -> str:
+    """The receiving end of a migration's volume copy (Proxmox's `pvesm import`)."""
+    from corral.cluster.errors import Forbidden
+
+    require_node(ctx, node)
+    if node != ctx.node:
+        raise ParamError.one("node", f"imports go to the receiving node itself, not '{ctx.node}'")
+    if ctx.identity.userid != "root@pam":
+        raise Forbidden("volume import is for the cluster's nodes only (root@pam)")
+    args = ctx.request.args
+    errors = {}
+    try:
+        vmid = int(args.get("vmid", ""))
+        if vmid < 100:
+            raise ValueError
+    except ValueError:
+        errors["vmid"] = "a VMID (integer >= 100) is required"
+    fmt = args.get("format", "")
+    if fmt not in ("raw", "qcow2", "tar"):
+        errors["format"] = "one of raw, qcow2, tar"
+    content = args.get("content") or ("rootdir" if fmt == "tar" else "images")
+    if content not in ("images", "rootdir"):
+        errors["content"] = "one of images, rootdir"
+    if errors:
+        raise ParamError(errors)
+    stream = ctx.request.stream
+    return str(_volumes(ctx).import_(storage, stream=stream, fmt=fmt, vmid=vmid, content=content))
+
+
 # -- /cluster/resources rows -------------------------------------------------------------
 
 

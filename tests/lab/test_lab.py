@@ -198,6 +198,32 @@ def test_container_made_through_node3_runs_on_node1_and_moves_to_node2(
         _remove(lab, vmid)
 
 
+def test_container_on_local_storage_is_copied_to_the_target(lab: labmod.Lab, template: str) -> None:
+    """`local` is a different disk on every node: a restart migration streams the
+    root filesystem over, and the data inside comes along."""
+    vmid = 90102
+    s = _api(lab, "node1")
+    upid = _post(s, lab, "node1", "/nodes/node1/lxc", vmid=vmid, memory=64, ostemplate=template,
+                 rootfs="local:1", start=1)  # fmt: skip
+    try:
+        _wait_task(s, lab, "node1", upid)
+        rel = Path("images", str(vmid), f"subvol-{vmid}-disk-0.subvol")
+        src = Path(lab.node("node1").data_dir, "local", rel)
+        (src / "root" / "marker").write_text("made on node1\n")
+        pre = _get(s, lab, "node1", f"/nodes/node1/lxc/{vmid}/migrate").json()["data"]
+        assert [d["volid"] for d in pre["local_disks"]] == [f"local:{vmid}/{rel.parts[-1]}"]
+        upid = _post(s, lab, "node1", f"/nodes/node1/lxc/{vmid}/migrate", target="node2",
+                     restart=1)  # fmt: skip
+        _wait_task(s, lab, "node1", upid)
+        assert (_current(s, lab, "node1", "node2", vmid) or {}).get("status") == "running"
+        dst = Path(lab.node("node2").data_dir, "local", rel)
+        assert (dst / "root" / "marker").read_text() == "made on node1\n"
+        assert not src.exists()  # the source copy is gone once the CT runs from the new one
+        assert _running_here(lab, "node2") == [str(vmid)]
+    finally:
+        _remove(lab, vmid)
+
+
 def test_killed_node_goes_offline_and_comes_back(lab: labmod.Lab) -> None:
     labmod.kill(lab, "node3")
     start = time.monotonic()

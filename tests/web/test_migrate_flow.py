@@ -44,6 +44,8 @@ def lab(store: Store) -> Iterator[tuple[Api, dict[str, FakeDriver], Store]]:
     store.put(keys.storage("shared"), {"storage": "shared", "type": "dir", "path": "/srv/x",
                                        "shared": 1})  # fmt: skip
     store.put(keys.storage("local"), {"storage": "local", "type": "dir", "path": "/var/x"})
+    store.put(keys.storage("solo"), {"storage": "solo", "type": "dir", "path": "/var/y",
+                                     "nodes": "node1"})  # fmt: skip
     services: dict[str, Any] = {"drivers": {"lxc": drivers["node1"]}, "volumes": object()}
     ctx = NodeContext(store, Access(store), Tasks(store), "node1", "/nonexistent", services)
     yield Api(create_app(ctx).test_client()), drivers, store
@@ -103,23 +105,33 @@ def test_create_on_node_auto_places_by_free_memory(
     assert store.get(keys.guest(303)) is None
 
 
-def test_local_volumes_block_migration_with_reasons(
+def test_volumes_on_storage_the_target_lacks_block_migration_with_reasons(
     lab: tuple[Api, dict[str, FakeDriver], Store],
 ) -> None:
     api, drivers, store = lab
-    api.task("POST", "/nodes/node1/lxc", vmid=304, rootfs="local:1")
+    api.task("POST", "/nodes/node1/lxc", vmid=304, rootfs="solo:1")
     pre = api.ok("GET", "/nodes/node1/lxc/304/migrate")
     assert pre["allowed_nodes"] == []
     assert pre["not_allowed_nodes"] == {
-        "node2": {"unavailable_storages": ["local"]},
-        "node3": {"unavailable_storages": ["local"]},
+        "node2": {"unavailable_storages": ["solo"]},
+        "node3": {"unavailable_storages": ["solo"]},
     }
     assert pre["local_disks"] == [
-        {"volid": "local:subvol-304-disk-0", "drivename": "rootfs", "is_unused": 0}
+        {"volid": "solo:subvol-304-disk-0", "drivename": "rootfs", "is_unused": 0}
     ]
     r = api.call("POST", "/nodes/node1/lxc/304/migrate", target="node2")
-    assert r.status_code == 400 and "local:subvol-304-disk-0" in r.get_json()["errors"]["target"]
+    assert r.status_code == 400 and "solo:subvol-304-disk-0" in r.get_json()["errors"]["target"]
     assert _node_of(store, 304) == "node1" and 304 in drivers["node1"].guests
+
+
+def test_local_volumes_on_a_storage_every_node_has_are_copyable(
+    lab: tuple[Api, dict[str, FakeDriver], Store],
+) -> None:
+    api, _, _ = lab
+    api.task("POST", "/nodes/node1/lxc", vmid=308, rootfs="local:1")
+    pre = api.ok("GET", "/nodes/node1/lxc/308/migrate")
+    assert pre["allowed_nodes"] == ["node2", "node3"]
+    assert [d["volid"] for d in pre["local_disks"]] == ["local:subvol-308-disk-0"]
 
 
 @pytest.mark.parametrize(
