@@ -8,6 +8,7 @@ layout of this machine and on a pure v2 host.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ from corral.cluster.errors import CommandFailed
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
+@functools.cache
 def layout() -> str:
     """ "v2" on a unified-only host, else "v1" (hybrid counts as v1: limits live there)."""
     return "v2" if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")) else "v1"
@@ -40,9 +42,10 @@ def paths(pid: int) -> dict[str, str]:
     return out
 
 
-def file_for(pid: int, name: str) -> str:
-    """Path of cgroup file `name` ("memory.limit_in_bytes") of process `pid`."""
-    found = paths(pid)
+def file_for(pid: int, name: str, where: dict[str, str] | None = None) -> str:
+    """Path of cgroup file `name` ("memory.limit_in_bytes") of process `pid`
+    (`where`: its `paths()`, when the caller has them already)."""
+    found = paths(pid) if where is None else where
     ctl = name.split(".", 1)[0]
     if layout() == "v2":
         return os.path.join(found[""], name)
@@ -75,18 +78,23 @@ def _write_all(pid: int, items: list[tuple[str, str]]) -> None:
             fh.write(value)
 
 
-def memory(pid: int) -> tuple[int, int]:
+def memory(pid: int, where: dict[str, str] | None = None) -> tuple[int, int]:
     """(mem, swap) in bytes; mem excludes page cache as Proxmox reports it."""
     try:
+        where = paths(pid) if where is None else where
+
+        def value(name: str) -> str:
+            return read(file_for(pid, name, where))
+
         if layout() == "v2":
-            mem = int(read(file_for(pid, "memory.current")))
-            swap = int(read(file_for(pid, "memory.swap.current")))
-            stat = _kv(read(file_for(pid, "memory.stat")))
+            mem = int(value("memory.current"))
+            swap = int(value("memory.swap.current"))
+            stat = _kv(value("memory.stat"))
             return max(0, mem - stat.get("file", 0)), swap
-        usage = int(read(file_for(pid, "memory.usage_in_bytes")))
-        stat = _kv(read(file_for(pid, "memory.stat")))
+        usage = int(value("memory.usage_in_bytes"))
+        stat = _kv(value("memory.stat"))
         try:
-            memsw = int(read(file_for(pid, "memory.memsw.usage_in_bytes")))
+            memsw = int(value("memory.memsw.usage_in_bytes"))
         except OSError:
             memsw = usage
         return max(0, usage - stat.get("total_cache", 0)), max(0, memsw - usage)
@@ -94,11 +102,12 @@ def memory(pid: int) -> tuple[int, int]:
         return 0, 0
 
 
-def cpu_usage_ns(pid: int) -> int:
+def cpu_usage_ns(pid: int, where: dict[str, str] | None = None) -> int:
     try:
+        where = paths(pid) if where is None else where
         if layout() == "v2":
-            return _kv(read(file_for(pid, "cpu.stat"))).get("usage_usec", 0) * 1000
-        return int(read(os.path.join(paths(pid)["cpuacct"], "cpuacct.usage")))
+            return _kv(read(file_for(pid, "cpu.stat", where))).get("usage_usec", 0) * 1000
+        return int(read(os.path.join(where["cpuacct"], "cpuacct.usage")))
     except (OSError, KeyError, ValueError):
         return 0
 

@@ -406,6 +406,56 @@ def test_container_outlives_a_killed_daemon(
     assert leftovers(node, store, vmid) == []
 
 
+# -- restart migration between two nodes -------------------------------------------
+
+
+def test_restart_migration_to_a_second_node(
+    node: Corrald, store: Store, template: str, bridge: str, tmp_path: Path
+) -> None:
+    """node2 shares node1's etcd; the CT's root is on a dir storage marked shared.
+    The source releases it (lxc dir gone, volume kept), node2 adopts and starts it."""
+    shared = tmp_path / "shared"
+    conf = {"storage": "crlshared", "type": "dir", "path": str(shared),
+            "content": "rootdir", "shared": 1}  # fmt: skip
+    store.put(keys.storage("crlshared"), conf)
+    node2 = Corrald(
+        tmp_path / "node2", node="node2", extra=["--etcd", f"http://127.0.0.1:{node.etcd_port}"]
+    )
+    try:
+        node2.start()
+        api, api2 = node.session(), node2.session(password=node.password)
+        vmid = new_vmid()
+        api.run_task(
+            "POST", f"/nodes/{NODE}/lxc",
+            data={"vmid": vmid, "ostemplate": template, "rootfs": "crlshared:1", "memory": 64,
+                  "hostname": "mover", "net0": f"name=eth0,bridge={bridge},ip={SUBNET}.23/24",
+                  "start": 1},
+        )  # fmt: skip
+        attach(node, vmid, "/bin/sh", "-c", "echo made-on-node1 > /marker")
+        api.run_task(
+            "POST", f"{ct(vmid)}/migrate", data={"target": "node2", "restart": 1}, timeout=180
+        )
+        assert not (node.data_dir / "lxc" / str(vmid)).exists()
+        assert lxc_info(node, vmid)[0] != "RUNNING"
+        assert list((shared / "images" / str(vmid)).iterdir())  # the volume stayed
+        assert lxc_info(node2, vmid)[0] == "RUNNING"
+        assert attach(node2, vmid, "/bin/cat", "/marker") == "made-on-node1\n"
+        assert attach(node2, vmid, "/bin/hostname").strip() == "mover"
+        st = api2.data("GET", f"/nodes/node2/lxc/{vmid}/status/current")
+        assert st["status"] == "running" and st["pid"] == lxc_info(node2, vmid)[1]
+        row = next(r for r in api.data("GET", "/cluster/resources") if r.get("id") == f"lxc/{vmid}")
+        assert row["node"] == "node2"
+        api2.run_task("POST", f"/nodes/node2/lxc/{vmid}/status/stop")
+        api2.run_task("DELETE", f"/nodes/node2/lxc/{vmid}", params={"purge": 1})
+        assert not (shared / "images" / str(vmid)).exists()
+        assert not (node2.data_dir / "lxc" / str(vmid)).exists()
+        assert store.get(keys.guest(vmid)) is None
+    finally:
+        node2.stop()
+        cleanup_lxcpath(str(node2.data_dir / "lxc"))
+        store.delete(keys.storage("crlshared"))
+
+
 # -- corralsh ----------------------------------------------------------------------------
 
 
