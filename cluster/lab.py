@@ -58,6 +58,7 @@ class Lab:
     subnet: str
     bridge: str
     nodes: list[LabNode]
+    ceph: bool = False
 
     @property
     def state_file(self) -> Path:
@@ -197,10 +198,13 @@ def up(
     subnet: str = DEFAULT_SUBNET,
     prefix: str = "crlab",
     out: Any = sys.stdout,
+    *,
+    ceph: bool = False,
 ) -> Lab:
     if Path(lab_dir, "lab.json").exists():
         raise SystemExit(f"corral lab: a lab already exists in {lab_dir} ('corral lab down')")
     lab = plan(lab_dir, count, subnet, prefix)
+    lab.ceph = ceph
     lab.save()
     try:
         build_network(lab)
@@ -237,6 +241,8 @@ def up(
                 raise RuntimeError(f"{n.name} could not join:\n{proc.stdout}{proc.stderr}")
         wait_online(lab, [n.name for n in lab.nodes], timeout=60)
         add_shared_storage(lab)
+        if ceph:
+            add_ceph_storage(lab)
     except BaseException:
         for n in lab.nodes:  # what went wrong is in the logs, about to be removed
             log = Path(n.data_dir, "corrald.log")
@@ -250,6 +256,8 @@ def up(
     for n in lab.nodes:
         print(f"  {n.name:<8} {n.url}", file=out)
     print(f"  shared storage: {SHARED_STORAGE} ({Path(lab.dir, 'shared')})", file=out)
+    if ceph:
+        print(f"  ceph storage:   {CEPH_STORAGE} (pool rbd, {_ceph(lab).monhost})", file=out)
     print(f"  login: admin@pve / {password if count > 1 else _password(first)}", file=out)
     return lab
 
@@ -271,6 +279,37 @@ def add_shared_storage(lab: Lab) -> None:
             "path": str(path),
             "shared": 1,
             "content": "images,rootdir,vztmpl,iso,snippets",
+        },
+    )
+
+
+CEPH_STORAGE = "labceph"
+
+
+def _ceph(lab: Lab) -> Any:
+    from corral.storage.ceph_cluster import CephCluster
+
+    host = _bridge_address(lab).split("/")[0]
+    return CephCluster(str(Path(lab.dir, "ceph")), address=host)
+
+
+def add_ceph_storage(lab: Lab) -> None:
+    """A real single-node Ceph on the lab bridge's host address (every node reaches
+    it through its veth), and an `rbd` storage on it: shared by nature."""
+    cluster = _ceph(lab)
+    cluster.start(timeout=180)
+    cluster.create_pool("rbd")
+    _local(lab.nodes[0]).call(
+        "POST",
+        "/storage",
+        {
+            "storage": CEPH_STORAGE,
+            "type": "rbd",
+            "pool": "rbd",
+            "monhost": cluster.monhost,
+            "username": "admin",
+            "keyring": cluster.keyring_path,
+            "content": "images",
         },
     )
 
@@ -350,6 +389,11 @@ def down(lab_dir: str, *, quiet: bool = False) -> None:
         _stop_containers(n)
         _run(["ip", "netns", "delete", n.netns], check=False)
         _run(["ip", "link", "delete", n.veth], check=False)
+    if lab.ceph:
+        try:
+            _ceph(lab).stop()
+        except Exception as err:  # noqa: BLE001 - keep tearing down
+            print(f"corral lab: stopping Ceph: {err}", file=sys.stderr)
     _run(["ip", "link", "delete", lab.bridge], check=False)
     for n in lab.nodes:
         _umount_below(n.data_dir)
@@ -400,7 +444,7 @@ def status(lab: Lab, out: Any = sys.stdout) -> None:
 def main(args: Any, extra: list[str]) -> int:
     lab_dir = args.lab_dir
     if args.action == "up":
-        up(lab_dir, args.nodes, args.subnet, args.prefix)
+        up(lab_dir, args.nodes, args.subnet, args.prefix, ceph=bool(getattr(args, "ceph", False)))
         return 0
     if args.action == "down":
         down(lab_dir)

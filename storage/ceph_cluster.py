@@ -1,4 +1,5 @@
-"""A real single-node Ceph cluster under one directory: 1 mon, 1 mgr, 1 OSD on 127.0.0.1.
+"""A real single-node Ceph cluster under one directory: 1 mon, 1 mgr, 1 OSD on one address
+(127.0.0.1 by default).
 
 For test suites and `corral lab --ceph`: cephx on, BlueStore on a sparse file
 (no device-mapper or spare disk needed), every port and path configurable so
@@ -40,8 +41,12 @@ class CephCluster:
         mon_v1_port: int = 6789,
         osd_ports: tuple[int, int] = (6800, 7300),
         osd_size: int = 10 * GiB,
+        address: str = "127.0.0.1",
     ) -> None:
         self.dir = os.path.abspath(dir)
+        # A lab's Ceph listens on the lab bridge's host address, which every lab
+        # node (in its own network namespace) can reach; tests keep loopback.
+        self.address = address
         self.mon_port = mon_port
         self.mon_v1_port = mon_v1_port
         self.osd_ports = osd_ports
@@ -59,7 +64,8 @@ class CephCluster:
 
     @property
     def monhost(self) -> str:
-        return f"[v2:127.0.0.1:{self.mon_port},v1:127.0.0.1:{self.mon_v1_port}]"
+        a = self.address
+        return f"[v2:{a}:{self.mon_port},v1:{a}:{self.mon_v1_port}]"
 
     def _p(self, *parts: str) -> str:
         return os.path.join(self.dir, *parts)
@@ -97,8 +103,8 @@ class CephCluster:
         text = f"""[global]
 fsid = {fsid}
 mon_host = {self.monhost}
-public_addr = 127.0.0.1
-cluster_addr = 127.0.0.1
+public_addr = {self.address}
+cluster_addr = {self.address}
 ms_bind_ipv6 = false
 ms_bind_port_min = {self.osd_ports[0]}
 ms_bind_port_max = {self.osd_ports[1]}

@@ -90,11 +90,16 @@ class _Connections:
                 opts["mon_host"] = str(cfg["monhost"])
             if cfg.get("keyring"):
                 opts["keyring"] = str(cfg["keyring"])
-            conn = rados.Rados(
-                conffile=str(cfg.get("conf") or ""),
-                rados_id=str(cfg.get("username") or "admin"),
-                conf=opts,
-            )
+            try:
+                # conffile=None: monhost/keyring alone (an empty name makes librados
+                # search /etc/ceph and fail when it is not there).
+                conn = rados.Rados(
+                    conffile=str(cfg["conf"]) if cfg.get("conf") else None,
+                    rados_id=str(cfg.get("username") or "admin"),
+                    conf=opts,
+                )
+            except rados.Error as exc:
+                raise ParamError.one("conf", f"cannot read the Ceph configuration: {exc}") from exc
             try:
                 conn.connect(timeout=CONNECT_TIMEOUT)
             except rados.Error as exc:
