@@ -11,6 +11,7 @@ import io
 import os
 import tarfile
 import threading
+from typing import Any
 
 import pytest
 
@@ -502,3 +503,22 @@ def test_concurrent_alloc_of_one_name_one_wins(backend: Backend) -> None:
     finally:
         for v in won:
             vols.free(v)
+
+
+def test_import_of_a_tar_that_escapes_is_refused(backend: Backend, tmp_path: Any) -> None:
+    _rootdir(backend)
+    vols = backend.volumes()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, kind in (("ok", tarfile.REGTYPE), ("link", tarfile.SYMTYPE),
+                           ("link/escaped", tarfile.REGTYPE)):  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.SYMTYPE:
+                info.linkname = str(tmp_path)  # outside the root: writing through it escapes
+            tar.addfile(info, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
+    buf.seek(0)
+    with pytest.raises(ParamError):
+        vols.import_(backend.sid, stream=buf, fmt="tar", vmid=330, content="rootdir")
+    assert not os.path.exists(tmp_path / "escaped")
+    assert _vmids(backend, 330) == []
