@@ -342,6 +342,11 @@ def main(argv: list[str] | None = None) -> None:
     lab.add_argument(
         "--ceph", action="store_true", help="also a real one-node Ceph and an rbd storage on it"
     )
+    lab.add_argument(
+        "--libvirtd",
+        action="store_true",
+        help="a real libvirtd per node (live migration) instead of qemu:///embed",
+    )
     lab.add_argument("--lab-dir", default=os.environ.get("CORRAL_LAB_DIR", "/var/lib/corral-lab"))
     lab.add_argument("--subnet", default="10.249.77.0/24")
     lab.add_argument("--prefix", default="crlab", help="names of bridges, namespaces, links")

@@ -59,6 +59,7 @@ class Lab:
     bridge: str
     nodes: list[LabNode]
     ceph: bool = False
+    libvirtd: bool = False  # a real libvirtd per node (live migration) or qemu:///embed
 
     @property
     def state_file(self) -> Path:
@@ -98,7 +99,7 @@ def _corral_bin(tool: str) -> str:
     return str(Path(sys.executable).with_name(tool))
 
 
-def in_node(node: LabNode, argv: list[str]) -> list[str]:
+def in_node(node: LabNode, argv: list[str], *, libvirtd: bool = False) -> list[str]:
     """Run argv inside the node: its network namespace (nsenter, which keeps /sys as
     it is, unlike `ip netns exec`) and a private mount namespace of its own."""
     return [
@@ -113,6 +114,7 @@ def in_node(node: LabNode, argv: list[str]) -> list[str]:
         "-m",
         "corral.cluster.labns",
         *_own_local(node),
+        *(["--libvirtd", str(Path(node.data_dir, "libvirtd")), node.address] if libvirtd else []),
         "--",
         *argv,
     ]
@@ -170,7 +172,9 @@ def build_network(lab: Lab) -> None:
 
 def start_node(lab: Lab, n: LabNode) -> None:
     Path(n.data_dir).mkdir(parents=True, exist_ok=True)
-    libvirt_root = Path(n.data_dir, "libvirt")
+    libvirt_uri = (
+        "qemu:///system" if lab.libvirtd else f"qemu:///embed?root={Path(n.data_dir, 'libvirt')}"
+    )
     argv = [
         _corral_bin("corral"),
         "--data-dir",
@@ -181,9 +185,9 @@ def start_node(lab: Lab, n: LabNode) -> None:
         "--node",
         n.name,
         "--libvirt-uri",
-        f"qemu:///embed?root={libvirt_root}",
+        libvirt_uri,
     ]
-    proc = _run(in_node(n, argv), timeout=120, check=False)
+    proc = _run(in_node(n, argv, libvirtd=lab.libvirtd), timeout=120, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{n.name} did not start:\n{proc.stdout}{proc.stderr}")
 
@@ -200,11 +204,13 @@ def up(
     out: Any = sys.stdout,
     *,
     ceph: bool = False,
+    libvirtd: bool = False,
 ) -> Lab:
     if Path(lab_dir, "lab.json").exists():
         raise SystemExit(f"corral lab: a lab already exists in {lab_dir} ('corral lab down')")
     lab = plan(lab_dir, count, subnet, prefix)
     lab.ceph = ceph
+    lab.libvirtd = libvirtd
     lab.save()
     try:
         build_network(lab)
@@ -444,7 +450,14 @@ def status(lab: Lab, out: Any = sys.stdout) -> None:
 def main(args: Any, extra: list[str]) -> int:
     lab_dir = args.lab_dir
     if args.action == "up":
-        up(lab_dir, args.nodes, args.subnet, args.prefix, ceph=bool(getattr(args, "ceph", False)))
+        up(
+            lab_dir,
+            args.nodes,
+            args.subnet,
+            args.prefix,
+            ceph=bool(getattr(args, "ceph", False)),
+            libvirtd=bool(getattr(args, "libvirtd", False)),
+        )
         return 0
     if args.action == "down":
         down(lab_dir)
