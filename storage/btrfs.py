@@ -21,9 +21,12 @@ container root's size becomes a qgroup limit; otherwise it is advisory.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
 import tarfile
+import uuid
 from typing import IO, Any, ClassVar
 
 from corral.cluster.errors import CommandFailed, Conflict, NotFound, NotSupported, ParamError
@@ -39,6 +42,23 @@ BTRFS = "btrfs"
 _TIMEOUT = 60.0
 _FMTS = frozenset({"raw", "subvol"})
 RAW_FILE = "disk.raw"
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """rename(2) that fails with FileExistsError instead of replacing (an empty) `dst`."""
+    ret = _libc.renameat2(
+        _AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE
+    )
+    if ret != 0:
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(err, os.strerror(err), dst)
+        raise OSError(err, os.strerror(err), dst)
 
 
 def _btrfs(*args: str, timeout: float = _TIMEOUT) -> None:
@@ -258,25 +278,38 @@ class BtrfsPlugin(DirPlugin):
     def _new_volume_from(
         self, cfg: dict[str, Any], src: str, *, vol: VolName, vmid: int, fill: Any
     ) -> str:
-        """Pick a free name for `vmid` and let `fill(src, dst_subvol)` create its subvolume."""
+        """`fill(src, tmp)` makes the subvolume under a private name, then it takes a free one.
+
+        `btrfs subvolume snapshot SRC DST` nests the snapshot inside DST when DST
+        already exists, so a name a concurrent alloc just took must never be the
+        target: the new subvolume is renamed into place with RENAME_NOREPLACE.
+        """
         subvol = vol.fmt == "subvol"
         folder = os.path.join(self.root(cfg), "images", str(vmid))
         os.makedirs(folder, exist_ok=True)
-        for _ in range(100):
-            fname = self._pick_name(cfg, vmid, "subvol" if subvol else "raw", None)
-            new = f"{vmid}/{fname}"
-            dst = self.subvol_path(cfg, self.parse_volname(cfg, volname=new))
-            if os.path.lexists(dst):
-                continue
+        tmp = os.path.join(folder, f"@.new-{uuid.uuid4().hex}")  # '@': never a volume name
+        with Reverter() as undo:
+            undo.add(lambda: _rmdir_if_empty(folder))
             try:
-                fill(src, dst)
+                fill(src, tmp)
             except CommandFailed as exc:
-                if "already exists" in str(exc):
-                    continue  # a concurrent alloc took this name
                 if nospace(exc):
                     raise StorageFull(detail=f"copy of {vol.name}") from exc
                 raise
-            return new
+            finally:
+                if os.path.isdir(tmp):
+                    undo.add(lambda: self._delete_subvol(tmp))
+            for _ in range(100):
+                fname = self._pick_name(cfg, vmid, "subvol" if subvol else "raw", None)
+                new = f"{vmid}/{fname}"
+                try:
+                    rename_noreplace(
+                        tmp, self.subvol_path(cfg, self.parse_volname(cfg, volname=new))
+                    )
+                except FileExistsError:
+                    continue  # a concurrent alloc took this name: the next one
+                undo.success()
+                return new
         raise Conflict(f"no free disk name for VM {vmid}")
 
     def _source(self, cfg: dict[str, Any], volname: str, snap: str | None) -> tuple[VolName, str]:
@@ -355,3 +388,10 @@ class BtrfsPlugin(DirPlugin):
         if fmt not in ("raw", "tar"):
             raise ParamError.one("format", f"cannot import format {fmt} into btrfs storage")
         return super().import_(cfg, stream=stream, fmt=fmt, vmid=vmid, content=content, size=size)
+
+
+def _rmdir_if_empty(folder: str) -> None:
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass  # not empty: other volumes of this VMID live there

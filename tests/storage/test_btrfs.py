@@ -68,3 +68,22 @@ def test_rollback_and_base_leave_no_temporaries(btrfs: str) -> None:
     assert vols.size(clone) == MiB
     vols.free(clone)
     assert not folder.exists()
+
+
+def test_rename_noreplace_never_replaces_an_empty_directory(btrfs: str) -> None:
+    from corral.storage.btrfs import rename_noreplace
+
+    src, dst = Path(btrfs, "crlst-src"), Path(btrfs, "crlst-dst")
+    src.mkdir()
+    dst.mkdir()  # os.rename would silently replace it
+    try:
+        with pytest.raises(FileExistsError):
+            rename_noreplace(str(src), str(dst))
+        assert src.is_dir()
+        dst.rmdir()
+        rename_noreplace(str(src), str(dst))
+        assert dst.is_dir() and not src.exists()
+    finally:
+        for p in (src, dst):
+            if p.exists():
+                p.rmdir()
