@@ -30,7 +30,9 @@ def unpack_template(archive: str, root: str, *, unprivileged: bool, log: LogFn) 
 
 
 def detect_ostype(root: str) -> str:
-    text = _read_inside(root, "etc/os-release") or ""
+    # /etc/os-release is usually a symlink to ../usr/lib/os-release, which the
+    # no-symlink read refuses: read the target's standard place too (os-release(5)).
+    text = _read_inside(root, "etc/os-release") or _read_inside(root, "usr/lib/os-release") or ""
     match = re.search(r"^ID=\"?([a-z]+)", text, re.M)
     found = match.group(1) if match else ""
     return found if found in cfg.OSTYPES else "unmanaged"

@@ -165,7 +165,9 @@ def build_debian(
     name = _default_name(name, default_name("debian", suite=suite))
     with tempfile.TemporaryDirectory(prefix="crl-deb-") as root:
         log(f"debootstrap {suite} from {mirror}")
-        argv = ["debootstrap", "--variant=minbase", "--include=ifupdown,iproute2,isc-dhcp-client",
+        # minbase has no init: systemd-sysv gives /sbin/init (Proxmox's templates run systemd).
+        argv = ["debootstrap", "--variant=minbase",
+                "--include=systemd-sysv,ifupdown,iproute2,isc-dhcp-client",
                 suite, root, mirror]  # fmt: skip
         try:
             proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)

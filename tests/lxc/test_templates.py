@@ -77,10 +77,14 @@ def test_oci_missing_blob(tmp_path: Path) -> None:
         templates.import_oci(str(layout), str(tmp_path / "cache"), log=lambda _m: None)
 
 
-@pytest.mark.skipif(
-    os.environ.get("CORRAL_TEST_DEBOOTSTRAP") != "1",
-    reason="debootstrap downloads ~100 MB and takes minutes: set CORRAL_TEST_DEBOOTSTRAP=1",
-)
-def test_debian_template(tmp_path: Path) -> None:
-    archive = templates.build_debian(str(tmp_path), log=lambda _m: None)
-    assert "etc/debian_version" in _listing(archive, tmp_path)
+def test_ostype_through_the_os_release_symlink(tmp_path: Path) -> None:
+    """Debian's /etc/os-release is a symlink to ../usr/lib/os-release."""
+    from corral.lxc import rootfs
+
+    (tmp_path / "usr/lib").mkdir(parents=True)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "usr/lib/os-release").write_text('PRETTY_NAME="Debian"\nID=debian\n')
+    os.symlink("../usr/lib/os-release", tmp_path / "etc/os-release")
+    assert rootfs.detect_ostype(str(tmp_path)) == "debian"
+    (tmp_path / "usr/lib/os-release").write_text("ID=plan9\n")
+    assert rootfs.detect_ostype(str(tmp_path)) == "unmanaged"
