@@ -26,6 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+# grpcio's fork handlers abort a child that runs on after fork() instead of
+# exec()ing at once, which libvirt's embedded QEMU driver (qemu:///embed, run
+# inside this process) does when it starts QEMU. Set before grpc is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 from corral.cluster import keys, registry, tls
 from corral.cluster.access import Access
 from corral.cluster.errors import Unavailable
