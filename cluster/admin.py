@@ -303,6 +303,9 @@ def _join(args: argparse.Namespace, local: Client) -> int:
     from corral.cluster.daemon import save_config
 
     save_config(data, conf)
+    if getattr(args, "no_start", False):
+        print(f"node '{conf['node']}' joined cluster '{result.get('cluster_name')}' (stopped)")
+        return 0
     code = cmd_start(args, [])
     if code == 0:
         print(f"node '{conf['node']}' joined cluster '{result.get('cluster_name')}'")
@@ -333,6 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     cl.add_argument("--fingerprint", default=None)
     cl.add_argument("--user", default="admin@pve")
     cl.add_argument("--link0", default=None, help="address other nodes reach this one at")
+    cl.add_argument(
+        "--no-start", action="store_true", help="join: leave the node stopped afterwards"
+    )
     lab = sub.add_parser("lab", help="a cluster of N nodes on this machine (testing, trying)")
     lab.add_argument(
         "action", choices=["up", "down", "status", "kill", "start", "partition", "heal", "exec"]

@@ -170,10 +170,12 @@ def build_network(lab: Lab) -> None:
         _run([*ns, "link", "set", "lo", "up"])
 
 
-def start_node(lab: Lab, n: LabNode) -> None:
+def start_node(lab: Lab, n: LabNode, *, libvirtd: bool | None = None) -> None:
+    """Start the node's corrald (and its libvirtd, if the lab has them) in the node."""
+    with_libvirtd = lab.libvirtd if libvirtd is None else libvirtd
     Path(n.data_dir).mkdir(parents=True, exist_ok=True)
     libvirt_uri = (
-        "qemu:///system" if lab.libvirtd else f"qemu:///embed?root={Path(n.data_dir, 'libvirt')}"
+        "qemu:///system" if with_libvirtd else f"qemu:///embed?root={Path(n.data_dir, 'libvirt')}"
     )
     argv = [
         _corral_bin("corral"),
@@ -187,7 +189,7 @@ def start_node(lab: Lab, n: LabNode) -> None:
         "--libvirt-uri",
         libvirt_uri,
     ]
-    proc = _run(in_node(n, argv, libvirtd=lab.libvirtd), timeout=120, check=False)
+    proc = _run(in_node(n, argv, libvirtd=with_libvirtd), timeout=120, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{n.name} did not start:\n{proc.stdout}{proc.stderr}")
 
@@ -226,7 +228,9 @@ def up(
         )
         password = Path(first.data_dir, "initial-admin-password").read_text().strip()
         for n in lab.nodes[1:]:
-            start_node(lab, n)
+            # Joining restarts the node; the restart it needs (in the namespace where its
+            # libvirtd runs) comes after, so it joins without one and stays stopped.
+            start_node(lab, n, libvirtd=False)
             join = in_node(
                 n,
                 [
@@ -238,6 +242,7 @@ def up(
                     first.address,
                     "--fingerprint",
                     fingerprint,
+                    "--no-start",
                 ],
             )
             proc = _run(
@@ -245,6 +250,7 @@ def up(
             )
             if proc.returncode != 0:
                 raise RuntimeError(f"{n.name} could not join:\n{proc.stdout}{proc.stderr}")
+            start_node(lab, n)
         wait_online(lab, [n.name for n in lab.nodes], timeout=60)
         add_shared_storage(lab)
         if ceph:
