@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -479,20 +480,18 @@ for _type, _names in TASK_TYPES.items():
 
 # -- live status -----------------------------------------------------------------
 
-_STATUS_CACHE: dict[str, dict[str, Any]] = {}
-
 
 def _mark(ctx: TaskContext, rec: dict[str, Any], status: str) -> None:
     """Publish a state change at once instead of waiting for the next 2 s round."""
     try:
-        publish_status_for(ctx.store, ctx.node, ctx.worker.context)
+        publish_status_for(ctx.store, ctx.node, ctx.worker.context, only=rec["vmid"])
     except (Unavailable, CorralError) as err:
         log.debug("status publish after %s failed: %s", status, err)
 
 
 def _forget_status(ctx: TaskContext, vmid: int) -> None:
     try:
-        publish_status_for(ctx.store, ctx.node, ctx.worker.context)
+        publish_status_for(ctx.store, ctx.node, ctx.worker.context, only=vmid)
     except (Unavailable, CorralError):
         pass
 
@@ -501,27 +500,46 @@ def local_guests(store: Store, node: str) -> list[dict[str, Any]]:
     return [kv.value for kv in store.range(keys.GUESTS) if kv.value.get("node") == node]
 
 
-def publish_status_for(store: Store, node: str, services: dict[str, Any]) -> dict[str, Any]:
-    """One document per node with every local guest's live figures."""
+def _measure(driver: GuestDriver | None, rec: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"status": "unknown"}
+    if driver is not None and rec.get("lock") != "create":
+        try:
+            entry = driver.status(rec["vmid"], rec["config"])
+        except CorralError as err:
+            entry = {"status": "unknown", "error": str(err)}
+        except Exception as err:  # noqa: BLE001 - one broken guest must not hide the rest
+            log.warning("status of %s failed: %s", rec["vmid"], err)
+            entry = {"status": "unknown", "error": str(err)}
+    elif rec.get("lock") == "create":
+        entry = {"status": "stopped"}
+    entry["time"] = time.time()
+    return entry
+
+
+def publish_status_for(
+    store: Store, node: str, services: dict[str, Any], *, only: int | None = None
+) -> dict[str, Any]:
+    """One document per node with every local guest's live figures.
+
+    With `only` (a task changed that guest), only that guest is measured again
+    and the others keep the figures of the last round: measuring every guest
+    after every task made N starts cost O(N^2). The node's last document is
+    kept in `services` under a lock, so concurrent publishers lose no update.
+    """
     drivers = services.get("drivers") or {}
-    doc: dict[str, Any] = {}
-    for rec in local_guests(store, node):
-        driver = drivers.get(rec["type"])
-        entry: dict[str, Any] = {"status": "unknown"}
-        if driver is not None and rec.get("lock") != "create":
-            try:
-                entry = driver.status(rec["vmid"], rec["config"])
-            except CorralError as err:
-                entry = {"status": "unknown", "error": str(err)}
-            except Exception as err:  # noqa: BLE001 - one broken guest must not hide the rest
-                log.warning("status of %s failed: %s", rec["vmid"], err)
-                entry = {"status": "unknown", "error": str(err)}
-        elif rec.get("lock") == "create":
-            entry = {"status": "stopped"}
-        entry["time"] = time.time()
-        doc[str(rec["vmid"])] = entry
-    lease = services.get("lease_id")
-    store.put(keys.guest_status(node), doc, lease=lease)
+    lock = services.setdefault("status_lock", threading.Lock())
+    recs = local_guests(store, node)
+    with lock:
+        last: dict[str, Any] = services.get("status_doc") or {}
+        doc: dict[str, Any] = {}
+        for rec in recs:
+            key = str(rec["vmid"])
+            if only is not None and rec["vmid"] != only and key in last:
+                doc[key] = last[key]
+            else:
+                doc[key] = _measure(drivers.get(rec["type"]), rec)
+        store.put(keys.guest_status(node), doc, lease=services.get("lease_id"))
+        services["status_doc"] = doc
     return doc
 
 
