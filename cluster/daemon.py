@@ -292,6 +292,7 @@ class Node:
                 "node": self.name,
                 "nodeid": nodeid,
                 "listen": self.conf["listen"],
+                "data_dir": str(self.data_dir),  # where the node keeps run files (migrations)
                 "address": host if host not in ("0.0.0.0", "") else (_primary_address() or host),
                 "fingerprint": tls.fingerprint(self.cert),
                 "url": self.url,

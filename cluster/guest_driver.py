@@ -213,9 +213,16 @@ class GuestDriver:
         raise NotSupported(what="migration")
 
     def migrate_live(
-        self, vmid: int, config: dict[str, Any], *, target_uri: str, log: LogFn
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        *,
+        target_uri: str,
+        log: LogFn,
+        target_data_dir: str | None = None,
     ) -> None:
-        """Move the running guest to the node at `target_uri` (shared storage only)."""
+        """Move the running guest to the node at `target_uri` (shared storage only);
+        `target_data_dir` is that node's data dir, where its run files go."""
         raise NotSupported(what="live migration")
 
     def interfaces(self, vmid: int, config: dict[str, Any]) -> list[dict[str, Any]]:

@@ -388,6 +388,7 @@ def _migrate(ctx: TaskContext, args: dict[str, Any]) -> None:
                 rec["config"],
                 log=ctx.log,
                 target_uri=f"qemu+tcp://{info.get('address')}/system",
+                target_data_dir=info.get("data_dir"),
             )
         elif running:
             ctx.log(f"shutting down {kind} {vmid} for a restart migration")
