@@ -178,17 +178,19 @@ class Libvirt:
         return self.run(f"open {self.uri}", self.conn, timeout=timeout)
 
     def domain(self, name: str) -> libvirt.virDomain | None:
-        """The domain by name, None if libvirt does not know it."""
+        """The domain by name, None if libvirt does not know it.
 
-        def lookup() -> libvirt.virDomain | None:
-            try:
-                return self.conn().lookupByName(name)
-            except libvirt.libvirtError as err:
-                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    return None
-                raise
+        Listed rather than looked up: a lookup of a VM that was never started
+        (the usual case for status reads) makes libvirt log an error each time.
+        """
 
-        return self.run(f"lookup {name}", lookup, timeout=OPEN_TIMEOUT)
+        def find() -> libvirt.virDomain | None:
+            for dom in self.conn().listAllDomains(0):
+                if dom.name() == name:
+                    return dom
+            return None
+
+        return self.run(f"lookup {name}", find, timeout=OPEN_TIMEOUT)
 
     def close(self) -> None:
         with self._lock:

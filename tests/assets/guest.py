@@ -11,8 +11,9 @@ The initramfs `/init`:
 - watches the ACPI "Power Button" input device and powers off (`poweroff -f`)
   on the first event. busybox `acpid` did not react to the button here, so a
   shell reads one raw `input_event` with `dd` instead;
-- prints `MARKER_READY`, then runs a shell on ttyS0 forever, so a test can
-  type `echo $((6*7))` into the serial socket and read `42` back.
+- prints `MARKER_READY`, then runs a (non-interactive) shell on ttyS0
+  forever, so a test can type `echo $((6*7))` into the serial socket and
+  read `42` back.
 
 The archive is written in Python (cpio "newc") so the build needs no tools
 beyond busybox-static and linux-image-amd64.
@@ -77,7 +78,9 @@ while [ $i -lt 50 ]; do
   i=$((i+1))
 done
 echo {MARKER_READY} > /dev/ttyS0
-while true; do sh < /dev/ttyS0 > /dev/ttyS0 2>&1; done
+# Output through a pipe keeps ash non-interactive: no prompt, no line editing
+# (its cursor-position query would eat input typed before it started).
+while true; do sh < /dev/ttyS0 2>&1 | cat > /dev/ttyS0; done
 """
 
 

@@ -5,6 +5,9 @@ a test bridge. Everything is removed at the end, even when a test fails."""
 from __future__ import annotations
 
 import os
+
+# libvirt reads its log settings when first loaded (corral.kvm sets the same).
+os.environ.setdefault("LIBVIRT_LOG_OUTPUTS", "4:stderr")
 import random
 import shutil
 import signal
