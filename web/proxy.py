@@ -44,11 +44,18 @@ def forward(
     elif "PVEAuthCookie" in request.cookies:
         headers["Cookie"] = f"PVEAuthCookie={quote(request.cookies['PVEAuthCookie'])}"
     path = request.full_path if request.query_string else request.path
+    body: Any = None
+    if request.content_length:
+        # Streamed through (an ISO upload must not be held in memory here).
+        headers["Content-Length"] = str(request.content_length)
+        body = request.stream
+    elif request.method in ("POST", "PUT"):
+        body = request.get_data() or None
     conn = http.client.HTTPSConnection(
         url.hostname or info["address"], url.port or 8006, timeout=timeout, context=ctx
     )
     try:
-        conn.request(request.method, path, body=request.get_data() or None, headers=headers)
+        conn.request(request.method, path, body=body, headers=headers)
         resp = conn.getresponse()
         body = resp.read()
     except (OSError, http.client.HTTPException) as err:

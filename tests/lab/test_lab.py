@@ -6,6 +6,7 @@ etcd member, formed with the real `corral cluster create/join`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import time
@@ -96,6 +97,21 @@ def test_node_local_calls_are_forwarded_to_their_node(lab: labmod.Lab) -> None:
     # The root-only socket forwards too (with a short-lived root ticket).
     local = labmod._local(lab.node("node2"))
     assert local.call("GET", "/nodes/node3/status")["uptime"] > 0
+    # An upload to node3's own disk through node1, streamed through with its checksum.
+    body = os.urandom(2 << 20)
+    r = s.post(
+        f"{lab.node('node1').url}api2/json/nodes/node3/storage/local/upload",
+        data={"content": "iso", "checksum": hashlib.sha256(body).hexdigest(),
+              "checksum-algorithm": "sha256"},
+        files={"filename": ("fwd.iso", body)},
+        timeout=60, verify=s.headers["X-Lab-CA"],
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    _wait_task(s, lab, "node1", r.json()["data"])
+    assert (
+        Path(lab.node("node3").data_dir, "local", "template", "iso", "fwd.iso").read_bytes() == body
+    )
+    assert not Path(lab.node("node1").data_dir, "local", "template", "iso", "fwd.iso").exists()
 
 
 def _post(s: requests.Session, lab: labmod.Lab, name: str, path: str, **data: Any) -> Any:
