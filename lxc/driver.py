@@ -287,6 +287,9 @@ class LxcDriver(GuestDriver):
             if cfg.value(config, "unprivileged"):
                 check_subids()
             root, mounts = self._mount_all(config, volumes)
+            if cfg.value(config, "unprivileged"):
+                for path in (root, *mounts.values()):
+                    check_reachable(path)
             facts = self._facts(vmid, config, rootfs_path=root, mounts=mounts)
             self._write_config(vmid, config, facts)
             rootfs.write_identity(
@@ -639,6 +642,36 @@ def _storage_config(volumes: Any, storage: str) -> dict[str, Any] | None:
     if int(conf.get("disable") or 0):
         raise ParamError.one("storage", f"storage '{storage}' is disabled")
     return conf
+
+
+def _reachable(path: str, uid: int) -> bool:
+    """Can `uid` (no groups) search `path`, ancestors and ACLs included? Asked as that
+    uid: mode bits alone would miss ACLs."""
+    argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--",
+            "test", "-x", path]  # fmt: skip
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=10, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return True  # cannot tell: let liblxc say it
+
+
+def check_reachable(path: str, uid: int = IDMAP_BASE) -> None:
+    """An unprivileged container's root (uid `uid` outside) must reach its rootfs and
+    mount points, or liblxc aborts with "Could not access ..." in its log."""
+    if shutil.which("setpriv") is None or _reachable(path, uid):
+        return
+    blocked = path
+    parts = os.path.abspath(path).split("/")
+    for i in range(2, len(parts) + 1):
+        ancestor = "/".join(parts[:i])
+        if not _reachable(ancestor, uid):
+            blocked = ancestor
+            break
+    mode = oct(os.stat(blocked).st_mode & 0o777) if os.path.exists(blocked) else "missing"
+    raise Unavailable(
+        f"unprivileged containers cannot reach '{path}': '{blocked}' (mode {mode}) is not "
+        f"searchable by uid {uid}; allow it (chmod o+x, or an ACL for uid {uid})"
+    )
 
 
 def _owned(volid: str, vmid: int) -> bool:

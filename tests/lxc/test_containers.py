@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from corral.cluster import bridges
-from corral.cluster.errors import CommandFailed, Conflict, ParamError
+from corral.cluster.errors import CommandFailed, Conflict, ParamError, Unavailable
 from corral.lxc import cgroups
 from corral.lxc.driver import LxcDriver
 from corral.storage.volumes import Volumes
@@ -345,3 +345,25 @@ def test_checks_before_the_task_are_cluster_wide(
     assert "does not exist on node 'crlnode'" in err.value.errors["ostemplate"]
     assert not os.path.exists(os.path.join(driver.lxcpath, str(vmid)))
     assert not (tmp_path / "e" / "images" / str(vmid)).exists()
+
+
+def test_unprivileged_root_behind_a_closed_dir(
+    open_dir: str, busybox_template: str, vmid: int, subids: None
+) -> None:
+    """corrald makes its data dir 0700: an unprivileged CT's mapped root cannot get
+    through it to a rootfs below. Said plainly before liblxc aborts; o+x (0711)
+    on that dir is enough."""
+    locked = os.path.join(open_dir, "locked")
+    os.mkdir(locked, 0o700)
+    driver = LxcDriver(node="crlnode", data_dir=os.path.join(open_dir, "node"))
+    volumes = dir_volumes(os.path.join(locked, "storage"), busybox_template)
+    config = _create(driver, volumes, vmid, unprivileged=1)
+    with pytest.raises(Unavailable) as err:
+        driver.start(vmid, config, volumes=volumes, log=_noop)
+    assert f"'{locked}' (mode 0o700) is not searchable by uid 100000" in str(err.value)
+    assert driver.status(vmid, config)["status"] == "stopped"
+    os.chmod(locked, 0o711)
+    driver.start(vmid, config, volumes=volumes, log=_noop)
+    assert driver.attach(vmid, ["/usr/bin/id", "-u"]).strip() == "0"
+    driver.stop(vmid, config, log=_noop)
+    driver.destroy(vmid, config, volumes=volumes, log=_noop)
