@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -464,6 +465,10 @@ def test_restart_migration_to_a_second_node(
     node2 = Corrald(
         tmp_path / "node2", node="node2", extra=["--etcd", f"http://127.0.0.1:{node.etcd_port}"]
     )
+    # As `corral cluster join` does: node2's certificate comes from the cluster CA.
+    (node2.data_dir / "ssl").mkdir(parents=True, mode=0o700)
+    for name in ("ca.pem", "ca.key"):
+        shutil.copy(node.data_dir / "ssl" / name, node2.data_dir / "ssl" / name)
     try:
         node2.start()
         api, api2 = node.session(), node2.session(password=node.password)
@@ -486,6 +491,8 @@ def test_restart_migration_to_a_second_node(
         assert attach(node2, vmid, "/bin/hostname").strip() == "mover"
         st = api2.data("GET", f"/nodes/node2/lxc/{vmid}/status/current")
         assert st["status"] == "running" and st["pid"] == lxc_info(node2, vmid)[1]
+        # Asked through node1, the node-local read is forwarded to node2.
+        assert api.data("GET", f"/nodes/node2/lxc/{vmid}/status/current")["pid"] == st["pid"]
         row = next(r for r in api.data("GET", "/cluster/resources") if r.get("id") == f"lxc/{vmid}")
         assert row["node"] == "node2"
         api2.run_task("POST", f"/nodes/node2/lxc/{vmid}/status/stop")
