@@ -11,6 +11,7 @@ os.environ.setdefault("LIBVIRT_LOG_OUTPUTS", "4:stderr")
 import random
 import shutil
 import signal
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +59,19 @@ def remove_domains(uri: str, prefix: str = PREFIX) -> None:
                 pass
     finally:
         lv.close()
+
+
+def virsh_cleanup(uri: str) -> None:
+    """Remove every domain of an embed root another process used (through virsh)."""
+
+    def virsh(*args: str) -> str:
+        proc = subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True,
+                              timeout=60, check=False)  # fmt: skip
+        return proc.stdout
+
+    for name in virsh("list", "--all", "--name").split():
+        virsh("destroy", name)
+        virsh("undefine", "--nvram", name)
 
 
 def kill_qemus_under(path: str) -> None:

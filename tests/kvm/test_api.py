@@ -9,7 +9,6 @@ already holds the session's).
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,22 +19,11 @@ from proxmoxer.tools import Tasks
 
 from corral.cluster import bridges
 from tests.assets import guest
-from tests.kvm.conftest import kill_qemus_under, new_vmid, short_tmp
+from tests.kvm.conftest import kill_qemus_under, new_vmid, short_tmp, virsh_cleanup
 from tests.util import Corrald, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 NODE = "node1"
-
-
-def virsh_cleanup(uri: str) -> None:
-    def virsh(*args: str) -> str:
-        proc = subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True,
-                              timeout=60, check=False)  # fmt: skip
-        return proc.stdout
-
-    for name in virsh("list", "--all", "--name").split():
-        virsh("destroy", name)
-        virsh("undefine", "--nvram", name)
 
 
 @pytest.fixture(scope="module")
