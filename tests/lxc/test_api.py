@@ -299,6 +299,19 @@ def test_limits_exec_freeze_config_shutdown_purge(
     assert cg(pid, "cpuset.cpus") == "0"
     assert cg(pid, "pids.max") == "100"
 
+    # Its network: it reaches the host over the test bridge; the API reports both.
+    wait_for(
+        lambda: subprocess.run(
+            ["lxc-attach", "-P", lxcpath(node), "-n", str(vmid), "--", "/bin/ping", "-c", "1",
+             "-W", "1", f"{SUBNET}.1"], capture_output=True, timeout=10,
+        ).returncode == 0,
+        30, 0.2, "the host to answer the container's ping",
+    )  # fmt: skip
+    ifaces = {i["name"]: i for i in api.data("GET", f"{ct(vmid)}/interfaces")}
+    assert ifaces["eth0"]["inet"] == f"{SUBNET}.21/24"
+    st = status(api, vmid)
+    assert st["netin"] > 0 and st["netout"] > 0
+
     rows = api.data("GET", "/cluster/resources", params={"type": "vm"})
     row = next(r for r in rows if r["id"] == f"lxc/{vmid}")
     assert row["node"] == NODE and row["type"] == "lxc" and row["name"] == "limits"
