@@ -74,6 +74,7 @@ CPU_MODEL = r"[A-Za-z0-9][A-Za-z0-9_.+\-]{0,63}"
 CPU_FLAGS = r"[+-][a-z0-9_\-.]+(;[+-][a-z0-9_\-.]+)*"
 MACHINE = r"(pc|q35|pc-i440fx-\d+(\.\d+)+|pc-q35-\d+(\.\d+)+)(\+pve\d+)?"
 BOOT_DEVICE = r"(ide\d|sata\d|scsi\d{1,2}|virtio\d{1,2}|net\d{1,2})"
+UUID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 
 
 def _startup(text: str) -> None:
@@ -301,6 +302,19 @@ MACHINE_FMT = PropertyFormat(
     default_key="type",
 )
 
+_SMBIOS_TEXT = r"[A-Za-z0-9 ._+\-]{1,64}"
+SMBIOS = PropertyFormat(
+    {
+        "uuid": Param(
+            "string", "System UUID (also the domain's).", optional=True, pattern=UUID_PATTERN
+        ),
+        **{
+            field: Param("string", f"SMBIOS type 1 {field}.", optional=True, pattern=_SMBIOS_TEXT)
+            for field in ("manufacturer", "product", "version", "serial", "sku", "family")
+        },
+    }
+)
+
 IPCONFIG = PropertyFormat(
     {
         "ip": Param(
@@ -350,6 +364,13 @@ CONFIG: dict[str, Param] = {
     "vcpus": _fixed("integer", "Number of hotplugged vcpus (at most sockets*cores).", minimum=1),
     "cpu": _fixed("string", "Emulated CPU type.", format=CPU),
     "kvm": _fixed("boolean", "Enable/disable KVM hardware virtualization.", default=1),
+    "numa": _fixed("boolean", "NUMA topology: one node per socket.", default=0),
+    "smbios1": _fixed("string", "SMBIOS type 1 (system) fields.", format=SMBIOS),
+    "vmgenid": _fixed(
+        "string",
+        "VM generation ID (1: generate one at creation, 0: none).",
+        pattern=r"0|1|" + UUID_PATTERN,
+    ),
     "machine": _fixed("string", "QEMU machine type.", format=MACHINE_FMT),
     "bios": _fixed("string", "BIOS implementation.", enum=("seabios", "ovmf"), default="seabios"),
     "boot": _fixed("string", "Boot order.", format=BOOT),

@@ -45,7 +45,7 @@ from corral.kvm.xml_base import Facts
 from corral.kvm.xml_chars import serial_log, serial_socket
 from corral.kvm.xml_disks import target_dev
 from corral.kvm.xml_domain import render
-from corral.kvm.xml_firmware import EFI_VARS_SIZE, vars_template
+from corral.kvm.xml_firmware import EFI_VARS_SIZE, domain_uuid, vars_template
 from corral.kvm.xml_graphics import has_vnc
 from corral.kvm.xml_nics import interface, tap_name
 
@@ -282,6 +282,8 @@ class QemuDriver(GuestDriver):
             for key in ("efidisk0", *cfg.DISK_KEYS):
                 if config.get(key):
                     config[key] = self._alloc_disk(vmid, key, config, volumes, undo, log)
+            if config.get("vmgenid") == "1":  # a fixed one from now on, as Proxmox does
+                config["vmgenid"] = str(uuid.uuid4())
             for index, net in cfg.parse_nets(config).items():
                 if not net.get("macaddr"):  # written back, as Proxmox does
                     net["macaddr"] = bridges.guest_mac(vmid, index, self.mac_seed)
@@ -365,7 +367,12 @@ class QemuDriver(GuestDriver):
             xml = render(config, disks, facts)
 
             def boot() -> None:
-                dom = self.lv.conn().defineXML(xml)
+                conn = self.lv.conn()
+                old = self.lv.domain_in(conn, facts.name)
+                if old is not None and old.UUIDString() != domain_uuid(config, facts):
+                    # The identity changed (smbios1 uuid): libvirt refuses a redefinition.
+                    old.undefineFlags(UNDEFINE_FLAGS | libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
+                dom = conn.defineXML(xml)
                 dom.create()
 
             self.lv.run(f"start VM {vmid}", boot, timeout=START_TIMEOUT)

@@ -184,13 +184,16 @@ class Libvirt:
         (the usual case for status reads) makes libvirt log an error each time.
         """
 
-        def find() -> libvirt.virDomain | None:
-            for dom in self.conn().listAllDomains(0):
-                if dom.name() == name:
-                    return dom
-            return None
+        return self.run(f"lookup {name}", lambda: self.domain_in(self.conn(), name),
+                        timeout=OPEN_TIMEOUT)  # fmt: skip
 
-        return self.run(f"lookup {name}", find, timeout=OPEN_TIMEOUT)
+    @staticmethod
+    def domain_in(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
+        """The same lookup inside a call already running on the pool."""
+        for dom in conn.listAllDomains(0):
+            if dom.name() == name:
+                return dom
+        return None
 
     def close(self) -> None:
         with self._lock:

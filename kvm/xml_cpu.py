@@ -87,10 +87,26 @@ def cpu(config: dict[str, Any], facts: Facts) -> list[ET.Element]:
         seen[flag[1:]] = "require" if flag[0] == "+" else "disable"  # later ones win
     for name, policy in seen.items():
         el(node, "feature", policy=policy, name=name)
+    if cfg.value(config, "numa"):
+        _numa(node, config)
     if parsed.get("hidden"):
         if not kvm:
             raise ParamError.one("cpu", "'hidden' hides KVM, which this VM does not use")
     return [node]
+
+
+def _numa(node: ET.Element, config: dict[str, Any]) -> None:
+    """One NUMA node per socket, memory split evenly (the first takes the rest)."""
+    sockets, cores, _ = topology(config)
+    mib = int(cfg.value(config, "memory"))
+    if mib < sockets:
+        raise ParamError.one("numa", "less memory than NUMA nodes")
+    numa = el(node, "numa")
+    for i in range(sockets):
+        share = mib // sockets + (mib % sockets if i == 0 else 0)
+        first, last = i * cores, (i + 1) * cores - 1
+        cpus = str(first) if first == last else f"{first}-{last}"
+        el(numa, "cell", id=i, cpus=cpus, memory=share, unit="MiB")
 
 
 def features(config: dict[str, Any], facts: Facts) -> list[ET.Element]:

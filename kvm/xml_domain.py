@@ -21,14 +21,16 @@ def domain_type(config: dict[str, Any]) -> str:
 def render(config: dict[str, Any], disks: Disks, facts: Facts) -> str:
     root = el(None, "domain", type=domain_type(config))
     el(root, "name", facts.name)
-    el(root, "uuid", facts.uuid)
+    el(root, "uuid", xml_firmware.domain_uuid(config, facts))
     el(root, "title", str(config.get("name") or f"VM {facts.vmid}"))
     meta = el(root, "metadata")
     el(meta, f"{{{NS}}}guest", vmid=facts.vmid, node=facts.node or None)
     parts = [
+        xml_firmware.genid(config, facts),
         xml_cpu.memory(config, facts),
         xml_cpu.vcpu(config, facts),
         xml_disks.iothreads(config, facts),
+        xml_firmware.sysinfo(config, facts),
         xml_firmware.os_section(config, disks, facts),
         xml_cpu.features(config, facts),
         xml_cpu.cpu(config, facts),

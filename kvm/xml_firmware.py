@@ -55,7 +55,36 @@ def os_section(config: dict[str, Any], disks: Disks, facts: Facts) -> list[ET.El
     letters = legacy_boot(config)
     for letter in letters or "":
         el(node, "boot", dev=_LEGACY_DEV[letter])
+    if config.get("smbios1"):
+        el(node, "smbios", mode="sysinfo")
     return [node]
+
+
+def domain_uuid(config: dict[str, Any], facts: Facts) -> str:
+    """`smbios1: uuid=...` is the VM's identity when set (libvirt wants both equal)."""
+    smbios = cfg.parse_opt(config, "smbios1", cfg.SMBIOS)
+    return str(smbios.get("uuid") or facts.uuid).lower()
+
+
+def sysinfo(config: dict[str, Any], facts: Facts) -> list[ET.Element]:
+    smbios = cfg.parse_opt(config, "smbios1", cfg.SMBIOS)
+    if not smbios:
+        return []
+    node = el(None, "sysinfo", type="smbios")
+    system = el(node, "system")
+    for name in ("manufacturer", "product", "version", "serial", "sku", "family"):
+        if smbios.get(name):
+            el(system, "entry", str(smbios[name]), name=name)
+    el(system, "entry", domain_uuid(config, facts), name="uuid")
+    return [node]
+
+
+def genid(config: dict[str, Any], facts: Facts) -> list[ET.Element]:
+    """`vmgenid`: a UUID, or `1` for one libvirt picks (create() writes one back)."""
+    value = str(config.get("vmgenid") or "0")
+    if value == "0":
+        return []
+    return [el(None, "genid", None if value == "1" else value.lower())]
 
 
 def _ovmf(node: ET.Element, config: dict[str, Any], disks: Disks, facts: Facts) -> None:

@@ -3,6 +3,7 @@ nothing behind when it fails, node limits (memory, KVM) as clear errors."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -66,6 +67,10 @@ def test_malformed_net0(net0: str, reason: str) -> None:
         ("sshkeys", "not-a-key"),
         ("ipconfig0", "ip=10.0.0.1"),
         ("efidisk0", "local:1,efitype=8m"),
+        ("smbios1", "uuid=not-a-uuid"),
+        ("smbios1", "product=a;b"),
+        ("vmgenid", "2"),
+        ("numa", "maybe"),
     ],
 )
 def test_malformed_values_are_named(key: str, value: object) -> None:
@@ -186,6 +191,7 @@ def test_create_allocates_names_macs_and_sizes(
         "efidisk0": f"{STORAGE}:1,efitype=4m",
         "virtio0": f"{STORAGE}:0.01",
         "net0": "virtio,bridge=crlkb0",
+        "vmgenid": "1",
         **boot_keys,
     }
     out = driver.create(vmid, config, volumes=volumes, log=lambda _m: None, params={})
@@ -196,6 +202,7 @@ def test_create_allocates_names_macs_and_sizes(
         vars_file = Path(volumes.qemu_disk(efi["file"])["path"]).read_bytes()
         template = Path("/usr/share/OVMF/OVMF_VARS_4M.fd").read_bytes()
         assert vars_file[: len(template)] == template
+        assert re.fullmatch(cfg.UUID_PATTERN, out["vmgenid"])  # fixed at creation
         mac = cfg.NET.parse(out["net0"])["macaddr"]
         assert out["net0"] == f"virtio={mac},bridge=crlkb0"
         again = driver.create(vmid + 1 if vmid < 89999 else vmid - 1, config, volumes=volumes,
