@@ -62,13 +62,24 @@ class ZfsFuse:
             with open(image, "wb") as f:
                 f.truncate(self.size)
             self._undo.add(lambda: os.unlink(image))
-            _run(["zpool", "create", "-m", self.mountpoint, self.pool, image])
-            self._undo.add(lambda: _retry_busy(["zpool", "destroy", "-f", self.pool]))
+            # cachefile=none: the pool never enters zfs-fuse's shared zpool.cache, so a
+            # run that dies midway leaves no pool for the next daemon to import.
+            _run(["zpool", "create", "-o", "cachefile=none", "-m", self.mountpoint, self.pool,
+                  image])  # fmt: skip
+            self._undo.add(self._drop_pool)
             _run(["zfs", "create", f"{self.pool}/store"])
         except BaseException:
             self._undo.revert()
             raise
         return self
+
+    def _drop_pool(self) -> None:
+        try:
+            _retry_busy(["zpool", "destroy", "-f", self.pool])
+        except RuntimeError:
+            # zfs-fuse can keep a dataset "busy" for good (see zfspool tests): export
+            # still detaches the pool, and its file is removed next.
+            _run(["zpool", "export", "-f", self.pool])
 
     def _start_daemon(self) -> None:
         if os.path.exists(SOCKET) and _zfs_ready():
@@ -77,7 +88,19 @@ class ZfsFuse:
         log = open(os.path.join(self.base, "zfs-fuse.log"), "ab")  # noqa: SIM115
         try:
             self.proc = subprocess.Popen(
-                ["zfs-fuse", "--no-daemon", "--pidfile", self.pidfile, "--no-kstat-mount"],
+                [
+                    "zfs-fuse",
+                    "--no-daemon",
+                    "--pidfile",
+                    self.pidfile,
+                    "--no-kstat-mount",
+                    # No kernel-side caching of attributes and entries (the Debian zfsrc sets
+                    # an hour): cached inodes keep a dataset "busy" long after its last use.
+                    "--fuse-attr-timeout",
+                    "0",
+                    "--fuse-entry-timeout",
+                    "0",
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
