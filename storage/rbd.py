@@ -526,15 +526,19 @@ class RbdPlugin(StoragePlugin):
         """A raw stream into a new image; removed again if the stream or a write fails."""
         if fmt != "raw":
             raise ParamError.one("format", f"cannot import format {fmt} into rbd storage")
+        _, rbd = _libs()
         new = self.alloc(cfg, vmid=vmid, size=size or 0, content=content)
         with Reverter() as undo:
             undo.add(lambda: self.free(cfg, volname=new))
             with self.image(cfg, new) as img:
                 offset = 0
-                while chunk := stream.read(CHUNK):
-                    if offset + len(chunk) > img.size():
-                        img.resize(offset + len(chunk))
-                    img.write(chunk, offset)
-                    offset += len(chunk)
+                try:
+                    while chunk := stream.read(CHUNK):
+                        if offset + len(chunk) > img.size():
+                            img.resize(offset + len(chunk))
+                        img.write(chunk, offset)
+                        offset += len(chunk)
+                except rbd.NoSpace as exc:  # the pool's quota or a full OSD
+                    raise StorageFull(detail=f"import of {new}") from exc
             undo.success()
         return new
