@@ -140,12 +140,15 @@ def many_api(api: ApiSession, tid: str, n: int) -> None:
         api, [api.data("POST", f"/nodes/{NODE}/lxc", data={**params, "vmid": v}) for v in vmids]
     )
     t0 = time.perf_counter()
-    _wait_tasks(api, [api.data("POST", f"/nodes/{NODE}/lxc/{v}/status/start") for v in vmids])
+    upids = [api.data("POST", f"/nodes/{NODE}/lxc/{v}/status/start") for v in vmids]
+    submitted = time.perf_counter() - t0
+    _wait_tasks(api, upids)
     elapsed = time.perf_counter() - t0
     rows = api.data("GET", "/cluster/resources", params={"type": "vm"})
     running = sum(1 for r in rows if r["vmid"] in set(vmids) and r["status"] == "running")
     each = elapsed / n * 1000
     print(f"start {n} containers (API, at once):    {elapsed:8.2f} s ({each:.1f} ms each)")
+    print(f"  of which submitting the {n} requests:  {submitted:8.2f} s (one client, in turn)")
     print(f"  running in /cluster/resources after:  {running:8d}")
     _wait_tasks(api, [api.data("POST", f"/nodes/{NODE}/lxc/{v}/status/stop") for v in vmids])
     _wait_tasks(api, [api.data("DELETE", f"/nodes/{NODE}/lxc/{v}") for v in vmids])
