@@ -119,7 +119,7 @@ def _classify(exc: CommandFailed, what: str) -> Exception:
         return Conflict(f"{what} already exists")
     if "dependent clones" in text:
         return Conflict(f"{what} has linked clones")
-    if "out of space" in text or "No space left" in text:
+    if "out of space" in text or "No space left" in text or "quota exceeded" in text:
         return StorageFull(detail=what)
     return exc
 
@@ -450,9 +450,16 @@ class ZfsPoolPlugin(StoragePlugin):
     def copy_image(
         self, cfg: dict[str, Any], *, volname: str, vmid: int, snap: str | None = None
     ) -> str:
-        """`zfs send SNAP | zfs recv NEW`, through a temporary snapshot when none is given."""
+        """`zfs send SNAP | zfs recv NEW`, through a temporary snapshot when none is given.
+
+        A container root's current state is copied file by file instead: zfs-fuse
+        can leave the source of a send 'busy' for good, and `cp -a` of a mounted
+        tree is what the dir and btrfs backends do too.
+        """
         vol = self.require_feature(cfg, feature="copy", volname=volname, snap=snap)
         size = self.size(cfg, volname=volname)
+        if vol.fmt == "subvol" and snap is None and not vol.isbase:
+            return self._copy_tree(cfg, vol, volname, vmid=vmid, size=size)
         with self._source_snap(cfg, volname, vol, snap) as source:
 
             def make(ds: str) -> None:
@@ -468,6 +475,21 @@ class ZfsPoolPlugin(StoragePlugin):
                     undo.success()
 
             new = self._create(cfg, vmid=vmid, subvol=vol.fmt == "subvol", name=None, make=make)
+        return new
+
+    def _copy_tree(
+        self, cfg: dict[str, Any], vol: VolName, volname: str, *, vmid: int, size: int
+    ) -> str:
+        src = self.mount_rootdir(cfg, volname=volname)
+        new = self.alloc(cfg, vmid=vmid, size=size, content="rootdir")
+        with Reverter() as undo:
+            undo.add(lambda: self.free(cfg, volname=new))
+            dst = self.mount_rootdir(cfg, volname=new)
+            try:
+                run(["cp", "-a", "--sparse=always", "--", f"{src}/.", dst], timeout=_SEND_TIMEOUT)
+            except CommandFailed as exc:
+                raise _classify(exc, f"copy of {volname}") from exc
+            undo.success()
         return new
 
     @contextlib.contextmanager
