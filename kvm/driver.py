@@ -676,7 +676,7 @@ class QemuDriver(GuestDriver):
             return int(graphics.get("port") or 0)
 
         port = self.lv.run(f"vncproxy VM {vmid}", set_ticket)
-        return {"port": str(port), "ticket": ticket, "host": self.vnc_listen, "cert": ""}
+        return {"port": port, "ticket": ticket, "host": self.vnc_listen, "cert": ""}
 
     # -- moving between nodes ------------------------------------------------------------
     def volumes_of(self, config: dict[str, Any]) -> dict[str, str]:

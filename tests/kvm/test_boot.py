@@ -163,7 +163,7 @@ def test_balloon_and_memory_live(vm: VM) -> None:
     assert vm.live(memory=256) == set()  # more than the VM booted with: pending
     assert vm.live(memory=160, balloon=160) == {"memory", "balloon"}
     wait_for(lambda: _guest_mem_kib(vm) >= before - 40 * 1024, 60, 0.5, "the balloon to deflate")
-    assert vm.status()["balloon"] == 160 << 20
+    wait_for(lambda: vm.status()["balloon"] == 160 << 20, 60, 0.5, "the balloon's report")
 
 
 def test_resize_a_disk_of_the_running_vm(vm: VM) -> None:
