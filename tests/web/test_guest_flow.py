@@ -101,6 +101,7 @@ def test_create_start_config_stop_destroy(env: tuple[Api, FakeDriver, Store]) ->
     assert api.call("GET", "/nodes/node1/lxc/200/config").status_code == 404
     assert [c for c in driver.calls if c[1] == 200] == [
         ("create", 200),
+        ("adopt", 200),  # every start first makes sure the node knows the guest
         ("start", 200),
         ("stop", 200),
         ("destroy", 200),
@@ -194,7 +195,7 @@ def test_operations_on_one_guest_queue_in_order(env: tuple[Api, FakeDriver, Stor
         )
     statuses = [api.ok("GET", f"/nodes/node1/tasks/{u}/status")["exitstatus"] for u in upids]
     assert statuses == ["OK"] * 5  # no lock-timeout errors, each ran after the previous
-    assert [c[0] for c in driver.calls if c[1] == 208][1:] == [
+    assert [c[0] for c in driver.calls if c[1] == 208 and c[0] != "adopt"][1:] == [
         "start",
         "stop",
         "start",
