@@ -74,6 +74,11 @@ mkdir -p /var/log/libvirt/qemu /var/run/libvirt /var/lib/libvirt/images /var/cac
 if ! pgrep -x virtlogd >/dev/null; then virtlogd -d; fi
 if ! pgrep -x libvirtd >/dev/null; then libvirtd -d; fi
 
+# Unprivileged containers map their ids into root's subordinate range (as Proxmox sets up).
+for f in /etc/subuid /etc/subgid; do
+    grep -q '^root:' "$f" 2>/dev/null || echo 'root:100000:65536' >> "$f"
+done
+
 log "installing corral into $VENV"
 if [ ! -x "$VENV/bin/python" ]; then
     mkdir -p "$(dirname "$VENV")"

@@ -124,7 +124,7 @@ class Node:
         down) must come up anyway: it answers reads, refuses writes with 503,
         and completes its start by itself when quorum returns.
         """
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         endpoints = self.conf["etcd"]
         if not endpoints:
             self.etcd = self._embedded_etcd()
@@ -517,7 +517,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging(args.log_level)
     data_dir = Path(args.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+    # Traversable, not listable: an unprivileged container's mapped root must reach
+    # its root filesystem under local/ (as /var/lib/vz is on Proxmox); the secrets
+    # below (ssl/, etcd/, the admin password) keep their own 0700/0600 modes.
+    os.chmod(data_dir, 0o711)
     conf = load_config(data_dir, args)
     node = Node(data_dir, conf)
     done = threading.Event()
