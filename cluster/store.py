@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -28,6 +29,12 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+# Before grpc loads (aetcd imports it): grpcio's fork handlers restart its
+# poller threads in a fork()ed child, which then aborts when the child closes
+# its descriptors before exec() - as libvirt's embedded QEMU driver does when
+# it starts QEMU inside this process (qemu:///embed: corrald, tests, the lab).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 import aetcd
 import aetcd.exceptions
