@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+import warnings
 from types import TracebackType
 
 from corral.cluster.undo import Reverter
@@ -121,6 +122,15 @@ class ZfsFuse:
     def _stop_daemon(self) -> None:
         proc = self.proc
         if proc is None or proc.poll() is not None:
+            return
+        others = subprocess.run(["zpool", "list", "-H", "-o", "name"], capture_output=True,
+                                timeout=30, check=False).stdout.split()  # fmt: skip
+        if others:
+            # Another run on this machine found our daemon and put its pool there:
+            # stopping it would break that run. It stops the daemon never (not its
+            # own), so this one is left running, the only thing left behind.
+            warnings.warn(f"zfs-fuse {proc.pid} left running: pools {others} still use it",
+                          stacklevel=1)  # fmt: skip
             return
         proc.send_signal(signal.SIGTERM)
         try:
