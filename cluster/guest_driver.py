@@ -51,7 +51,8 @@ class VolumeAccess(Protocol):
 
     def qemu_disk(self, volid: str) -> dict[str, Any]:
         """How QEMU reaches the volume: {"kind": "file", "path", "format"} or
-        {"kind": "rbd", "pool", "image", "conf", "user", "hosts": [..]}."""
+        {"kind": "rbd", "pool", "image", "conf", "user",
+        "hosts": [{"host", "port"}, ...]}."""
         ...
 
     def mount_rootdir(self, volid: str) -> str:

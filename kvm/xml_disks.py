@@ -180,7 +180,11 @@ def _rbd_source(node: ET.Element, key: str, src: Any) -> None:
         name = f"{src['pool']}/{src['namespace']}/{src['image']}"
     source = el(node, "source", protocol="rbd", name=name)
     for host in src.get("hosts") or []:
-        hostname, port = _split_host(str(host))
+        # The rbd plugin gives {"host", "port"} (its monhost parsed); strings also do.
+        if isinstance(host, dict):
+            hostname, port = str(host["host"]), (str(host["port"]) if host.get("port") else None)
+        else:
+            hostname, port = _split_host(str(host))
         el(source, "host", name=hostname, port=port)
     if src.get("conf"):
         el(source, "config", file=str(src["conf"]))
