@@ -208,11 +208,19 @@ def test_unreachable_etcd_fails_fast_with_reason() -> None:
         store.close()
 
 
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def test_stopped_etcd_times_out_instead_of_hanging(private_etcd: EmbeddedEtcd) -> None:
     store = Store([private_etcd.endpoint], timeout=1)
     try:
         store.put("s", 1)
         private_etcd.proc.send_signal(19)  # type: ignore[union-attr]  # SIGSTOP: accepts, never answers
+        pid = private_etcd.proc.pid  # type: ignore[union-attr]
+        # The stop lands asynchronously: on a busy machine etcd could still answer one more.
+        wait_for(lambda: _state(pid) == "T", 5, 0.01, what="etcd stopped")
         start = time.monotonic()
         with pytest.raises(Unavailable):
             store.get("s")
