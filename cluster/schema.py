@@ -354,6 +354,32 @@ def _configid_list(text: str) -> None:
             raise ValueError(f"invalid configuration ID '{key}'")
 
 
+def _ipv6(text: str) -> None:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        raise ValueError(f"value '{text}' does not look like a valid IPv6 address") from None
+
+
+def _ip_list(text: str) -> None:
+    for item in re.split(r"[,; ]+", text.strip()):
+        if item:
+            _ip(item)
+
+
+def _dns_list(text: str) -> None:
+    for item in re.split(r"[,; ]+", text.strip()):
+        if item:
+            _dns_name(item)
+
+
+def _startup(text: str) -> None:
+    """Proxmox's `startup`: `[order=]N[,up=N][,down=N]` (containers and VMs alike)."""
+    for part in text.split(","):
+        if not re.fullmatch(r"(order=)?\d+|up=\d+|down=\d+", part):
+            raise ValueError(f"invalid startup order element '{part}'")
+
+
 FORMATS: dict[str, Callable[[str], None]] = {
     "pve-vmid": _pve_vmid,
     "pve-node": _node_name,
@@ -368,6 +394,10 @@ FORMATS: dict[str, Callable[[str], None]] = {
     "pve-volume-id": _volume_id,
     "pve-tag-list": _tag_list,
     "pve-configid-list": _configid_list,
+    "ipv6": _ipv6,
+    "corral-ip-list": _ip_list,
+    "corral-dns-list": _dns_list,
+    "pve-startup-order": _startup,
 }
 
 # Shared declarations reused by many endpoints.

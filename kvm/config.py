@@ -77,12 +77,6 @@ BOOT_DEVICE = r"(ide\d|sata\d|scsi\d{1,2}|virtio\d{1,2}|net\d{1,2})"
 UUID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 
 
-def _startup(text: str) -> None:
-    for part in text.split(","):
-        if not re.fullmatch(r"(order=)?\d+|up=\d+|down=\d+", part):
-            raise ValueError(f"invalid startup order element '{part}'")
-
-
 def _disk_file(text: str) -> None:
     """`none`, `cdrom`, `STORAGE:SIZE_IN_GiB` (allocate), `STORAGE:cloudinit` or a volume ID."""
     if text in ("none", "cdrom"):
@@ -116,25 +110,6 @@ def _ip6_config(text: str) -> None:
         raise ValueError(f"value '{text}' is not an IPv6 CIDR, 'auto' or 'dhcp'")
 
 
-def _ipv6(text: str) -> None:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        raise ValueError(f"value '{text}' does not look like a valid IPv6 address") from None
-
-
-def _ip_list(text: str) -> None:
-    for item in re.split(r"[,; ]+", text.strip()):
-        if item:
-            FORMATS["ip"](item)
-
-
-def _dns_list(text: str) -> None:
-    for item in re.split(r"[,; ]+", text.strip()):
-        if item:
-            FORMATS["dns-name"](item)
-
-
 def _serial(text: str) -> None:
     # Host devices only by a plain /dev path: the value becomes a QEMU chardev source.
     if text == "socket":
@@ -152,13 +127,9 @@ def _sshkeys(text: str) -> None:
 
 
 for _name, _fn in {
-    "pve-startup-order": _startup,
     "corral-qm-disk-file": _disk_file,
     "pve-ipv4-config": _ip4_config,
     "pve-ipv6-config": _ip6_config,
-    "ipv6": _ipv6,
-    "corral-ip-list": _ip_list,
-    "corral-dns-list": _dns_list,
     "corral-qm-serial": _serial,
     "corral-sshkeys": _sshkeys,
 }.items():

@@ -75,25 +75,6 @@ def _ip6_config(text: str) -> None:
         raise ValueError(f"value '{text}' is not CIDR, 'auto', 'dhcp' or 'manual'")
 
 
-def _ipv6(text: str) -> None:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        raise ValueError(f"value '{text}' does not look like a valid IPv6 address") from None
-
-
-def _ip_list(text: str) -> None:
-    for item in re.split(r"[,; ]+", text.strip()):
-        if item:
-            FORMATS["ip"](item)
-
-
-def _dns_list(text: str) -> None:
-    for item in re.split(r"[,; ]+", text.strip()):
-        if item:
-            FORMATS["dns-name"](item)
-
-
 def _mp_path(text: str) -> None:
     if not text.startswith("/") or "\0" in text or "," in text:
         raise ValueError("mount point must be an absolute path")
@@ -101,12 +82,6 @@ def _mp_path(text: str) -> None:
         raise ValueError("mount point path must not contain '..'")
     if not re.fullmatch(r"/[A-Za-z0-9._\-+/@:]*", text):
         raise ValueError("mount point path contains unsupported characters")
-
-
-def _startup(text: str) -> None:
-    for part in text.split(","):
-        if not re.fullmatch(r"(order=)?\d+|up=\d+|down=\d+", part):
-            raise ValueError(f"invalid startup order element '{part}'")
 
 
 def _volume_or_new(text: str) -> None:
@@ -120,11 +95,7 @@ def _volume_or_new(text: str) -> None:
 
 FORMATS.setdefault("pve-lxc-ipv4-config", _ip4_config)
 FORMATS.setdefault("pve-lxc-ipv6-config", _ip6_config)
-FORMATS.setdefault("ipv6", _ipv6)
-FORMATS.setdefault("corral-ip-list", _ip_list)
-FORMATS.setdefault("corral-dns-list", _dns_list)
 FORMATS.setdefault("corral-mp-path", _mp_path)
-FORMATS.setdefault("pve-startup-order", _startup)
 FORMATS.setdefault("corral-lxc-volume", _volume_or_new)
 
 _BOOL = Param("boolean", optional=True)
