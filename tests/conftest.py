@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,3 +56,33 @@ def fresh_corrald(tmp_path: Path) -> Iterator[Corrald]:
     node.start()
     yield node
     node.stop()
+
+
+# -- in-process libvirt, shared by every suite ------------------------------------
+# libvirt opens ONE embedded QEMU driver per process: every test that drives VMs in
+# this process (tests/kvm, the rbd boot in tests/storage) must use the same root.
+
+
+@pytest.fixture(scope="session")
+def embed_uri() -> Iterator[str]:
+    from tests.kvm.conftest import kill_qemus_under, remove_domains, short_tmp
+
+    root = short_tmp("crlkvm-lv")
+    uri = f"qemu:///embed?root={root}"
+    yield uri
+    try:
+        remove_domains(uri)
+    finally:
+        kill_qemus_under(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def guest_files() -> Iterator[dict[str, str]]:
+    """A bootable tiny guest: the host's Debian kernel and a busybox initramfs."""
+    from tests.assets import guest
+    from tests.kvm.conftest import short_tmp
+
+    out = short_tmp("crlkvm-guest")
+    yield guest.build_guest(out)
+    shutil.rmtree(out, ignore_errors=True)

@@ -24,7 +24,6 @@ from corral.cluster import bridges
 from corral.kvm.driver import QemuDriver
 from corral.kvm.libvirt_conn import Libvirt
 from corral.storage.volumes import Volumes
-from tests.assets import guest
 
 PREFIX = "crlkvm-"
 STORAGE = "crlkvm"
@@ -88,25 +87,6 @@ def kill_qemus_under(path: str) -> None:
                 os.kill(int(entry.name), signal.SIGKILL)
             except ProcessLookupError:
                 pass
-
-
-@pytest.fixture(scope="session")
-def embed_uri() -> Iterator[str]:
-    root = short_tmp("crlkvm-lv")
-    uri = f"qemu:///embed?root={root}"
-    yield uri
-    try:
-        remove_domains(uri)
-    finally:
-        kill_qemus_under(root)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def guest_files() -> Iterator[dict[str, str]]:
-    out = short_tmp("crlkvm-guest")
-    yield guest.build_guest(out)
-    shutil.rmtree(out, ignore_errors=True)
 
 
 def storage_configs(base: str) -> dict[str, dict[str, Any]]:

@@ -16,12 +16,10 @@ import pytest
 from corral.kvm.driver import QemuDriver
 from corral.storage.volumes import Volumes
 from tests.assets import guest
-from tests.kvm.conftest import (  # noqa: F401 - fixtures
+from tests.kvm.conftest import (  # noqa: F401 - node_dir is a fixture
     PREFIX,
     STORAGE,
     add_guest_files,
-    embed_uri,
-    guest_files,
     new_vmid,
     node_dir,
     remove_domains,
@@ -51,7 +49,7 @@ def rbd_volumes(ceph: Any, node_dir: str) -> Volumes:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def driver(node_dir: str, embed_uri: str) -> Iterator[QemuDriver]:  # noqa: F811
+def driver(node_dir: str, embed_uri: str) -> Iterator[QemuDriver]:  # noqa: F811 - node_dir
     drv = QemuDriver(node="n1", data_dir=f"{node_dir}/data",
                      options={"libvirt_uri": embed_uri, "domain_prefix": PREFIX})  # fmt: skip
     yield drv
@@ -78,7 +76,7 @@ def test_vm_boots_with_its_disk_on_rbd(
     ceph: Any,
     driver: QemuDriver,
     rbd_volumes: Volumes,
-    guest_files: dict[str, str],  # noqa: F811
+    guest_files: dict[str, str],
     node_dir: str,  # noqa: F811
 ) -> None:
     rbd_volumes.resolve(STORAGE)
