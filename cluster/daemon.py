@@ -184,11 +184,30 @@ class Node:
         ssl_dir = self.data_dir / "ssl"
         name = self.name
         if not (ssl_dir / "ca.pem").exists():
+            # A node started with --etcd into an existing cluster takes the cluster's CA
+            # from etcd, so every node verifies every other (forwarded calls, migrations).
             try:
                 name = (self.store.get_value(keys.CLUSTER) or {}).get("name", self.name)
+                shared = self.store.get_value(keys.CLUSTER_CA)
             except Unavailable:
-                pass
-        tls.ensure_ca(ssl_dir, name)
+                shared = None
+            if shared:
+                tls.install_ca(ssl_dir, shared["cert"], shared["key"])
+        cert, key = tls.ensure_ca(ssl_dir, name)
+        try:
+            mine = {"cert": cert.read_text(), "key": key.read_text()}
+            if not self.store.create(keys.CLUSTER_CA, mine):
+                shared = self.store.get_value(keys.CLUSTER_CA) or {}
+                if shared.get("cert") != mine["cert"]:
+                    if (ssl_dir / "node.pem").exists():
+                        # Its certificate is already known (pinned fingerprints): say so
+                        # rather than swap the CA under it.
+                        log.warning("this node's CA is not the cluster's (in etcd)")
+                    else:
+                        # Two fresh nodes raced: the first CA in etcd is the cluster's.
+                        tls.install_ca(ssl_dir, shared["cert"], shared["key"])
+        except Unavailable as err:
+            log.info("cluster CA not shared yet (%s); kept this node's", err)
         host = self.conf["listen"].rpartition(":")[0]
         self.cert, self.key = tls.ensure_node_cert(
             ssl_dir, self.name, [host, _primary_address() or ""]

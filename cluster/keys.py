@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 CLUSTER = "cluster/config"  # {"name", "version", ...}
+CLUSTER_CA = "cluster/ca"  # {"cert", "key"}: the cluster CA, as Proxmox keeps it in /etc/pve/priv
 NODE_INFO = "nodeinfo/"  # nodeinfo/{node}: address, fingerprint, nodeid (persistent)
 NODE_ALIVE = "nodes/"  # nodes/{node}: present while the node's lease lives
 NODE_STATUS = "nodestatus/"  # nodestatus/{node}: live figures, under the node's lease

@@ -76,6 +76,15 @@ def ensure_ca(ssl_dir: Path, cluster_name: str) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def install_ca(ssl_dir: Path, cert_pem: str, key_pem: str) -> None:
+    """Take the cluster's CA (a node of an existing cluster); node certs are re-issued."""
+    ssl_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write_private(ssl_dir / "ca.key", key_pem.encode())
+    (ssl_dir / "ca.pem").write_text(cert_pem)
+    for name in ("node.pem", "node.key"):
+        (ssl_dir / name).unlink(missing_ok=True)
+
+
 def ensure_node_cert(ssl_dir: Path, node: str, addresses: list[str]) -> tuple[Path, Path]:
     """Node certificate signed by the CA in `ssl_dir`, valid for the node's names."""
     cert_path, key_path = ssl_dir / "node.pem", ssl_dir / "node.key"
