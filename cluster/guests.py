@@ -340,18 +340,6 @@ def _resize(ctx: TaskContext, args: dict[str, Any]) -> None:
     update_record(ctx.store, rec["vmid"], commit)
 
 
-def storage_reaches(store: Store, volid: str, node: str) -> bool:
-    """Can `node` use `volid` where it is (shared storage available there)?"""
-    conf = volume_moves.storage_on(store, volid.split(":", 1)[0], node)
-    return conf is not None and volume_moves.shared(conf)
-
-
-def migration_blockers(
-    store: Store, driver: GuestDriver, config: dict[str, Any], target: str
-) -> list[str]:
-    return volume_moves.plan(store, driver, config, target)[1]
-
-
 def _migrate(ctx: TaskContext, args: dict[str, Any]) -> None:
     """Runs on the source node: stop (or live-move), hand over, start on the target."""
     rec = _record(ctx, args)
@@ -369,7 +357,9 @@ def _migrate(ctx: TaskContext, args: dict[str, Any]) -> None:
         raise Conflict(f"VM {vmid} is running - use online migration (online=1)")
     copies, blockers = volume_moves.plan(ctx.store, driver, config, target)
     if blockers:
-        raise Conflict(f"can't migrate {kind} {vmid} to '{target}': {', '.join(blockers)}")
+        raise Conflict(
+            f"can't migrate {kind} {vmid} to '{target}': {', '.join(map(str, blockers))}"
+        )
     if copies and live:
         raise Conflict(
             f"can't live-migrate {kind} {vmid}: local disks {', '.join(sorted(copies))} "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 from corral.cluster import keys, peer
 from corral.cluster.guest_driver import GuestDriver, LogFn
@@ -45,21 +45,36 @@ def shared(conf: dict[str, Any]) -> bool:
     return str(conf.get("shared", 0)) in ("1", "True", "true")
 
 
+class Blocker(NamedTuple):
+    """A volume that keeps the guest from moving, and why."""
+
+    key: str
+    volid: str
+    reason: str
+
+    @property
+    def storage(self) -> str:
+        return self.volid.split(":", 1)[0]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.volid}: {self.reason})"
+
+
 def plan(
     store: Store, driver: GuestDriver, config: dict[str, Any], target: str
-) -> tuple[dict[str, str], list[str]]:
-    """(config key -> volume ID to copy, reasons the move cannot happen)."""
+) -> tuple[dict[str, str], list[Blocker]]:
+    """(config key -> volume ID to copy, the volumes that keep the move from happening)."""
     copies: dict[str, str] = {}
-    blockers: list[str] = []
+    blockers: list[Blocker] = []
     for key, volid in sorted(driver.volumes_of(config).items()):
         storage_id, _, volname = volid.partition(":")
         conf = storage_on(store, storage_id, target)
         if conf is not None and shared(conf):
             continue
         if conf is None:
-            blockers.append(f"{key} ({volid}: storage '{storage_id}' is not on '{target}')")
+            blockers.append(Blocker(key, volid, f"storage '{storage_id}' is not on '{target}'"))
         elif volname.startswith(NON_DISK):
-            blockers.append(f"{key} ({volid}: local non-disk content)")
+            blockers.append(Blocker(key, volid, "local non-disk content"))
         else:
             copies[key] = volid
     return copies, blockers

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from corral.cluster import registry
-from corral.cluster.errors import NotFound, ParamError
+from corral.cluster.errors import NotFound, NotSupported, ParamError
 from corral.storage.plugin import StoragePlugin, check_snap
 from corral.storage.volid import check_content, check_storage_id, split_volid
 
@@ -190,8 +190,6 @@ class Volumes:
         plugin, cfg, volname = self._vol(volid)
         create_base = getattr(plugin, "create_base", None)
         if create_base is None:
-            from corral.cluster.errors import NotSupported
-
             raise NotSupported(what=f"base volumes on {plugin.type} storage")
         return f"{storage}:{create_base(cfg, volname=volname)}"
 
@@ -238,9 +236,11 @@ class Volumes:
         rows = plugin.list_volumes(cfg, content=content, vmid=vmid)
         return [{**row, "volid": f"{storage}:{row['volname']}"} for row in rows]
 
-    def status(self, storage: str) -> dict[str, Any]:
-        """{"total", "used", "avail", "active", "enabled", "shared", "content", "type"}."""
-        cfg = self.config(storage)
+    def status(self, storage: str, *, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+        """{"total", "used", "avail", "active", "enabled", "shared", "content", "type"};
+        `cfg` when the caller has just read it (one etcd read for many storages)."""
+        if cfg is None:
+            cfg = self.config(storage)
         plugin = plugin_for_type(str(cfg.get("type")))
         enabled = not int(cfg.get("disable") or 0) and available_on(cfg, self.node)
         out: dict[str, Any] = {
@@ -271,4 +271,4 @@ class Volumes:
         return out
 
     def status_all(self) -> dict[str, dict[str, Any]]:
-        return {sid: self.status(sid) for sid in sorted(self._configs())}
+        return {sid: self.status(sid, cfg=cfg) for sid, cfg in sorted(self._configs().items())}

@@ -12,6 +12,7 @@ from typing import Any
 
 from corral.cluster import guests, keys, placement, volume_moves
 from corral.cluster.errors import ParamError
+from corral.cluster.guest_driver import GuestDriver
 from corral.cluster.schema import NODE, VMID, Param
 from corral.web.api import Ctx, endpoint
 from corral.web.api_core import require_node
@@ -24,10 +25,9 @@ def _online_nodes(ctx: Ctx) -> list[str]:
     return sorted(kv.key.split("/", 1)[1] for kv in ctx.store.range(keys.NODE_ALIVE))
 
 
-def _local_disks(ctx: Ctx, type: str, rec: dict[str, Any]) -> list[dict[str, Any]]:
-    driver = driver_for(ctx, type)
+def _local_disks(ctx: Ctx, driver: GuestDriver, config: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
-    for key, volid in sorted(driver.volumes_of(guests.merged_config(rec)).items()):
+    for key, volid in sorted(driver.volumes_of(config).items()):
         conf = ctx.store.get_value(keys.storage(volid.split(":", 1)[0])) or {}
         if not volume_moves.shared(conf):
             out.append({"volid": volid, "drivename": key, "is_unused": 0})
@@ -54,9 +54,9 @@ def register(type: str) -> None:
         for other in _online_nodes(ctx):
             if other == node or (target and other != target):
                 continue
-            blockers = guests.migration_blockers(ctx.store, driver, config, other)
+            blockers = volume_moves.plan(ctx.store, driver, config, other)[1]
             if blockers:
-                storages = sorted({b.split("(", 1)[1].split(":", 1)[0] for b in blockers})
+                storages = sorted({b.storage for b in blockers})
                 not_allowed[other] = {"unavailable_storages": storages}
             else:
                 allowed.append(other)
@@ -65,7 +65,7 @@ def register(type: str) -> None:
             "running": int(live.get("status") == "running"),
             "allowed_nodes": allowed,
             "not_allowed_nodes": not_allowed,
-            "local_disks": _local_disks(ctx, type, rec),
+            "local_disks": _local_disks(ctx, driver, config),
             "local_resources": [],
             "mapped-resources": [],
         }
@@ -123,7 +123,8 @@ def register(type: str) -> None:
         copies, blockers = volume_moves.plan(ctx.store, driver, config, target)
         if blockers:
             raise ParamError.one(
-                "target", f"can't migrate {kind} {vmid} to '{target}': {', '.join(blockers)}"
+                "target",
+                f"can't migrate {kind} {vmid} to '{target}': {', '.join(map(str, blockers))}",
             )
         live = (ctx.store.get_value(keys.guest_status(node)) or {}).get(str(vmid), {})
         running = live.get("status") in ("running", "paused")

@@ -39,17 +39,10 @@ def _volumes(ctx: Ctx) -> Any:
     return vols
 
 
-def _plugins() -> dict[str, Any]:
-    from corral.cluster import registry
+def _plugin(type: str) -> Any:
+    from corral.storage.volumes import plugin_for_type
 
-    return registry.load(registry.STORAGE_PLUGINS)
-
-
-def _plugin_cls(type: str) -> Any:
-    cls = _plugins().get(type)
-    if cls is None:
-        raise ParamError.one("type", f"unknown storage type '{type}'")
-    return cls
+    return plugin_for_type(type)
 
 
 def _digest(cfg: dict[str, Any]) -> str:
@@ -125,7 +118,7 @@ def list_storage(ctx: Ctx, type: str | None = None) -> list[dict[str, Any]]:
     description="Create a new storage.",
 )
 def create_storage(ctx: Ctx, storage: str, type: str, **options: Any) -> dict[str, Any]:
-    cls = _plugin_cls(type)
+    cls = _plugin(type)
     cfg = cls.check_config({"type": type, **options})
     record = {"storage": storage, **cfg}
     if not ctx.store.create(keys.storage(storage), record):
@@ -178,7 +171,7 @@ def update_storage(
     errors.update({k: "can't delete fixed parameter" for k in removals if k in FIXED})
     if errors:
         raise ParamError(errors)
-    cls = _plugin_cls(str(cfg["type"]))
+    cls = _plugin(str(cfg["type"]))
     changed = cls.check_config(options, partial=True)
     new = {k: v for k, v in cfg.items() if k not in removals}
     new.update(changed)
@@ -264,7 +257,7 @@ def node_storage(
         if not ctx.can(f"/storage/{sid}", ["Datastore.Audit", "Datastore.AllocateSpace"],
                        any_of=True):  # fmt: skip
             continue
-        st = vols.status(sid)
+        st = vols.status(sid, cfg=cfg)
         if content and content not in st["content"].split(","):
             continue
         if enabled and not st["enabled"]:
@@ -409,7 +402,9 @@ def alloc_content(
     )
 
 
-def _existing(ctx: Ctx, storage: str, volume: str) -> tuple[Any, str]:
+def _existing(ctx: Ctx, node: str, storage: str, volume: str) -> tuple[Any, str]:
+    """The node's Volumes and the checked volume ID named by the path."""
+    require_node(ctx, node)
     vols = _volumes(ctx)
     volid = _volid(storage, volume)
     vols.parse(volid)
@@ -425,14 +420,14 @@ def _existing(ctx: Ctx, storage: str, volume: str) -> tuple[Any, str]:
     description="Get volume attributes.",
 )
 def get_volume(ctx: Ctx, node: str, storage: str, volume: str) -> dict[str, Any]:
-    require_node(ctx, node)
-    vols, volid = _existing(ctx, storage, volume)
-    for row in vols.list_volumes(storage):
+    vols, volid = _existing(ctx, node, storage, volume)
+    vol = vols.parse(volid)
+    # Only the owner's volumes: a full listing inspects every image of the storage.
+    for row in vols.list_volumes(storage, vmid=vol.vmid):
         if row["volid"] == volid:
             break
     else:
         raise NotFound(what=f"volume '{volid}'")
-    vol = vols.parse(volid)
     out: dict[str, Any] = {"size": row.get("size", 0), "format": row.get("format") or "raw",
                            "used": row.get("used", row.get("size", 0))}  # fmt: skip
     try:
@@ -480,8 +475,7 @@ def update_volume(
     ctx: Ctx, node: str, storage: str, volume: str, notes: str | None = None,
     protected: int | None = None, size: str | None = None,
 ) -> None:  # fmt: skip
-    require_node(ctx, node)
-    vols, volid = _existing(ctx, storage, volume)
+    vols, volid = _existing(ctx, node, storage, volume)
     if size is not None:
         current = int(vols.size(volid))
         grow = size.startswith("+")
@@ -495,7 +489,8 @@ def update_volume(
         if target > current:
             vols.resize(volid, target)
     if notes is not None or protected is not None:
-        vols.size(volid) if size is None else None  # the volume must exist
+        if size is None:
+            vols.size(volid)  # the volume must exist
         key = keys.volume_attrs(volid)
         attrs = dict(ctx.store.get_value(key) or {})
         if notes is not None:
@@ -521,8 +516,7 @@ def update_volume(
     description="Delete volume.",
 )
 def delete_volume(ctx: Ctx, node: str, storage: str, volume: str, delay: int | None = None) -> Any:
-    require_node(ctx, node)
-    vols, volid = _existing(ctx, storage, volume)
+    vols, volid = _existing(ctx, node, storage, volume)
     vol = vols.parse(volid)
     if vol.vmid is not None:
         ctx.check(f"/vms/{vol.vmid}", ["VM.Config.Disk"])
@@ -557,8 +551,7 @@ SNAP = Param("string", "The snapshot name.", format="pve-configid", max_length=4
     description="corral: list the volume's snapshots.",
 )
 def list_snapshots(ctx: Ctx, node: str, storage: str, volume: str) -> list[dict[str, str]]:
-    require_node(ctx, node)
-    vols, volid = _existing(ctx, storage, volume)
+    vols, volid = _existing(ctx, node, storage, volume)
     return [{"name": s} for s in vols.snapshots(volid)]
 
 
@@ -571,8 +564,7 @@ def list_snapshots(ctx: Ctx, node: str, storage: str, volume: str) -> list[dict[
     description="corral: snapshot the volume.",
 )
 def create_snapshot(ctx: Ctx, node: str, storage: str, volume: str, snapname: str) -> None:
-    require_node(ctx, node)
-    vols, volid = _existing(ctx, storage, volume)
+    vols, volid = _existing(ctx, node, storage, volume)
     vols.snapshot(volid, snapname)
 
 
@@ -585,8 +577,7 @@ def create_snapshot(ctx: Ctx, node: str, storage: str, volume: str, snapname: st
     description="corral: delete a snapshot of the volume.",
 )
 def delete_snapshot(ctx: Ctx, node: str, storage: str, volume: str, snapname: str) -> None:
-    require_node(ctx, node)
-    vols, volid = _existing(ctx, storage, volume)
+    vols, volid = _existing(ctx, node, storage, volume)
     vols.snapshot_delete(volid, snapname)
 
 
@@ -599,8 +590,7 @@ def delete_snapshot(ctx: Ctx, node: str, storage: str, volume: str, snapname: st
     description="corral: roll the volume back to a snapshot.",
 )
 def rollback_snapshot(ctx: Ctx, node: str, storage: str, volume: str, snapname: str) -> None:
-    require_node(ctx, node)
-    vols, volid = _existing(ctx, storage, volume)
+    vols, volid = _existing(ctx, node, storage, volume)
     users = _volume_users(ctx, volid)
     if users:
         raise Conflict(f"volume '{volid}' is used by guest {users[0]}: roll back the guest")
@@ -630,9 +620,8 @@ def clone_volume(
     ctx: Ctx, node: str, storage: str, volume: str, vmid: int, snapname: str | None = None,
     full: int = 0,
 ) -> str:  # fmt: skip
-    require_node(ctx, node)
     ctx.check(f"/vms/{vmid}", ["VM.Config.Disk"])
-    vols, volid = _existing(ctx, storage, volume)
+    vols, volid = _existing(ctx, node, storage, volume)
     return str(vols.clone(volid, vmid, snap=snapname, full=bool(full)))
 
 
@@ -645,8 +634,7 @@ def clone_volume(
     description="corral: turn the volume into a read-only base for linked clones.",
 )
 def make_base(ctx: Ctx, node: str, storage: str, volume: str) -> str:
-    require_node(ctx, node)
-    vols, volid = _existing(ctx, storage, volume)
+    vols, volid = _existing(ctx, node, storage, volume)
     if _volume_users(ctx, volid):
         raise Conflict(f"volume '{volid}' is in use")
     return str(vols.create_base(volid))
@@ -706,8 +694,7 @@ def upload(ctx: Ctx, node: str, storage: str) -> str:
     vols = _volumes(ctx)
     plugin, cfg = vols.resolve(storage)
     req = ctx.request
-    # Query parameters may name content/filename before the body arrives.
-    content = req.args.get("content")
+    # Given in the query, the algorithm hashes the file as it streams in.
     algorithm = req.args.get("checksum-algorithm")
     files: list[_HashingFile] = []
     # Stage beside the content folders (STORAGE/template/...), so the final move is a rename.
