@@ -29,7 +29,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from corral.cluster.errors import Conflict, Forbidden, NotFound, ParamError, Unauthorized
 from corral.cluster.schema import FORMATS
-from corral.cluster.store import Store
+from corral.cluster.store_api import StoreAPI
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def split_userid(userid: str) -> tuple[str, str]:
 
 
 class Access:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreAPI) -> None:
         self.store = store
         self._keys: dict[str, bytes] | None = None
 

@@ -29,7 +29,7 @@ from typing import Any
 from corral.cluster import keys, volume_moves
 from corral.cluster.errors import Conflict, CorralError, NotFound, ParamError, Unavailable
 from corral.cluster.guest_driver import GuestDriver
-from corral.cluster.store import Store
+from corral.cluster.store_api import StoreAPI
 from corral.cluster.tasks import TaskContext, task_handler
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def serial(vmid: int) -> str:
 
 
 def get_record(
-    store: Store, vmid: int, *, type: str | None = None, node: str | None = None
+    store: StoreAPI, vmid: int, *, type: str | None = None, node: str | None = None
 ) -> dict[str, Any]:
     rec = store.get_value(keys.guest(vmid))
     if rec is None or (type is not None and rec["type"] != type):
@@ -111,7 +111,7 @@ def get_record(
 
 
 def update_record(
-    store: Store, vmid: int, fn: Callable[[dict[str, Any]], dict[str, Any]]
+    store: StoreAPI, vmid: int, fn: Callable[[dict[str, Any]], dict[str, Any]]
 ) -> dict[str, Any]:
     def change(rec: Any) -> Any:
         if rec is None:
@@ -136,7 +136,7 @@ def check_lock(rec: dict[str, Any], *, allow: tuple[str, ...] = ()) -> None:
         raise Conflict(f"{kind} {rec['vmid']} is locked ({lock})")
 
 
-def set_lock(store: Store, vmid: int, lock: str | None, *, expect: str | None = None) -> None:
+def set_lock(store: StoreAPI, vmid: int, lock: str | None, *, expect: str | None = None) -> None:
     def change(rec: dict[str, Any]) -> dict[str, Any]:
         if lock is not None and rec.get("lock") not in (None, expect):
             check_lock(rec)
@@ -487,7 +487,7 @@ def _forget_status(ctx: TaskContext, vmid: int) -> None:
         pass
 
 
-def local_guests(store: Store, node: str) -> list[dict[str, Any]]:
+def local_guests(store: StoreAPI, node: str) -> list[dict[str, Any]]:
     return [kv.value for kv in store.range(keys.GUESTS) if kv.value.get("node") == node]
 
 
@@ -508,7 +508,7 @@ def _measure(driver: GuestDriver | None, rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def publish_status_for(
-    store: Store, node: str, services: dict[str, Any], *, only: int | None = None
+    store: StoreAPI, node: str, services: dict[str, Any], *, only: int | None = None
 ) -> dict[str, Any]:
     """One document per node with every local guest's live figures.
 
@@ -539,7 +539,7 @@ def status_hook(node: Any) -> None:
     publish_status_for(node.store, node.name, node.services)
 
 
-def live_status(store: Store) -> dict[str, dict[str, Any]]:
+def live_status(store: StoreAPI) -> dict[str, dict[str, Any]]:
     """vmid -> live figures, for the whole cluster in one range read."""
     out: dict[str, dict[str, Any]] = {}
     for kv in store.range(keys.GUEST_STATUS):

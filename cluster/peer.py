@@ -18,7 +18,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from corral.cluster import keys
 from corral.cluster.access import Access
 from corral.cluster.errors import CorralError, NotFound, Unavailable
-from corral.cluster.store import Store
+from corral.cluster.store_api import StoreAPI
 
 CHUNK = 1 << 20
 
@@ -32,7 +32,7 @@ class PeerError(CorralError):
 
 
 def call(
-    store: Store,
+    store: StoreAPI,
     data_dir: str,
     target: str,
     method: str,

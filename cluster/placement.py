@@ -11,7 +11,7 @@ from typing import Any
 
 from corral.cluster import keys
 from corral.cluster.errors import Unavailable
-from corral.cluster.store import Store
+from corral.cluster.store_api import StoreAPI
 
 
 def rank(
@@ -33,7 +33,7 @@ def rank(
     return [f[3] for f in sorted(fits)]
 
 
-def node_figures(store: Store) -> list[dict[str, Any]]:
+def node_figures(store: StoreAPI) -> list[dict[str, Any]]:
     online = {kv.key.split("/", 1)[1] for kv in store.range(keys.NODE_ALIVE)}
     figures: dict[str, dict[str, Any]] = {}
     for kv in store.range(keys.NODE_STATUS):
@@ -57,7 +57,7 @@ def node_figures(store: Store) -> list[dict[str, Any]]:
     return list(figures.values())
 
 
-def choose_node(store: Store, *, memory: int = 0, exclude: frozenset[str] = frozenset()) -> str:
+def choose_node(store: StoreAPI, *, memory: int = 0, exclude: frozenset[str] = frozenset()) -> str:
     ranked = rank(node_figures(store), memory=memory, exclude=exclude)
     if not ranked:
         raise Unavailable(f"no online node has {memory >> 20} MiB of memory free")

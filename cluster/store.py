@@ -10,7 +10,8 @@ It owns what no client does by itself (DESIGN.md): leases are kept alive by
 re-reading the whole range when that revision was compacted.
 
 Keys are relative strings ("nodes/node1"); every key lives under one
-versioned prefix (`/corral/v1/`). Values are JSON.
+versioned prefix (`/corral/v1/`). Values are JSON. The contract (and what is
+shared with the in-memory store) is `corral.cluster.store_api.StoreAPI`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,9 @@ import os
 import queue
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import CancelledError as FutureCancelled
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,36 +41,16 @@ import aetcd.rpc
 import grpc
 import orjson
 
-from corral.cluster.errors import Conflict, NotQuorate, Unavailable
+from corral.cluster.clock import REAL, Clock
+from corral.cluster.errors import NotQuorate, Unavailable
+from corral.cluster.store_api import KV, Compare, Event, KeptLease, Op, StoreAPI
+
+__all__ = ["KV", "PREFIX", "Event", "KeptLease", "Store", "Watch"]
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/corral/v1/"
 DEFAULT_TIMEOUT = 3.0
-
-
-@dataclass(frozen=True)
-class KV:
-    key: str
-    value: Any
-    mod_revision: int
-    create_revision: int
-    version: int
-    lease: int = 0
-
-
-@dataclass(frozen=True)
-class Event:
-    """A change seen by a watch. `kind` is "put", "delete" or "resync".
-
-    "resync" means events were lost (compaction): `value` then holds the
-    complete current list of KVs under the watched prefix.
-    """
-
-    kind: str
-    key: str
-    value: Any
-    revision: int
 
 
 def _encode(value: Any) -> bytes:
@@ -117,14 +96,20 @@ async def _raw_range(
     return await client.kvstub.Range(request, timeout=client._timeout, metadata=client.metadata)
 
 
-class Store:
+class Store(StoreAPI):
     """Synchronous, timeout-bounded access to etcd."""
 
     def __init__(
-        self, endpoints: list[str], *, prefix: str = PREFIX, timeout: float = DEFAULT_TIMEOUT
+        self,
+        endpoints: list[str],
+        *,
+        prefix: str = PREFIX,
+        timeout: float = DEFAULT_TIMEOUT,
+        clock: Clock = REAL,
     ) -> None:
         if not endpoints:
             raise ValueError("no etcd endpoints")
+        self.clock = clock
         self.endpoints = list(endpoints)
         self.prefix = prefix
         self.timeout = timeout
@@ -298,13 +283,6 @@ class Store:
         item = self.call(lambda c: c.get(self._k(key), serializable=serializable))
         return None if item is None else self._kv(item)
 
-    def get_value(self, key: str, default: Any = None) -> Any:
-        kv = self.get(key)
-        return default if kv is None else kv.value
-
-    def range(self, prefix: str, *, limit: int = 0) -> list[KV]:
-        return self.range_rev(prefix, limit=limit)[0]
-
     def range_rev(self, prefix: str, *, limit: int = 0) -> tuple[list[KV], int]:
         """Every KV under `prefix` (sorted by key) and the store revision of the read."""
         start = self._k(prefix)
@@ -321,14 +299,6 @@ class Store:
         result = self.call(lambda c: c.put(self._k(key), _encode(value), lease=lease))
         return int(result.header.revision)
 
-    def create(self, key: str, value: Any, *, lease: int | None = None) -> bool:
-        """Create-if-absent; False when the key already exists."""
-        return self.txn([("version", key, "==", 0)], [("put", key, value, lease)])
-
-    def replace(self, key: str, value: Any, *, mod_revision: int, lease: int | None = None) -> bool:
-        """Compare-and-swap on the key's revision (0 means: must not exist)."""
-        return self.txn([("mod", key, "==", mod_revision)], [("put", key, value, lease)])
-
     def delete(self, key: str, *, mod_revision: int | None = None) -> bool:
         self._writable()
         if mod_revision is None:
@@ -342,10 +312,7 @@ class Store:
         return int(result.deleted) if result else 0
 
     def txn(
-        self,
-        compare: list[tuple[Any, ...]],
-        success: list[tuple[Any, ...]],
-        failure: list[tuple[Any, ...]] | None = None,
+        self, compare: list[Compare], success: list[Op], failure: list[Op] | None = None
     ) -> bool:
         """One atomic transaction.
 
@@ -372,7 +339,7 @@ class Store:
                     }[op](operand)
                 )
 
-            def ops(items: list[tuple[Any, ...]] | None) -> list[Any]:
+            def ops(items: list[Op] | None) -> list[Any]:
                 out = []
                 for item in items or []:
                     if item[0] == "put":
@@ -392,20 +359,14 @@ class Store:
 
         return self.call(run)
 
-    def update(self, key: str, fn: Callable[[Any], Any], *, retries: int = 20) -> Any:
-        """Read-modify-write with CAS, retried on concurrent change."""
-        for _ in range(retries):
-            kv = self.get(key)
-            new = fn(None if kv is None else kv.value)
-            if self.replace(key, new, mod_revision=0 if kv is None else kv.mod_revision):
-                return new
-        raise Conflict(f"too much contention on {key}")
-
     def revision(self) -> int:
         """The store's current revision (a quorum read: it fails without quorum)."""
         key = self._k("")
         response = self.call(lambda c: _raw_range(c, key, None, 1, count_only=True))
         return int(response.header.revision)
+
+    def compact(self, revision: int) -> None:
+        self.call(lambda c: c.compact(revision))
 
     def status(self) -> Any:
         """The answering member's status (version, leader, raft index); no quorum needed."""
@@ -436,9 +397,6 @@ class Store:
         with contextlib.suppress(Exception):
             self.call(lambda c: c.revoke_lease(lease_id))
 
-    def keep_lease(self, ttl: int, *, on_lost: Callable[[], None] | None = None) -> KeptLease:
-        return KeptLease(self, ttl, on_lost=on_lost)
-
     # -- watches ----------------------------------------------------------
     def watch(
         self, prefix: str, callback: Callable[[Event], None], *, start_revision: int | None = None
@@ -454,71 +412,6 @@ class Store:
         watch = Watch(self, prefix, callback, start_revision)
         self._watchers.append(watch)
         return watch
-
-    # -- locks ------------------------------------------------------------
-    @contextlib.contextmanager
-    def lock(self, name: str, *, ttl: int = 10, timeout: float = 10.0) -> Iterator[None]:
-        """A cluster-wide mutex: a key under a kept lease, created if absent.
-
-        Held until the block ends or the holder dies (its lease expires).
-        """
-        key = f"locks/{name}"
-        kept = self.keep_lease(ttl)
-        token = uuid.uuid4().hex
-        deadline = time.monotonic() + timeout
-        try:
-            while not self.create(key, {"token": token}, lease=kept.id):
-                if time.monotonic() > deadline:
-                    raise Conflict(f"can't lock '{name}' - timeout after {timeout:.0f}s")
-                time.sleep(0.05)
-            yield
-        finally:
-            with contextlib.suppress(Unavailable):
-                self.txn([("value", key, "==", {"token": token})], [("delete", key)])
-            kept.revoke()
-
-
-class KeptLease:
-    """A lease renewed every ttl/3 by a thread; `on_lost` runs once if it expires."""
-
-    def __init__(
-        self, store: Store, ttl: int, *, on_lost: Callable[[], None] | None = None
-    ) -> None:
-        self.store = store
-        self.ttl = ttl
-        self.id = store.lease_grant(ttl)
-        self.on_lost = on_lost
-        self.lost = False
-        self._stop = threading.Event()
-        self._last_renewed = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{self.id:x}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        interval = max(0.3, self.ttl / 3)
-        while not self._stop.wait(interval):
-            try:
-                granted = self.store.lease_refresh(self.id)
-            except Exception as err:  # noqa: BLE001 - any failure counts as a missed renewal
-                log.debug("lease %x renewal failed: %s", self.id, err)
-                granted = -1
-            now = time.monotonic()
-            if granted > 0:
-                self._last_renewed = now
-            elif granted == 0 or now - self._last_renewed >= self.ttl:
-                self.lost = True
-                log.warning("lease %x lost", self.id)
-                if self.on_lost is not None:
-                    try:
-                        self.on_lost()
-                    except Exception:  # noqa: BLE001
-                        log.exception("lease lost handler failed")
-                return
-
-    def revoke(self) -> None:
-        self._stop.set()
-        if not self.lost:
-            self.store.lease_revoke(self.id)
 
 
 class Watch:

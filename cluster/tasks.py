@@ -18,17 +18,16 @@ import itertools
 import logging
 import os
 import threading
-import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from corral.cluster.clock import REAL, Clock
 from corral.cluster.errors import CorralError, NotFound, ParamError, Unavailable
-from corral.cluster.store import Event, Store
+from corral.cluster.store_api import Event, StoreAPI
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +79,13 @@ class Upid:
         )
 
     @classmethod
-    def new(cls, node: str, task_type: str, task_id: str, user: str) -> Upid:
+    def new(
+        cls, node: str, task_type: str, task_id: str, user: str, *, clock: Clock = REAL
+    ) -> Upid:
         # One daemon runs many tasks at once; pstart carries a sequence number
         # so two tasks started in one second still get distinct UPIDs.
         return cls(
-            node, os.getpid(), _PSTART + next(_SEQ), int(time.time()), task_type, task_id, user
+            node, os.getpid(), _PSTART + next(_SEQ), int(clock.time()), task_type, task_id, user
         )
 
     @classmethod
@@ -129,8 +130,9 @@ def record_key(node: str, upid: str) -> str:
 class Tasks:
     """Cluster-wide task bookkeeping (any node can submit and read)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreAPI) -> None:
         self.store = store
+        self.clock = store.clock
 
     def submit(
         self,
@@ -142,7 +144,7 @@ class Tasks:
         args: dict[str, Any] | None = None,
         serial: str | None = None,
     ) -> str:
-        upid = Upid.new(node, type, id, user)
+        upid = Upid.new(node, type, id, user, clock=self.clock)
         record = {
             **upid.fields(),
             "status": "queued",
@@ -211,14 +213,14 @@ class Tasks:
 
     def wait(self, upid: str, *, timeout: float = 60.0, poll: float = 0.05) -> dict[str, Any]:
         """Block until the task stops; returns its status. For tests and the CLI."""
-        deadline = time.monotonic() + timeout
+        deadline = self.clock.monotonic() + timeout
         while True:
             status = self.status(upid)
             if status["status"] == "stopped":
                 return status
-            if time.monotonic() > deadline:
+            if self.clock.monotonic() > deadline:
                 raise TimeoutError(f"task {upid} still running after {timeout:.0f} s")
-            time.sleep(poll)
+            self.clock.sleep(poll)
 
 
 # -- running -------------------------------------------------------------------
@@ -237,6 +239,7 @@ class TaskContext:
     def __init__(self, worker: TaskWorker, record: dict[str, Any]) -> None:
         self.worker = worker
         self.store = worker.store
+        self.clock = worker.clock
         self.record = record
         self.upid: str = record["upid"]
         self.user: str = record["user"]
@@ -250,7 +253,10 @@ class TaskContext:
     def log(self, line: str) -> None:
         with self._lock:
             self._buffer.extend(str(line).splitlines() or [""])
-            if len(self._buffer) >= 100 or time.monotonic() - self._last_flush > self.FLUSH_SECONDS:
+            if (
+                len(self._buffer) >= 100
+                or self.clock.monotonic() - self._last_flush > self.FLUSH_SECONDS
+            ):
                 self._flush_locked()
 
     def flush(self) -> None:
@@ -268,7 +274,7 @@ class TaskContext:
             return  # keep the lines; the next flush retries
         self._chunk += 1
         self._buffer = []
-        self._last_flush = time.monotonic()
+        self._last_flush = self.clock.monotonic()
 
     def progress(self, fraction: float) -> None:
         self.worker.set_fields(self.record, progress=round(max(0.0, min(1.0, fraction)), 3))
@@ -281,10 +287,11 @@ class TaskContext:
 class TaskWorker:
     """Runs the tasks addressed to one node."""
 
-    def __init__(self, store: Store, node: str, *, workers: int = 8) -> None:
+    def __init__(self, store: StoreAPI, node: str, *, workers: int = 8) -> None:
         self.store = store
+        self.clock = store.clock
         self.node = node
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
+        self.pool = self.clock.executor(workers, name="task")
         self._lock = threading.Lock()
         self._queues: dict[str, deque[dict[str, Any]]] = {}
         self._running: dict[str, TaskContext] = {}
@@ -407,7 +414,9 @@ class TaskWorker:
                 self.store.update(key, lambda cur: {**(cur or rec), **fields})
                 return
             except Unavailable:
-                time.sleep(0.5)  # etcd is restarting; the task's outcome must not be lost
+                self.clock.sleep(0.5)  # etcd is restarting; the task's outcome must not be lost
 
     def _finish(self, rec: dict[str, Any], exitstatus: str) -> None:
-        self.set_fields(rec, status="stopped", exitstatus=exitstatus, endtime=int(time.time()))
+        self.set_fields(
+            rec, status="stopped", exitstatus=exitstatus, endtime=int(self.clock.time())
+        )

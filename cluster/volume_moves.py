@@ -16,13 +16,13 @@ from typing import Any, NamedTuple
 
 from corral.cluster import keys, peer
 from corral.cluster.guest_driver import GuestDriver, LogFn
-from corral.cluster.store import Store
+from corral.cluster.store_api import StoreAPI
 
 NON_DISK = ("iso/", "vztmpl/", "snippets/", "backup/")
 COPY_TIMEOUT = 3600.0
 
 
-def storage_on(store: Store, storage_id: str, node: str) -> dict[str, Any] | None:
+def storage_on(store: StoreAPI, storage_id: str, node: str) -> dict[str, Any] | None:
     """The storage's config if it is enabled on `node`, else None."""
     conf = store.get_value(keys.storage(storage_id)) or {}
     if not conf or int(conf.get("disable") or 0):
@@ -61,7 +61,7 @@ class Blocker(NamedTuple):
 
 
 def plan(
-    store: Store, driver: GuestDriver, config: dict[str, Any], target: str
+    store: StoreAPI, driver: GuestDriver, config: dict[str, Any], target: str
 ) -> tuple[dict[str, str], list[Blocker]]:
     """(config key -> volume ID to copy, the volumes that keep the move from happening)."""
     copies: dict[str, str] = {}
@@ -87,7 +87,7 @@ def _export_format(volumes: Any, volid: str) -> str:
 
 
 def copy(
-    store: Store, data_dir: str, volumes: Any, volid: str, target: str, *, vmid: int, log: LogFn
+    store: StoreAPI, data_dir: str, volumes: Any, volid: str, target: str, *, vmid: int, log: LogFn
 ) -> str:
     """Stream `volid` into the same storage ID on `target`; returns the new volume ID."""
     storage_id = volid.split(":", 1)[0]
@@ -126,7 +126,7 @@ def copy(
     return new
 
 
-def remove_remote(store: Store, data_dir: str, target: str, volid: str, *, log: LogFn) -> None:
+def remove_remote(store: StoreAPI, data_dir: str, target: str, volid: str, *, log: LogFn) -> None:
     """Best effort: free a volume this migration made on `target`."""
     storage_id = volid.split(":", 1)[0]
     try:

@@ -12,6 +12,8 @@ import pytest
 
 from corral.cluster.etcd_embed import EmbeddedEtcd
 from corral.cluster.store import Store
+from corral.cluster.store_api import StoreAPI
+from corral.cluster.store_memory import MemoryStore
 from tests.util import Corrald, free_ports
 
 
@@ -30,8 +32,15 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEtcd]:
     server.stop()
 
 
-@pytest.fixture
-def store(etcd: EmbeddedEtcd) -> Iterator[Store]:
+@pytest.fixture(params=["etcd", "memory"])
+def store(request: pytest.FixtureRequest) -> Iterator[StoreAPI]:
+    """Each test that takes `store` runs on etcd and on the in-memory store (real clock)."""
+    if request.param == "memory":
+        mem = MemoryStore()
+        yield mem
+        mem.close()
+        return
+    etcd: EmbeddedEtcd = request.getfixturevalue("etcd")
     s = Store([etcd.endpoint], prefix=f"/corral-test/{uuid.uuid4().hex}/")
     yield s
     try:

@@ -8,17 +8,17 @@ import pytest
 
 from corral.cluster.access import TICKET_LIFETIME, Access, Identity
 from corral.cluster.errors import Conflict, Forbidden, Unauthorized
-from corral.cluster.store import Store
+from corral.cluster.store_api import StoreAPI
 
 
 @pytest.fixture
-def access(store: Store) -> Access:
+def access(store: StoreAPI) -> Access:
     a = Access(store)
     a.create_user("alice@pve", password="correct horse")
     return a
 
 
-def test_password_is_hashed_and_checked(access: Access, store: Store) -> None:
+def test_password_is_hashed_and_checked(access: Access, store: StoreAPI) -> None:
     rec = store.get_value("access/users/alice@pve")
     assert rec["password_hash"].startswith("$argon2")
     assert "correct horse" not in str(rec)
@@ -45,14 +45,14 @@ def test_ticket_format_and_lifetime(access: Access) -> None:
         access.verify_csrf(None, "alice@pve", now)
 
 
-def test_disabled_user_loses_tickets(access: Access, store: Store) -> None:
+def test_disabled_user_loses_tickets(access: Access, store: StoreAPI) -> None:
     ticket, _ = access.issue_ticket("alice@pve")
     store.update("access/users/alice@pve", lambda r: {**r, "enable": 0})
     with pytest.raises(Unauthorized, match="disabled"):
         access.verify_ticket(ticket)
 
 
-def test_tokens_are_hashed_and_revocable(access: Access, store: Store) -> None:
+def test_tokens_are_hashed_and_revocable(access: Access, store: StoreAPI) -> None:
     tok = access.create_token("alice@pve", "ci")
     assert tok["full-tokenid"] == "alice@pve!ci"
     assert tok["value"] not in str(store.get_value("access/users/alice@pve"))

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from corral.cluster.placement import rank
+import pytest
+
+from corral.cluster import keys
+from corral.cluster.errors import Unavailable
+from corral.cluster.placement import choose_node, rank
+from corral.cluster.store_api import StoreAPI
 
 GIB = 1 << 30
 
@@ -43,3 +48,16 @@ def test_memory_promised_to_guests_counts_as_used() -> None:
     # Idle guests use little now but were promised their memory.
     nodes = [node("a", 60, committed=50 * GIB), node("b", 30)]
     assert rank(nodes) == ["b", "a"]
+
+
+def test_choose_node_reads_online_nodes_and_their_guests(store: StoreAPI) -> None:
+    """On etcd and in memory: only nodes with a live key count; guests' memory is committed."""
+    for name, free in (("a", 40), ("b", 48), ("c", 60)):
+        store.put(keys.node_status(name), {"maxmem": 64 * GIB, "mem": (64 - free) * GIB})
+    store.put(keys.node_alive("a"), {})
+    store.put(keys.node_alive("b"), {})  # c is offline: its figures are stale
+    store.put(keys.guest(1), {"node": "b", "config": {"memory": 40 * 1024}})
+    assert choose_node(store) == "a"  # b has 48 GiB free, but 40 of 64 promised
+    assert choose_node(store, exclude=frozenset({"a"})) == "b"
+    with pytest.raises(Unavailable):
+        choose_node(store, memory=100 * GIB)

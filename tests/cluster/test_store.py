@@ -1,20 +1,29 @@
-"""The store against a real etcd: CAS, races, watches that survive failures, leases, locks."""
+"""The store contract, on etcd and in memory: CAS, races, watches, compaction, leases, locks.
+
+Tests that take `store` run on both stores; the etcd-only ones (restarts,
+unreachable or frozen etcd) build their own; the virtual-clock ones at the end
+run the in-memory store with no threads and no sleeping.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from corral.cluster.errors import Conflict, Unavailable
+from corral.cluster.clock import VirtualClock
+from corral.cluster.errors import Conflict, NotQuorate, Unavailable
 from corral.cluster.etcd_embed import EmbeddedEtcd
-from corral.cluster.store import Event, Store
+from corral.cluster.store import Store
+from corral.cluster.store_api import Event, StoreAPI
+from corral.cluster.store_memory import MemoryStore
 from tests.util import free_ports, wait_for
 
 
-def test_put_get_range_delete(store: Store) -> None:
+def test_put_get_range_delete(store: StoreAPI) -> None:
     store.put("a/1", {"x": 1})
     store.put("a/2", [1, 2])
     store.put("b/1", "other")
@@ -26,7 +35,7 @@ def test_put_get_range_delete(store: Store) -> None:
     assert store.delete_prefix("a/") == 1
 
 
-def test_range_limit_and_revision(store: Store) -> None:
+def test_range_limit_and_revision(store: StoreAPI) -> None:
     for i in range(5):
         store.put(f"r/{i}", i)
     kvs, rev = store.range_rev("r/", limit=2)
@@ -35,7 +44,7 @@ def test_range_limit_and_revision(store: Store) -> None:
     assert store.revision() >= rev
 
 
-def test_compare_and_swap(store: Store) -> None:
+def test_compare_and_swap(store: StoreAPI) -> None:
     assert store.create("k", 1)
     assert not store.create("k", 2)
     kv = store.get("k")
@@ -47,7 +56,7 @@ def test_compare_and_swap(store: Store) -> None:
     assert store.delete("k", mod_revision=store.get("k").mod_revision)  # type: ignore[union-attr]
 
 
-def test_concurrent_creates_exactly_one_wins(store: Store) -> None:
+def test_concurrent_creates_exactly_one_wins(store: StoreAPI) -> None:
     results: list[bool] = []
     barrier = threading.Barrier(8)
 
@@ -63,7 +72,7 @@ def test_concurrent_creates_exactly_one_wins(store: Store) -> None:
     assert results.count(True) == 1
 
 
-def test_update_retries_under_contention(store: Store) -> None:
+def test_update_retries_under_contention(store: StoreAPI) -> None:
     store.put("counter", 0)
 
     def bump() -> None:
@@ -78,7 +87,7 @@ def test_update_retries_under_contention(store: Store) -> None:
     assert store.get_value("counter") == 40
 
 
-def test_watch_sees_puts_and_deletes_in_order(store: Store) -> None:
+def test_watch_sees_puts_and_deletes_in_order(store: StoreAPI) -> None:
     events: list[Event] = []
     watch = store.watch("w/", events.append)
     try:
@@ -97,7 +106,7 @@ def test_watch_sees_puts_and_deletes_in_order(store: Store) -> None:
         watch.cancel()
 
 
-def test_watch_from_revision_replays_history(store: Store) -> None:
+def test_watch_from_revision_replays_history(store: StoreAPI) -> None:
     _, rev = store.range_rev("h/")
     store.put("h/1", "one")
     store.put("h/2", "two")
@@ -140,13 +149,13 @@ def test_watch_resumes_after_etcd_restart(private_etcd: EmbeddedEtcd) -> None:
         store.close()
 
 
-def test_watch_resyncs_after_compaction(store: Store) -> None:
+def test_watch_resyncs_after_compaction(store: StoreAPI) -> None:
     store.put("c/keep", "v1")
     _, old_rev = store.range_rev("c/")
     store.put("c/keep", "v2")
     store.put("c/new", "n")
     current = store.revision()
-    store.call(lambda c: c.compact(current))
+    store.compact(current)
     events: list[Event] = []
     watch = store.watch("c/", events.append, start_revision=old_rev)
     try:
@@ -159,7 +168,7 @@ def test_watch_resyncs_after_compaction(store: Store) -> None:
         watch.cancel()
 
 
-def test_kept_lease_lives_and_revoke_removes_keys(store: Store) -> None:
+def test_kept_lease_lives_and_revoke_removes_keys(store: StoreAPI) -> None:
     lease = store.keep_lease(2)
     store.put("l/alive", 1, lease=lease.id)
     time.sleep(3)  # longer than the TTL: only renewal keeps it
@@ -168,13 +177,13 @@ def test_kept_lease_lives_and_revoke_removes_keys(store: Store) -> None:
     assert store.get("l/alive") is None
 
 
-def test_unrenewed_lease_expires(store: Store) -> None:
+def test_unrenewed_lease_expires(store: StoreAPI) -> None:
     lease_id = store.lease_grant(2)
     store.put("l/gone", 1, lease=lease_id)
     wait_for(lambda: store.get("l/gone") is None, 10, 0.2, what="lease expiry")
 
 
-def test_lock_is_mutually_exclusive(store: Store) -> None:
+def test_lock_is_mutually_exclusive(store: StoreAPI) -> None:
     inside = []
     overlap = []
 
@@ -228,3 +237,169 @@ def test_stopped_etcd_times_out_instead_of_hanging(private_etcd: EmbeddedEtcd) -
     finally:
         private_etcd.proc.send_signal(18)  # type: ignore[union-attr]  # SIGCONT
         store.close()
+
+
+# -- the in-memory store on a virtual clock: deterministic, no threads, no sleeping --------
+
+
+@pytest.fixture
+def vclock() -> VirtualClock:
+    return VirtualClock()
+
+
+@pytest.fixture
+def vstore(vclock: VirtualClock) -> Iterator[MemoryStore]:
+    threads = threading.active_count()
+    mem = MemoryStore(clock=vclock)
+    yield mem
+    mem.close()
+    assert threading.active_count() == threads  # nothing ran on a thread of its own
+    assert vclock.errors == []
+
+
+def test_virtual_lease_expires_exactly_at_its_ttl(
+    vclock: VirtualClock, vstore: MemoryStore
+) -> None:
+    events: list[Event] = []
+    vstore.watch("l/", events.append)
+    lease = vstore.lease_grant(5)
+    vstore.put("l/a", 1, lease=lease)
+    vstore.put("l/b", 2, lease=lease)
+    vclock.advance(4.9)
+    assert vstore.get("l/a") is not None
+    assert vstore.lease_refresh(lease) == 5  # renewed at 4.9: now lives until 9.9
+    vclock.advance(4.9)
+    assert vstore.get("l/a") is not None
+    vclock.advance(0.2)
+    assert vstore.range("l/") == [] and vstore.lease_refresh(lease) == 0
+    deletes = [e for e in events if e.kind == "delete"]
+    assert [e.key for e in deletes] == ["l/a", "l/b"]
+    assert deletes[0].revision == deletes[1].revision  # one revision, as etcd's lease revoke
+    assert vstore.lease_grant(1) and max(vstore.leases().values()) == vclock.monotonic() + 2
+
+
+def test_virtual_kept_lease_lives_and_is_lost_without_quorum(
+    vclock: VirtualClock, vstore: MemoryStore
+) -> None:
+    lost: list[bool] = []
+    kept = vstore.keep_lease(3, on_lost=lambda: lost.append(True))
+    vstore.put("k/alive", 1, lease=kept.id)
+    vclock.advance(60)
+    assert vstore.get_value("k/alive") == 1 and not kept.lost
+    vstore.set_quorate(False)  # renewals fail from now on
+    vclock.advance(2.9)
+    assert not lost
+    vclock.advance(1.2)
+    assert lost == [True] and kept.lost
+    vstore.set_quorate(True)
+    assert vstore.get("k/alive") is None  # the store expired it meanwhile
+    kept.revoke()
+    other = vstore.keep_lease(3)
+    vstore.put("k/other", 1, lease=other.id)
+    other.revoke()
+    assert vstore.get("k/other") is None and vclock.pending() <= 1
+
+
+def test_virtual_watch_delivers_in_revision_order_when_the_clock_runs(
+    vclock: VirtualClock, vstore: MemoryStore
+) -> None:
+    events: list[Event] = []
+    start = vstore.revision()
+    vstore.put("w/a", 1)
+    watch = vstore.watch("w/", events.append, start_revision=start)  # replays w/a
+    vstore.put("w/b", 2)
+    vstore.txn([("version", "w/a", "==", 1)], [("put", "w/c", 3), ("delete", "w/a")])
+    vstore.put("x/other", 0)
+    assert events == []  # nothing runs until the clock does
+    vclock.run_pending()
+    assert [(e.kind, e.key, e.value) for e in events] == [
+        ("put", "w/a", 1),
+        ("put", "w/b", 2),
+        ("put", "w/c", 3),
+        ("delete", "w/a", None),
+    ]
+    revs = [e.revision for e in events]
+    assert revs == sorted(revs) and revs[2] == revs[3] and watch.revision == revs[-1]
+    watch.cancel()
+    vstore.put("w/d", 4)
+    vclock.run_pending()
+    assert len(events) == 4
+
+
+def test_virtual_watch_resyncs_after_compaction_and_history_limit(vclock: VirtualClock) -> None:
+    mem = MemoryStore(clock=vclock, max_history=3)
+    old = mem.revision()
+    for i in range(5):
+        mem.put(f"c/{i}", i)
+    events: list[Event] = []
+    mem.watch("c/", events.append, start_revision=old)
+    mem.put("c/later", "x")
+    vclock.run_pending()
+    assert events[0].kind == "resync" and [kv.key for kv in events[0].value] == [
+        f"c/{i}" for i in range(5)
+    ]
+    assert [(e.kind, e.key) for e in events[1:]] == [("put", "c/later")]
+
+
+def test_virtual_txn_semantics(vstore: MemoryStore) -> None:
+    assert not vstore.txn([("value", "t/missing", "==", None)], [("put", "t/x", 1)])
+    assert vstore.get("t/x") is None
+    rev = vstore.revision()
+    assert not vstore.txn([("version", "t/y", ">", 0)], [], [("put", "t/y", 1), ("put", "t/z", 2)])
+    y, z = vstore.get("t/y"), vstore.get("t/z")
+    assert y and z and y.mod_revision == z.mod_revision == rev + 1 and y.version == 1
+    assert vstore.txn([("value", "t/y", "==", 1), ("create", "t/y", "==", rev + 1)], [])
+    assert vstore.revision() == rev + 1  # a txn that writes nothing makes no revision
+    vstore.put("t/y", 5)
+    kv = vstore.get("t/y")
+    assert kv and kv.version == 2 and kv.create_revision == rev + 1
+    assert vstore.delete("t/nothing") is False and vstore.revision() == rev + 2
+    with pytest.raises(Unavailable, match="lease not found"):
+        vstore.txn([], [("put", "t/a", 1), ("put", "t/b", 1, 12345)])
+    assert vstore.get("t/a") is None  # atomic: nothing of a failed txn is written
+
+
+def test_virtual_quorum_loss_refuses_writes_and_flags_reads(vstore: MemoryStore) -> None:
+    vstore.put("q", 1)
+    vstore.set_quorate(False)
+    vstore.reset_stale()
+    with pytest.raises(NotQuorate):
+        vstore.put("q", 2)
+    assert vstore.get_value("q") == 1 and vstore.last_read_stale
+    vstore.set_quorate(True)
+    vstore.set_available(False)
+    with pytest.raises(Unavailable):
+        vstore.get("q")
+
+
+def test_virtual_lock_waits_for_a_dead_holders_lease(
+    vclock: VirtualClock, vstore: MemoryStore
+) -> None:
+    dead = vstore.lease_grant(7)  # a holder that died: nobody renews it
+    assert vstore.create("locks/m", {"token": "dead"}, lease=dead)
+    with pytest.raises(Conflict, match="can't lock"):
+        with vstore.lock("m", timeout=3):
+            pass
+    assert vclock.monotonic() == pytest.approx(1003.05, abs=0.06)
+    with vstore.lock("m", ttl=5, timeout=30):  # the clock runs while it polls: the lease expires
+        assert vclock.monotonic() >= 1007
+        assert vstore.get_value("locks/m")["token"] != "dead"
+    assert vstore.get("locks/m") is None
+
+
+def _scenario() -> list[tuple[str, str, int]]:
+    clock = VirtualClock()
+    mem = MemoryStore(clock=clock)
+    seen: list[tuple[str, str, int]] = []
+    mem.watch("", lambda e: seen.append((e.kind, e.key, e.revision)))
+    for i in range(3):
+        lease = mem.lease_grant(2 + i)
+        mem.put(f"n/{i}", i, lease=lease)
+        clock.call_later(i * 0.5, lambda i=i: mem.put(f"t/{i}", i))
+    clock.advance(10)
+    return seen
+
+
+def test_virtual_runs_are_identical() -> None:
+    first = _scenario()
+    assert first == _scenario() and len(first) == 9

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from corral.cluster.errors import NotFound, ParamError
-from corral.cluster.store import Store
+from corral.cluster.store_api import StoreAPI
 from corral.cluster.tasks import (
     ABORTED,
     INTERRUPTED,
@@ -62,7 +62,7 @@ def _wait(ctx: TaskContext, args: dict[str, Any]) -> None:
 
 
 @pytest.fixture
-def worker(store: Store) -> Any:
+def worker(store: StoreAPI) -> Any:
     w = TaskWorker(store, "n1")
     w.start()
     yield w
@@ -81,7 +81,7 @@ def test_upid_format_round_trip() -> None:
         Upid.parse("UPID:bad")
 
 
-def test_task_runs_and_logs(store: Store, worker: TaskWorker) -> None:
+def test_task_runs_and_logs(store: StoreAPI, worker: TaskWorker) -> None:
     tasks = Tasks(store)
     upid = tasks.submit(node="n1", type="t_ok", id="100", user="root@pam", args={"lines": 120})
     status = tasks.wait(upid, timeout=20)
@@ -91,7 +91,7 @@ def test_task_runs_and_logs(store: Store, worker: TaskWorker) -> None:
     assert tasks.list("n1")[0]["status"] == "OK"
 
 
-def test_failures_end_with_the_error(store: Store, worker: TaskWorker) -> None:
+def test_failures_end_with_the_error(store: StoreAPI, worker: TaskWorker) -> None:
     tasks = Tasks(store)
     upid = tasks.submit(node="n1", type="t_fail", id="", user="root@pam")
     assert "Parameter verification failed" in tasks.wait(upid)["exitstatus"]
@@ -102,7 +102,7 @@ def test_failures_end_with_the_error(store: Store, worker: TaskWorker) -> None:
     assert "no handler" in tasks.wait(unknown)["exitstatus"]
 
 
-def test_same_serial_runs_in_submission_order(store: Store, worker: TaskWorker) -> None:
+def test_same_serial_runs_in_submission_order(store: StoreAPI, worker: TaskWorker) -> None:
     ORDER.clear()
     tasks = Tasks(store)
     upids = [
@@ -117,7 +117,7 @@ def test_same_serial_runs_in_submission_order(store: Store, worker: TaskWorker) 
     assert ORDER == expected
 
 
-def test_other_serials_run_in_parallel(store: Store, worker: TaskWorker) -> None:
+def test_other_serials_run_in_parallel(store: StoreAPI, worker: TaskWorker) -> None:
     GATE.clear()
     tasks = Tasks(store)
     first = tasks.submit(node="n1", type="t_wait", id="1", user="u@pve", serial="vm:1")
@@ -127,7 +127,7 @@ def test_other_serials_run_in_parallel(store: Store, worker: TaskWorker) -> None
     assert tasks.wait(first)["exitstatus"] == "OK"
 
 
-def test_abort_running_and_queued(store: Store, worker: TaskWorker) -> None:
+def test_abort_running_and_queued(store: StoreAPI, worker: TaskWorker) -> None:
     GATE.clear()
     tasks = Tasks(store)
     running = tasks.submit(node="n1", type="t_wait", id="9", user="u@pve", serial="vm:9")
@@ -146,7 +146,7 @@ def test_abort_running_and_queued(store: Store, worker: TaskWorker) -> None:
     assert "line 0" not in tasks.log_lines(queued)
 
 
-def test_restarted_node_marks_running_tasks_interrupted(store: Store) -> None:
+def test_restarted_node_marks_running_tasks_interrupted(store: StoreAPI) -> None:
     tasks = Tasks(store)
     upid = tasks.submit(node="n2", type="t_ok", id="", user="u@pve")
     key = record_key("n2", upid)
@@ -161,6 +161,6 @@ def test_restarted_node_marks_running_tasks_interrupted(store: Store) -> None:
         w.stop()
 
 
-def test_unknown_task(store: Store) -> None:
+def test_unknown_task(store: StoreAPI) -> None:
     with pytest.raises(NotFound):
         Tasks(store).get(str(Upid.new("n1", "x", "", "u@pve")))

@@ -1,0 +1,133 @@
+"""The guest flow on the in-memory store and a virtual clock: no etcd, no threads, no sleeping.
+
+Two nodes' task workers run in this process on fake drivers; every watch
+delivery, task run and lease renewal is a callback of the virtual clock, so
+the whole create -> start -> migrate -> destroy flow is one deterministic run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from corral.cluster import guests, keys
+from corral.cluster.clock import VirtualClock
+from corral.cluster.store_memory import MemoryStore
+from corral.cluster.tasks import Tasks, TaskWorker
+from tests.web.fake_driver import FakeDriver
+
+NODES = ("node1", "node2")
+
+
+class Sim:
+    def __init__(self) -> None:
+        self.clock = VirtualClock()
+        self.store = MemoryStore(clock=self.clock)
+        self.tasks = Tasks(self.store)
+        self.drivers: dict[str, FakeDriver] = {}
+        self.workers: list[TaskWorker] = []
+        for i, name in enumerate(NODES):
+            self.drivers[name] = FakeDriver(node=name, data_dir="/nonexistent")
+            alive = self.store.keep_lease(10)  # what the daemon keeps while it lives
+            self.store.put(keys.node_info(name), {"node": name, "address": f"10.0.0.{i + 1}"})
+            self.store.put(keys.node_alive(name), {"since": 0}, lease=alive.id)
+            worker = TaskWorker(self.store, name)
+            worker.context = {
+                "drivers": {"lxc": self.drivers[name]},
+                "volumes": object(),
+                "lease_id": alive.id,
+            }
+            worker.start()
+            self.workers.append(worker)
+        self.store.put(
+            keys.storage("shared"), {"storage": "shared", "type": "dir", "path": "/x", "shared": 1}
+        )
+
+    def run(self, node: str, task: str, vmid: int, **args: Any) -> dict[str, Any]:
+        upid = self.tasks.submit(
+            node=node,
+            type=task,
+            id=str(vmid),
+            user="root@pam",
+            args={"vmid": vmid, **args},
+            serial=guests.serial(vmid),
+        )
+        assert self.clock.run_until(lambda: self.tasks.status(upid)["status"] == "stopped")
+        status = self.tasks.status(upid)
+        assert status["exitstatus"] == "OK", (status, self.tasks.log_lines(upid))
+        return status
+
+    def record(self, vmid: int) -> Any:
+        return self.store.get_value(keys.guest(vmid))
+
+
+@pytest.fixture
+def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sim]:
+    def no_sleep(seconds: float) -> None:
+        raise AssertionError(f"slept {seconds} s of real time")
+
+    threads = threading.active_count()
+    monkeypatch.setattr(time, "sleep", no_sleep)
+    s = Sim()
+    yield s
+    for w in s.workers:
+        w.stop()
+    s.store.close()
+    assert threading.active_count() == threads, "something started a thread"
+    assert s.clock.errors == []
+
+
+def test_create_start_migrate_destroy(sim: Sim) -> None:
+    vmid = 300
+    record = {
+        "vmid": vmid,
+        "type": "lxc",
+        "node": "node1",
+        "config": {"hostname": "sim", "memory": 256, "rootfs": "shared:1"},
+        "pending": {},
+        "pending_delete": [],
+        "lock": "create",
+        "created": int(sim.clock.time()),
+    }
+    assert sim.store.create(keys.guest(vmid), record)
+    created = sim.run("node1", "vzcreate", vmid, params={}, start=1)
+    rec = sim.record(vmid)
+    assert rec["lock"] is None and rec["config"]["rootfs"].startswith("shared:subvol-300")
+    assert sim.drivers["node1"].guests[vmid]["status"] == "running"
+    assert created["starttime"] == int(sim.clock.time())  # task times come from the clock
+
+    sim.run("node1", "vzmigrate", vmid, target="node2", restart=1)
+    assert sim.record(vmid)["node"] == "node2" and sim.record(vmid)["lock"] is None
+    assert vmid not in sim.drivers["node1"].guests
+    assert sim.drivers["node2"].guests[vmid]["status"] == "running"
+    assert [c for c in sim.drivers["node2"].calls if c[1] == vmid] == [
+        ("adopt", vmid),
+        ("start", vmid),
+    ]
+    live = guests.live_status(sim.store)
+    assert live[str(vmid)]["status"] == "running"
+
+    sim.run("node2", "vzstop", vmid)
+    sim.run("node2", "vzdestroy", vmid)
+    assert sim.record(vmid) is None and vmid not in sim.drivers["node2"].guests
+    assert str(vmid) not in guests.live_status(sim.store)
+
+    # The nodes' leases were renewed on the virtual clock all along.
+    sim.clock.advance(120)
+    assert all(sim.store.get(keys.node_alive(n)) for n in NODES)
+
+
+def test_a_task_on_a_dead_node_waits_and_its_keys_expire(sim: Sim) -> None:
+    """A node whose lease is not renewed drops out after its TTL, in virtual time."""
+    lease = sim.store.lease_grant(5)
+    sim.store.put(keys.node_alive("node3"), {"since": 0}, lease=lease)
+    upid = sim.tasks.submit(node="node3", type="vzstart", id="1", user="root@pam", args={})
+    sim.clock.advance(4)
+    assert sim.store.get(keys.node_alive("node3")) is not None
+    sim.clock.advance(2)
+    assert sim.store.get(keys.node_alive("node3")) is None
+    assert sim.tasks.status(upid)["status"] == "running"  # queued: nobody runs node3's tasks
