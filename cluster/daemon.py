@@ -35,6 +35,7 @@ from corral.cluster import keys, registry, tls
 from corral.cluster.access import Access
 from corral.cluster.errors import Unavailable
 from corral.cluster.etcd_embed import EmbeddedEtcd
+from corral.cluster.guest_service import GuestService
 from corral.cluster.logfmt import setup_logging
 from corral.cluster.store import KeptLease, Store
 from corral.cluster.tasks import Tasks, TaskWorker
@@ -346,7 +347,7 @@ class Node:
                 time.sleep(1)
 
     def _load_services(self) -> None:
-        """Volumes and guest drivers, found through entry points (DESIGN.md)."""
+        """Volumes and guest drivers, found through entry points (ARCHITECTURE.md)."""
         assert self.store is not None
         store = self.store
         services = registry.load(registry.SERVICES)
@@ -363,6 +364,13 @@ class Node:
                 log.warning("guest driver %s unavailable: %s", name, err)
                 registry.UNAVAILABLE.setdefault(registry.GUEST_DRIVERS, {})[name] = str(err)
         self.services["drivers"] = drivers
+        self.services["guest_service"] = GuestService(
+            store,
+            Tasks(store),
+            node=self.name,
+            drivers=drivers,
+            volumes=self.services.get("volumes"),
+        )
         self.services["data_dir"] = str(self.data_dir)  # node-to-node calls find the CA here
         self.services["probes"] = {}
         for name, driver in drivers.items():
@@ -482,12 +490,10 @@ class Node:
         if self.worker is not None:
             self.worker.stop()
         for driver in (self.services.get("drivers") or {}).values():
-            close = getattr(driver, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:  # noqa: BLE001
-                    log.exception("driver close failed")
+            try:
+                driver.close()
+            except Exception:  # noqa: BLE001
+                log.exception("driver close failed")
         if self.lease is not None and self.store is not None:
             self.lease.revoke()  # offline at once for the other nodes
         if self.store is not None:

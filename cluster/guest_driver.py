@@ -65,6 +65,21 @@ class VolumeAccess(Protocol):
         """A local file for file-based content (vztmpl, iso, snippets)."""
         ...
 
+    def content_of(self, storage: str) -> frozenset[str]:
+        """Content types `storage` takes (images, rootdir, vztmpl, iso...) on this node."""
+        ...
+
+    def check_volume(
+        self, key: str, volid: str, *, content: str, here: bool, new: bool = False
+    ) -> None:
+        """Config key `key` may name `volid` for content type `content`: its
+        storage takes `content`, and an existing volume (not `new`, a
+        `STORAGE:SIZE` still to allocate) is of that type. With `here`, the storage must also be
+        enabled on this node; without, only the cluster-wide config is read
+        (the check runs before the guest's node is reached). ParamError names
+        `key`."""
+        ...
+
 
 @dataclass(frozen=True)
 class DriverInfo:
@@ -104,6 +119,22 @@ class GuestDriver:
     def probe(self) -> Probe:
         """Can this node run guests of this type? Must return within 30 s."""
         return Probe(True)
+
+    def close(self) -> None:
+        """Release what the driver holds (connections); called once when the node stops."""
+
+    def check_create(
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        *,
+        params: Mapping[str, Any],
+        volumes: VolumeAccess | None,
+    ) -> None:
+        """Cheap checks before a create task is queued: bad input raises ParamError
+        naming the key, and nothing is made. Runs on the node that answers the
+        API call, which need not be the guest's node: only what holds
+        cluster-wide may be checked (`volumes.check_volume(..., here=False)`)."""
 
     # -- lifecycle ------------------------------------------------------
     def create(

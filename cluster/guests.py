@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from corral.cluster import keys, volume_moves
+from corral.cluster import keys, migration, volume_moves
 from corral.cluster.errors import Conflict, CorralError, NotFound, ParamError, Unavailable
 from corral.cluster.guest_driver import GuestDriver
 from corral.cluster.store_api import StoreAPI
@@ -268,7 +268,9 @@ def _simple(op: str) -> Callable[[TaskContext, dict[str, Any]], None]:
     def run(ctx: TaskContext, args: dict[str, Any]) -> None:
         rec = _record(ctx, args)
         check_lock(rec)
-        getattr(_driver(ctx, rec["type"]), op)(rec["vmid"], rec["config"], log=ctx.log)
+        driver = _driver(ctx, rec["type"])
+        call = {"suspend": driver.suspend, "resume": driver.resume, "reset": driver.reset}[op]
+        call(rec["vmid"], rec["config"], log=ctx.log)
         _mark(ctx, rec, "paused" if op == "suspend" else "running")
 
     return run
@@ -350,21 +352,20 @@ def _migrate(ctx: TaskContext, args: dict[str, Any]) -> None:
     if ctx.store.get(keys.node_alive(target)) is None:
         raise Unavailable(f"target node '{target}' is offline")
     running = driver.status(vmid, rec["config"]).get("status") in ("running", "paused")
-    live = bool(running and rec["type"] == "qemu" and args.get("online"))
-    if running and rec["type"] == "lxc" and not args.get("restart"):
-        raise Conflict(f"CT {vmid} is running - use restart mode (restart=1)")
-    if running and rec["type"] == "qemu" and not args.get("online"):
-        raise Conflict(f"VM {vmid} is running - use online migration (online=1)")
-    copies, blockers = volume_moves.plan(ctx.store, driver, config, target)
-    if blockers:
-        raise Conflict(
-            f"can't migrate {kind} {vmid} to '{target}': {', '.join(map(str, blockers))}"
+    try:  # checked again: the guest may have changed since the API checked
+        decision = migration.plan(
+            ctx.store,
+            driver,
+            rec,
+            config,
+            target,
+            running=running,
+            online=bool(args.get("online")),
+            restart=bool(args.get("restart")),
         )
-    if copies and live:
-        raise Conflict(
-            f"can't live-migrate {kind} {vmid}: local disks {', '.join(sorted(copies))} "
-            "(put them on shared storage, or migrate offline)"
-        )
+    except ParamError as err:
+        raise Conflict("; ".join(err.errors.values()) or str(err)) from None
+    copies, live = decision.copies, decision.mode == "live"
     set_lock(ctx.store, vmid, "migrate")
     stopped_here = False
     copied: dict[str, str] = {}  # source volume ID -> the copy on the target
@@ -380,7 +381,7 @@ def _migrate(ctx: TaskContext, args: dict[str, Any]) -> None:
                 target_uri=f"qemu+tcp://{info.get('address')}/system",
                 target_data_dir=info.get("data_dir"),
             )
-        elif running:
+        elif decision.mode == "restart":
             ctx.log(f"shutting down {kind} {vmid} for a restart migration")
             driver.shutdown(
                 vmid,

@@ -40,7 +40,7 @@ def shared(conf: dict[str, Any]) -> bool:
     from corral.cluster import registry
 
     plugin = registry.load(registry.STORAGE_PLUGINS).get(str(conf.get("type")))
-    if getattr(plugin, "shared_by_nature", False):
+    if plugin is not None and plugin.shared_by_nature:
         return True
     return str(conf.get("shared", 0)) in ("1", "True", "true")
 

@@ -122,11 +122,16 @@ class QemuDriver(GuestDriver):
         return Probe(True, details={"uri": self.uri, "kvm": usable, "kvm_reason": reason})
 
     def check_create(
-        self, vmid: int, config: dict[str, Any], *, params: Mapping[str, Any], volumes: Any
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        *,
+        params: Mapping[str, Any],
+        volumes: VolumeAccess | None,
     ) -> None:
         """Cheap checks before a create task is queued (bad input: 400, nothing made)."""
         check_memory(config, host_mib=host_memory_mib(), node=self.node)
-        self._check_storages(config, volumes)
+        self._check_storages(config, volumes, here=False)
         self._render_check(vmid, config)
 
     # -- helpers -----------------------------------------------------------------
@@ -183,26 +188,19 @@ class QemuDriver(GuestDriver):
             disks = {**disks, slot: {"kind": "file", "path": "/dev/null", "format": "raw"}}
         return render(config, disks, self._facts(vmid, config, files=files, cloudinit=slot))
 
-    def _check_storages(self, config: dict[str, Any], volumes: Any) -> None:
-        """New disks go to storages that take `images`; named volumes must parse."""
+    def _check_storages(
+        self, config: dict[str, Any], volumes: VolumeAccess | None, *, here: bool
+    ) -> None:
+        """New disks go to storages that take `images` (with `here`, usable on this node)."""
         if volumes is None:
             return
-        content_of = getattr(volumes, "content_of", None)
         for key in (*cfg.DISK_KEYS, "efidisk0"):
             if not config.get(key):
                 continue
             disk = cfg.parse(key, cfg.EFIDISK if key == "efidisk0" else cfg.DISK, config[key])
             file = str(disk["file"])
-            if cfg.new_volume_size(file) is not None and content_of is not None:
-                storage = file.partition(":")[0]
-                try:
-                    content = content_of(storage)
-                except CorralError as err:
-                    raise ParamError.one(key, f"storage '{storage}': {err}") from None
-                if "images" not in content:
-                    raise ParamError.one(
-                        key, f"storage '{storage}' does not support content type 'images'"
-                    )
+            if cfg.new_volume_size(file) is not None:
+                volumes.check_volume(key, file, content="images", here=here, new=True)
 
     def _resolve(
         self, config: dict[str, Any], volumes: VolumeAccess
@@ -274,7 +272,7 @@ class QemuDriver(GuestDriver):
     ) -> dict[str, Any]:
         config = cfg.SCHEMA.validate(config, partial=True)
         check_memory(config, host_mib=host_memory_mib(), node=self.node)
-        self._check_storages(config, volumes)
+        self._check_storages(config, volumes, here=True)
         self._render_check(vmid, config)
         with self._lock(vmid), Reverter() as undo:
             if self._domain(vmid) is not None:

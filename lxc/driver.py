@@ -41,8 +41,6 @@ from corral.cluster.undo import Reverter
 from corral.lxc import cgroups, rootfs
 from corral.lxc import config as cfg
 from corral.lxc.render import IDMAP_BASE, IDMAP_SIZE, Facts, cgroup_values, render, veth_name
-from corral.storage.volid import check_storage_id
-from corral.storage.volumes import plugin_for_type
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
@@ -106,7 +104,12 @@ class LxcDriver(GuestDriver):
                                     "vlan": bridges.vlan_filtering_supported()})  # fmt: skip
 
     def check_create(
-        self, vmid: int, config: dict[str, Any], *, params: Mapping[str, Any], volumes: Any
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        *,
+        params: Mapping[str, Any],
+        volumes: VolumeAccess | None,
     ) -> None:
         """Cheap checks before a create task is queued (bad input → 400, nothing made).
 
@@ -124,42 +127,23 @@ class LxcDriver(GuestDriver):
             self._check_storage(config, params, volumes, here=False)
 
     def _check_storage(
-        self, config: dict[str, Any], params: Mapping[str, Any], volumes: Any, *, here: bool
-    ) -> str | None:
+        self, config: dict[str, Any], params: Mapping[str, Any], volumes: VolumeAccess, *,
+        here: bool,
+    ) -> None:  # fmt: skip
         """Each volume's storage exists and takes container roots, and the template
-        is a `vztmpl` volume. With `here`, also that both are usable on this node
-        and the template file exists; returns its path then.
-
-        Errors name the config key (`rootfs`, `mp0`, `ostemplate`), never the
-        storage layer's own parameter names."""
+        is a `vztmpl` volume (with `here`, on storage usable on this node).
+        Errors name the config key (`rootfs`, `mp0`, `ostemplate`)."""
         if not config.get("rootfs") and params.get("storage"):
             config = {**config, "rootfs": f"{params['storage']}:4"}
         for key, vol in cfg.parse_mps(config).items():
-            volid = vol["volume"]
-            storage = volid.partition(":")[0]
-            with _as_param(key):
-                if cfg.new_volume_size(volid) is not None:
-                    content = _content_of(volumes, storage, here=here)
-                    if content is not None and "rootdir" not in content:
-                        raise ParamError.one(
-                            key,
-                            f"storage '{storage}' does not support container directories "
-                            "(content type 'rootdir')",
-                        )
-                elif _vtype(volumes, volid, here=here) not in (None, "rootdir"):
-                    raise ParamError.one(key, f"volume '{volid}' is not a container volume")
+            new = cfg.new_volume_size(vol["volume"]) is not None
+            volumes.check_volume(key, vol["volume"], content="rootdir", here=here, new=new)
         template = str(params.get("ostemplate") or config.get("ostemplate") or "")
+        volumes.check_volume("ostemplate", template, content="vztmpl", here=here)
+
+    def _template_path(self, template: str, volumes: VolumeAccess) -> str:
+        """The template's file on this node (ParamError naming `ostemplate` if absent)."""
         with _as_param("ostemplate"):
-            storage = template.partition(":")[0]
-            content = _content_of(volumes, storage, here=here)
-            if content is not None and "vztmpl" not in content:
-                raise ParamError.one(
-                    "ostemplate", f"storage '{storage}' holds no container templates"
-                )
-            if _vtype(volumes, template, here=here) not in (None, "vztmpl"):
-                raise ParamError.one("ostemplate", f"'{template}' is not a container template")
-            if not here:
-                return None
             path = str(volumes.file_path(template))
         if not os.path.isfile(path):
             raise ParamError.one(
@@ -240,8 +224,8 @@ class LxcDriver(GuestDriver):
         if os.path.exists(self._dir(vmid)):
             raise Conflict(f"CT {vmid} already exists on node '{self.node}'")
         self._facts(vmid, config, rootfs_path="/", mounts=None)  # reject bad nets before work
-        archive = self._check_storage(config, {"ostemplate": template}, volumes, here=True)
-        assert archive is not None
+        self._check_storage(config, {"ostemplate": template}, volumes, here=True)
+        archive = self._template_path(str(template), volumes)
         with self._lock(vmid), Reverter() as undo:
             for key, vol in cfg.parse_mps(config).items():
                 size = cfg.new_volume_size(vol["volume"])
@@ -606,42 +590,6 @@ def _as_param(key: str) -> Iterator[None]:
         raise ParamError.one(key, reason) from None
     except (NotFound, NotSupported) as err:
         raise ParamError.one(key, str(err)) from None
-
-
-def _content_of(volumes: Any, storage: str, *, here: bool) -> frozenset[str] | None:
-    """Content types `storage` takes (None: this VolumeAccess cannot say). With
-    `here`, the storage must also be enabled and available on this node."""
-    if here:
-        content_of = getattr(volumes, "content_of", None)
-        return None if content_of is None else frozenset(content_of(storage))
-    conf = _storage_config(volumes, storage)
-    if conf is None:
-        return None
-    return frozenset(plugin_for_type(str(conf.get("type"))).enabled_content(conf))
-
-
-def _vtype(volumes: Any, volid: str, *, here: bool) -> str | None:
-    """The content type a volume ID names (None: this VolumeAccess cannot say)."""
-    storage, _, volname = volid.partition(":")
-    if here:
-        parse = getattr(volumes, "parse", None)
-        return None if parse is None else str(parse(volid).vtype)
-    check_storage_id(storage, param="volume")
-    conf = _storage_config(volumes, storage)
-    if conf is None:
-        return None
-    return str(plugin_for_type(str(conf.get("type"))).parse_volname(conf, volname=volname).vtype)
-
-
-def _storage_config(volumes: Any, storage: str) -> dict[str, Any] | None:
-    """The cluster-wide config of `storage` (NotFound if there is none)."""
-    config = getattr(volumes, "config", None)
-    if config is None:
-        return None
-    conf = dict(config(storage))
-    if int(conf.get("disable") or 0):
-        raise ParamError.one("storage", f"storage '{storage}' is disabled")
-    return conf
 
 
 def _reachable(path: str, uid: int) -> bool:

@@ -189,6 +189,11 @@ class StoragePlugin:
     def snapshots(self, cfg: dict[str, Any], *, volname: str) -> list[str]:
         raise NotSupported(what=f"snapshots on {self.type} storage")
 
+    def create_base(self, cfg: dict[str, Any], *, volname: str) -> str:
+        """Turn a guest's volume into a read-only base (a template's disk) that
+        linked clones hang on; returns the base's volume name."""
+        raise NotSupported(what=f"base volumes on {self.type} storage")
+
     def clone_image(
         self, cfg: dict[str, Any], *, volname: str, vmid: int, snap: str | None = None
     ) -> str:

@@ -49,6 +49,17 @@ def plugin_for_type(type: str) -> StoragePlugin:
     return found
 
 
+# Reasons a storage or volume does not fit a guest's key, in the words users know.
+_NO_CONTENT = {
+    "rootdir": "does not support container directories (content type 'rootdir')",
+    "vztmpl": "holds no container templates (content type 'vztmpl')",
+}
+_NOT_OF_TYPE = {
+    "rootdir": "volume '{volid}' is not a container volume",
+    "vztmpl": "'{volid}' is not a container template",
+}
+
+
 def available_on(cfg: dict[str, Any], node: str) -> bool:
     nodes = [n for n in str(cfg.get("nodes") or "").split(",") if n]
     return not nodes or node in nodes
@@ -115,6 +126,35 @@ class Volumes:
     def content_of(self, storage: str) -> frozenset[str]:
         plugin, cfg = self.resolve(storage, activate=False)
         return plugin.enabled_content(cfg)
+
+    def check_volume(
+        self, key: str, volid: str, *, content: str, here: bool, new: bool = False
+    ) -> None:
+        """See VolumeAccess.check_volume. `new`: `volid` is `STORAGE:SIZE`, a
+        volume still to allocate (its storage must take `content`); otherwise
+        an existing volume, whose storage must take `content` and whose name
+        must be of that type. Storage errors become a ParamError naming `key`."""
+        storage, _, volname = volid.partition(":")
+        try:
+            if here:
+                plugin, cfg = self.resolve(storage, param=key, activate=False)
+            else:
+                cfg = self.config(storage, param=key)
+                if int(cfg.get("disable") or 0):
+                    raise ParamError.one(key, f"storage '{storage}' is disabled")
+                plugin = plugin_for_type(str(cfg.get("type")))
+            if content not in plugin.enabled_content(cfg):
+                reason = _NO_CONTENT.get(content, "does not support content type '{content}'")
+                raise ParamError.one(key, f"storage '{storage}' " + reason.format(content=content))
+            if not new and plugin.parse_volname(cfg, volname=volname).vtype != content:
+                reason = _NOT_OF_TYPE.get(content, "volume '{volid}' is not of type '{content}'")
+                raise ParamError.one(key, reason.format(volid=volid, content=content))
+        except ParamError as err:
+            if key in err.errors:
+                raise
+            raise ParamError.one(key, "; ".join(err.errors.values()) or str(err)) from None
+        except (NotFound, NotSupported) as err:
+            raise ParamError.one(key, str(err)) from None
 
     def is_shared(self, storage: str) -> bool:
         cfg = self.config(storage)
@@ -188,10 +228,7 @@ class Volumes:
     def create_base(self, volid: str) -> str:
         storage = volid.split(":", 1)[0]
         plugin, cfg, volname = self._vol(volid)
-        create_base = getattr(plugin, "create_base", None)
-        if create_base is None:
-            raise NotSupported(what=f"base volumes on {plugin.type} storage")
-        return f"{storage}:{create_base(cfg, volname=volname)}"
+        return f"{storage}:{plugin.create_base(cfg, volname=volname)}"
 
     def clone(self, volid: str, vmid: int, *, snap: str | None = None, full: bool = False) -> str:
         """A linked clone where the backend can, or (full=True) an independent copy."""

@@ -7,13 +7,13 @@ compare-and-swap and become tasks on the guest's node (corral.cluster.guests).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from corral.cluster import guests, keys, placement
-from corral.cluster.errors import Conflict, NotFound, ParamError, Unavailable
+from corral.cluster import guests, keys
+from corral.cluster.errors import Conflict, NotFound, Unavailable
 from corral.cluster.guest_driver import GuestDriver
-from corral.cluster.schema import DIGEST, NODE, VMID, Param, parse_size
+from corral.cluster.guest_service import CONFIG_PRIVS, GuestService
+from corral.cluster.schema import DIGEST, NODE, VMID, Param
 from corral.web import api_core
 from corral.web.api import Ctx, endpoint
 from corral.web.api_core import require_node
@@ -23,32 +23,31 @@ KIND = {"lxc": "CT", "qemu": "VM"}
 CONFIG_WAIT = 60.0
 AUTO_NODE = "auto"  # the node name that means "pick one" at creation
 
-# Privileges for config keys by family (Proxmox checks them per key).
-_KEY_PRIVS = [
-    (("memory", "swap", "balloon", "shares"), "VM.Config.Memory"),
-    (("cores", "sockets", "vcpus", "cpu", "cpulimit", "cpuunits", "numa"), "VM.Config.CPU"),
-    (("net",), "VM.Config.Network"),
-    (("rootfs", "mp", "scsi", "virtio", "sata", "ide", "efidisk", "unused"), "VM.Config.Disk"),
-    (("ci", "ipconfig", "sshkeys", "nameserver", "searchdomain"), "VM.Config.Cloudinit"),
-]
 
-
-def _priv_for(key: str) -> str:
-    for prefixes, priv in _KEY_PRIVS:
-        if any(key == p or (key.startswith(p) and key[len(p) :].isdigit()) for p in prefixes):
-            return priv
-    return "VM.Config.Options"
+def service(ctx: Ctx) -> GuestService:
+    """The node's guest service (every guest rule lives there, not here)."""
+    found = ctx.services.get("guest_service")
+    if isinstance(found, GuestService):
+        return found
+    return GuestService(
+        ctx.store,
+        ctx.tasks,
+        node=ctx.node,
+        drivers=ctx.services.get("drivers") or {},
+        volumes=ctx.services.get("volumes"),
+    )
 
 
 def driver_for(ctx: Ctx, type: str) -> GuestDriver:
-    drivers = ctx.services.get("drivers") or {}
-    driver = drivers.get(type)
-    if driver is None:
-        from corral.cluster import registry
+    return service(ctx).driver(type)
 
-        reason = registry.UNAVAILABLE.get(registry.GUEST_DRIVERS, {}).get(type, "not installed")
-        raise Unavailable(f"{type} guests are not available on this node: {reason}")
-    return driver
+
+def _authorize(ctx: Ctx, vmid: int) -> Any:
+    def check(privs: set[str]) -> None:
+        for priv in sorted(privs):
+            ctx.check(f"/vms/{vmid}", [priv])
+
+    return check
 
 
 def _record(ctx: Ctx, type: str, node: str, vmid: int) -> dict[str, Any]:
@@ -57,8 +56,7 @@ def _record(ctx: Ctx, type: str, node: str, vmid: int) -> dict[str, Any]:
 
 
 def _live(ctx: Ctx, rec: dict[str, Any]) -> dict[str, Any]:
-    doc = ctx.store.get_value(keys.guest_status(rec["node"])) or {}
-    return doc.get(str(rec["vmid"]), {})
+    return service(ctx).live(rec)
 
 
 def _summary(rec: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
@@ -101,28 +99,10 @@ def _summary(rec: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _wait(ctx: Ctx, upid: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = ctx.tasks.status(upid)
-        if status["status"] == "stopped":
-            return status
-        if time.monotonic() > deadline:
-            raise Unavailable(f"task {upid} did not finish within {timeout:.0f} s")
-        time.sleep(0.02)
-
-
-def _config_schema_check(
-    ctx: Ctx, type: str, raw: dict[str, Any], *, partial: bool
-) -> dict[str, Any]:
-    return driver_for(ctx, type).config_schema().validate(raw, partial=partial)
-
-
 def register(type: str) -> None:
     base = f"/nodes/{{node}}/{type}"
     one = f"{base}/{{vmid}}"
     kind = KIND[type]
-    task = guests.TASK_TYPES[type]
 
     @endpoint("GET", base, params={"node": NODE}, description=f"{kind} index (per node).")
     def list_guests(ctx: Ctx, node: str) -> list[dict[str, Any]]:
@@ -165,58 +145,17 @@ def register(type: str) -> None:
         digest: str | None = None,
         **raw: Any,
     ) -> str:
-        if node == AUTO_NODE:
-            # corral extension: POST /nodes/auto/{lxc,qemu} places the guest by free resources.
-            try:
-                memory = int(raw.get("memory") or 512) << 20
-            except (TypeError, ValueError):
-                raise ParamError.one("memory", f"invalid memory '{raw.get('memory')}'") from None
-            node = placement.choose_node(ctx.store, memory=memory)
-        require_node(ctx, node)
-        if ctx.store.get(keys.node_alive(node)) is None:
-            raise Unavailable(f"node '{node}' is offline")
-        valid = _config_schema_check(ctx, type, raw, partial=False)
-        config = {k: v for k, v in valid.items() if k not in guests.CREATE_ONLY}
-        params = {k: v for k, v in valid.items() if k in guests.CREATE_ONLY}
-        for key in config:
-            if _priv_for(key) != "VM.Config.Options":
-                ctx.check(f"/vms/{vmid}", [_priv_for(key)])
-        check = getattr(driver_for(ctx, type), "check_create", None)
-        if check is not None:
-            check(vmid, config, params=params, volumes=ctx.services.get("volumes"))
-        record = {
-            "vmid": vmid,
-            "type": type,
-            "node": node,
-            "config": config,
-            "pending": {},
-            "pending_delete": [],
-            "lock": "create",
-            "created": int(time.time()),
-        }
-        reservation = ctx.store.get(keys.vmid_reservation(vmid))
-        compare: list[tuple[Any, ...]] = [("version", keys.guest(vmid), "==", 0)]
-        if reservation is None:
-            compare.append(("version", keys.vmid_reservation(vmid), "==", 0))
-        elif reservation.value.get("user") != ctx.user:
-            raise Conflict(f"VM {vmid} is reserved by {reservation.value.get('user')}")
-        else:
-            compare.append(("mod", keys.vmid_reservation(vmid), "==", reservation.mod_revision))
-        ok = ctx.store.txn(
-            compare, [("put", keys.guest(vmid), record), ("delete", keys.vmid_reservation(vmid))]
-        )
-        if not ok:
-            raise (
-                Conflict(f"{kind} {vmid} already exists")
-                if ctx.store.get(keys.guest(vmid))
-                else Conflict(f"VM {vmid} is reserved")
-            )
-        return ctx.submit(
-            node=node,
-            type=task["create"],
-            id=str(vmid),
-            args={"vmid": vmid, "params": params, "start": start},
-            serial=guests.serial(vmid),
+        # corral extension: POST /nodes/auto/{lxc,qemu} places the guest by free resources.
+        if node != AUTO_NODE:
+            require_node(ctx, node)
+        return service(ctx).create(
+            type,
+            vmid,
+            raw,
+            user=ctx.user,
+            node=None if node == AUTO_NODE else node,
+            start=bool(start),
+            authorize=_authorize(ctx, vmid),
         )
 
     @endpoint(
@@ -259,28 +198,8 @@ def register(type: str) -> None:
         description=f"Destroy the {kind} (also delete all used/owned volumes).",
     )
     def destroy(ctx: Ctx, node: str, vmid: int, force: int = 0, **_: Any) -> str:
-        rec = _record(ctx, type, node, vmid)
-        guests.check_lock(rec)
-        if rec["config"].get("protection"):
-            raise Conflict(f"can't remove {kind} {vmid} - protection mode enabled")
-        live = _live(ctx, rec)
-        if live.get("status") == "running" and not force:
-            raise Conflict(f"{kind} {vmid} is running - destroy failed")
-        if force and live.get("status") == "running":
-            ctx.submit(
-                node=node,
-                type=task["stop"],
-                id=str(vmid),
-                args={"vmid": vmid},
-                serial=guests.serial(vmid),
-            )
-        return ctx.submit(
-            node=node,
-            type=task["destroy"],
-            id=str(vmid),
-            args={"vmid": vmid},
-            serial=guests.serial(vmid),
-        )
+        require_node(ctx, node)
+        return service(ctx).destroy(vmid, user=ctx.user, force=bool(force), type=type, node=node)
 
     @endpoint(
         "GET",
@@ -332,19 +251,7 @@ def register(type: str) -> None:
     }
 
     def config_perm(ctx: Ctx, vmid: int, **_: Any) -> None:
-        ctx.check(
-            f"/vms/{vmid}",
-            [
-                "VM.Config.Options",
-                "VM.Config.Memory",
-                "VM.Config.CPU",
-                "VM.Config.Disk",
-                "VM.Config.Network",
-                "VM.Config.Cloudinit",
-                "VM.Config.CDROM",
-            ],
-            any_of=True,
-        )
+        ctx.check(f"/vms/{vmid}", list(CONFIG_PRIVS), any_of=True)
 
     def change_config(
         ctx: Ctx,
@@ -355,65 +262,17 @@ def register(type: str) -> None:
         revert: str | None,
         raw: dict[str, Any],
     ) -> str | None:
-        rec = _record(ctx, type, node, vmid)
-        raw = {k: v for k, v in raw.items() if k != "skiplock"}
-        schema = driver_for(ctx, type).config_schema()
-        changes = schema.validate(raw, partial=True)
-        bad_create = sorted(set(changes) & guests.CREATE_ONLY)
-        if bad_create:
-            raise ParamError({k: "only allowed at creation" for k in bad_create})
-        deletes = [k for k in (delete or "").replace(";", ",").split(",") if k.strip()]
-        reverts = [k for k in (revert or "").replace(";", ",").split(",") if k.strip()]
-        errors = {}
-        for key in deletes + reverts:
-            if key not in schema.props:
-                errors[key] = "unknown setting"
-        for key in deletes:
-            if key in changes:
-                errors[key] = "can't set and delete the same option"
-        if errors:
-            raise ParamError(errors)
-        for key in [*changes, *deletes]:
-            ctx.check(f"/vms/{vmid}", [_priv_for(key)])
-        if not changes and not deletes and not reverts:
-            raise ParamError(message="no options specified")
-        live = _live(ctx, rec)
-        running = live.get("status") in ("running", "paused")
-
-        def apply(r: dict[str, Any]) -> dict[str, Any]:
-            if digest and guests.digest(r["config"]) != digest.lower():
-                raise Conflict(
-                    "detected modified configuration - file changed by other user? Try again."
-                )
-            guests.check_lock(r)
-            pending = dict(r.get("pending", {}))
-            pending_delete = list(r.get("pending_delete", []))
-            for key in reverts:
-                pending.pop(key, None)
-                if key in pending_delete:
-                    pending_delete.remove(key)
-            if running:
-                pending.update(changes)
-                for key in deletes:
-                    pending.pop(key, None)
-                    if key not in pending_delete and key in r["config"]:
-                        pending_delete.append(key)
-            else:
-                r["config"] = {**r["config"], **changes}
-                for key in deletes:
-                    r["config"].pop(key, None)
-            r["pending"], r["pending_delete"] = pending, pending_delete
-            return r
-
-        guests.update_record(ctx.store, vmid, apply)
-        if not running:
-            return None
-        return ctx.submit(
+        require_node(ctx, node)
+        return service(ctx).change_config(
+            vmid,
+            raw,
+            user=ctx.user,
+            delete=delete,
+            revert=revert,
+            digest=digest,
+            type=type,
             node=node,
-            type=task["config"],
-            id=str(vmid),
-            args={"vmid": vmid},
-            serial=guests.serial(vmid),
+            authorize=_authorize(ctx, vmid),
         )
 
     @endpoint(
@@ -436,7 +295,7 @@ def register(type: str) -> None:
     ) -> None:
         upid = change_config(ctx, node, vmid, digest, delete, revert, raw)
         if upid is not None:
-            status = _wait(ctx, upid, CONFIG_WAIT)
+            status = service(ctx).wait(upid, CONFIG_WAIT)
             if status.get("exitstatus") != "OK":
                 raise Conflict(f"applying the change failed: {status.get('exitstatus')}")
 
@@ -573,32 +432,9 @@ def register(type: str) -> None:
     def resize(
         ctx: Ctx, node: str, vmid: int, disk: str, size: str, digest: str | None = None
     ) -> str:
-        rec = _record(ctx, type, node, vmid)
-        if digest and guests.digest(rec["config"]) != digest.lower():
-            raise Conflict(
-                "detected modified configuration - file changed by other user? Try again."
-            )
-        guests.check_lock(rec)
-        if disk not in rec["config"]:
-            raise ParamError.one("disk", f"disk '{disk}' does not exist")
-        volumes = ctx.services.get("volumes")
-        current = _disk_size(rec["config"][disk], volumes)
-        grow = size.startswith("+")
-        try:
-            amount = parse_size(size.lstrip("+"), default_unit="G")
-        except ValueError as err:
-            raise ParamError.one("size", str(err)) from None
-        new = current + amount if grow else amount
-        if new < current:
-            raise ParamError.one("size", "shrinking disks is not supported")
-        if new == current:
-            raise ParamError.one("size", "the disk already has this size")
-        return ctx.submit(
-            node=node,
-            type=task["resize"],
-            id=str(vmid),
-            args={"vmid": vmid, "disk": disk, "size": new},
-            serial=guests.serial(vmid),
+        require_node(ctx, node)
+        return service(ctx).resize(
+            vmid, disk, size, user=ctx.user, digest=digest, type=type, node=node
         )
 
     if type == "lxc":
@@ -644,23 +480,8 @@ def register(type: str) -> None:
             return {"user": ctx.user, "upid": "", **info}
 
 
-def _disk_size(value: Any, volumes: Any) -> int:
-    text = str(value)
-    for part in text.split(","):
-        if part.startswith("size="):
-            try:
-                return parse_size(part[5:], default_unit="G")
-            except ValueError:
-                break
-    volid = text.split(",")[0]
-    if volumes is not None and ":" in volid:
-        return int(volumes.size(volid))
-    raise ParamError.one("disk", "cannot determine the disk's current size")
-
-
 def _register_op(type: str, one: str, op: str, extra: dict[str, Param]) -> None:
     kind = KIND[type]
-    task = guests.TASK_TYPES[type]
 
     @endpoint(
         "POST",
@@ -670,14 +491,10 @@ def _register_op(type: str, one: str, op: str, extra: dict[str, Param]) -> None:
         description=f"{op.capitalize()} the {kind}.",
     )
     def run(ctx: Ctx, node: str, vmid: int, **params: Any) -> str:
-        rec = _record(ctx, type, node, vmid)
-        if op != "stop" or not params.get("skiplock"):
-            guests.check_lock(rec)
-        if params.get("skiplock") and ctx.identity.userid != "root@pam":
-            raise ParamError.one("skiplock", "Only root may use this option.")
-        args = {"vmid": vmid, **{k: v for k, v in params.items() if v is not None}}
-        return ctx.submit(
-            node=node, type=task[op], id=str(vmid), args=args, serial=guests.serial(vmid)
+        require_node(ctx, node)
+        skiplock = bool(params.pop("skiplock", 0))
+        return service(ctx).power(
+            op, vmid, user=ctx.user, type=type, node=node, skiplock=skiplock, **params
         )
 
     run.__name__ = f"{type}_{op}"

@@ -19,6 +19,7 @@ from corral.cluster.undo import Reverter
 from corral.web import api_core
 from corral.web.api import Ctx, endpoint
 from corral.web.api_core import require_node
+from corral.web.api_guests import service as guest_service
 
 # Options that name where the data lives: changing them would orphan every volume.
 FIXED = ("type", "path", "pool", "vgname", "thinpool")
@@ -60,30 +61,11 @@ def _config(ctx: Ctx, storage: str) -> tuple[dict[str, Any], int]:
 
 def _users_of(ctx: Ctx, storage: str) -> list[int]:
     """VMIDs whose config (current or pending) names a volume on `storage`."""
-    prefix = f"{storage}:"
-    found = []
-    for kv in ctx.store.range(keys.GUESTS):
-        rec = kv.value
-        values = [*rec.get("config", {}).values(), *rec.get("pending", {}).values()]
-        if any(isinstance(v, str) and (v.startswith(prefix) or f"={prefix}" in v) for v in values):
-            found.append(int(rec["vmid"]))
-    return sorted(found)
+    return guest_service(ctx).storage_users(storage)
 
 
 def _volume_users(ctx: Ctx, volid: str) -> list[int]:
-    found = []
-    for kv in ctx.store.range(keys.GUESTS):
-        rec = kv.value
-        values = [*rec.get("config", {}).values(), *rec.get("pending", {}).values()]
-        for v in values:
-            if isinstance(v, str) and volid in (v.split(",")[0], *_opt_values(v, "volume")):
-                found.append(int(rec["vmid"]))
-                break
-    return sorted(found)
-
-
-def _opt_values(text: str, key: str) -> list[str]:
-    return [p[len(key) + 1 :] for p in text.split(",") if p.startswith(f"{key}=")]
+    return guest_service(ctx).volume_users(volid)
 
 
 # -- the storage configuration (cluster-wide) -------------------------------------------

@@ -1,0 +1,123 @@
+"""The guest service called directly, as HA and backup jobs do: no HTTP in between.
+
+Two nodes' task workers run in this process against one real etcd, with the
+in-tree fake driver (tests/web/fake_driver.py); tests/lxc and tests/kvm drive
+the real drivers through the same service via the API.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import pytest
+
+from corral.cluster import keys
+from corral.cluster.errors import Conflict, NotFound, ParamError
+from corral.cluster.guest_driver import DriverInfo
+from corral.cluster.guest_service import GuestService, privilege_for
+from corral.cluster.migration import decide
+from corral.cluster.store import Store
+from corral.cluster.tasks import Tasks, TaskWorker
+from tests.web.fake_driver import FakeDriver
+
+USER = "root@pam"
+
+
+@pytest.fixture
+def svc(store: Store) -> Iterator[tuple[GuestService, dict[str, FakeDriver]]]:
+    drivers: dict[str, FakeDriver] = {}
+    workers = []
+    for name in ("node1", "node2"):
+        drivers[name] = FakeDriver(node=name, data_dir="/nonexistent")
+        store.put(keys.node_info(name), {"node": name, "address": "127.0.0.1"})
+        store.put(keys.node_alive(name), {"since": 0})
+        store.put(keys.node_status(name), {"maxmem": 16 << 30, "mem": 1 << 30, "cpu": 0.1})
+        worker = TaskWorker(store, name)
+        worker.context = {"drivers": {"lxc": drivers[name]}, "volumes": object()}
+        worker.start()
+        workers.append(worker)
+    store.put(keys.storage("shared"), {"storage": "shared", "type": "dir", "path": "/srv/x",
+                                       "shared": 1})  # fmt: skip
+    service = GuestService(store, Tasks(store), node="node1", drivers={"lxc": drivers["node1"]})
+    yield service, drivers
+    for w in workers:
+        w.stop()
+
+
+def _ok(svc: GuestService, upid: str) -> None:
+    status = svc.wait(upid, 20)
+    assert status["exitstatus"] == "OK", status
+
+
+def test_create_start_migrate_destroy(svc: tuple[GuestService, dict[str, FakeDriver]]) -> None:
+    service, drivers = svc
+    vmid = 710
+    _ok(service, service.create("lxc", vmid, {"rootfs": "shared:1", "memory": 64},
+                                user=USER, node="node1", start=True))  # fmt: skip
+    assert drivers["node1"].guests[vmid]["status"] == "running"
+    assert service.record(vmid)["lock"] is None
+    assert service.volume_users(f"shared:subvol-{vmid}-disk-0") == [vmid]
+    assert vmid in service.storage_users("shared")
+    with pytest.raises(Conflict):
+        service.create("lxc", vmid, {"rootfs": "shared:1"}, user=USER, node="node1")
+
+    service.store.put(keys.guest_status("node1"), {str(vmid): {"status": "running"}})
+    with pytest.raises(ParamError) as err:  # a CT cannot live-migrate: restart mode it is
+        service.migrate(vmid, user=USER, target="node2")
+    assert "restart" in err.value.errors
+    _ok(service, service.migrate(vmid, user=USER, target="node2", restart=True))
+    assert service.record(vmid)["node"] == "node2"
+    assert drivers["node2"].guests[vmid]["status"] == "running"
+    with pytest.raises(NotFound):
+        service.start(vmid, user=USER, node="node1")  # the API's path names the old node
+
+    _ok(service, service.stop(vmid, user=USER))
+    service.store.put(keys.guest_status("node2"), {str(vmid): {"status": "stopped"}})
+    _ok(service, service.destroy(vmid, user=USER))
+    with pytest.raises(NotFound):
+        service.record(vmid)
+    assert service.volume_users(f"shared:subvol-{vmid}-disk-0") == []
+
+
+def test_config_change_digest_and_lock(svc: tuple[GuestService, dict[str, FakeDriver]]) -> None:
+    service, _ = svc
+    vmid = 711
+    _ok(service, service.create("lxc", vmid, {"rootfs": "shared:1"}, user=USER, node="node1"))
+    asked: list[set[str]] = []
+    assert service.change_config(vmid, {"memory": 128}, user=USER, authorize=asked.append) is None
+    assert asked == [{"VM.Config.Memory"}]
+    assert service.record(vmid)["config"]["memory"] == 128
+    with pytest.raises(Conflict):
+        service.change_config(vmid, {"cores": 2}, user=USER, digest="0" * 40)
+    with pytest.raises(ParamError) as err:
+        service.change_config(vmid, {}, user=USER, delete="nosuchkey")
+    assert "nosuchkey" in err.value.errors
+    with pytest.raises(ParamError) as err:
+        service.stop(vmid, user="someone@pve", skiplock=True)
+    assert "skiplock" in err.value.errors
+
+
+def test_migration_mode_follows_the_driver_capabilities() -> None:
+    ct = DriverInfo(type="lxc")
+    vm = dataclasses.replace(ct, type="qemu", can_live_migrate=True)
+    off = {"running": False, "online": False, "restart": False, "copies": {}}
+    assert decide(ct, 1, **off) == "offline"
+    assert decide(vm, 1, **{**off, "running": True, "online": True}) == "live"
+    assert decide(ct, 1, **{**off, "running": True, "restart": True}) == "restart"
+    for info, params, bad in (
+        (ct, {"online": True}, "online"),  # no live migration for this driver
+        (ct, {}, "restart"),
+        (vm, {}, "online"),
+        (vm, {"online": True, "copies": {"scsi0": "local:vm-1-disk-0"}}, "online"),
+    ):
+        with pytest.raises(ParamError) as err:
+            decide(info, 1, **{**off, "running": True, **params})  # type: ignore[arg-type]
+        assert bad in err.value.errors, (info, params)
+
+
+def test_privileges_by_config_key() -> None:
+    assert privilege_for("net3") == "VM.Config.Network"
+    assert privilege_for("scsi0") == "VM.Config.Disk"
+    assert privilege_for("network") == "VM.Config.Options"  # not a net<N> key
+    assert privilege_for("hostname") == "VM.Config.Options"
