@@ -31,7 +31,7 @@ from corral.cluster.errors import Conflict, NotFound, ParamError, Unavailable
 from corral.cluster.guest_driver import GuestDriver, VolumeAccess
 from corral.cluster.guest_volumes import volumes_in
 from corral.cluster.schema import parse_size
-from corral.cluster.store import Store
+from corral.cluster.store_api import StoreAPI
 from corral.cluster.tasks import Tasks
 
 Authorize = Callable[[set[str]], None]
@@ -80,7 +80,7 @@ class GuestService:
 
     def __init__(
         self,
-        store: Store,
+        store: StoreAPI,
         tasks: Tasks,
         *,
         node: str,

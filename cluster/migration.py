@@ -22,7 +22,7 @@ from typing import Any, Literal
 from corral.cluster import keys, volume_moves
 from corral.cluster.errors import ParamError
 from corral.cluster.guest_driver import DriverInfo, GuestDriver
-from corral.cluster.store import Store
+from corral.cluster.store_api import StoreAPI
 
 Mode = Literal["offline", "restart", "live"]
 KIND = {"lxc": "CT", "qemu": "VM"}
@@ -69,7 +69,7 @@ def decide(
 
 
 def plan(
-    store: Store,
+    store: StoreAPI,
     driver: GuestDriver,
     rec: dict[str, Any],
     config: dict[str, Any],
@@ -95,7 +95,7 @@ def plan(
 
 
 def preconditions(
-    store: Store, driver: GuestDriver, config: dict[str, Any], *, node: str, target: str | None
+    store: StoreAPI, driver: GuestDriver, config: dict[str, Any], *, node: str, target: str | None
 ) -> dict[str, Any]:
     """Proxmox's `GET .../migrate` answer, less `running` (the caller knows it)."""
     allowed, not_allowed = [], {}
