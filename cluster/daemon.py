@@ -40,6 +40,9 @@ from corral.cluster.logfmt import setup_logging
 from corral.cluster.store import KeptLease, Store
 from corral.cluster.tasks import Tasks, TaskWorker
 
+# Guest flows beside corral.cluster.guests whose task handlers register on import.
+GUEST_FLOWS = ("corral.cluster.snapshots",)
+
 log = logging.getLogger("corrald")
 
 LEASE_TTL = 6  # seconds; a node is shown offline this long after it dies
@@ -377,6 +380,8 @@ class Node:
             threading.Thread(target=self._probe, args=(name, driver), daemon=True).start()
         # The guest flow's task handlers register themselves on import.
         guests = importlib.import_module("corral.cluster.guests")
+        for flow in GUEST_FLOWS:
+            importlib.import_module(flow)
         STATUS_HOOKS.append(guests.status_hook)
         if "volumes" in self.services:
             STATUS_HOOKS.append(_publish_storage_status)

@@ -49,6 +49,26 @@ class VolumeAccess(Protocol):
 
     def size(self, volid: str) -> int: ...
 
+    # Snapshots, clones and streams: the guest-level flows (corral.cluster.snapshots,
+    # clones, backup) reach storage through these; unsupported ones raise NotSupported.
+    def has_feature(self, volid: str, feature: str, snap: str | None = None) -> bool:
+        """Proxmox's volume_has_feature: snapshot, clone, copy, template..."""
+        ...
+
+    def snapshot(self, volid: str, snap: str) -> None: ...
+
+    def snapshot_delete(self, volid: str, snap: str) -> None: ...
+
+    def snapshot_rollback(self, volid: str, snap: str) -> None: ...
+
+    def clone(self, volid: str, vmid: int, *, snap: str | None = None, full: bool = False) -> str:
+        """A linked clone for `vmid` (or with `full` an independent copy); its volume ID."""
+        ...
+
+    def create_base(self, volid: str) -> str:
+        """Turn a volume into a read-only template base; its new volume ID."""
+        ...
+
     def qemu_disk(self, volid: str) -> dict[str, Any]:
         """How QEMU reaches the volume: {"kind": "file", "path", "format"} or
         {"kind": "rbd", "pool", "image", "conf", "user",
@@ -262,3 +282,54 @@ class GuestDriver:
 
     def console(self, vmid: int, config: dict[str, Any]) -> dict[str, Any]:
         raise NotSupported(what="console")
+
+    # -- snapshot steps (the flow is corral.cluster.snapshots, written once) ------
+    def freeze(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> bool:
+        """Quiesce a running guest before its volumes are snapshotted (a CT's
+        processes frozen, a VM's filesystems through its guest agent). Returns
+        whether `thaw` must follow; False where there is nothing to do."""
+        return False
+
+    def thaw(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
+        """Undo `freeze`. Must not raise for a guest that is no longer frozen."""
+
+    def snapshot_volume(
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        volid: str,
+        snap: str,
+        *,
+        op: str,
+        running: bool,
+        volumes: VolumeAccess,
+        log: LogFn,
+    ) -> None:
+        """`op` ("create" | "delete") snapshot `snap` of one of the guest's
+        volumes. By default the storage does it; a driver whose running guest
+        holds the volume open (QEMU and a qcow2 file) does it through the
+        hypervisor instead. Rollbacks run on stopped guests only, by storage."""
+        if op == "create":
+            volumes.snapshot(volid, snap)
+        elif op == "delete":
+            volumes.snapshot_delete(volid, snap)
+        else:
+            raise NotSupported(what=f"snapshot operation '{op}'")
+
+    def save_vmstate(self, vmid: int, config: dict[str, Any], path: str, *, log: LogFn) -> None:
+        """Write the running guest's RAM and device state to `path`; the guest
+        keeps running. For snapshots with `vmstate=1`."""
+        raise NotSupported(what=f"saving the RAM state of {self.info.type} guests")
+
+    def restore_vmstate(
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        path: str,
+        *,
+        volumes: VolumeAccess,
+        log: LogFn,
+    ) -> None:
+        """Start the stopped guest from the state in `path` (a rollback to a
+        snapshot taken with `vmstate=1`)."""
+        raise NotSupported(what=f"restoring the RAM state of {self.info.type} guests")

@@ -38,7 +38,7 @@ from corral.cluster.errors import (
 from corral.cluster.guest_driver import DriverInfo, GuestDriver, LogFn, Probe, VolumeAccess
 from corral.cluster.schema import Schema, format_size, parse_size
 from corral.cluster.undo import Reverter
-from corral.kvm import cloudinit, stats
+from corral.kvm import cloudinit, snapshot_steps, stats
 from corral.kvm import config as cfg
 from corral.kvm.libvirt_conn import Libvirt
 from corral.kvm.xml_base import Facts
@@ -769,6 +769,46 @@ class QemuDriver(GuestDriver):
                 timeout=MIGRATE_TIMEOUT,
             )
             log(f"VM {vmid} migrated to {target_uri} in {time.monotonic() - started:.1f} s")
+
+    # -- snapshot steps (corral.kvm.snapshot_steps) ------------------------------------
+    def freeze(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> bool:
+        return snapshot_steps.freeze(self, vmid, config, log=log)
+
+    def thaw(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
+        snapshot_steps.thaw(self, vmid, config, log=log)
+
+    def snapshot_volume(
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        volid: str,
+        snap: str,
+        *,
+        op: str,
+        running: bool,
+        volumes: VolumeAccess,
+        log: LogFn,
+    ) -> None:
+        if not snapshot_steps.snapshot_volume(
+            self, vmid, volid, snap, op=op, running=running, volumes=volumes, log=log
+        ):
+            super().snapshot_volume(
+                vmid, config, volid, snap, op=op, running=running, volumes=volumes, log=log
+            )
+
+    def save_vmstate(self, vmid: int, config: dict[str, Any], path: str, *, log: LogFn) -> None:
+        snapshot_steps.save_vmstate(self, vmid, path, log=log)
+
+    def restore_vmstate(
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        path: str,
+        *,
+        volumes: VolumeAccess,
+        log: LogFn,
+    ) -> None:
+        snapshot_steps.restore_vmstate(self, vmid, path, log=log)
 
 
 def _collect_if_active(dom: libvirt.virDomain, devs: list[str]) -> dict[str, Any] | None:

@@ -546,6 +546,20 @@ class LxcDriver(GuestDriver):
             raise CommandFailed(cmd=" ".join(cmd), stderr=proc.stderr.decode(errors="replace"))
         return proc.stdout.decode(errors="replace")
 
+    # -- snapshot steps (the flow is corral.cluster.snapshots) ---------------------------
+    def freeze(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> bool:
+        """A running CT's processes are frozen (cgroup freezer) while its volumes
+        are snapshotted: nothing writes in between, as Proxmox's `pct snapshot`."""
+        if self._state(vmid) != "RUNNING":
+            return False
+        self.suspend(vmid, config, log=log)
+        return True
+
+    def thaw(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
+        with self._lock(vmid):
+            self._thaw(vmid)
+        log(f"CT {vmid} thawed")
+
 
 def check_subids(user: str = "root") -> None:
     """liblxc maps ids through newuidmap, which needs root's range in /etc/sub[ug]id

@@ -40,6 +40,7 @@ ENDPOINT_MODULES = [
     "corral.web.api_migrate",
     "corral.web.api_cluster",
     "corral.web.console",
+    "corral.web.api_snapshots",
 ]
 
 LOCAL_ROOT = "corral.local_root"  # environ flag set by the root-only unix socket server
