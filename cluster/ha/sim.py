@@ -23,17 +23,19 @@ every step the simulator asserts that no guest runs on two nodes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from corral.cluster.errors import CommandFailed
+from corral.cluster.clock import VirtualClock
+from corral.cluster.errors import CommandFailed, Unavailable
 from corral.cluster.ha import timing
 from corral.cluster.ha.env import COMMANDS, RESOURCES, RULES, SETTINGS, HAState, StoreLike
 from corral.cluster.ha.lrm import LRM
 from corral.cluster.ha.manager import CRM
 from corral.cluster.ha.model import resource_from, rule_from, settings_from
-from corral.cluster.ha.sim_store import NodeView, SimStore
+from corral.cluster.store_memory import MemoryStore
 
 TICK = 0.1
 STEPS_PER_ROUND = round(timing.ROUND / TICK)
@@ -60,7 +62,8 @@ class Simulator:
     def __init__(self, scenario: dict[str, Any]) -> None:
         self.t = 0.0
         self.lines: list[str] = []
-        self.store = SimStore(lambda: self.t)
+        self.clock = VirtualClock(start=0.0)
+        self.store = MemoryStore(clock=self.clock)
         self.nodes = {name: SimNode(name, i) for i, name in enumerate(sorted(scenario["nodes"]))}
         self.records: dict[str, str] = dict(scenario.get("guests", {}))  # sid -> node
         self.running: dict[str, set[str]] = {sid: set() for sid in self.records}
@@ -186,7 +189,7 @@ class Simulator:
     def step(self, i: int) -> None:
         while self.commands and self.commands[0][0] <= self.t + 1e-9:
             self.command(self.commands.pop(0)[1])
-        self.store.tick(self._majority())
+        self.store.set_quorate(self._majority())
         for n in self.nodes.values():
             if n.power and n.wd_deadline is not None and self.t >= n.wd_deadline - 1e-9:
                 killed = sorted(s for s in n.wd_sids if n.name in self.running.get(s, set()))
@@ -218,6 +221,7 @@ class Simulator:
         steps = round(self.duration / TICK)
         for i in range(steps + 1):
             self.t = round(i * TICK, 1)
+            self.clock.advance(self.t - self.clock.monotonic())  # lease expiries fall due
             self.step(i)
         self.log("info", "hardware", f"end: {self.summary()}")
         return self.lines
@@ -225,6 +229,25 @@ class Simulator:
     def summary(self) -> str:
         where = {sid: ",".join(sorted(n)) or "-" for sid, n in sorted(self.running.items())}
         return " ".join(f"{sid}@{n}" for sid, n in where.items())
+
+
+class NodeView:
+    """The shared store as one simulated node reaches it: every node is an etcd
+    member, so a node that is off, cut off or without a majority reaches nothing."""
+
+    def __init__(self, store: MemoryStore, reachable: Callable[[], bool]) -> None:
+        self._store = store
+        self._reachable = reachable
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._store, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if not self._reachable():
+                raise Unavailable("etcd unreachable (simulated network)")
+            return method(*args, **kwargs)
+
+        return call
 
 
 class SimEnv:
