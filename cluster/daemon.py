@@ -41,7 +41,7 @@ from corral.cluster.store import KeptLease, Store
 from corral.cluster.tasks import Tasks, TaskWorker
 
 # Guest flows beside corral.cluster.guests whose task handlers register on import.
-GUEST_FLOWS = ("corral.cluster.snapshots",)
+GUEST_FLOWS = ("corral.cluster.snapshots", "corral.cluster.clones")
 
 log = logging.getLogger("corrald")
 

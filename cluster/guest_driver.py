@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from corral.cluster.errors import NotSupported
 from corral.cluster.schema import Schema
@@ -63,6 +63,25 @@ class VolumeAccess(Protocol):
 
     def clone(self, volid: str, vmid: int, *, snap: str | None = None, full: bool = False) -> str:
         """A linked clone for `vmid` (or with `full` an independent copy); its volume ID."""
+        ...
+
+    def export_formats(self, volid: str) -> list[str]:
+        """Stream formats `export` can write: "tar" (container roots), "raw", "qcow2"."""
+        ...
+
+    def export(self, volid: str, *, fmt: str, out: IO[bytes], snap: str | None = None) -> None: ...
+
+    def import_(
+        self,
+        storage: str,
+        *,
+        stream: IO[bytes],
+        fmt: str,
+        vmid: int,
+        content: str = "images",
+        size: int | None = None,
+    ) -> str:
+        """A new volume of `vmid` on `storage` filled from `stream`; its volume ID."""
         ...
 
     def create_base(self, volid: str) -> str:
@@ -282,6 +301,12 @@ class GuestDriver:
 
     def console(self, vmid: int, config: dict[str, Any]) -> dict[str, Any]:
         raise NotSupported(what="console")
+
+    # -- copies (clone, restore with `unique`) -------------------------------------------
+    def renew_identity(self, vmid: int, config: dict[str, Any]) -> dict[str, Any]:
+        """The config of a copy that becomes guest `vmid`: fresh MAC addresses
+        and machine IDs, volumes untouched."""
+        return dict(config)
 
     # -- snapshot steps (the flow is corral.cluster.snapshots, written once) ------
     def freeze(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> bool:

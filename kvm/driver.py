@@ -770,6 +770,21 @@ class QemuDriver(GuestDriver):
             )
             log(f"VM {vmid} migrated to {target_uri} in {time.monotonic() - started:.1f} s")
 
+    def renew_identity(self, vmid: int, config: dict[str, Any]) -> dict[str, Any]:
+        """MACs derive from the VMID when unset: drop stored ones, and the SMBIOS UUID."""
+        out = dict(config)
+        for index, net in cfg.parse_nets(config).items():
+            if net.pop("macaddr", None):
+                out[f"net{index}"] = cfg.NET.print(net)
+        if out.get("smbios1"):
+            kept = [p for p in str(out["smbios1"]).split(",") if not p.startswith("uuid=")]
+            if kept:
+                out["smbios1"] = ",".join(kept)
+            else:
+                del out["smbios1"]
+        out.pop("vmgenid", None)
+        return out
+
     # -- snapshot steps (corral.kvm.snapshot_steps) ------------------------------------
     def freeze(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> bool:
         return snapshot_steps.freeze(self, vmid, config, log=log)

@@ -546,6 +546,13 @@ class LxcDriver(GuestDriver):
             raise CommandFailed(cmd=" ".join(cmd), stderr=proc.stderr.decode(errors="replace"))
         return proc.stdout.decode(errors="replace")
 
+    def renew_identity(self, vmid: int, config: dict[str, Any]) -> dict[str, Any]:
+        out = dict(config)
+        for index, net in cfg.parse_net(config).items():
+            net["hwaddr"] = bridges.guest_mac(vmid, index, self.mac_seed)
+            out[f"net{index}"] = cfg.NET.print(net)
+        return out
+
     # -- snapshot steps (the flow is corral.cluster.snapshots) ---------------------------
     def freeze(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> bool:
         """A running CT's processes are frozen (cgroup freezer) while its volumes

@@ -41,6 +41,7 @@ ENDPOINT_MODULES = [
     "corral.web.api_cluster",
     "corral.web.console",
     "corral.web.api_snapshots",
+    "corral.web.api_clones",
 ]
 
 LOCAL_ROOT = "corral.local_root"  # environ flag set by the root-only unix socket server

@@ -1,0 +1,147 @@
+"""Clone and template endpoints with Proxmox's paths, for `lxc` and `qemu`.
+
+The rules are corral.cluster.clones'; this module parses, refuses what it can
+at once (VMID taken, lock, linked clone of a non-template, storage unknown)
+and queues the task on the source's node, with the new guest's record
+claimed (locked `create`) before the answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corral.cluster import clones, guests, keys
+from corral.cluster.errors import ParamError, Unavailable
+from corral.cluster.schema import NODE, VMID, Param
+from corral.web.api import Ctx, endpoint
+from corral.web.api_core import require_node
+from corral.web.api_snapshots import DESCRIPTION
+
+KIND = {"lxc": "CT", "qemu": "VM"}
+STORAGE = Param("string", "Target storage for full clone.", optional=True,
+                format="pve-storage-id")  # fmt: skip
+
+
+def register(type: str) -> None:
+    one = f"/nodes/{{node}}/{type}/{{vmid}}"
+    kind = KIND[type]
+    task = clones.TASK_TYPES[type]
+    name_key = "hostname" if type == "lxc" else "name"
+
+    def clone_perm(ctx: Ctx, vmid: int, newid: int, **params: Any) -> None:
+        ctx.check(f"/vms/{vmid}", ["VM.Clone"])
+        ctx.check(f"/vms/{newid}", ["VM.Allocate"])
+        if params.get("storage"):
+            ctx.check(f"/storage/{params['storage']}", ["Datastore.AllocateSpace"])
+
+    @endpoint(
+        "POST",
+        f"{one}/clone",
+        params={
+            "node": NODE,
+            "vmid": VMID,
+            "newid": Param("integer", "VMID for the clone.", minimum=100, maximum=999999999),
+            name_key: Param(
+                "string", f"Set a {name_key} for the new {kind}.", optional=True, format="dns-name"
+            ),  # fmt: skip
+            "description": DESCRIPTION,
+            "full": Param("boolean", "Create a full copy of all disks.", optional=True),
+            "target": Param("string", "Target node.", optional=True, format="pve-node"),
+            "storage": STORAGE,
+            "snapname": Param(
+                "string",
+                "The name of the snapshot.",
+                optional=True,
+                format="pve-configid",
+                max_length=40,
+            ),  # fmt: skip
+            "pool": Param("string", "Add the new guest to the specified pool.", optional=True),
+            "bwlimit": Param(
+                "integer", "Override I/O bandwidth limit (in KiB/s).", optional=True, minimum=0
+            ),  # fmt: skip
+            **(
+                {
+                    "format": Param(
+                        "string",
+                        "Target format for file storage.",
+                        optional=True,
+                        enum=("raw", "qcow2", "vmdk"),
+                    )
+                }  # fmt: skip
+                if type == "qemu"
+                else {}
+            ),
+        },
+        perm=clone_perm,
+        description=f"Create a copy of the {kind}.",
+    )
+    def clone(ctx: Ctx, node: str, vmid: int, newid: int, **params: Any) -> str:
+        require_node(ctx, node)
+        rec = guests.get_record(ctx.store, vmid, type=type, node=node)
+        guests.check_lock(rec)
+        snapname = params.get("snapname")
+        full = params.get("full")
+        full_copy = clones.check_clone(
+            rec, newid, full=None if full is None else bool(full), snapname=snapname
+        )
+        target = params.get("target") or node
+        if ctx.store.get(keys.node_alive(target)) is None:
+            raise Unavailable(f"node '{target}' is offline")
+        storage = params.get("storage")
+        if storage and not full_copy:
+            raise ParamError.one("storage", "a target storage needs a full clone (full=1)")
+        if storage and ctx.store.get_value(keys.storage(storage)) is None:
+            raise ParamError.one("storage", f"storage '{storage}' does not exist")
+        placeholder = {k: v for k, v in rec["config"].items() if k == name_key}
+        clones.claim(ctx.store, clones.new_record(type, newid, target, placeholder),
+                     user=ctx.user)  # fmt: skip
+        args = {
+            "vmid": vmid,
+            "newid": newid,
+            "full": int(full_copy),
+            "target": target,
+            "storage": storage,
+            "snapname": snapname,
+            "name": params.get(name_key),
+            "description": params.get("description"),
+        }
+        try:
+            return ctx.submit(
+                node=node, type=task["clone"], id=str(vmid), args=args,
+                serial=guests.serial(vmid),
+            )  # fmt: skip
+        except BaseException:
+            ctx.store.delete(keys.guest(newid))
+            raise
+
+    template_params: dict[str, Param] = {"node": NODE, "vmid": VMID}
+    if type == "qemu":
+        template_params["disk"] = Param(
+            "string", "If you want to convert only 1 disk to base image.", optional=True
+        )
+
+    @endpoint(
+        "POST",
+        f"{one}/template",
+        params=template_params,
+        perm=("/vms/{vmid}", ["VM.Allocate"]),
+        description=f"Create a Template of the {kind}.",
+    )
+    def template(ctx: Ctx, node: str, vmid: int, disk: str | None = None) -> str:
+        require_node(ctx, node)
+        rec = guests.get_record(ctx.store, vmid, type=type, node=node)
+        guests.check_lock(rec)
+        args: dict[str, Any] = {"vmid": vmid}
+        if disk:
+            args["disk"] = disk
+        return ctx.submit(
+            node=node, type=task["template"], id=str(vmid), args=args,
+            serial=guests.serial(vmid),
+        )  # fmt: skip
+
+    clone.__name__ = f"{type}_clone"
+    template.__name__ = f"{type}_template"
+
+
+for _t in ("lxc", "qemu"):
+    register(_t)
