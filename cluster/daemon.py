@@ -176,12 +176,18 @@ class Node:
                 self._register()
                 assert self.worker is not None
                 self.worker.start()
+                self._start_ha()
                 threading.Thread(target=self._publish_loop, name="status", daemon=True).start()
                 self.ready.set()
                 return
             except Unavailable as err:
                 log.warning("waiting for the cluster: %s", err)
                 time.sleep(1)
+
+    def _start_ha(self) -> None:
+        from corral.cluster.ha.service import start_node_ha  # HA: cluster/ha/
+
+        self.services["ha"] = start_node_ha(self)
 
     def _tls(self) -> None:
         assert self.store is not None
@@ -487,6 +493,8 @@ class Node:
             return
         self.stopping.set()
         log.info("stopping node=%s", self.name)
+        if self.services.get("ha") is not None:
+            self.services["ha"].shutdown(restart=True, timeout=10)  # policy: freeze on restart
         for server in self.servers:
             try:
                 server.stop()
