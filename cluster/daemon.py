@@ -455,6 +455,8 @@ class Node:
         from cheroot import wsgi
         from cheroot.ssl.builtin import BuiltinSSLAdapter
 
+        from corral.cluster.http_takeover import TakeoverGateway
+
         assert self.store is not None
         make_app = registry.load(registry.SERVICES)["api"]
         from corral.web.app import LOCAL_ROOT, NodeContext
@@ -473,6 +475,8 @@ class Node:
             timeout=30,
         )
         https.ssl_adapter = BuiltinSSLAdapter(str(self.cert), str(self.key))
+        # WebSocket consoles take their connection over (corral.cluster.http_takeover).
+        https.gateway = TakeoverGateway
         sock_path = self.data_dir / "corrald.sock"
         sock_path.unlink(missing_ok=True)
 

@@ -358,3 +358,8 @@ class GuestDriver:
         """Start the stopped guest from the state in `path` (a rollback to a
         snapshot taken with `vmstate=1`)."""
         raise NotSupported(what=f"restoring the RAM state of {self.info.type} guests")
+
+    def terminal(self, vmid: int, config: dict[str, Any]) -> list[str]:
+        """The argv of a login shell inside the running guest, to run on a pty
+        (the termproxy console)."""
+        raise NotSupported(what="terminal")

@@ -535,6 +535,15 @@ class LxcDriver(GuestDriver):
             raise Conflict(f"CT {vmid} not running")
         return cgroups.netns_addresses(int(self._ct(vmid).init_pid))
 
+    def terminal(self, vmid: int, config: dict[str, Any]) -> list[str]:
+        """A root login shell inside the CT (like `pct enter`): bash if it has one."""
+        if self._state(vmid) != "RUNNING":
+            raise Conflict(f"CT {vmid} not running")
+        shell = "if [ -x /bin/bash ]; then exec /bin/bash -l; fi; exec /bin/sh -l"  # constant
+        return ["lxc-attach", "-P", self.lxcpath, "-n", self._name(vmid), "--clear-env",
+                "-v", "TERM=xterm-256color", "-v", "HOME=/root",
+                "--", "/bin/sh", "-c", shell]  # fmt: skip
+
     def attach(self, vmid: int, argv: list[str], *, timeout: float = 30.0) -> str:
         """Run a command inside the container (lxc-attach), return its stdout."""
         cmd = ["lxc-attach", "-P", self.lxcpath, "-n", self._name(vmid), "--clear-env", "--", *argv]

@@ -477,6 +477,9 @@ def register(type: str) -> None:
             if node != ctx.node:
                 raise Unavailable("consoles are opened on the VM's own node")
             info = driver_for(ctx, type).console(vmid, rec["config"])
+            from corral.web.api_console import register_vnc  # vncwebsocket's session
+
+            register_vnc(type, vmid, ctx.user, info)
             return {"user": ctx.user, "upid": "", **info}
 
 

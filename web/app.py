@@ -42,6 +42,7 @@ ENDPOINT_MODULES = [
     "corral.web.console",
     "corral.web.api_snapshots",
     "corral.web.api_clones",
+    "corral.web.api_console",
 ]
 
 LOCAL_ROOT = "corral.local_root"  # environ flag set by the root-only unix socket server

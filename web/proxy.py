@@ -13,7 +13,7 @@ from __future__ import annotations
 import http.client
 import ssl
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from flask import Request, Response
 
@@ -42,7 +42,9 @@ def forward(
         headers["Cookie"] = f"PVEAuthCookie={quote(ticket)}"
         headers["CSRFPreventionToken"] = csrf
     elif "PVEAuthCookie" in request.cookies:
-        headers["Cookie"] = f"PVEAuthCookie={quote(request.cookies['PVEAuthCookie'])}"
+        # Browsers send the ticket %-encoded (the console does), scripts raw: encode once.
+        ticket = unquote(request.cookies["PVEAuthCookie"])
+        headers["Cookie"] = f"PVEAuthCookie={quote(ticket)}"
     path = request.full_path if request.query_string else request.path
     body: Any = None
     if request.content_length:
