@@ -35,16 +35,15 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 from flask import Flask, Response
 
-from corral.cluster import guests, keys
+from corral.cluster import guests
 from corral.cluster.errors import (
     Conflict,
     CorralError,
     Forbidden,
-    NotFound,
     ParamError,
     Unavailable,
 )
@@ -52,7 +51,7 @@ from corral.cluster.schema import NODE, VMID, Param
 from corral.web.api import Ctx, endpoint
 from corral.web.api_core import require_node
 from corral.web.app import dispatch, on_app
-from corral.web.proxy import PROXIED
+from corral.web.proxy import PROXIED, node_address
 from corral.web.websocket import WebSocket, handshake_headers, is_upgrade, take_over
 
 SESSION_TTL = 30.0  # seconds between the proxy call and the WebSocket (Proxmox: 10)
@@ -423,13 +422,7 @@ def _vnc(ws: WebSocket, backend: socket.socket) -> None:
 
 
 def _relay_to(ctx: Ctx, target: str) -> Any:
-    info = ctx.store.get_value(keys.node_info(target))
-    if info is None:
-        raise NotFound(f"no such node '{target}'")
-    if ctx.store.get(keys.node_alive(target)) is None:
-        raise Unavailable(f"node '{target}' is offline")
-    url = urlsplit(info.get("url") or f"https://{info['address']}:8006/")
-    host, port = url.hostname or info["address"], url.port or 8006
+    host, port = node_address(ctx.store, target)
     req = ctx.request
     headers = handshake_headers(req.environ)
     headers = [(k, v) for k, v in headers if k != "Host"]

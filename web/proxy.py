@@ -24,15 +24,21 @@ PROXIED = "X-Corral-Proxied"
 FORWARD_HEADERS = ("Authorization", "CSRFPreventionToken", "Content-Type", "Accept")
 
 
+def node_address(store: Any, target: str) -> tuple[str, int]:
+    """Where an online node's API listens (host, port)."""
+    info = store.get_value(keys.node_info(target))
+    if info is None:
+        raise NotFound(f"no such node '{target}'")
+    if store.get(keys.node_alive(target)) is None:
+        raise Unavailable(f"node '{target}' is offline")
+    url = urlsplit(info.get("url") or f"https://{info['address']}:8006/")
+    return url.hostname or info["address"], url.port or 8006
+
+
 def forward(
     node_ctx: Any, target: str, request: Request, *, local_root: bool, timeout: float = 60
 ) -> Response:
-    info = node_ctx.store.get_value(keys.node_info(target))
-    if info is None:
-        raise NotFound(f"no such node '{target}'")
-    if node_ctx.store.get(keys.node_alive(target)) is None:
-        raise Unavailable(f"node '{target}' is offline")
-    url = urlsplit(info.get("url") or f"https://{info['address']}:8006/")
+    host, port = node_address(node_ctx.store, target)
     ca = f"{node_ctx.data_dir}/ssl/ca.pem"
     ctx = ssl.create_default_context(cafile=ca)
     headers = {h: request.headers[h] for h in FORWARD_HEADERS if h in request.headers}
@@ -53,9 +59,7 @@ def forward(
         body = request.stream
     elif request.method in ("POST", "PUT"):
         body = request.get_data() or None
-    conn = http.client.HTTPSConnection(
-        url.hostname or info["address"], url.port or 8006, timeout=timeout, context=ctx
-    )
+    conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
     try:
         conn.request(request.method, path, body=body, headers=headers)
         resp = conn.getresponse()
