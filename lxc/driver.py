@@ -38,7 +38,7 @@ from corral.cluster.errors import (
 from corral.cluster.guest_driver import DriverInfo, GuestDriver, LogFn, Probe, VolumeAccess
 from corral.cluster.schema import Schema, format_size, parse_size
 from corral.cluster.undo import Reverter
-from corral.lxc import cgroups, rootfs
+from corral.lxc import cgroups, rootfs, usage
 from corral.lxc import config as cfg
 from corral.lxc.render import IDMAP_BASE, IDMAP_SIZE, Facts, cgroup_values, render, veth_name
 
@@ -421,7 +421,7 @@ class LxcDriver(GuestDriver):
             self._cpu.sample(vmid, cgroups.cpu_usage_ns(pid, where), os.cpu_count() or 1), 4
         )
         out["uptime"] = cgroups.uptime(pid)
-        out["disk"] = rootfs.used_bytes(f"/proc/{pid}/root")
+        out["disk"] = usage.root_used_bytes(pid)
         for index in cfg.parse_net(config):
             # The host side transmits what the container receives.
             rx, tx = _link_stats(veth_name(vmid, index))

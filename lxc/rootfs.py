@@ -97,11 +97,3 @@ def write_identity(root: str, config: dict[str, Any], *, unprivileged: bool) -> 
     if os.path.isdir(os.path.join(root, "etc/corral")):
         dhcp = [n["name"] for n in cfg.parse_net(config).values() if n.get("ip") == "dhcp"]
         write_inside(root, "etc/corral/dhcp", "".join(f"{n}\n" for n in dhcp), uid=uid)
-
-
-def used_bytes(path: str) -> int:
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return 0
-    return (st.f_blocks - st.f_bfree) * st.f_frsize

@@ -519,8 +519,18 @@ def _resources(ctx: Ctx, type: str | None) -> list[dict[str, Any]]:
         row = _summary(rec, live.get(str(rec["vmid"]), {}))
         row["id"] = f"{rec['type']}/{rec['vmid']}"
         row["node"] = rec["node"]
+        # Proxmox names a guest's CPU count `maxcpu` here (`cpus` in status/current).
+        row["maxcpu"] = row.pop("cpus", None) or _config_cpus(rec)
         out.append(row)
     return out
+
+
+def _config_cpus(rec: dict[str, Any]) -> int:
+    """The vCPUs a guest's config gives it, for guests without live figures."""
+    cfg = rec["config"]
+    if rec["type"] == "qemu":
+        return int(cfg.get("vcpus") or int(cfg.get("sockets", 1)) * int(cfg.get("cores", 1)))
+    return int(cfg.get("cores") or 1)
 
 
 api_core.RESOURCE_PROVIDERS.append(_resources)

@@ -43,6 +43,8 @@ ENDPOINT_MODULES = [
     "corral.web.api_snapshots",
     "corral.web.api_clones",
     "corral.web.api_console",
+    "corral.web.api_backup_info",
+    "corral.web.api_node_info",
 ]
 
 LOCAL_ROOT = "corral.local_root"  # environ flag set by the root-only unix socket server
