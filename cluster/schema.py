@@ -417,6 +417,48 @@ SIZE = Param(
 )
 
 
+# A volume size in a guest's disk or mount point options (`size=8G`).
+SIZE_PATTERN = r"\d+(\.\d+)?[KMGT]?"
+
+
+def cidr_or(version: int, *keywords: str) -> Callable[[str], None]:
+    """A validator for an interface address of IP `version` with its prefix
+    (`10.0.0.5/24`), or one of `keywords` (`dhcp`, `auto`, `manual`): the
+    ip=/ip6= of containers' nets and VMs' cloud-init ipconfigs."""
+    iface = ipaddress.IPv4Interface if version == 4 else ipaddress.IPv6Interface
+    words = ", ".join(f"'{k}'" for k in keywords)
+
+    def check(text: str) -> None:
+        if text in keywords:
+            return
+        try:
+            iface(text)
+        except ValueError:
+            raise ValueError(f"value '{text}' is not an IPv{version} CIDR or {words}") from None
+        if "/" not in text:
+            raise ValueError(f"value '{text}' is not an IPv{version} CIDR or {words}")
+
+    return check
+
+
+def new_volume_size(volume: str) -> int | None:
+    """Bytes to allocate for `STORAGE:SIZE_IN_GiB` (a volume still to make), None
+    for anything else (an existing volume ID, `none`, `cdrom`)."""
+    _, sep, name = volume.partition(":")
+    if sep and re.fullmatch(r"\d+(\.\d+)?", name):
+        return parse_size(name, default_unit="G")
+    return None
+
+
+def check_volume_or_new(text: str) -> None:
+    """`STORAGE:VOLNAME` or `STORAGE:SIZE_IN_GiB` (allocated at creation)."""
+    storage, _, name = text.partition(":")
+    if new_volume_size(text) is not None:
+        FORMATS["pve-storage-id"](storage)
+        return
+    FORMATS["pve-volume-id"](text)
+
+
 def parse_size(text: str, *, default_unit: str = "G") -> int:
     """'8G' -> bytes. A bare number takes `default_unit` (Proxmox sizes are in GiB)."""
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)", text.strip())

@@ -13,12 +13,22 @@ Corral extensions (not Proxmox keys, marked so in their descriptions):
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Any
 
 from corral.cluster.errors import ParamError
-from corral.cluster.schema import FORMATS, Param, PropertyFormat, Schema, indexed, parse_size
+from corral.cluster.schema import (  # noqa: F401  new_volume_size: the drivers read it here
+    FORMATS,
+    SIZE_PATTERN,
+    Param,
+    PropertyFormat,
+    Schema,
+    check_volume_or_new,
+    cidr_or,
+    indexed,
+    new_volume_size,
+    parse_size,
+)
 
 MAX_NET = 32
 MAX_UNUSED = 256
@@ -68,7 +78,6 @@ VGA_TYPES = (
     "serial2",
     "serial3",
 )
-SIZE_PATTERN = r"\d+(\.\d+)?[KMGT]?"
 # QEMU CPU model names, plus Proxmox's x86-64-vN[-AES] levels (see xml_cpu).
 CPU_MODEL = r"[A-Za-z0-9][A-Za-z0-9_.+\-]{0,63}"
 CPU_FLAGS = r"[+-][a-z0-9_\-.]+(;[+-][a-z0-9_\-.]+)*"
@@ -81,33 +90,15 @@ def _disk_file(text: str) -> None:
     """`none`, `cdrom`, `STORAGE:SIZE_IN_GiB` (allocate), `STORAGE:cloudinit` or a volume ID."""
     if text in ("none", "cdrom"):
         return
-    storage, sep, name = text.partition(":")
-    if sep and (re.fullmatch(r"\d+(\.\d+)?", name) or name == "cloudinit"):
+    storage, _, name = text.partition(":")
+    if name == "cloudinit":
         FORMATS["pve-storage-id"](storage)
         return
-    FORMATS["pve-volume-id"](text)
+    check_volume_or_new(text)
 
 
-def _ip4_config(text: str) -> None:
-    if text == "dhcp":
-        return
-    try:
-        ipaddress.IPv4Interface(text)
-    except ValueError:
-        raise ValueError(f"value '{text}' is not an IPv4 CIDR or 'dhcp'") from None
-    if "/" not in text:
-        raise ValueError(f"value '{text}' is not an IPv4 CIDR or 'dhcp'")
-
-
-def _ip6_config(text: str) -> None:
-    if text in ("auto", "dhcp"):
-        return
-    try:
-        ipaddress.IPv6Interface(text)
-    except ValueError:
-        raise ValueError(f"value '{text}' is not an IPv6 CIDR, 'auto' or 'dhcp'") from None
-    if "/" not in text:
-        raise ValueError(f"value '{text}' is not an IPv6 CIDR, 'auto' or 'dhcp'")
+_ip4_config = cidr_or(4, "dhcp")
+_ip6_config = cidr_or(6, "auto", "dhcp")
 
 
 def _serial(text: str) -> None:
@@ -482,14 +473,6 @@ def is_cdrom(disk: dict[str, Any]) -> bool:
 
 def is_cloudinit(disk: dict[str, Any]) -> bool:
     return str(disk["file"]).endswith(":cloudinit")
-
-
-def new_volume_size(file: str) -> int | None:
-    """Bytes to allocate for `STORAGE:SIZE_IN_GiB`, None for anything else."""
-    _, sep, name = file.partition(":")
-    if sep and re.fullmatch(r"\d+(\.\d+)?", name):
-        return parse_size(name, default_unit="G")
-    return None
 
 
 def volume_of(disk: dict[str, Any]) -> str | None:

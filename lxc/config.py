@@ -8,12 +8,22 @@ Checked against Proxmox's `POST /nodes/{node}/lxc` schema.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Any
 
 from corral.cluster.errors import ParamError
-from corral.cluster.schema import FORMATS, Param, PropertyFormat, Schema, indexed, parse_size
+from corral.cluster.schema import (  # noqa: F401  new_volume_size: the drivers read it here
+    FORMATS,
+    SIZE_PATTERN,
+    Param,
+    PropertyFormat,
+    Schema,
+    check_volume_or_new,
+    cidr_or,
+    indexed,
+    new_volume_size,
+    parse_size,
+)
 
 MAX_NET = 32
 MAX_MP = 256
@@ -50,29 +60,10 @@ MOUNT_OPTIONS = (
 )
 # Interface names inside the container end up in lxc.conf and in `ip` calls.
 IFNAME = r"[A-Za-z0-9][-_.A-Za-z0-9]{0,14}"
-SIZE_PATTERN = r"\d+(\.\d+)?[KMGT]?"
 
 
-def _ip4_config(text: str) -> None:
-    if text in ("dhcp", "manual"):
-        return
-    try:
-        ipaddress.IPv4Interface(text)
-    except ValueError:
-        raise ValueError(f"value '{text}' is not CIDR, 'dhcp' or 'manual'") from None
-    if "/" not in text:
-        raise ValueError(f"value '{text}' is not CIDR, 'dhcp' or 'manual'")
-
-
-def _ip6_config(text: str) -> None:
-    if text in ("auto", "dhcp", "manual"):
-        return
-    try:
-        ipaddress.IPv6Interface(text)
-    except ValueError:
-        raise ValueError(f"value '{text}' is not CIDR, 'auto', 'dhcp' or 'manual'") from None
-    if "/" not in text:
-        raise ValueError(f"value '{text}' is not CIDR, 'auto', 'dhcp' or 'manual'")
+_ip4_config = cidr_or(4, "dhcp", "manual")
+_ip6_config = cidr_or(6, "auto", "dhcp", "manual")
 
 
 def _mp_path(text: str) -> None:
@@ -84,19 +75,10 @@ def _mp_path(text: str) -> None:
         raise ValueError("mount point path contains unsupported characters")
 
 
-def _volume_or_new(text: str) -> None:
-    """`STORAGE:VOLNAME` or `STORAGE:SIZE_IN_GiB` (allocate at creation)."""
-    storage, sep, name = text.partition(":")
-    if sep and re.fullmatch(r"\d+(\.\d+)?", name):
-        FORMATS["pve-storage-id"](storage)
-        return
-    FORMATS["pve-volume-id"](text)
-
-
 FORMATS.setdefault("pve-lxc-ipv4-config", _ip4_config)
 FORMATS.setdefault("pve-lxc-ipv6-config", _ip6_config)
 FORMATS.setdefault("corral-mp-path", _mp_path)
-FORMATS.setdefault("corral-lxc-volume", _volume_or_new)
+FORMATS.setdefault("corral-lxc-volume", check_volume_or_new)
 
 _BOOL = Param("boolean", optional=True)
 
@@ -352,14 +334,6 @@ def parse_features(config: dict[str, Any]) -> dict[str, Any]:
 
 def print_volume(key: str, values: dict[str, Any]) -> str:
     return (ROOTFS if key == "rootfs" else MP).print(values)
-
-
-def new_volume_size(volume: str) -> int | None:
-    """Bytes to allocate for `STORAGE:SIZE_IN_GiB`, None for an existing volume ID."""
-    _, _, name = volume.partition(":")
-    if re.fullmatch(r"\d+(\.\d+)?", name):
-        return parse_size(name, default_unit="G")
-    return None
 
 
 def _parse(key: str, fmt: PropertyFormat, text: str) -> dict[str, Any]:
