@@ -1,5 +1,11 @@
-"""A small Proxmox-API client: over the node's root-only unix socket, or HTTPS
-with an API token or a login ticket. Used by corralsh, corral and tests."""
+"""The one Proxmox-API client: over the node's root-only unix socket, or HTTPS
+with an API token, a login ticket or a ticket the caller issued itself.
+
+Used by corralsh, corral and tests, and by nodes talking to each other
+(corral.cluster.peer builds on it for a task's calls and for the API's
+forwarding of requests to the node that owns a resource): one transport, one
+place for timeouts, TLS verification and error mapping.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,11 @@ import socket
 import ssl
 import sys
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import IO, Any, NamedTuple
 from urllib.parse import quote, urlencode
+
+from corral.cluster.errors import Unavailable
 
 
 class PinnedHTTPSConnection(http.client.HTTPSConnection):
@@ -47,6 +56,23 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+class Answer(NamedTuple):
+    """A node's raw HTTP answer."""
+
+    status: int
+    reason: str
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+    def doc(self) -> dict[str, Any]:
+        """The JSON envelope ({} when the body is not JSON)."""
+        try:
+            doc = json.loads(self.body) if self.body else {}
+        except ValueError:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, errors: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -71,6 +97,8 @@ class Client:
         cafile: str | None = None,
         timeout: float = 60,
         fingerprint: str | None = None,
+        ticket: str | None = None,
+        csrf: str | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.host = host
@@ -78,8 +106,8 @@ class Client:
         self.token = token
         self.timeout = timeout
         self.fingerprint = fingerprint
-        self.ticket: str | None = None
-        self.csrf: str | None = None
+        self.ticket: str | None = ticket
+        self.csrf: str | None = csrf
         if host:
             self.ssl_ctx = ssl.create_default_context(cafile=cafile)
             if not verify and not cafile:
@@ -105,6 +133,43 @@ class Client:
             self.host or "127.0.0.1", self.port, timeout=self.timeout, context=self.ssl_ctx
         )
 
+    @property
+    def where(self) -> str:
+        return self.socket_path or f"{self.host}:{self.port}"
+
+    def auth_headers(self, method: str) -> dict[str, str]:
+        if self.token:
+            return {"Authorization": f"PVEAPIToken={self.token}"}
+        if self.ticket:
+            headers = {"Cookie": f"PVEAuthCookie={quote(self.ticket)}"}
+            if method != "GET" and self.csrf:
+                headers["CSRFPreventionToken"] = self.csrf
+            return headers
+        return {}
+
+    def exchange(
+        self,
+        method: str,
+        target: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes | str | IO[bytes] | Iterable[bytes] | None = None,
+        chunked: bool = False,
+    ) -> Answer:
+        """One request to `target` (path and query, as sent); the raw answer.
+        Unavailable if the node cannot be reached or does not answer in time."""
+        conn = self._conn()
+        try:
+            conn.request(method, target, body=body, headers=headers or {},
+                         encode_chunked=chunked)  # fmt: skip
+            resp = conn.getresponse()
+            raw = resp.read()
+        except (OSError, http.client.HTTPException) as err:
+            raise Unavailable(f"{self.where} did not answer: {err}", reason=str(err)) from None
+        finally:
+            conn.close()
+        return Answer(resp.status, resp.reason, {k.lower(): v for k, v in resp.getheaders()}, raw)
+
     def call_full(
         self, method: str, path: str, params: dict[str, Any] | None = None
     ) -> dict[str, Any]:
@@ -113,35 +178,21 @@ class Client:
             quote(p, safe="@!:=") for p in path.strip("/").split("/") if p
         )
         body = None
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", **self.auth_headers(method)}
         if method in ("GET", "DELETE"):
             if params:
                 url += "?" + urlencode(params)
         else:
             body = urlencode(params)
             headers["Content-Type"] = "application/x-www-form-urlencoded"
-        if self.token:
-            headers["Authorization"] = f"PVEAPIToken={self.token}"
-        elif self.ticket:
-            headers["Cookie"] = f"PVEAuthCookie={quote(self.ticket)}"
-            if method != "GET" and self.csrf:
-                headers["CSRFPreventionToken"] = self.csrf
-        conn = self._conn()
         try:
-            conn.request(method, url, body=body, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        except OSError as err:
-            where = self.socket_path or f"{self.host}:{self.port}"
-            raise ApiError(0, f"cannot reach corrald at {where}: {err}") from None
-        finally:
-            conn.close()
-        try:
-            doc = json.loads(raw) if raw else {}
-        except ValueError:
-            doc = {}
-        if resp.status >= 400:
-            raise ApiError(resp.status, doc.get("message") or resp.reason, doc.get("errors"))
+            answer = self.exchange(method, url, headers=headers, body=body)
+        except Unavailable as err:
+            reason = err.kwargs.get("reason", err)
+            raise ApiError(0, f"cannot reach corrald at {self.where}: {reason}") from None
+        doc = answer.doc()
+        if answer.status >= 400:
+            raise ApiError(answer.status, doc.get("message") or answer.reason, doc.get("errors"))
         return doc
 
     def call(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:

@@ -1,22 +1,23 @@
-"""Node-to-node calls made by a node's own tasks (not on behalf of an HTTP caller).
+"""Node-to-node calls, over the one API client (corral.cluster.client).
 
-A migration's source node pushes volume streams to the target and asks it to
-clean up on failure. It authenticates as root@pam with a short-lived ticket
-signed with the cluster's key (every node holds it) and verifies the target's
-certificate against the cluster CA. Every call has a timeout; a streamed body
-goes out chunked, so a volume never has to fit in memory or on a scratch disk.
+Two kinds: a node's own tasks calling another node (a migration's source
+pushes volume streams to the target and asks it to clean up on failure), as
+root@pam with a short-lived ticket signed with the cluster's key (every node
+holds it); and the API forwarding a request to the node that owns a resource
+(corral.web.proxy), with the caller's own credentials. Either way the other
+node's certificate is verified against the cluster CA, every call has a
+timeout, and a streamed body goes out chunked, so a volume never has to fit
+in memory or on a scratch disk.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
-import ssl
 from typing import IO, Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from corral.cluster import keys
 from corral.cluster.access import Access
+from corral.cluster.client import Answer, Client
 from corral.cluster.errors import CorralError, NotFound, Unavailable
 from corral.cluster.store_api import StoreAPI
 
@@ -31,6 +32,51 @@ class PeerError(CorralError):
         self.status = status
 
 
+def node_address(store: StoreAPI, target: str) -> tuple[str, int]:
+    """Where an online node's API listens (host, port); NotFound/Unavailable if
+    the node is unknown or offline."""
+    info = store.get_value(keys.node_info(target))
+    if info is None:
+        raise NotFound(f"no such node '{target}'")
+    if store.get(keys.node_alive(target)) is None:
+        raise Unavailable(f"node '{target}' is offline")
+    url = urlsplit(info.get("url") or f"https://{info['address']}:8006/")
+    return url.hostname or info["address"], url.port or 8006
+
+
+def client_for(
+    store: StoreAPI,
+    data_dir: str,
+    target: str,
+    *,
+    timeout: float = 60.0,
+    as_root: bool = False,
+) -> Client:
+    """A client for node `target` (NotFound/Unavailable if unknown/offline),
+    verifying it with the cluster CA under `data_dir`; `as_root` signs in as
+    root@pam with a ticket issued here."""
+    host, port = node_address(store, target)
+    ticket, csrf = Access(store).issue_ticket("root@pam") if as_root else (None, None)
+    return Client(
+        host=host,
+        port=port,
+        cafile=f"{data_dir}/ssl/ca.pem",
+        timeout=timeout,
+        ticket=ticket,
+        csrf=csrf,
+    )
+
+
+def exchange(client: Client, target: str, method: str, path: str, **kw: Any) -> Answer:
+    """client.exchange, with the node named when it does not answer."""
+    try:
+        return client.exchange(method, path, **kw)
+    except Unavailable as err:
+        raise Unavailable(
+            f"node '{target}' did not answer: {err.kwargs.get('reason', err)}"
+        ) from None
+
+
 def call(
     store: StoreAPI,
     data_dir: str,
@@ -42,21 +88,11 @@ def call(
     body: IO[bytes] | None = None,
     timeout: float = 60.0,
 ) -> Any:
-    """`method /api2/json{path}` on node `target`; returns the answer's `data`.
+    """`method /api2/json{path}` on node `target` as root@pam; returns the answer's `data`.
 
     With `body`, params go in the query string and the body is streamed chunked."""
-    info = store.get_value(keys.node_info(target))
-    if info is None:
-        raise NotFound(f"no such node '{target}'")
-    if store.get(keys.node_alive(target)) is None:
-        raise Unavailable(f"node '{target}' is offline")
-    url = urlsplit(info.get("url") or f"https://{info['address']}:8006/")
-    ticket, csrf = Access(store).issue_ticket("root@pam")
-    headers = {
-        "Accept": "application/json",
-        "Cookie": f"PVEAuthCookie={quote(ticket)}",
-        "CSRFPreventionToken": csrf,
-    }
+    client = client_for(store, data_dir, target, timeout=timeout, as_root=True)
+    headers = {"Accept": "application/json", **client.auth_headers("POST")}
     query = urlencode({k: v for k, v in (params or {}).items() if v is not None})
     target_path = "/api2/json" + path
     payload: Any = None
@@ -70,27 +106,13 @@ def call(
     else:
         payload = query
         headers["Content-Type"] = "application/x-www-form-urlencoded"
-    context = ssl.create_default_context(cafile=f"{data_dir}/ssl/ca.pem")
-    conn = http.client.HTTPSConnection(
-        url.hostname or info["address"], url.port or 8006, timeout=timeout, context=context
-    )
-    try:
-        conn.request(method, target_path, body=payload, headers=headers,
-                     encode_chunked=body is not None)  # fmt: skip
-        resp = conn.getresponse()
-        raw = resp.read()
-    except (OSError, http.client.HTTPException) as err:
-        raise Unavailable(f"node '{target}' did not answer: {err}") from None
-    finally:
-        conn.close()
-    try:
-        doc = json.loads(raw) if raw else {}
-    except ValueError:
-        doc = {}
-    if resp.status >= 400:
-        message = doc.get("message") or resp.reason
+    answer = exchange(client, target, method, target_path, headers=headers, body=payload,
+                      chunked=body is not None)  # fmt: skip
+    doc = answer.doc()
+    if answer.status >= 400:
+        message = doc.get("message") or answer.reason
         errors = doc.get("errors")
         if errors:
             message = f"{message} " + "; ".join(f"{k}: {v}" for k, v in errors.items())
-        raise PeerError(resp.status, f"node '{target}': {message.strip()}")
+        raise PeerError(answer.status, f"node '{target}': {message.strip()}")
     return doc.get("data")

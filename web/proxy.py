@@ -10,47 +10,32 @@ root@pam ticket. Every forward has a timeout.
 
 from __future__ import annotations
 
-import http.client
-import ssl
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 from flask import Request, Response
 
-from corral.cluster import keys
-from corral.cluster.errors import NotFound, Unavailable
+from corral.cluster import peer
+from corral.cluster.peer import node_address
+
+__all__ = ["PROXIED", "forward", "node_address"]
 
 PROXIED = "X-Corral-Proxied"
 FORWARD_HEADERS = ("Authorization", "CSRFPreventionToken", "Content-Type", "Accept")
 
 
-def node_address(store: Any, target: str) -> tuple[str, int]:
-    """Where an online node's API listens (host, port)."""
-    info = store.get_value(keys.node_info(target))
-    if info is None:
-        raise NotFound(f"no such node '{target}'")
-    if store.get(keys.node_alive(target)) is None:
-        raise Unavailable(f"node '{target}' is offline")
-    url = urlsplit(info.get("url") or f"https://{info['address']}:8006/")
-    return url.hostname or info["address"], url.port or 8006
-
-
 def forward(
     node_ctx: Any, target: str, request: Request, *, local_root: bool, timeout: float = 60
 ) -> Response:
-    host, port = node_address(node_ctx.store, target)
-    ca = f"{node_ctx.data_dir}/ssl/ca.pem"
-    ctx = ssl.create_default_context(cafile=ca)
+    client = peer.client_for(
+        node_ctx.store, node_ctx.data_dir, target, timeout=timeout, as_root=local_root
+    )
     headers = {h: request.headers[h] for h in FORWARD_HEADERS if h in request.headers}
     headers[PROXIED] = node_ctx.node
     if local_root:
-        ticket, csrf = node_ctx.access.issue_ticket("root@pam")
-        headers["Cookie"] = f"PVEAuthCookie={quote(ticket)}"
-        headers["CSRFPreventionToken"] = csrf
+        headers.update(client.auth_headers(request.method))
     elif "PVEAuthCookie" in request.cookies:
-        # Browsers send the ticket %-encoded (the console does), scripts raw: encode once.
-        ticket = unquote(request.cookies["PVEAuthCookie"])
-        headers["Cookie"] = f"PVEAuthCookie={quote(ticket)}"
+        headers["Cookie"] = f"PVEAuthCookie={quote(request.cookies['PVEAuthCookie'])}"
     path = request.full_path if request.query_string else request.path
     body: Any = None
     if request.content_length:
@@ -59,18 +44,10 @@ def forward(
         body = request.stream
     elif request.method in ("POST", "PUT"):
         body = request.get_data() or None
-    conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
-    try:
-        conn.request(request.method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        body = resp.read()
-    except (OSError, http.client.HTTPException) as err:
-        raise Unavailable(f"node '{target}' did not answer: {err}") from None
-    finally:
-        conn.close()
-    out = Response(body, status=resp.status, mimetype=resp.getheader("Content-Type"))
-    out.status = f"{resp.status} {resp.reason}"
+    answer = peer.exchange(client, target, request.method, path, headers=headers, body=body)
+    out = Response(answer.body, status=answer.status, mimetype=answer.headers.get("content-type"))
+    out.status = f"{answer.status} {answer.reason}"
     for header in ("X-Corral-Stale", "X-Corral-Node"):
-        if resp.getheader(header):
-            out.headers[header] = resp.getheader(header)
+        if answer.headers.get(header.lower()):
+            out.headers[header] = answer.headers[header.lower()]
     return out
