@@ -8,6 +8,7 @@ HTTP surface on the `dir` type, whose figures and files the test can check.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import subprocess
 import threading
@@ -18,7 +19,8 @@ from urllib.parse import quote
 
 import pytest
 
-from corral.cluster import keys
+from corral.cluster import keys, peer
+from corral.cluster.errors import NotFound
 from corral.cluster.store import Store
 from tests.util import ApiSession, Corrald, wait_for
 
@@ -319,3 +321,34 @@ def test_cluster_resources_list_storage(api: ApiSession) -> None:
 
     found = wait_for(row, 15, 0.2, "storage row")
     assert found["status"] == "available" and found["maxdisk"] > 0 and found["plugintype"] == "dir"
+
+
+def test_node_to_node_calls_stream_verify_and_name_the_node(
+    api: ApiSession, corrald: Corrald, dirstore: tuple[str, Path]
+) -> None:
+    """cluster.peer over the one client: a streamed (chunked) volume import as root,
+    verified against the cluster CA, and errors that name the node."""
+    sid, root = dirstore
+    store = Store([f"http://127.0.0.1:{corrald.etcd_port}"])
+    data = os.urandom(3 << 20)
+    try:
+        volid = peer.call(store, str(corrald.data_dir), NODE, "POST",
+                          f"/nodes/{NODE}/storage/{sid}/import",
+                          params={"vmid": 501, "format": "raw", "content": "images"},
+                          body=io.BytesIO(data))  # fmt: skip
+        assert volid.startswith(f"{sid}:501/")
+        path = root / "images" / volid.split(":", 1)[1]
+        assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest()
+        with pytest.raises(peer.PeerError) as err:
+            peer.call(store, str(corrald.data_dir), NODE, "POST",
+                      f"/nodes/{NODE}/storage/{sid}/import", params={"vmid": 7, "format": "x"},
+                      body=io.BytesIO(b""))  # fmt: skip
+        assert err.value.status == 400 and f"node '{NODE}'" in str(err.value)
+        assert "vmid" in str(err.value) and "format" in str(err.value)
+        with pytest.raises(NotFound):
+            peer.call(store, str(corrald.data_dir), "nosuchnode", "GET", "/version")
+        upid = peer.call(store, str(corrald.data_dir), NODE, "DELETE", content(sid, volid))
+        assert api.wait_task(upid)["exitstatus"] == "OK"
+        assert not path.exists()
+    finally:
+        store.close()
