@@ -37,6 +37,7 @@ from corral.cluster.errors import Unavailable
 from corral.cluster.etcd_embed import EmbeddedEtcd
 from corral.cluster.guest_service import GuestService
 from corral.cluster.logfmt import setup_logging
+from corral.cluster.node_services import LOCAL_ROOT, NodeContext, NodeServices
 from corral.cluster.store import KeptLease, Store
 from corral.cluster.tasks import Tasks, TaskWorker
 
@@ -111,12 +112,9 @@ class Node:
         self.worker: TaskWorker | None = None
         self.servers: list[Any] = []
         self.stopping = threading.Event()
-        self.services: dict[str, Any] = {
-            "daemon": self,
-            "config": conf,
-            "node": self.name,
-            "data_dir": str(data_dir),
-        }
+        self.services = NodeServices(
+            node=self.name, data_dir=str(data_dir), config=conf, daemon=self
+        )
         self.started = time.time()
 
     # -- startup ----------------------------------------------------------------
@@ -145,7 +143,7 @@ class Node:
         self._load_services()
         self.worker = TaskWorker(self.store, self.name)
         self.worker.context = self.services
-        self.services["worker"] = self.worker
+        self.services.worker = self.worker
         self._serve()
         self.ready = threading.Event()
         threading.Thread(target=self._join_cluster_state, name="bootstrap", daemon=True).start()
@@ -458,13 +456,11 @@ class Node:
         from corral.cluster.http_takeover import TakeoverGateway
 
         assert self.store is not None
+        # The API is found through its entry point: cluster never imports web.
         make_app = registry.load(registry.SERVICES)["api"]
-        from corral.web.app import LOCAL_ROOT, NodeContext
-
-        ctx = NodeContext(
-            self.store, self.access, Tasks(self.store), self.name, str(self.data_dir), self.services
-        )
-        app = make_app(ctx)
+        self.services.store, self.services.access = self.store, self.access
+        self.services.tasks = Tasks(self.store)
+        app = make_app(NodeContext.of(self.services))
         host, _, port = self.conf["listen"].rpartition(":")
         https = wsgi.Server(
             (host.strip("[]") or "0.0.0.0", int(port)),

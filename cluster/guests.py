@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from corral.cluster import keys, migration, volume_moves
@@ -509,7 +509,7 @@ def _measure(driver: GuestDriver | None, rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def publish_status_for(
-    store: StoreAPI, node: str, services: dict[str, Any], *, only: int | None = None
+    store: StoreAPI, node: str, services: MutableMapping[str, Any], *, only: int | None = None
 ) -> dict[str, Any]:
     """One document per node with every local guest's live figures.
 

@@ -20,7 +20,7 @@ import os
 import threading
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -297,7 +297,7 @@ class TaskWorker:
         self._running: dict[str, TaskContext] = {}
         self._seen: set[str] = set()
         self._watch: Any = None
-        self.context: dict[str, Any] = {}  # services handlers need (drivers, volumes...)
+        self.context: MutableMapping[str, Any] = {}  # the node's services (NodeServices)
 
     def start(self) -> None:
         kvs, revision = self.store.range_rev(f"tasks/{self.node}/")

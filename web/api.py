@@ -30,7 +30,7 @@ Every module that declares endpoints must be imported by corral.web.app.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -145,7 +145,7 @@ class Ctx:
     identity: Identity
     request: Request
     data_dir: str
-    services: dict[str, Any]
+    services: MutableMapping[str, Any]
 
     @property
     def user(self) -> str:

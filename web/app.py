@@ -13,17 +13,15 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
 import orjson
 from flask import Flask, Request, Response, request
 
-from corral.cluster.access import Access, Identity
+from corral.cluster.access import Identity
 from corral.cluster.errors import CorralError, ParamError, Unauthorized
-from corral.cluster.store import Store
-from corral.cluster.tasks import Tasks
+from corral.cluster.node_services import LOCAL_ROOT, NodeContext  # defined in cluster: the daemon
 from corral.web import api
 from corral.web.proxy import PROXIED, forward
 
@@ -47,20 +45,7 @@ ENDPOINT_MODULES = [
     "corral.web.api_node_info",
 ]
 
-LOCAL_ROOT = "corral.local_root"  # environ flag set by the root-only unix socket server
 WRITE_METHODS = {"POST", "PUT", "DELETE"}
-
-
-@dataclass
-class NodeContext:
-    """Everything the API needs from the running node."""
-
-    store: Store
-    access: Access
-    tasks: Tasks
-    node: str
-    data_dir: str
-    services: dict[str, Any]
 
 
 def load_endpoint_modules() -> None:
