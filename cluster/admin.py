@@ -5,6 +5,8 @@ corral stop                                           stop it (SIGTERM, waits)
 corral status                                         node and cluster state
 corral template build busybox|debian [--storage local]
 corral template import-oci PATH [--name NAME] [--storage local]
+corral ha status|add|remove|set|migrate|relocate [SID] [NODE] [--state ...]
+corral node maintenance enable|disable [NODE]
 """
 
 from __future__ import annotations
@@ -318,6 +320,12 @@ def cmd_lab(args: argparse.Namespace, extra: list[str]) -> int:
     return lab.main(args, extra)
 
 
+def cmd_ha(args: argparse.Namespace, _: list[str]) -> int:
+    from corral.cluster.ha import cli
+
+    return cli.run(_client(args.data_dir), args)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="corral", description="corral node administration")
     parser.add_argument("--data-dir", default=DEFAULT_DIR)
@@ -356,6 +364,9 @@ def main(argv: list[str] | None = None) -> None:
     lab.add_argument("--lab-dir", default=os.environ.get("CORRAL_LAB_DIR", "/var/lib/corral-lab"))
     lab.add_argument("--subnet", default="10.249.77.0/24")
     lab.add_argument("--prefix", default="crlab", help="names of bridges, namespaces, links")
+    from corral.cluster.ha.cli import add_parsers as add_ha_parsers
+
+    add_ha_parsers(sub)  # corral ha ..., corral node maintenance ...
     tpl = sub.add_parser("template", help="container templates")
     tpl.add_argument("action", choices=["build", "import-oci"])
     tpl.add_argument("what", help="busybox|debian for build, a path for import-oci")
@@ -371,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
         "template": cmd_template,
         "cluster": cmd_cluster,
         "lab": cmd_lab,
+        "ha": cmd_ha,
+        "node": cmd_ha,
     }[args.cmd]
     sys.exit(handler(args, extra))
 

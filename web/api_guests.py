@@ -13,6 +13,7 @@ from corral.cluster import guests, keys
 from corral.cluster.errors import Conflict, NotFound, Unavailable
 from corral.cluster.guest_driver import GuestDriver
 from corral.cluster.guest_service import CONFIG_PRIVS, GuestService
+from corral.cluster.ha import status as ha_status
 from corral.cluster.schema import DIGEST, NODE, VMID, Param
 from corral.web import api_core
 from corral.web.api import Ctx, endpoint
@@ -371,7 +372,7 @@ def register(type: str) -> None:
         out.update({k: v for k, v in live.items() if k not in out and k != "time"})
         if rec.get("lock"):
             out["lock"] = rec["lock"]
-        out["ha"] = {"managed": 0}
+        out["ha"] = ha_status.guest_ha(ctx.store, type, vmid)
         return out
 
     ops: dict[str, dict[str, Param]] = {
@@ -511,6 +512,7 @@ def _resources(ctx: Ctx, type: str | None) -> list[dict[str, Any]]:
     if type not in (None, "vm"):
         return []
     live = guests.live_status(ctx.store)
+    hastates = ha_status.guest_states(ctx.store)
     out = []
     for kv in ctx.store.range(keys.GUESTS):
         rec = kv.value
@@ -521,6 +523,8 @@ def _resources(ctx: Ctx, type: str | None) -> list[dict[str, Any]]:
         row["node"] = rec["node"]
         # Proxmox names a guest's CPU count `maxcpu` here (`cpus` in status/current).
         row["maxcpu"] = row.pop("cpus", None) or _config_cpus(rec)
+        if rec["vmid"] in hastates:
+            row["hastate"] = hastates[rec["vmid"]]
         out.append(row)
     return out
 

@@ -143,8 +143,9 @@ class HAService:
     """The node's HA threads. `stop(restart=True)` is a daemon restart (policy
     conditional freezes the services); `stop()` alone just ends the loops."""
 
-    def __init__(self, env: NodeEnv) -> None:
+    def __init__(self, env: NodeEnv, *, owns_store: bool = False) -> None:
         self.env = env
+        self.owns_store = owns_store
         self.crm = CRM(env)  # type: ignore[arg-type]
         self.lrm = LRM(env)  # type: ignore[arg-type]
         self.stopping = threading.Event()
@@ -184,9 +185,8 @@ class HAService:
         self.crm.stop()
         if self.lrm.done or not self.lrm.mine:
             self.env.watchdog.close()
-        close = getattr(self.env.store, "close", None)
-        if close is not None:
-            close()
+        if self.owns_store:
+            self.env.store.close()
 
 
 def start_node_ha(node: Any) -> HAService:
@@ -202,6 +202,6 @@ def start_node_ha(node: Any) -> HAService:
         WatchdogClient(),
         lambda: main_store.quorate is not False,
     )
-    service = HAService(env)
+    service = HAService(env, owns_store=True)
     service.start()
     return service
