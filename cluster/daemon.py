@@ -42,7 +42,12 @@ from corral.cluster.store import KeptLease, Store
 from corral.cluster.tasks import Tasks, TaskWorker
 
 # Guest flows beside corral.cluster.guests whose task handlers register on import.
-GUEST_FLOWS = ("corral.cluster.snapshots", "corral.cluster.clones")
+GUEST_FLOWS = (
+    "corral.cluster.snapshots",
+    "corral.cluster.clones",
+    "corral.cluster.backup",
+    "corral.cluster.restore",
+)
 
 log = logging.getLogger("corrald")
 

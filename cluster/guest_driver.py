@@ -308,6 +308,21 @@ class GuestDriver:
         and machine IDs, volumes untouched."""
         return dict(config)
 
+    def backup_live(
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        disks: dict[str, str],
+        workdir: str,
+        *,
+        log: LogFn,
+    ) -> dict[str, str]:
+        """Copy disks `disks` (config key -> volume ID) of the running guest, as
+        they are at one instant while it keeps running, into raw files in
+        `workdir`; returns config key -> file. For snapshot-mode backups where
+        the storage cannot snapshot the volumes under the running guest."""
+        raise NotSupported(what=f"live backups of {self.info.type} guests")
+
     # -- snapshot steps (the flow is corral.cluster.snapshots, written once) ------
     def freeze(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> bool:
         """Quiesce a running guest before its volumes are snapshotted (a CT's

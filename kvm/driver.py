@@ -38,7 +38,7 @@ from corral.cluster.errors import (
 from corral.cluster.guest_driver import DriverInfo, GuestDriver, LogFn, Probe, VolumeAccess
 from corral.cluster.schema import Schema, format_size, parse_size
 from corral.cluster.undo import Reverter
-from corral.kvm import cloudinit, snapshot_steps, stats
+from corral.kvm import backup_job, cloudinit, snapshot_steps, stats
 from corral.kvm import config as cfg
 from corral.kvm.libvirt_conn import Libvirt
 from corral.kvm.xml_base import Facts
@@ -784,6 +784,18 @@ class QemuDriver(GuestDriver):
                 del out["smbios1"]
         out.pop("vmgenid", None)
         return out
+
+    def backup_live(
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        disks: dict[str, str],
+        workdir: str,
+        *,
+        log: LogFn,
+    ) -> dict[str, str]:
+        devs = {key: target_dev(key, config) for key in disks}
+        return backup_job.run(self, vmid, devs, workdir, log=log)
 
     # -- snapshot steps (corral.kvm.snapshot_steps) ------------------------------------
     def freeze(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> bool:

@@ -15,7 +15,7 @@ from corral.cluster.guest_driver import GuestDriver
 from corral.cluster.guest_service import CONFIG_PRIVS, GuestService
 from corral.cluster.ha import status as ha_status
 from corral.cluster.schema import DIGEST, NODE, VMID, Param
-from corral.web import api_core
+from corral.web import api_backup, api_core
 from corral.web.api import Ctx, endpoint
 from corral.web.api_core import require_node
 
@@ -146,6 +146,8 @@ def register(type: str) -> None:
         digest: str | None = None,
         **raw: Any,
     ) -> str:
+        if api_backup.is_restore(type, raw):  # from a backup archive (corral.cluster.restore)
+            return api_backup.restore_request(ctx, type, node, vmid, raw, start=bool(start))
         # corral extension: POST /nodes/auto/{lxc,qemu} places the guest by free resources.
         if node != AUTO_NODE:
             require_node(ctx, node)

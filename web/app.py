@@ -44,6 +44,7 @@ ENDPOINT_MODULES = [
     "corral.web.api_backup_info",
     "corral.web.api_node_info",
     "corral.web.api_ha",
+    "corral.web.api_backup",
 ]
 
 WRITE_METHODS = {"POST", "PUT", "DELETE"}

@@ -1,0 +1,235 @@
+"""vzdump: backups of guests into archives on a storage with `backup` content.
+
+One `vzdump` task per node backs up the node's guests one after the other
+(Proxmox's behaviour; the serial key `vzdump:NODE` queues a second run behind
+the first, so one node never runs two at once). Each guest is locked
+`backup` meanwhile. The archive (corral.cluster.archive has the layout) is
+written to a temporary name and renamed when complete: a failed backup
+leaves nothing behind.
+
+Modes, as Proxmox's:
+- snapshot: the guest keeps running. A CT whose volumes can snapshot is
+  frozen for an instant, snapshotted (`vzdump`), and archived from the
+  snapshot; a running VM is copied by its driver's live backup job (libvirt
+  push backup: copy-before-write, consistent at the job's start). A CT whose
+  storage cannot snapshot falls back to suspend mode, with a line in the log.
+- suspend: a CT is frozen, a VM paused, for the whole copy.
+- stop: the guest is shut down for the copy and started again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+from corral.cluster import archive, guests, keys, snapshots
+from corral.cluster.errors import Conflict, CorralError, ParamError
+from corral.cluster.guest_driver import GuestDriver, VolumeAccess
+from corral.cluster.tasks import TaskContext, task_handler
+
+TEMP_SNAP = "vzdump"
+MODES = ("snapshot", "suspend", "stop")
+STOP_TIMEOUT = 600
+
+
+def notes(template: str | None, rec: dict[str, Any], node: str, cluster: str = "") -> str:
+    """Proxmox's notes-template: {{guestname}}, {{node}}, {{vmid}}, {{cluster}}."""
+    if not template:
+        return ""
+    cfg = rec["config"]
+    name = str(cfg.get("hostname") or cfg.get("name") or rec["vmid"])
+    out = template
+    for key, value in (("guestname", name), ("node", node), ("vmid", str(rec["vmid"])),
+                       ("cluster", cluster)):  # fmt: skip
+        out = out.replace("{{" + key + "}}", value)
+    return out.replace("\\n", "\n")
+
+
+class _Counted:
+    """Counts what a volume export writes, so the tar member can be checked."""
+
+    def __init__(self, out: Any) -> None:
+        self.out, self.bytes = out, 0
+
+    def write(self, data: Any) -> int:
+        n = self.out.write(data)
+        self.bytes += len(data)
+        return n if n is not None else len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def _disk_member(sink: archive.Sink, key: str, size: int, fill: Any) -> None:
+    sink.write(archive.member_header(f"disk-drive-{key}.raw", size))
+    counted = _Counted(sink)
+    fill(counted)
+    if counted.bytes != size:
+        raise CorralError(f"disk {key}: wrote {counted.bytes} bytes, expected {size}")
+    sink.write(archive.padding(size))
+
+
+def _copy_file(path: str, out: Any) -> None:
+    with open(path, "rb") as fh:
+        shutil.copyfileobj(fh, out, 1 << 20)
+
+
+def _backup_ct(
+    ctx: TaskContext, rec: dict[str, Any], driver: GuestDriver, volumes: VolumeAccess,
+    sink: archive.Sink, mode: str, running: bool,
+) -> None:  # fmt: skip
+    vmid, config = rec["vmid"], rec["config"]
+    vols = snapshots.snapshot_volumes(driver, config)
+    for key in sorted(vols):
+        if key != "rootfs":
+            ctx.log(f"excluding volume mount point {key} ('{vols[key]}') from backup")
+    rootfs = vols["rootfs"]
+    sink.write(archive.small_member(archive.CT_CONF, archive.config_text(config).encode()))
+    if mode == "snapshot" and running and not volumes.has_feature(rootfs, "snapshot"):
+        ctx.log("mode failure - some volumes do not support snapshots, falling back to suspend")
+        mode = "suspend"
+    if mode == "snapshot" and running:
+        try:
+            volumes.snapshot_delete(rootfs, TEMP_SNAP)  # left by a crashed run
+        except CorralError:
+            pass
+        frozen = driver.freeze(vmid, config, log=ctx.log)
+        try:
+            volumes.snapshot(rootfs, TEMP_SNAP)
+        finally:
+            if frozen:
+                driver.thaw(vmid, config, log=ctx.log)
+        try:
+            ctx.log(f"creating archive from snapshot '{TEMP_SNAP}' of {rootfs}")
+            volumes.export(rootfs, fmt="tar", out=sink, snap=TEMP_SNAP)  # type: ignore[arg-type]
+        finally:
+            volumes.snapshot_delete(rootfs, TEMP_SNAP)
+        return
+    frozen = running and mode == "suspend" and driver.freeze(vmid, config, log=ctx.log)
+    try:
+        ctx.log(f"creating archive from {rootfs}")
+        volumes.export(rootfs, fmt="tar", out=sink)  # type: ignore[arg-type]
+    finally:
+        if frozen:
+            driver.thaw(vmid, config, log=ctx.log)
+
+
+def _backup_vm(
+    ctx: TaskContext, rec: dict[str, Any], driver: GuestDriver, volumes: VolumeAccess,
+    sink: archive.Sink, mode: str, running: bool, workdir: str,
+) -> None:  # fmt: skip
+    vmid, config = rec["vmid"], rec["config"]
+    disks = snapshots.snapshot_volumes(driver, config)
+    sink.write(archive.small_member(archive.VM_CONF, archive.config_text(config).encode()))
+    if running and mode == "snapshot":
+        files = driver.backup_live(vmid, config, disks, workdir, log=ctx.log)
+        for key in sorted(disks):
+            path = files[key]
+            ctx.log(f"adding '{key}' ({disks[key]}) from the backup job's copy")
+            _disk_member(sink, key, os.path.getsize(path), lambda out, p=path: _copy_file(p, out))
+            os.unlink(path)
+    else:
+        paused = running and mode == "suspend"
+        if paused:
+            driver.suspend(vmid, config, log=ctx.log)
+        try:
+            for key, volid in sorted(disks.items()):
+                ctx.check_abort()
+                ctx.log(f"adding '{key}' ({volid})")
+                _disk_member(
+                    sink, key, int(volumes.size(volid)),
+                    lambda out, v=volid: volumes.export(v, fmt="raw", out=out),
+                )  # fmt: skip
+        finally:
+            if paused:
+                driver.resume(vmid, config, log=ctx.log)
+    sink.write(archive.END)
+
+
+def backup_guest(ctx: TaskContext, vmid: int, opts: dict[str, Any]) -> str:
+    """Back up one guest of this node; returns the archive's volume ID."""
+    rec = guests._record(ctx, {"vmid": vmid})
+    driver, volumes = guests._driver(ctx, rec["type"]), guests._volumes(ctx)
+    storage, mode = opts["storage"], opts.get("mode") or "snapshot"
+    compress = opts.get("compress") or "zstd"
+    if rec["config"].get("template") and rec["type"] == "lxc":
+        mode = "stop"  # a template never runs
+    name = archive.archive_name(rec["type"], vmid, time.time(), compress)
+    volid = f"{storage}:backup/{name}"
+    path = volumes.file_path(volid)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    running = driver.status(vmid, rec["config"]).get("status") in ("running", "paused")
+    ctx.log(f"Starting Backup of {guests._kind(rec)} {vmid} ({rec['type']}), mode {mode}")
+    snapshots._lock(ctx, vmid, "backup")
+    stopped = False
+    tmp = f"{path}.tmp"
+    workdir = tempfile.mkdtemp(prefix=f".vzdump-{vmid}-", dir=os.path.dirname(path))
+    started = time.monotonic()
+    try:
+        if running and mode == "stop":
+            ctx.log(f"stopping {guests._kind(rec)} {vmid} for the backup")
+            driver.shutdown(vmid, rec["config"], timeout=STOP_TIMEOUT, force_stop=True,
+                            log=ctx.log)  # fmt: skip
+            stopped, running = True, False
+        with open(tmp, "wb") as out:
+            sink = archive.Sink(out, compress=compress, bwlimit=int(opts.get("bwlimit") or 0))
+            try:
+                if rec["type"] == "lxc":
+                    _backup_ct(ctx, rec, driver, volumes, sink, mode, running)
+                else:
+                    _backup_vm(ctx, rec, driver, volumes, sink, mode, running, workdir)
+                sink.finish()
+            except BaseException:
+                sink.abort()
+                raise
+        os.replace(tmp, path)
+        raw = sink.bytes
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        snapshots._unlock(ctx, vmid, "backup")
+        if stopped:
+            ctx.log(f"starting {guests._kind(rec)} {vmid} again")
+            driver.start(vmid, rec["config"], volumes=volumes, log=ctx.log)
+    took = max(time.monotonic() - started, 1e-3)
+    size = os.path.getsize(path)
+    ctx.log(
+        f"archive {volid}: {size} bytes ({raw} uncompressed) in {took:.1f} s "
+        f"({raw / took / (1 << 20):.1f} MiB/s)"
+    )
+    text = notes(opts.get("notes-template"), rec, ctx.node)
+    if text or opts.get("protected"):
+        attrs: dict[str, Any] = {}
+        if text:
+            attrs["notes"] = text
+        if opts.get("protected"):
+            attrs["protected"] = 1
+        ctx.store.put(keys.volume_attrs(volid), attrs)
+    return volid
+
+
+def _vzdump(ctx: TaskContext, args: dict[str, Any]) -> None:
+    opts = dict(args.get("opts") or {})
+    volumes = guests._volumes(ctx)
+    if "backup" not in volumes.content_of(opts["storage"]):
+        raise ParamError.one("storage", f"storage '{opts['storage']}' does not hold backups")
+    failed = []
+    for vmid in args["vmids"]:
+        ctx.check_abort()
+        try:
+            backup_guest(ctx, vmid, opts)
+            ctx.log(f"Finished Backup of VM {vmid}")
+        except (CorralError, OSError, Conflict) as err:
+            ctx.log(f"ERROR: Backup of VM {vmid} failed - {err}")
+            failed.append(vmid)
+    if failed:
+        raise CorralError(f"job errors: backup of {', '.join(map(str, failed))} failed")
+
+
+task_handler("vzdump")(_vzdump)
