@@ -5,7 +5,7 @@ The store runs one event loop in a private thread and offers a synchronous
 API whose every call is bounded by a timeout: when etcd cannot answer in
 time the caller gets `Unavailable` (HTTP 503) with the reason, never a hang.
 
-It owns what no client does by itself (DESIGN.md): leases are kept alive by
+It owns what no client does by itself (ARCHITECTURE.md, "The store"): leases are kept alive by
 `KeptLease`, and watches resume from their last revision after a failure,
 re-reading the whole range when that revision was compacted.
 
