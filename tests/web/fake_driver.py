@@ -87,8 +87,10 @@ class FakeDriver(GuestDriver):
         g = self.guests.get(vmid)
         if g is None:
             return {"status": "stopped"}
+        paused = {"qmpstatus": "paused"} if g["status"] == "paused" else {}
         return {
-            "status": g["status"],
+            **paused,  # as Proxmox reports a suspended guest: running, paused
+            "status": "running" if paused else g["status"],
             "cpu": 0.0,
             "mem": 1 << 20,
             "maxmem": int(g["config"].get("memory", 512)) << 20,
@@ -96,7 +98,7 @@ class FakeDriver(GuestDriver):
         }
 
     def running(self) -> set[int]:
-        return {v for v, g in self.guests.items() if g["status"] == "running"}
+        return {v for v, g in self.guests.items() if g["status"] in ("running", "paused")}
 
     def apply_live(
         self,
