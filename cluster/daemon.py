@@ -33,6 +33,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 from corral.cluster import keys, registry, tls
 from corral.cluster.access import Access
+from corral.cluster.cluster_view import shared_view
 from corral.cluster.errors import Unavailable
 from corral.cluster.etcd_embed import EmbeddedEtcd
 from corral.cluster.guest_service import GuestService
@@ -177,8 +178,9 @@ class Node:
                 self._wait_store(timeout=3600)
                 self._bootstrap()
                 self._register()
-                assert self.worker is not None
+                assert self.worker is not None and self.store is not None
                 self.worker.start()
+                shared_view(self.services, self.store)  # /cluster/resources from memory
                 self._start_ha()
                 threading.Thread(target=self._publish_loop, name="status", daemon=True).start()
                 self.ready.set()

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/corral/v1/"
 DEFAULT_TIMEOUT = 3.0
+MAX_REPLY_BYTES = 1 << 30
 
 
 def _encode(value: Any) -> bytes:
@@ -145,6 +146,9 @@ class Store(StoreAPI):
                 host=url.hostname or "127.0.0.1",
                 port=url.port or 2379,
                 timeout=int(max(1, self.timeout)),
+                # gRPC's default 4 MiB cap on a reply would make whole-cluster reads
+                # (100,000 guest records are ~30 MB) fail; etcd bounds requests itself.
+                options={"grpc.max_receive_message_length": MAX_REPLY_BYTES},
             )
             await client.connect()
             self._client = client
@@ -260,6 +264,9 @@ class Store(StoreAPI):
 
     def reset_stale(self) -> None:
         self._local.stale = False
+
+    def mark_stale(self) -> None:
+        self._local.stale = True
 
     def _serializable(self) -> bool:
         if self.quorate is False:

@@ -185,6 +185,10 @@ class StoreAPI(abc.ABC):
     def reset_stale(self) -> None: ...
 
     @abc.abstractmethod
+    def mark_stale(self) -> None:
+        """Flag this thread's answer as stale (a cached view that could not catch up)."""
+
+    @abc.abstractmethod
     def close(self) -> None: ...
 
     # -- locks ----------------------------------------------------------------------

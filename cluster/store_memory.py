@@ -128,6 +128,9 @@ class MemoryStore(StoreAPI):
     def reset_stale(self) -> None:
         self._local.stale = False
 
+    def mark_stale(self) -> None:
+        self._local.stale = True
+
     def _kv(self, key: str, raw: _Raw) -> KV:
         return KV(
             key, _decode(raw.data), raw.mod_revision, raw.create_revision, raw.version, raw.lease

@@ -6,7 +6,9 @@ import time
 from typing import Any
 
 from corral.cluster import keys
+from corral.cluster.cluster_view import ClusterView, shared_view
 from corral.cluster.errors import Conflict, NotFound, ParamError, Unavailable
+from corral.cluster.ha import status as ha_status
 from corral.cluster.schema import NODE, Param
 from corral.web.api import Ctx, endpoint
 
@@ -26,26 +28,16 @@ def version(ctx: Ctx) -> dict[str, Any]:
     }
 
 
+def cluster_view(ctx: Ctx) -> ClusterView:
+    """The node's in-memory view, caught up with the store (else the answer is marked stale)."""
+    view = shared_view(ctx.services, ctx.store)
+    if not view.sync():
+        ctx.store.mark_stale()
+    return view
+
+
 def node_entries(ctx: Ctx) -> list[dict[str, Any]]:
-    infos = {kv.key.split("/", 1)[1]: kv.value for kv in ctx.store.range(keys.NODE_INFO)}
-    online = {kv.key.split("/", 1)[1] for kv in ctx.store.range(keys.NODE_ALIVE)}
-    live = {kv.key.split("/", 1)[1]: kv.value for kv in ctx.store.range(keys.NODE_STATUS)}
-    out = []
-    for name, info in sorted(infos.items()):
-        status = live.get(name, {}) if name in online else {}
-        entry: dict[str, Any] = {
-            "node": name,
-            "id": f"node/{name}",
-            "type": "node",
-            "status": "online" if name in online else "offline",
-            "level": "",
-            "ssl_fingerprint": info.get("fingerprint", ""),
-        }
-        for field in ("cpu", "maxcpu", "mem", "maxmem", "disk", "maxdisk", "uptime"):
-            if field in status:
-                entry[field] = status[field]
-        out.append(entry)
-    return out
+    return cluster_view(ctx).nodes()
 
 
 @endpoint("GET", "/nodes", description="Cluster node index.")
@@ -107,14 +99,9 @@ def node_version(ctx: Ctx, node: str) -> dict[str, Any]:
     description="Get cluster status information.",
 )
 def cluster_status(ctx: Ctx) -> list[dict[str, Any]]:
-    nodes = node_entries(ctx)
-    infos = {kv.key.split("/", 1)[1]: kv.value for kv in ctx.store.range(keys.NODE_INFO)}
-    quorate = 1
-    try:
-        ctx.store.revision()  # a linearizable read fails without quorum
-    except Exception:  # noqa: BLE001 - answered as "not quorate"
-        quorate = 0
-    cluster = ctx.store.get_value(keys.CLUSTER, {}) or {}
+    view = cluster_view(ctx)
+    nodes, infos, cluster = view.nodes(), view.node_infos(), view.cluster()
+    quorate = 0 if ctx.store.quorate is False or ctx.store.last_read_stale else 1
     out: list[dict[str, Any]] = [
         {
             "type": "cluster",
@@ -221,16 +208,31 @@ RESOURCE_TYPES = ("vm", "storage", "node", "sdn", "pool")
     params={"type": Param("string", "Resource type.", optional=True, enum=RESOURCE_TYPES)},
     description="Resources index (cluster wide).",
 )
-def resources(ctx: Ctx, type: str | None = None) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def resources(ctx: Ctx, type: str | None = None) -> list[Any]:
+    # Rows come from the node's in-memory view, serialized once (orjson Fragments).
+    view = cluster_view(ctx)
+    out: list[Any] = []
     if type in (None, "node"):
-        for n in node_entries(ctx):
-            if ctx.can(f"/nodes/{n['node']}", ["Sys.Audit"]):
-                out.append({**n, "status": n["status"]})
+        out.extend(n for n in view.nodes() if ctx.can(f"/nodes/{n['node']}", ["Sys.Audit"]))
+    if type in (None, "storage"):
+        privs = ["Datastore.Audit", "Datastore.AllocateSpace"]
+        out.extend(
+            row
+            for sid, row in view.storage_rows()
+            if ctx.can(f"/storage/{sid}", privs, any_of=True)
+        )
+    if type in (None, "vm"):
+        every = ctx.can_each_below("/vms/", ["VM.Audit"])
+        hastates = ha_status.guest_states(ctx.store)  # few guests, read per request
+        for vmid, row in view.guest_rows():
+            if every or (every is None and ctx.can(f"/vms/{vmid}", ["VM.Audit"])):
+                if vmid in hastates:  # pve_ha_state reads `hastate` here
+                    row = {**(view.guest_row(vmid) or {}), "hastate": hastates[vmid]}
+                out.append(row)
     for provider in RESOURCE_PROVIDERS:
         out.extend(provider(ctx, type))
     return out
 
 
-# Other modules (guests, storage) add their rows here: fn(ctx, type) -> rows.
+# Other modules add rows of other kinds here (pools, sdn...): fn(ctx, type) -> rows.
 RESOURCE_PROVIDERS: list[Any] = []

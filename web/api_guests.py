@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from corral.cluster import guests, keys
+from corral.cluster.cluster_view import guest_summary
 from corral.cluster.errors import Conflict, NotFound, Unavailable
 from corral.cluster.guest_driver import GuestDriver
 from corral.cluster.guest_service import CONFIG_PRIVS, GuestService
 from corral.cluster.ha import status as ha_status
 from corral.cluster.schema import DIGEST, NODE, VMID, Param
-from corral.web import api_backup, api_core
+from corral.web import api_backup
 from corral.web.api import Ctx, endpoint
 from corral.web.api_core import require_node
 
@@ -60,44 +61,7 @@ def _live(ctx: Ctx, rec: dict[str, Any]) -> dict[str, Any]:
     return service(ctx).live(rec)
 
 
-def _summary(rec: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
-    cfg = rec["config"]
-    name = cfg.get("hostname") or cfg.get("name") or f"{KIND[rec['type']]}{rec['vmid']}"
-    out: dict[str, Any] = {
-        "vmid": rec["vmid"],
-        "name": name,
-        "type": rec["type"],
-        "status": live.get("status", "unknown"),
-        "lock": rec.get("lock") or "",
-        "tags": cfg.get("tags", ""),
-    }
-    for field in (
-        "cpu",
-        "cpus",
-        "mem",
-        "maxmem",
-        "disk",
-        "maxdisk",
-        "netin",
-        "netout",
-        "diskread",
-        "diskwrite",
-        "uptime",
-        "pid",
-        "qmpstatus",
-        "maxswap",
-        "swap",
-    ):
-        if field in live:
-            out[field] = live[field]
-    out.setdefault("maxmem", int(cfg.get("memory", 512)) * 1024 * 1024)
-    if rec.get("lock"):
-        out["lock"] = rec["lock"]
-    else:
-        out.pop("lock")
-    if cfg.get("template"):
-        out["template"] = 1
-    return out
+_summary = guest_summary  # one row shape for guest lists and /cluster/resources
 
 
 def register(type: str) -> None:
@@ -508,35 +472,3 @@ def _register_op(type: str, one: str, op: str, extra: dict[str, Param]) -> None:
 
 for _t in TYPES:
     register(_t)
-
-
-def _resources(ctx: Ctx, type: str | None) -> list[dict[str, Any]]:
-    if type not in (None, "vm"):
-        return []
-    live = guests.live_status(ctx.store)
-    hastates = ha_status.guest_states(ctx.store)
-    out = []
-    for kv in ctx.store.range(keys.GUESTS):
-        rec = kv.value
-        if not ctx.can(f"/vms/{rec['vmid']}", ["VM.Audit"]):
-            continue
-        row = _summary(rec, live.get(str(rec["vmid"]), {}))
-        row["id"] = f"{rec['type']}/{rec['vmid']}"
-        row["node"] = rec["node"]
-        # Proxmox names a guest's CPU count `maxcpu` here (`cpus` in status/current).
-        row["maxcpu"] = row.pop("cpus", None) or _config_cpus(rec)
-        if rec["vmid"] in hastates:
-            row["hastate"] = hastates[rec["vmid"]]
-        out.append(row)
-    return out
-
-
-def _config_cpus(rec: dict[str, Any]) -> int:
-    """The vCPUs a guest's config gives it, for guests without live figures."""
-    cfg = rec["config"]
-    if rec["type"] == "qemu":
-        return int(cfg.get("vcpus") or int(cfg.get("sockets", 1)) * int(cfg.get("cores", 1)))
-    return int(cfg.get("cores") or 1)
-
-
-api_core.RESOURCE_PROVIDERS.append(_resources)

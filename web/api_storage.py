@@ -16,7 +16,6 @@ from corral.cluster import keys
 from corral.cluster.errors import Conflict, NotFound, NotSupported, ParamError, Unavailable
 from corral.cluster.schema import DIGEST, NODE, STORAGE_ID, VMID, Param, parse_size
 from corral.cluster.undo import Reverter
-from corral.web import api_core
 from corral.web.api import Ctx, endpoint
 from corral.web.api_core import require_node
 from corral.web.api_guests import service as guest_service
@@ -790,36 +789,3 @@ def import_volume(ctx: Ctx, node: str, storage: str) -> str:
         raise ParamError(errors)
     stream = ctx.request.stream
     return str(_volumes(ctx).import_(storage, stream=stream, fmt=fmt, vmid=vmid, content=content))
-
-
-# -- /cluster/resources rows -------------------------------------------------------------
-
-
-def _resources(ctx: Ctx, type: str | None) -> list[dict[str, Any]]:
-    if type not in (None, "storage"):
-        return []
-    out = []
-    for kv in ctx.store.range(keys.STORAGE_STATUS):
-        node = kv.key.split("/", 1)[1]
-        for sid, st in sorted((kv.value or {}).items()):
-            if not ctx.can(f"/storage/{sid}", ["Datastore.Audit", "Datastore.AllocateSpace"],
-                           any_of=True):  # fmt: skip
-                continue
-            out.append(
-                {
-                    "id": f"storage/{node}/{sid}",
-                    "type": "storage",
-                    "storage": sid,
-                    "node": node,
-                    "status": "available" if st.get("active") else "unknown",
-                    "plugintype": st.get("type"),
-                    "content": st.get("content", ""),
-                    "shared": st.get("shared", 0),
-                    "disk": st.get("used", 0),
-                    "maxdisk": st.get("total", 0),
-                }
-            )
-    return out
-
-
-api_core.RESOURCE_PROVIDERS.append(_resources)
