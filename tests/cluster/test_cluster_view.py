@@ -42,6 +42,7 @@ def test_view_follows_the_store(store: StoreAPI) -> None:
         got = rows(view)
         assert got[101]["status"] == "running" and got[101]["mem"] == 7 and "time" not in got[101]
         assert got[102]["template"] == 1 and got[102]["id"] == "lxc/102"
+        assert got[102]["maxcpu"] == 1  # from the config until live figures say
         assert view.nodes()[0] == {
             "node": "n1",
             "id": "node/n1",
