@@ -38,7 +38,7 @@ Read API (stable; for the API and the metrics scrape, all thread-safe):
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import orjson
@@ -351,7 +351,7 @@ class ClusterView:
 _SHARED = threading.Lock()
 
 
-def shared_view(services: dict[str, Any], store: StoreAPI) -> ClusterView:
+def shared_view(services: MutableMapping[str, Any], store: StoreAPI) -> ClusterView:
     """The node's one view (kept in its services), started on first use."""
     view = services.get("cluster_view")
     if view is not None and view.store is store:

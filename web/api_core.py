@@ -224,6 +224,7 @@ def resources(ctx: Ctx, type: str | None = None) -> list[Any]:
     if type in (None, "vm"):
         every = ctx.can_each_below("/vms/", ["VM.Audit"])
         hastates = ha_status.guest_states(ctx.store)  # few guests, read per request
+        row: Any
         for vmid, row in view.guest_rows():
             if every or (every is None and ctx.can(f"/vms/{vmid}", ["VM.Audit"])):
                 if vmid in hastates:  # pve_ha_state reads `hastate` here
