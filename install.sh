@@ -38,6 +38,7 @@ PACKAGES=(
     btrfs-progs lvm2 ceph-common python3-rados python3-rbd
     iproute2 nftables rsync xz-utils zstd openssl ca-certificates procps
     libpam0g genisoimage
+    python3-rrdtool
 )
 # Only for the test suite: real services the tests start and stop.
 TEST_PACKAGES=(
@@ -45,6 +46,7 @@ TEST_PACKAGES=(
     zfs-fuse
     linux-image-amd64 cpio
     chromium
+    prometheus
 )
 
 export DEBIAN_FRONTEND=noninteractive

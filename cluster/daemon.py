@@ -70,6 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="client port of the private etcd (default 2379; peer port +1)",
     )
     p.add_argument("--libvirt-uri", default=None, help="default qemu:///system")
+    p.add_argument(
+        "--metrics-listen",
+        default=None,
+        help="ADDR:PORT for an unauthenticated plain-HTTP /metrics (a scrape network; off)",
+    )
     p.add_argument("--log-level", default=os.environ.get("CORRAL_LOG_LEVEL", "info"))
     return p.parse_args(argv)
 
@@ -88,6 +93,8 @@ def load_config(data_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         conf["etcd_port"] = args.etcd_port
     if args.libvirt_uri:
         conf["libvirt_uri"] = args.libvirt_uri
+    if getattr(args, "metrics_listen", None):
+        conf["metrics_listen"] = args.metrics_listen
     conf.setdefault("node", socket.gethostname().split(".")[0])
     conf.setdefault("listen", "0.0.0.0:8006")
     conf.setdefault("etcd", [])
@@ -396,6 +403,9 @@ class Node:
         STATUS_HOOKS.append(guests.status_hook)
         if "volumes" in self.services:
             STATUS_HOOKS.append(_publish_storage_status)
+        # History (rrddata) and pushes to external metric servers.
+        for module in ("corral.cluster.metrics_rrd", "corral.cluster.metrics_push"):
+            STATUS_HOOKS.append(importlib.import_module(module).status_hook)
 
     def _probe(self, name: str, driver: Any) -> None:
         """Probe in the background with a deadline: a hung libvirt must not hang the node."""

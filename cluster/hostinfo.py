@@ -102,6 +102,34 @@ def cpu_usage() -> float:
     return round(max(0.0, 1.0 - (idle - prev[1]) / (total - prev[0])), 4)
 
 
+def iowait() -> float:
+    """Fraction of CPU time waiting for I/O since the previous call (Proxmox's `wait`)."""
+    values = [float(x) for x in _read("/proc/stat").splitlines()[0].split()[1:]]
+    total, wait = sum(values[:8]), values[4] if len(values) > 4 else 0.0
+    with _cpu_lock:
+        prev = _cpu_sample.get("wait")
+        _cpu_sample["wait"] = (total, wait)
+    if prev is None or total <= prev[0]:
+        return 0.0
+    return round(max(0.0, (wait - prev[1]) / (total - prev[0])), 4)
+
+
+def net_totals() -> tuple[int, int]:
+    """Bytes received and sent by the host's physical-looking interfaces (not lo, not
+    guest veths/taps, not bridges: they would count a guest's traffic twice)."""
+    rx = tx = 0
+    for line in _read("/proc/net/dev").splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        name = name.strip()
+        if name == "lo" or name.startswith(("veth", "tap", "fwpr", "fwln", "vmbr", "br")):
+            continue
+        fields = rest.split()
+        if len(fields) >= 9:
+            rx += int(fields[0])
+            tx += int(fields[8])
+    return rx, tx
+
+
 def host_status(root_path: str = "/") -> dict[str, Any]:
     cpu = parse_cpuinfo(_read("/proc/cpuinfo"))
     flags = cpu.pop("_flags")
@@ -113,6 +141,8 @@ def host_status(root_path: str = "/") -> dict[str, Any]:
     uname = platform.uname()
     return {
         "cpu": cpu_usage(),
+        "wait": iowait(),
+        **dict(zip(("netin", "netout"), net_totals(), strict=True)),
         "cpuinfo": {
             **{k: v for k, v in cpu.items() if k != "flags"},
             "hvm": int(hvm),

@@ -13,6 +13,7 @@ VMID_RESERVED = "vmidres/"  # vmidres/{vmid}: a reservation under a lease
 STORAGE = "storage/"  # storage/{id}: storage configuration
 STORAGE_STATUS = "storagestatus/"  # storagestatus/{node}: {storage: figures}, under the lease
 VOLUME_ATTRS = "volattrs/"  # volattrs/{volid}: notes, protected
+METRIC_SERVERS = "metricserver/"  # metricserver/{id}: an external metric server (graphite...)
 
 
 def node_info(node: str) -> str:
@@ -49,3 +50,7 @@ def storage_status(node: str) -> str:
 
 def volume_attrs(volid: str) -> str:
     return f"{VOLUME_ATTRS}{volid}"
+
+
+def metric_server(server_id: str) -> str:
+    return f"{METRIC_SERVERS}{server_id}"

@@ -41,6 +41,7 @@ import aetcd.rpc
 import grpc
 import orjson
 
+from corral.cluster import metrics_core
 from corral.cluster.clock import REAL, Clock
 from corral.cluster.errors import NotQuorate, Unavailable
 from corral.cluster.store_api import KV, Compare, Event, KeptLease, Op, StoreAPI
@@ -169,8 +170,11 @@ class Store(StoreAPI):
 
         async def run() -> Any:
             client = await self._client_async()
+            started, ok = time.monotonic(), False
             try:
-                return await asyncio.wait_for(fn(client), limit)
+                out = await asyncio.wait_for(fn(client), limit)
+                ok = True
+                return out
             except (
                 TimeoutError,
                 aetcd.exceptions.ConnectionFailedError,
@@ -180,6 +184,8 @@ class Store(StoreAPI):
             ):
                 await self._drop_client()
                 raise
+            finally:
+                metrics_core.record_etcd(time.monotonic() - started, ok)
 
         future = asyncio.run_coroutine_threadsafe(run(), self._loop)
         try:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from corral.cluster import metrics_core
 from corral.cluster.clock import REAL, Clock
 from corral.cluster.errors import CorralError, NotFound, ParamError, Unavailable
 from corral.cluster.store_api import Event, StoreAPI
@@ -387,6 +388,8 @@ class TaskWorker:
         self._running[rec["upid"]] = ctx
         self.set_fields(rec, status="running")
         exitstatus = "OK"
+        started = time.monotonic()
+        metrics_core.task_running(1)
         try:
             handler = HANDLERS.get(rec["type"])
             if handler is None:
@@ -403,6 +406,8 @@ class TaskWorker:
             log.exception("task %s failed", rec["upid"])
         finally:
             self._running.pop(rec["upid"], None)
+            metrics_core.task_running(-1)
+            metrics_core.record_task(rec["type"], exitstatus, time.monotonic() - started)
         ctx.log("TASK OK" if exitstatus == "OK" else f"TASK ERROR: {exitstatus}")
         ctx.flush()
         self._finish(rec, exitstatus)

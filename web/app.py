@@ -45,6 +45,9 @@ ENDPOINT_MODULES = [
     "corral.web.api_node_info",
     "corral.web.api_ha",
     "corral.web.api_backup",
+    "corral.web.api_metrics",
+    "corral.web.api_rrd",
+    "corral.web.api_metric_servers",
 ]
 
 WRITE_METHODS = {"POST", "PUT", "DELETE"}

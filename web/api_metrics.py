@@ -1,0 +1,172 @@
+"""Prometheus exposition: `GET /metrics` (also `/api2/prometheus`).
+
+    curl -H 'Authorization: PVEAPIToken=prom@pve!scrape=SECRET' https://node1:8006/metrics
+
+One scrape of any node answers for the whole cluster from the node's view of
+etcd (the same rows as `/cluster/resources`), with prometheus-pve-exporter's
+names and labels, followed by corral's own metrics of the answering node
+(corral_*). Parameters:
+
+- `cluster=0` speaks for the answering node alone: its node entry, its guests
+  and its storages (for a Prometheus that scrapes every node);
+- `node=0` leaves out the per-guest config figures (pve_onboot_status), as
+  the exporter's `node` switch does.
+
+Authentication is the API's (an API token, or a ticket cookie); what a
+caller may not audit (`Sys.Audit`, `VM.Audit`, `Datastore.Audit`) is left out,
+as from `/cluster/resources`. A node may also serve the same text without
+authentication on a separate listener for a scrape network: the daemon option
+`metrics_listen` (`corrald --metrics-listen ADDR:PORT`), plain HTTP, off by
+default.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from flask import Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+
+from corral.cluster import keys, metrics_core
+from corral.cluster.access import Identity
+from corral.cluster.errors import CorralError, ParamError
+from corral.web import api, api_core, metrics_pve
+from corral.web.app import NodeContext, authenticate, error_response, on_app
+
+log = logging.getLogger(__name__)
+
+PATHS = ("/metrics", "/api2/prometheus")
+_FLAG = {"1": True, "true": True, "0": False, "false": False}
+
+
+def _flag(args: Any, name: str, default: bool) -> bool:
+    raw = args.get(name)
+    if raw is None:
+        return default
+    if raw.lower() not in _FLAG:
+        raise ParamError.one(name, f"type check ('boolean') failed - got '{raw}'")
+    return _FLAG[raw.lower()]
+
+
+class _Families:
+    """A one-shot collector: prometheus_client's registry asks it for its families."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        return self.metrics
+
+
+def scrape(
+    node: NodeContext, identity: Identity, *, cluster: bool = True, node_config: bool = True
+) -> bytes:
+    """The exposition text for `identity` (what it may audit)."""
+    ctx = api.Ctx(
+        node.store, node.access, node.tasks, node.node, identity, request, node.data_dir,
+        node.services,
+    )  # fmt: skip
+    rows = api_core.resources(ctx)
+    status = api_core.cluster_status(ctx)
+    if not ctx.can("/", ["Sys.Audit"]):  # the cluster entry needs it, a node entry its own
+        status = [
+            e for e in status
+            if e["type"] == "node" and ctx.can(f"/nodes/{e['name']}", ["Sys.Audit"])
+        ]  # fmt: skip
+    if not cluster:
+        rows = [r for r in rows if r.get("node") == node.node]
+        status = [e for e in status if e["type"] != "node" or e["name"] == node.node]
+    onboot: list[tuple[str, str, str, Any]] = []
+    if node_config:
+        # The exporter reads onboot from the answering node's guest configs.
+        for kv in node.store.range(keys.GUESTS):
+            rec = kv.value
+            cfg = rec.get("config") or {}
+            if rec.get("node") != node.node or "onboot" not in cfg:
+                continue
+            if ctx.can(f"/vms/{rec['vmid']}", ["VM.Audit"]):
+                gid = f"{rec['type']}/{rec['vmid']}"
+                onboot.append((gid, node.node, rec["type"], cfg["onboot"]))
+    fams = list(
+        metrics_pve.families(status, rows, api_core.version(ctx), onboot, cluster_wide=cluster)
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(fams))  # type: ignore[arg-type]
+    return generate_latest(registry) + generate_latest(metrics_core.REGISTRY)
+
+
+def _answer(node: NodeContext, identity: Identity | None) -> Response:
+    try:
+        if identity is None:
+            header = request.headers.get("Authorization", "")
+            scheme, _, credentials = header.partition(" ")
+            if scheme in ("PVEAPIToken", "Bearer") and credentials:
+                # Prometheus's `authorization: {type: PVEAPIToken, credentials: ...}`
+                # sends "TYPE CREDENTIALS"; the API itself wants "PVEAPIToken=...".
+                identity = node.access.verify_token(credentials.strip())
+            else:
+                identity = authenticate(node, request)
+        body = scrape(
+            node,
+            identity,
+            cluster=_flag(request.args, "cluster", True),
+            node_config=_flag(request.args, "node", True),
+        )
+    except CorralError as err:
+        return error_response(err)
+    except Exception:  # noqa: BLE001 - never a traceback to a scraper
+        log.exception("metrics scrape failed")
+        return Response("internal error\n", status=500, mimetype="text/plain")
+    return Response(body, status=200, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@on_app
+def _routes(app: Flask, node: NodeContext) -> None:
+    def metrics() -> Response:
+        return _answer(node, None)
+
+    for path in PATHS:
+        app.add_url_rule(path, f"metrics{path}", metrics, methods=["GET"])
+
+    @app.before_request
+    def _started() -> None:
+        g.corral_started = time.monotonic()
+
+    @app.after_request
+    def _observed(response: Response) -> Response:
+        started = g.get("corral_started")
+        if started is not None and request.path.startswith("/api2/json"):
+            metrics_core.record_api(
+                request.method, response.status_code, time.monotonic() - started
+            )
+        return response
+
+    listen = (node.services.get("config") or {}).get("metrics_listen")
+    if listen:
+        _start_listener(node, str(listen))
+
+
+def _start_listener(node: NodeContext, listen: str) -> None:
+    """Plain HTTP, no authentication, /metrics only: for a dedicated scrape network."""
+    from cheroot import wsgi
+
+    host, _, port = listen.rpartition(":")
+    plain = Flask("corral-metrics")
+
+    @plain.route("/metrics")
+    def metrics() -> Response:
+        return _answer(node, Identity("root@pam"))
+
+    server = wsgi.Server(
+        (host.strip("[]") or "0.0.0.0", int(port)), plain, numthreads=2, server_name=node.node
+    )
+    server.prepare()
+    threading.Thread(target=server.serve, name="metrics-http", daemon=True).start()
+    daemon = node.services.get("daemon")
+    if daemon is not None:
+        daemon.servers.append(server)  # stopped with the node's other servers
+    log.info("unauthenticated metrics listener on http://%s/metrics", listen)

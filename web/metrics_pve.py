@@ -1,0 +1,220 @@
+"""prometheus-pve-exporter's metric families, built from corral's own rows.
+
+The names, help texts and labels are the exporter's (prometheus-pve-exporter
+3.x, collector/cluster.py and collector/node.py), so Grafana dashboard 10347
+and existing alert rules work unchanged. The input is what the exporter itself
+reads through the API: `/cluster/status` entries, `/cluster/resources` rows,
+`/version` and the guests' `onboot`; here they come straight from the node's
+own view instead of over HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+HA_GUEST_STATES = (
+    "stopped", "request_stop", "request_start", "request_start_balance", "started",
+    "fence", "recovery", "migrate", "relocate", "freeze", "error",
+)  # fmt: skip
+HA_NODE_STATES = ("online", "maintenance", "unknown", "fence", "gone")
+LOCK_STATES = (
+    "backup", "clone", "create", "migrate", "rollback", "snapshot", "snapshot-delete",
+    "suspended", "suspending",
+)  # fmt: skip
+
+_GAUGES = {
+    "maxdisk": (
+        "pve_disk_size_bytes",
+        "Storage size in bytes (for type 'storage'), root image size for VMs "
+        "(for types 'qemu' and 'lxc').",
+    ),
+    "disk": (
+        "pve_disk_usage_bytes",
+        "Used disk space in bytes (for type 'storage'), used root image space for VMs "
+        "(for types 'qemu' and 'lxc').",
+    ),
+    "maxmem": (
+        "pve_memory_size_bytes",
+        "Number of available memory in bytes (for types 'node', 'qemu' and 'lxc').",
+    ),
+    "mem": ("pve_memory_usage_bytes", "Used memory in bytes (for types 'node', 'qemu' and 'lxc')."),
+    "netout": (
+        "pve_network_transmit_bytes",
+        "The amount of traffic in bytes that was sent from the guest over the network since "
+        "it was started. (for types 'qemu' and 'lxc') "
+        "DEPRECATED: Use pve_network_transmit_bytes_total instead.",
+    ),
+    "netin": (
+        "pve_network_receive_bytes",
+        "The amount of traffic in bytes that was sent to the guest over the network since it "
+        "was started. (for types 'qemu' and 'lxc') "
+        "DEPRECATED: Use pve_network_receive_bytes_total instead.",
+    ),
+    "diskwrite": (
+        "pve_disk_write_bytes",
+        "The amount of bytes the guest wrote to its block devices since the guest was started. "
+        "This info is not available for all storage types. (for types 'qemu' and 'lxc') "
+        "DEPRECATED: Use pve_disk_written_bytes_total instead.",
+    ),
+    "diskread": (
+        "pve_disk_read_bytes",
+        "The amount of bytes the guest read from its block devices since the guest was "
+        "started. This info is not available for all storage types. "
+        "(for types 'qemu' and 'lxc') DEPRECATED: Use pve_disk_read_bytes_total instead.",
+    ),
+    "cpu": ("pve_cpu_usage_ratio", "CPU utilization (for types 'node', 'qemu' and 'lxc')."),
+    "maxcpu": (
+        "pve_cpu_usage_limit",
+        "Number of available CPUs (for types 'node', 'qemu' and 'lxc').",
+    ),
+    "uptime": (
+        "pve_uptime_seconds",
+        "Uptime of node or virtual guest in seconds (for types 'node', 'qemu' and 'lxc').",
+    ),
+    "shared": ("pve_storage_shared", "Whether or not the storage is shared among cluster nodes"),
+}
+_COUNTERS = {
+    "netout": (
+        "pve_network_transmit_bytes",
+        "The amount of traffic in bytes that was sent from the guest over the network since "
+        "it was started. (for types 'qemu' and 'lxc')",
+    ),
+    "netin": (
+        "pve_network_receive_bytes",
+        "The amount of traffic in bytes that was sent to the guest over the network since it "
+        "was started. (for types 'qemu' and 'lxc')",
+    ),
+    "diskwrite": (
+        "pve_disk_written_bytes",
+        "The amount of bytes the guest wrote to its block devices since the guest was started. "
+        "This info is not available for all storage types. (for types 'qemu' and 'lxc')",
+    ),
+    "diskread": (
+        "pve_disk_read_bytes",
+        "The amount of bytes the guest read from its block devices since the guest was "
+        "started. This info is not available for all storage types. "
+        "(for types 'qemu' and 'lxc')",
+    ),
+}
+GUEST_LABELS = ("id", "node", "name", "type", "template", "tags")
+STORAGE_LABELS = ("id", "node", "storage", "plugintype")
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+def families(
+    status: list[dict[str, Any]],
+    rows: Iterable[dict[str, Any]],
+    version: dict[str, Any],
+    onboot: Iterable[tuple[str, str, str, Any]] = (),
+    *,
+    cluster_wide: bool = True,
+) -> Iterator[Metric]:
+    """The exporter's families. `status` is /cluster/status, `rows` /cluster/resources,
+    `onboot` (id, node, type, value) for the guests whose config the scrape covers.
+    With `cluster_wide` False the cluster-level entries (pve_cluster_info, the cluster's
+    pve_up) are left out: the scrape speaks for one node."""
+    up = GaugeMetricFamily("pve_up", "Node/VM/CT-Status is online/running", labels=["id"])
+    nodes = [e for e in status if e.get("type") == "node"]
+    clusters = [e for e in status if e.get("type") == "cluster"] if cluster_wide else []
+    for entry in nodes:
+        up.add_metric([entry["id"]], entry.get("online", 0))
+    for entry in clusters:
+        up.add_metric([f"cluster/{entry['name']}"], entry.get("quorate", 0))
+
+    gauges = {k: GaugeMetricFamily(n, h, labels=["id"]) for k, (n, h) in _GAUGES.items()}
+    counters = {k: CounterMetricFamily(n, h, labels=["id"]) for k, (n, h) in _COUNTERS.items()}
+    ha = GaugeMetricFamily(
+        "pve_ha_state", "HA service status (for HA managed VMs).", labels=["id", "state"]
+    )
+    lock = GaugeMetricFamily(
+        "pve_lock_state",
+        "The guest's current config lock (for types 'qemu' and 'lxc')",
+        labels=["id", "state"],
+    )
+    guest_info = GaugeMetricFamily("pve_guest_info", "VM/CT info", labels=list(GUEST_LABELS))
+    storage_info = GaugeMetricFamily(
+        "pve_storage_info", "Storage info", labels=[*STORAGE_LABELS, "content"]
+    )
+    for row in rows:
+        rtype = row.get("type")
+        rid = str(row.get("id", ""))
+        if rtype in ("qemu", "lxc"):
+            up.add_metric([rid], row.get("status") == "running")
+            guest_info.add_metric([str(row.get(k, "")) for k in GUEST_LABELS], 1)
+            hastate = row.get("hastate")
+            for state in HA_GUEST_STATES:
+                ha.add_metric([rid, state], hastate == state)
+            for state in LOCK_STATES:
+                lock.add_metric([rid, state], row.get("lock") == state)
+            if "maxcpu" not in row and "cpus" in row:
+                # corral's rows name a guest's CPU count `cpus`; the exporter reads maxcpu.
+                row = {**row, "maxcpu": row["cpus"]}
+        elif rtype == "storage":
+            up.add_metric([rid], row.get("status") == "available")
+            content = ",".join(sorted(str(row.get("content", "")).split(",")))
+            storage_info.add_metric([*(str(row.get(k, "")) for k in STORAGE_LABELS), content], 1)
+        elif rtype == "node":
+            hastate = row.get("hastate")
+            if hastate is not None:
+                for state in HA_NODE_STATES:
+                    ha.add_metric([rid, state], hastate == state)
+        for key, value in row.items():
+            number = _num(value)
+            if number is None:
+                continue
+            if key in gauges:
+                gauges[key].add_metric([rid], number)
+            if key in counters:
+                counters[key].add_metric([rid], number)
+
+    yield up
+    yield from gauges.values()
+    yield from counters.values()
+    yield ha
+    yield lock
+    yield guest_info
+    yield storage_info
+
+    if nodes:
+        info = GaugeMetricFamily(
+            "pve_node_info", "Node info", labels=["id", "level", "name", "nodeid"]
+        )
+        for entry in nodes:
+            info.add_metric([str(entry.get(k, "")) for k in ("id", "level", "name", "nodeid")], 1)
+        yield info
+    if clusters:
+        labels = ["nodes", "quorate", "version", "id"]
+        cinfo = GaugeMetricFamily("pve_cluster_info", "Cluster info", labels=labels)
+        for entry in clusters:
+            cinfo.add_metric(
+                [
+                    str(entry.get("nodes", "")),
+                    str(entry.get("quorate", "")),
+                    str(entry.get("version", "")),
+                    f"cluster/{entry['name']}",
+                ],
+                1,
+            )
+        yield cinfo
+    vlabels = [k for k in ("release", "repoid", "version") if k in version]
+    vinfo = GaugeMetricFamily("pve_version_info", "Proxmox VE version info", labels=vlabels)
+    vinfo.add_metric([str(version[k]) for k in vlabels], 1)
+    yield vinfo
+
+    boot = GaugeMetricFamily(
+        "pve_onboot_status", "Proxmox vm config onboot value", labels=["id", "node", "type"]
+    )
+    for gid, node, gtype, value in onboot:
+        number = _num(value) if not isinstance(value, str) else _num(int(value or 0))
+        boot.add_metric([gid, node, gtype], number or 0.0)
+    yield boot
