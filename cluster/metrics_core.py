@@ -7,7 +7,9 @@ functions below and never touch prometheus_client themselves:
 
     from corral.cluster import metrics_core
     metrics_core.record_failover("vm:100", from_node="node1", to_node="node2")
-    metrics_core.record_migration("lxc", seconds=2.1, online=False, ok=True)
+
+Task counts and durations (migrations included) are recorded by the task
+worker itself.
 
 Every function is cheap (a lock and an add) and never raises, so a caller's
 hot path cannot fail because of metrics.
@@ -80,11 +82,13 @@ HA_FAILOVERS = Counter(
 )
 MIGRATION_SECONDS = Histogram(
     "corral_migration_duration_seconds",
-    "Guest migrations run by this node (the source), request to guest on its target.",
-    ["type", "mode", "result"],
+    "Guest migrations run by this node (the source): task start to guest on its target.",
+    ["type", "result"],
     buckets=MIGRATION_BUCKETS,
     registry=REGISTRY,
 )
+# Migration task types (Proxmox's names) -> guest type: their durations feed the above.
+MIGRATION_TASKS = {"qmigrate": "qemu", "vzmigrate": "lxc"}
 RRD_UPDATE_SECONDS = Histogram(
     "corral_rrd_update_duration_seconds",
     "Time one history round (every node, guest and storage of the cluster) took.",
@@ -114,8 +118,11 @@ def _safe(fn: Any) -> Any:
 @_safe
 def record_task(task_type: str, exitstatus: str, seconds: float) -> None:
     """A task ended with `exitstatus` ("OK" or the error) after `seconds`."""
-    TASKS.labels(task_type, "ok" if exitstatus == "OK" else "error").inc()
+    result = "ok" if exitstatus == "OK" else "error"
+    TASKS.labels(task_type, result).inc()
     TASK_SECONDS.labels(task_type).observe(max(0.0, seconds))
+    if task_type in MIGRATION_TASKS:
+        MIGRATION_SECONDS.labels(MIGRATION_TASKS[task_type], result).observe(max(0.0, seconds))
 
 
 @_safe
@@ -139,15 +146,6 @@ def record_failover(sid: str = "", *, from_node: str = "", to_node: str = "") ->
     `sid` is accepted for the caller's convenience but not used as a label: one
     series per guest would grow without bound."""
     HA_FAILOVERS.labels(from_node, to_node).inc()
-
-
-@_safe
-def record_migration(guest_type: str, *, seconds: float, online: bool, ok: bool) -> None:
-    """A migration of a `guest_type` ("qemu"/"lxc") guest finished."""
-    MIGRATION_SECONDS.labels(
-        guest_type, "online" if online else "restart" if guest_type == "lxc" else "offline",
-        "ok" if ok else "error",
-    ).observe(max(0.0, seconds))  # fmt: skip
 
 
 @_safe

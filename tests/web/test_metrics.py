@@ -267,7 +267,7 @@ def test_prometheus_and_rrddata_follow_a_busy_ct(
         from_cgroup = (u1 - u0) / 1e9 / (t1 - t0) / (os.cpu_count() or 1)
         got = promql(prometheus, f'pve_cpu_usage_ratio{{id="lxc/{ct}"}}')
         from_prom = float(got[0]["value"][1])
-        assert from_cgroup > 0.3
+        assert from_cgroup > 0.1  # a busy loop; the machine is shared, so not a full core
         assert abs(from_prom - from_cgroup) < 0.15, (from_prom, from_cgroup)
         mem_cg = cgroups.memory(pid)[0]
         mem = float(promql(prometheus, f'pve_memory_usage_bytes{{id="lxc/{ct}"}}')[0]["value"][1])
@@ -275,7 +275,7 @@ def test_prometheus_and_rrddata_follow_a_busy_ct(
 
         def busy_row() -> Any:
             rows = api.data("GET", rrd, params={"timeframe": "hour"})
-            return rows if rows[-1].get("cpu", 0) > 0.3 else None
+            return rows if rows[-1].get("cpu", 0) > 0.1 else None
 
         rows = wait_for(busy_row, 150, 2, "a busy rrd row")
     finally:
@@ -283,7 +283,7 @@ def test_prometheus_and_rrddata_follow_a_busy_ct(
     assert len(rows) == 70 and rows[-1]["time"] - rows[-2]["time"] == 60
     assert {"maxcpu", "cpu", "maxmem", "mem", "disk", "maxdisk"} <= set(rows[-1])
     assert rows[-1]["maxmem"] == 128 << 20
-    assert rows[-1]["cpu"] - idle[-1]["cpu"] > 0.25  # the points moved
+    assert rows[-1]["cpu"] - idle[-1]["cpu"] > 0.08  # the points moved
     mx = api.data("GET", rrd, params={"timeframe": "hour", "cf": "MAX"})
     assert mx[-1]["cpu"] >= rows[-1]["cpu"] - 1e-9
     assert len(api.data("GET", rrd, params={"timeframe": "year"})) == 70
