@@ -388,7 +388,7 @@ class TaskWorker:
         self._running[rec["upid"]] = ctx
         self.set_fields(rec, status="running")
         exitstatus = "OK"
-        started = time.monotonic()
+        started = self.clock.monotonic()
         metrics_core.task_running(1)
         try:
             handler = HANDLERS.get(rec["type"])
@@ -407,7 +407,7 @@ class TaskWorker:
         finally:
             self._running.pop(rec["upid"], None)
             metrics_core.task_running(-1)
-            metrics_core.record_task(rec["type"], exitstatus, time.monotonic() - started)
+            metrics_core.record_task(rec["type"], exitstatus, self.clock.monotonic() - started)
         ctx.log("TASK OK" if exitstatus == "OK" else f"TASK ERROR: {exitstatus}")
         ctx.flush()
         self._finish(rec, exitstatus)
