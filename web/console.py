@@ -1,4 +1,7 @@
-"""The web console: one local page (no CDN: a datacenter has no internet)."""
+"""The web console: one local page and its assets (no CDN: a datacenter has no internet).
+
+Everything under static/ ships in the package, vendored libraries included
+(static/vendor/README.md says which, from where, under which licence)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ def add_console(app: Flask, node: Any) -> None:
         resp = send_from_directory(static_dir(), "index.html")
         resp.headers["Cache-Control"] = "no-store"
         resp.headers["Content-Security-Policy"] = (
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'"
+            # xterm.js writes its own <style> elements; WebSockets go to this origin only.
+            "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+            "script-src 'self'; connect-src 'self'; frame-ancestors 'none'"
         )
         resp.headers["X-Frame-Options"] = "DENY"
         return resp

@@ -1,0 +1,142 @@
+// A guest's pages: summary with power operations and graphs, console, configuration.
+"use strict";
+import { call, el, fmtBytes, fmtPct, fmtUptime, attempt, toast } from "./api.js";
+import { state, poke } from "./main.js";
+import { follow } from "./tasks.js";
+import { rrdCharts } from "./chart.js";
+import { terminalConsole } from "./term.js";
+import { vncConsole } from "./vnc.js";
+
+const KIND = { lxc: "CT", qemu: "VM" };
+const OPS = {
+  running: ["shutdown", "reboot", "stop", "suspend"],
+  stopped: ["start"],
+  paused: ["resume", "stop"],
+  suspended: ["resume", "stop"],
+};
+
+export function guestPage(main, type, vmid, tab) {
+  const id = `${type}/${vmid}`;
+  const r = state.find(id);
+  if (!r) {
+    main.append(el("h1", {}, `${KIND[type] || type} ${vmid}`), el("p", { class: "muted" }, `${KIND[type] || type} ${vmid} does not exist (yet).`));
+    // A guest being created appears within a refresh: show it then.
+    return { update: () => { if (state.find(id)) window.dispatchEvent(new HashChangeEvent("hashchange")); } };
+  }
+  const base = `/nodes/${encodeURIComponent(r.node)}/${type}/${vmid}`;
+  const title = el("h1", {}, el("span", { class: "kind" }, KIND[type]), `${vmid} (${r.name || ""})`, el("span", { class: "muted", id: "guest-node" }, `on ${r.node}`));
+  const tabs = el("nav", { class: "tabs", "aria-label": "Guest pages" },
+    ["summary", "console", "config"].map((t) => el("a", { href: `#/guest/${type}/${vmid}/${t}`, "aria-current": t === tab ? "page" : null },
+      { summary: "Summary", console: "Console", config: type === "lxc" ? "Resources & options" : "Hardware & options" }[t])));
+  const body = el("div");
+  main.append(title, tabs, body);
+  const page = tab === "console" ? consoleTab(body, type, vmid) : tab === "config" ? configTab(body, type, vmid) : summaryTab(body, type, vmid);
+  return {
+    update() {
+      const now = state.find(id);
+      if (now) title.querySelector("#guest-node").textContent = `on ${now.node}`;
+      if (page && page.update) page.update(now);
+    },
+    dispose() { if (page && page.dispose) page.dispose(); },
+  };
+}
+
+function nodeOf(type, vmid) {
+  const r = state.find(`${type}/${vmid}`);
+  return r ? r.node : null;
+}
+
+export function power(type, vmid, op) {
+  return attempt(async () => {
+    const node = nodeOf(type, vmid);
+    follow(await call("POST", `/nodes/${encodeURIComponent(node)}/${type}/${vmid}/status/${op}`));
+    poke();
+  });
+}
+
+function summaryTab(body, type, vmid) {
+  const toolbar = el("div", { class: "toolbar", role: "toolbar", "aria-label": "Power" });
+  const grid = el("div", { class: "grid" });
+  const graphs = el("div", { class: "charts" });
+  body.append(toolbar, grid, el("h2", {}, "Graphs (hour)"), graphs);
+  let lastStatus = null;
+  const update = (r) => {
+    if (!r) return;
+    if (r.status !== lastStatus) {
+      lastStatus = r.status;
+      toolbar.replaceChildren(...(OPS[r.status] || ["start", "stop"]).map((op) =>
+        el("button", { class: op === "stop" ? "danger" : op === "start" ? "primary" : "", "data-op": op, onclick: () => power(type, vmid, op) },
+          op[0].toUpperCase() + op.slice(1))),
+        el("button", { onclick: () => { location.hash = `#/guest/${type}/${vmid}/console`; }, disabled: r.status !== "running" }, "Console"));
+    }
+    grid.replaceChildren(
+      el("div", { class: "stat" }, el("div", { class: "label" }, "Status"), el("div", { class: "value", id: "guest-status" }, r.status || "-")),
+      el("div", { class: "stat" }, el("div", { class: "label" }, "Node"), el("div", { class: "value" }, r.node)),
+      el("div", { class: "stat" }, el("div", { class: "label" }, "CPU"), el("div", { class: "value" }, `${fmtPct(r.cpu)} of ${r.maxcpu || "?"}`)),
+      el("div", { class: "stat" }, el("div", { class: "label" }, "Memory"), el("div", { class: "value" }, `${fmtBytes(r.mem)} / ${fmtBytes(r.maxmem)}`)),
+      el("div", { class: "stat" }, el("div", { class: "label" }, "Disk"), el("div", { class: "value" }, r.maxdisk ? `${fmtBytes(r.disk)} / ${fmtBytes(r.maxdisk)}` : "-")),
+      el("div", { class: "stat" }, el("div", { class: "label" }, "Uptime"), el("div", { class: "value" }, fmtUptime(r.uptime))),
+      r.tags ? el("div", { class: "stat" }, el("div", { class: "label" }, "Tags"), el("div", { class: "value" }, r.tags)) : null,
+      r.lock ? el("div", { class: "stat" }, el("div", { class: "label" }, "Lock"), el("div", { class: "value" }, r.lock)) : null);
+  };
+  update(state.find(`${type}/${vmid}`));
+  const charts = rrdCharts(graphs, `/nodes/${encodeURIComponent(nodeOf(type, vmid))}/${type}/${vmid}/rrddata`,
+    [["cpu", "CPU", "ratio"], ["mem", "Memory", "bytes"], ["diskread", "Disk read", "rate"], ["diskwrite", "Disk write", "rate"], ["netin", "Net in", "rate"], ["netout", "Net out", "rate"]]);
+  return { update, dispose: charts.dispose };
+}
+
+function consoleTab(body, type, vmid) {
+  const r = state.find(`${type}/${vmid}`);
+  if (!r || r.status !== "running") {
+    body.append(el("p", {}, `The ${KIND[type]} is not running.`), el("button", { class: "primary", onclick: () => power(type, vmid, "start") }, "Start"));
+    let was = r && r.status;
+    return { update: (now) => { if (now && now.status === "running" && was !== "running") { was = "running"; window.dispatchEvent(new HashChangeEvent("hashchange")); } } };
+  }
+  return type === "lxc" ? terminalConsole(body, r.node, vmid) : vncConsole(body, r.node, vmid);
+}
+
+// Proxmox's view of a config: each key with its current value and, where a change
+// waits for the next start, the pending value (or its deletion).
+function configTab(body, type, vmid) {
+  const table = el("table", { id: "config" }, el("thead", {}, el("tr", {}, ["Key", "Value", "Pending", ""].map((h) => el("th", {}, h)))), el("tbody"));
+  const note = el("p", { class: "muted" }, "Changes a running guest cannot take at once stay pending until its next start, as in Proxmox.");
+  body.append(note, table);
+  let editing = null;
+  const base = () => `/nodes/${encodeURIComponent(nodeOf(type, vmid))}/${type}/${vmid}`;
+  const load = async () => {
+    if (editing) return;
+    const rows = await call("GET", `${base()}/pending`);
+    const tbody = table.querySelector("tbody");
+    tbody.replaceChildren(...rows.filter((row) => row.key !== "digest").map((row) => {
+      const pending = row.pending !== undefined || row.delete;
+      return el("tr", { "data-key": row.key, class: pending ? "pending" : null },
+        el("td", { class: "key" }, row.key),
+        el("td", { class: row.delete ? "value deleted" : "value" }, row.value === undefined ? "" : String(row.value)),
+        el("td", { class: "pending-value" }, row.delete ? "(delete)" : row.pending === undefined ? "" : String(row.pending)),
+        el("td", {},
+          el("button", { class: "link", "aria-label": `Edit ${row.key}`, onclick: () => edit(row) }, "Edit"),
+          pending ? el("button", { class: "link", "aria-label": `Revert ${row.key}`, onclick: () => revert(row.key) }, "Revert") : null));
+    }));
+  };
+  const edit = (row) => {
+    editing = row.key;
+    const tr = table.querySelector(`tr[data-key="${CSS.escape(row.key)}"]`);
+    const input = el("input", { name: row.key, value: String(row.pending ?? row.value ?? ""), "aria-label": `New value of ${row.key}` });
+    const save = async () => {
+      const ok = await attempt(async () => {
+        await call("PUT", `${base()}/config`, { [row.key]: input.value });
+        return true;
+      });
+      if (ok) { editing = null; toast(`${row.key} saved`, "info"); await load(); }
+    };
+    input.addEventListener("keydown", (ev) => { if (ev.key === "Enter") save(); if (ev.key === "Escape") { editing = null; load(); } });
+    tr.replaceChildren(el("td", { class: "key" }, row.key), el("td", { class: "edit-row", colspan: "2" }, input),
+      el("td", {}, el("button", { class: "primary", onclick: save }, "Save"), " ", el("button", { onclick: () => { editing = null; load(); } }, "Cancel")));
+    input.focus();
+    input.select();
+  };
+  const revert = (key) => attempt(async () => { await call("PUT", `${base()}/config`, { revert: key }); await load(); });
+  attempt(load);
+  const timer = setInterval(() => load().catch(() => {}), 3000);
+  return { dispose: () => clearInterval(timer) };
+}

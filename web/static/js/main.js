@@ -1,0 +1,159 @@
+// corral console: login, live cluster state, the resource tree, search and routing.
+"use strict";
+import { call, session, login, logout, el, attempt } from "./api.js";
+import { tasks } from "./tasks.js";
+import { renderTree, filterTree, markCurrent } from "./tree.js";
+import { datacenterPage, nodePage, storagePage } from "./pages.js";
+import { guestPage } from "./guest.js";
+import { wizardPage } from "./wizard.js";
+
+const REFRESH_MS = 1500; // live state: one cheap range read of /cluster/resources
+
+export const state = {
+  resources: [],
+  status: null,
+  listeners: new Set(),
+  find(id) { return this.resources.find((r) => r.id === id); },
+};
+
+let timer = null;
+let view = null; // { update(), dispose() } of the page shown
+let treeMode = localStorage.getItem("tree") || "server";
+
+async function refresh() {
+  const [resources, status] = await Promise.all([
+    call("GET", "/cluster/resources"),
+    call("GET", "/cluster/status").catch(() => null),
+  ]);
+  state.resources = resources;
+  state.status = status;
+  const head = status && status.find((s) => s.type === "cluster");
+  const nodes = resources.filter((r) => r.type === "node").length;
+  const online = resources.filter((r) => r.type === "node" && r.status === "online").length;
+  document.getElementById("cluster").textContent = head
+    ? `${head.name} · ${head.quorate ? "quorate" : "NOT quorate"} · ${online} of ${nodes} nodes online`
+    : "";
+  renderTree(document.getElementById("tree"), resources, treeMode);
+  filterTree(document.getElementById("search").value);
+  markCurrent(location.hash);
+  if (view && view.update) view.update();
+}
+
+function schedule() {
+  clearTimeout(timer);
+  timer = setTimeout(async () => {
+    if (!document.hidden) await refresh().catch(() => {});
+    if (session.csrf) schedule();
+  }, REFRESH_MS);
+}
+
+function route() {
+  if (!session.csrf) return;
+  const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  if (view && view.dispose) view.dispose();
+  const main = document.getElementById("content");
+  main.replaceChildren();
+  const [what, a, b, c] = parts;
+  if (what === "node" && a) view = nodePage(main, a);
+  else if (what === "guest" && a && b) view = guestPage(main, a, Number(b), c || "summary");
+  else if (what === "storage" && a && b) view = storagePage(main, a, b);
+  else if (what === "create" && a === "lxc") view = wizardPage(main);
+  else view = datacenterPage(main);
+  markCurrent(location.hash);
+  document.getElementById("side").classList.remove("open");
+  document.getElementById("menu").setAttribute("aria-expanded", "false");
+}
+
+function showLogin() {
+  clearTimeout(timer);
+  if (view && view.dispose) view.dispose();
+  view = null;
+  tasks.stop();
+  document.getElementById("app").hidden = true;
+  for (const id of ["search", "create-ct", "logout"]) document.getElementById(id).hidden = true;
+  document.getElementById("who").textContent = "";
+  document.getElementById("login").hidden = false;
+  document.querySelector("#login input[name=password]").focus();
+}
+
+async function start() {
+  document.getElementById("login").hidden = true;
+  document.getElementById("app").hidden = false;
+  for (const id of ["search", "create-ct", "logout"]) document.getElementById(id).hidden = false;
+  document.getElementById("who").textContent = session.user;
+  await refresh();
+  route();
+  tasks.start();
+  schedule();
+}
+
+function applyTheme(theme) {
+  document.documentElement.dataset.theme = theme;
+  localStorage.setItem("theme", theme);
+}
+
+function setup() {
+  session.onLogout = () => { logout(); showLogin(); };
+  applyTheme(localStorage.getItem("theme") || (matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light"));
+  document.getElementById("theme").addEventListener("click", () =>
+    applyTheme(document.documentElement.dataset.theme === "dark" ? "light" : "dark"));
+  document.getElementById("login").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const form = new FormData(ev.target);
+    const error = document.getElementById("login-error");
+    try {
+      await login(form.get("username"), form.get("password"));
+      error.textContent = "";
+      ev.target.reset();
+      await start();
+    } catch (e) {
+      error.textContent = e.message;
+    }
+  });
+  document.getElementById("logout").addEventListener("click", () => { logout(); showLogin(); });
+  document.getElementById("create-ct").addEventListener("click", () => { location.hash = "#/create/lxc"; });
+  document.getElementById("menu").addEventListener("click", (ev) => {
+    const side = document.getElementById("side");
+    // The drawer starts below the header, whose height depends on the width.
+    side.style.top = `${document.querySelector("header.top").getBoundingClientRect().bottom}px`;
+    const open = side.classList.toggle("open");
+    ev.currentTarget.setAttribute("aria-expanded", String(open));
+  });
+  const search = document.getElementById("search");
+  search.addEventListener("input", () => filterTree(search.value));
+  search.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter") {
+      const first = document.querySelector("#tree a[data-id]:not(.hidden-by-search)");
+      if (first) { location.hash = first.getAttribute("href"); first.focus(); }
+    } else if (ev.key === "Escape") { search.value = ""; filterTree(""); }
+  });
+  document.addEventListener("keydown", (ev) => {
+    const typing = /^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName) || document.activeElement.closest(".xterm, #vnc");
+    if (ev.key === "/" && !typing && session.csrf) { ev.preventDefault(); search.focus(); }
+  });
+  for (const b of document.querySelectorAll("[data-tree]")) {
+    b.addEventListener("click", () => {
+      treeMode = b.dataset.tree;
+      localStorage.setItem("tree", treeMode);
+      for (const o of document.querySelectorAll("[data-tree]")) {
+        o.classList.toggle("on", o === b);
+        o.setAttribute("aria-pressed", String(o === b));
+      }
+      renderTree(document.getElementById("tree"), state.resources, treeMode, true);
+      filterTree(search.value);
+      markCurrent(location.hash);
+    });
+    b.classList.toggle("on", b.dataset.tree === treeMode);
+    b.setAttribute("aria-pressed", String(b.dataset.tree === treeMode));
+  }
+  window.addEventListener("hashchange", route);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden && session.csrf) refresh().catch(() => {}); });
+  if (session.csrf) start().catch(showLogin);
+  else showLogin();
+}
+
+// Shown after an action: refresh at once rather than at the next tick.
+export function poke() { return attempt(refresh); }
+
+export { el };
+setup();
