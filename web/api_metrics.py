@@ -27,11 +27,12 @@ import threading
 import time
 from typing import Any
 
+import orjson
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
-from corral.cluster import keys, metrics_core
+from corral.cluster import metrics_core
 from corral.cluster.access import Identity
 from corral.cluster.errors import CorralError, ParamError
 from corral.web import api, api_core, metrics_pve
@@ -70,7 +71,9 @@ def scrape(
         node.store, node.access, node.tasks, node.node, identity, request, node.data_dir,
         node.services,
     )  # fmt: skip
-    rows = api_core.resources(ctx)
+    # The view hands its rows out serialized once (orjson Fragments): one dumps (a
+    # concatenation) and one loads turn them back into dicts for every kind of row.
+    rows = orjson.loads(orjson.dumps(api_core.resources(ctx)))
     status = api_core.cluster_status(ctx)
     if not ctx.can("/", ["Sys.Audit"]):  # the cluster entry needs it, a node entry its own
         status = [
@@ -83,8 +86,7 @@ def scrape(
     onboot: list[tuple[str, str, str, Any]] = []
     if node_config:
         # The exporter reads onboot from the answering node's guest configs.
-        for kv in node.store.range(keys.GUESTS):
-            rec = kv.value
+        for rec in api_core.cluster_view(ctx).guests():  # records in memory, no etcd read
             cfg = rec.get("config") or {}
             if rec.get("node") != node.node or "onboot" not in cfg:
                 continue
