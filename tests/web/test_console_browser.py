@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +17,11 @@ from typing import Any
 
 import pytest
 
+from tests.assets import guest
+from tests.kvm.conftest import kill_qemus_under, short_tmp, virsh_cleanup
+from tests.kvm.serial import Serial, wait_ready
 from tests.lxc.helpers import cleanup_lxcpath
-from tests.util import VENV_BIN, Corrald
+from tests.util import VENV_BIN, Corrald, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
@@ -27,19 +31,31 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corrald]:
-    daemon = Corrald(tmp_path_factory.mktemp("console") / "node", node="node1")
-    daemon.start()
+def node(guest_files: dict[str, str]) -> Iterator[Corrald]:
+    base = short_tmp("crlbrowser")  # QEMU's sockets need a short path
+    uri = f"qemu:///embed?root={base}/lv"
+    daemon = Corrald(Path(base) / "node", node="node1", extra=["--libvirt-uri", uri])
     try:
+        daemon.start()
+        snippets = daemon.data_dir / "local" / "snippets"
+        shutil.copy(guest_files["kernel"], snippets / "vmlinuz")
+        shutil.copy(guest_files["initrd"], snippets / "initrd.img")
         yield daemon
     finally:
-        api = daemon.session()
-        for row in api.data("GET", "/cluster/resources", params={"type": "vm"}):
-            path = f"/nodes/{row['node']}/{row['type']}/{row['vmid']}"
-            if row["status"] == "running":
-                api.post(f"{path}/status/stop")
-        daemon.stop()
-        cleanup_lxcpath(str(daemon.data_dir / "lxc"))
+        try:
+            api = daemon.session()
+            for row in api.data("GET", "/cluster/resources", params={"type": "vm"}):
+                path = f"/nodes/{row['node']}/{row['type']}/{row['vmid']}"
+                if row["status"] == "running":
+                    api.post(f"{path}/status/stop")
+        finally:
+            daemon.stop()
+            cleanup_lxcpath(str(daemon.data_dir / "lxc"))
+            try:
+                virsh_cleanup(uri)
+            finally:
+                kill_qemus_under(base)
+                shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +252,53 @@ def test_every_request_stays_on_the_node_and_logout_works(node: Corrald, page: A
     page.wait_for_selector("#login:not([hidden])")
     local = (node.url + "/", node.url.replace("https://", "wss://") + "/")
     assert urls and all(u.startswith(local) for u in urls), urls
+
+
+def test_a_vm_console_shows_the_guest_screen_change(
+    node: Corrald, guest_files: dict[str, str], page: Any, shots: Path
+) -> None:
+    api = node.session()
+    vmid = random.randint(50000, 59999)
+    api.run_task("POST", "/nodes/node1/qemu", data={
+        "vmid": vmid, "name": "screen", "memory": 128, "kvm": 0, "tablet": 0, "serial0": "socket",
+        "kernel": "local:snippets/vmlinuz", "initrd": "local:snippets/initrd.img",
+        "cmdline": guest_files["cmdline"],
+    })  # fmt: skip
+    api.run_task("POST", f"/nodes/node1/qemu/{vmid}/status/start", timeout=180)
+    run = node.data_dir / "qemu"
+    serial = Serial(str(run / f"{vmid}.serial0"), str(run / f"{vmid}.serial0.log"))
+    serial.connect()
+    try:
+        wait_ready(serial, guest.MARKER_READY)
+        log_in(page, node)
+        page.goto(f"{node.url}/#/guest/qemu/{vmid}/console")
+        page.wait_for_selector("#vnc[data-connected='1'] canvas")
+        screen = "document.querySelector('#vnc canvas').toDataURL()"
+        page.wait_for_timeout(1000)  # the first full frame
+        before = page.evaluate(screen)
+        shot(page, shots, "14-vm-console-before")
+        # The guest writes on its own screen (tty0, VGA text): noVNC must show the change.
+        serial.run("for i in 1 2 3 4 5 6; do echo CORRAL-ON-THE-SCREEN-$i > /dev/tty0; done")
+        wait_for(lambda: page.evaluate(screen) != before, 30, 0.3, "the screen to change")
+        shot(page, shots, "15-vm-console-after")
+    finally:
+        serial.close()
+        api.run_task("POST", f"/nodes/node1/qemu/{vmid}/status/stop")
+        api.run_task("DELETE", f"/nodes/node1/qemu/{vmid}", params={"purge": 1})
+
+
+def test_a_node_graph_has_points(node: Corrald, page: Any, shots: Path) -> None:
+    """History is kept in 60 s steps: wait (through the API) until two have passed."""
+    api = node.session()
+
+    def points() -> int:
+        rows = api.data("GET", "/nodes/node1/rrddata", params={"timeframe": "hour"})
+        return sum(1 for r in rows if r.get("cpu") is not None)
+
+    wait_for(lambda: points() >= 2, 240, 5, "two history points of node1")
+    log_in(page, node)
+    page.click("#tree a[data-id='node/node1']")
+    chart = page.wait_for_selector(".chart[data-points]:has-text('CPU')")
+    assert int(chart.get_attribute("data-points") or 0) >= 2
+    assert page.locator(".chart:has-text('CPU') polyline").count() == 1
+    shot(page, shots, "16-node-graphs")

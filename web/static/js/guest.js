@@ -69,7 +69,7 @@ function summaryTab(body, type, vmid) {
           op[0].toUpperCase() + op.slice(1))),
         el("button", { onclick: () => { location.hash = `#/guest/${type}/${vmid}/console`; }, disabled: r.status !== "running" }, "Console"));
     }
-    grid.replaceChildren(
+    grid.replaceChildren(...[
       el("div", { class: "stat" }, el("div", { class: "label" }, "Status"), el("div", { class: "value", id: "guest-status" }, r.status || "-")),
       el("div", { class: "stat" }, el("div", { class: "label" }, "Node"), el("div", { class: "value" }, r.node)),
       el("div", { class: "stat" }, el("div", { class: "label" }, "CPU"), el("div", { class: "value" }, `${fmtPct(r.cpu)} of ${r.maxcpu || "?"}`)),
@@ -77,7 +77,8 @@ function summaryTab(body, type, vmid) {
       el("div", { class: "stat" }, el("div", { class: "label" }, "Disk"), el("div", { class: "value" }, r.maxdisk ? `${fmtBytes(r.disk)} / ${fmtBytes(r.maxdisk)}` : "-")),
       el("div", { class: "stat" }, el("div", { class: "label" }, "Uptime"), el("div", { class: "value" }, fmtUptime(r.uptime))),
       r.tags ? el("div", { class: "stat" }, el("div", { class: "label" }, "Tags"), el("div", { class: "value" }, r.tags)) : null,
-      r.lock ? el("div", { class: "stat" }, el("div", { class: "label" }, "Lock"), el("div", { class: "value" }, r.lock)) : null);
+      r.lock ? el("div", { class: "stat" }, el("div", { class: "label" }, "Lock"), el("div", { class: "value" }, r.lock)) : null,
+    ].filter(Boolean));
   };
   update(state.find(`${type}/${vmid}`));
   const charts = rrdCharts(graphs, `/nodes/${encodeURIComponent(nodeOf(type, vmid))}/${type}/${vmid}/rrddata`,
