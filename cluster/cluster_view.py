@@ -33,6 +33,7 @@ Read API (stable; for the API and the metrics scrape, all thread-safe):
     view.live() -> {vmid str: live figures}      # (shared: do not mutate)
     view.storage_rows() -> [(storage id, Fragment)]
     view.reserved() -> {vmid}                    # VMIDs reserved (vmidres/)
+    view.vmids() -> {vmid}                       # VMIDs in use: guests' and reserved
 """
 
 from __future__ import annotations
@@ -341,6 +342,12 @@ class ClusterView:
                     rows.extend(_storage_rows(node, doc))
                 self._storage = rows
             return list(self._storage)
+
+    def vmids(self) -> set[int]:
+        """Every VMID in use: guests' and reserved ones."""
+        with self._lock:
+            n = len(keys.GUESTS)
+            return {int(k[n:]) for k in self._kv[keys.GUESTS]} | self.reserved()
 
     def reserved(self) -> set[int]:
         with self._lock:

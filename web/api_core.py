@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -130,6 +131,13 @@ def cluster_status(ctx: Ctx) -> list[dict[str, Any]]:
 
 
 RESERVATION_TTL = 600
+# GET /cluster/nextid holds the ID it answers for its caller this long: scripts
+# (Ansible's proxmox modules, most others) ask for the next ID and then create
+# with it, and ten of them at once must get ten different IDs.
+HOLD_TTL = 60
+# One node hands out IDs one at a time (its view then sees each before the next):
+# concurrent callers never race each other for the same candidate.
+_HANDOUT = threading.Lock()
 
 
 @endpoint(
@@ -140,26 +148,55 @@ RESERVATION_TTL = 600
             "integer", "The (unique) ID of the VM.", optional=True, minimum=100, maximum=999999999
         )
     },
-    description="Get next free VMID.",
+    description="Get next free VMID. The ID answered is held for the caller for "
+    f"{HOLD_TTL} s (when it may create guests), so parallel callers get distinct IDs.",
 )
 def nextid(ctx: Ctx, vmid: int | None = None) -> str:
     if vmid is not None:
-        if (
-            ctx.store.get(keys.guest(vmid)) is not None
-            or ctx.store.get(keys.vmid_reservation(vmid)) is not None
+        held = ctx.store.get_value(keys.vmid_reservation(vmid))
+        if ctx.store.get(keys.guest(vmid)) is not None or (
+            held is not None and held.get("user") != ctx.user
         ):
             raise ParamError.one("vmid", f"VM {vmid} already exists")
         return str(vmid)
-    return str(_first_free(ctx))
+    if not ctx.can("/vms", ["VM.Allocate"]):
+        return str(_first_free(ctx, set()))
+    return str(_reserve(ctx, None, HOLD_TTL))
 
 
-def _first_free(ctx: Ctx) -> int:
-    used = {int(kv.key.rsplit("/", 1)[1]) for kv in ctx.store.range(keys.GUESTS)}
-    used |= {int(kv.key.rsplit("/", 1)[1]) for kv in ctx.store.range(keys.VMID_RESERVED)}
+def _first_free(ctx: Ctx, skip: set[int]) -> int:
+    view = cluster_view(ctx)
+    used = view.vmids() | skip
     candidate = 100
     while candidate in used:
         candidate += 1
     return candidate
+
+
+def _reserve(ctx: Ctx, vmid: int | None, ttl: int) -> int:
+    """Reserve `vmid` (or the first free ID) for the caller under a lease of `ttl` s."""
+    lease = ctx.store.lease_grant(ttl)
+    record = {"user": ctx.user, "until": int(time.time()) + ttl}
+    taken: set[int] = set()  # seen taken by the store, not yet by the view
+    with _HANDOUT:
+        for _ in range(100):
+            candidate = vmid if vmid is not None else _first_free(ctx, taken)
+            ok = ctx.store.txn(
+                [
+                    ("version", keys.guest(candidate), "==", 0),
+                    ("version", keys.vmid_reservation(candidate), "==", 0),
+                ],
+                [("put", keys.vmid_reservation(candidate), record, lease)],
+            )
+            if ok:
+                return candidate
+            if vmid is not None:
+                break
+            taken.add(candidate)
+    ctx.store.lease_revoke(lease)
+    if vmid is not None:
+        raise Conflict(f"VM {vmid} already exists or is reserved")
+    raise Conflict("could not reserve a VMID: too much contention")
 
 
 @endpoint(
@@ -179,24 +216,7 @@ def _first_free(ctx: Ctx) -> int:
     "or until you create a guest with it.",
 )
 def reserve_nextid(ctx: Ctx, vmid: int | None = None) -> str:
-    lease = ctx.store.lease_grant(RESERVATION_TTL)
-    record = {"user": ctx.user, "until": int(time.time()) + RESERVATION_TTL}
-    for _ in range(100):
-        candidate = vmid if vmid is not None else _first_free(ctx)
-        ok = ctx.store.txn(
-            [
-                ("version", keys.guest(candidate), "==", 0),
-                ("version", keys.vmid_reservation(candidate), "==", 0),
-            ],
-            [("put", keys.vmid_reservation(candidate), record, lease)],
-        )
-        if ok:
-            return str(candidate)
-        if vmid is not None:
-            ctx.store.lease_revoke(lease)
-            raise Conflict(f"VM {vmid} already exists or is reserved")
-    ctx.store.lease_revoke(lease)
-    raise Conflict("could not reserve a VMID: too much contention")
+    return str(_reserve(ctx, vmid, RESERVATION_TTL))
 
 
 RESOURCE_TYPES = ("vm", "storage", "node", "sdn", "pool")
