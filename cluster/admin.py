@@ -165,7 +165,7 @@ def cmd_template(args: argparse.Namespace, _: list[str]) -> int:
         print("corral: templates that can be built: busybox, debian", file=sys.stderr)
         return 2
     conf = _conf(args.data_dir)
-    endpoints = conf.get("etcd") or [f"http://127.0.0.1:{conf.get('etcd_port', 2379)}"]
+    endpoints = conf.get("etcd") or [_private_etcd(args.data_dir, conf)]
     store = Store(list(endpoints))
     try:
         volumes = services["volumes"](
@@ -202,6 +202,11 @@ def cmd_template(args: argparse.Namespace, _: list[str]) -> int:
         store.close()
     print(volid)
     return 0
+
+
+def _private_etcd(data_dir: str, conf: dict[str, Any]) -> str:
+    """The node's own etcd socket (never a TCP port another node's etcd may hold)."""
+    return f"unix://{Path(data_dir).resolve()}/etcd/client:{conf.get('etcd_port', 2379)}"
 
 
 def _conf(data_dir: str) -> dict[str, Any]:

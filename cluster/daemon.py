@@ -3,11 +3,13 @@
     corrald --data-dir DIR --listen ADDR:PORT --node NAME [--etcd URL,...]
 
 All of the node's state lives under DIR. Without etcd endpoints it runs a
-private etcd there (loopback only). It registers the node under a lease kept
-alive by a thread, publishes live figures every 2 s, runs the tasks addressed
-to it, and serves the API over HTTPS plus a root-only unix socket (for
-corralsh on the node itself, as pvesh). SIGTERM stops everything cleanly and
-takes the node offline at once (its lease is revoked).
+private etcd there (loopback only; corrald reaches it through a unix socket
+in DIR/etcd, so it never talks to another node's etcd on the same port). It
+registers the node under a lease kept alive by a thread, publishes live
+figures every 2 s, runs the tasks addressed to it, and serves the API over
+HTTPS plus a root-only unix socket (for corralsh on the node itself, as
+pvesh). SIGTERM stops everything cleanly and takes the node offline at once
+(its lease is revoked).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from corral.cluster import keys, registry, tls
 from corral.cluster.access import Access
 from corral.cluster.cluster_view import shared_view
 from corral.cluster.errors import Unavailable
-from corral.cluster.etcd_embed import EmbeddedEtcd
+from corral.cluster.etcd_embed import EmbeddedEtcd, PortInUse
 from corral.cluster.guest_service import GuestService
 from corral.cluster.logfmt import setup_logging
 from corral.cluster.node_services import LOCAL_ROOT, NodeContext, NodeServices
@@ -142,9 +144,8 @@ class Node:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         endpoints = self.conf["etcd"]
         if not endpoints:
-            self.etcd = self._embedded_etcd()
-            self.etcd.start()
-            endpoints = [self.etcd.endpoint]
+            self.etcd = self._start_etcd()
+            endpoints = [self.etcd.local_endpoint]
         self.store = Store(endpoints)
         self.services["etcd"] = self.etcd
         # A restarted etcd member serves nothing until it has quorum, so this
@@ -235,6 +236,21 @@ class Node:
             ssl_dir, self.name, [host, _primary_address() or ""]
         )
 
+    def _start_etcd(self) -> EmbeddedEtcd:
+        """Start the private etcd; a port held by another process ends the start at
+        once with a message naming it (never a restart loop)."""
+        etcd = self._embedded_etcd()
+        etcd.on_fatal = self._etcd_lost
+        try:
+            etcd.start()
+        except PortInUse as err:
+            raise SystemExit(f"corrald: {err}") from None
+        return etcd
+
+    def _etcd_lost(self, reason: str) -> None:
+        log.error("stopping: the private etcd cannot run: %s", reason)
+        os.kill(os.getpid(), signal.SIGTERM)
+
     def _embedded_etcd(self) -> EmbeddedEtcd:
         return EmbeddedEtcd(
             self.data_dir / "etcd" / "data",
@@ -261,8 +277,7 @@ class Node:
         self.conf["etcd_address"] = address
         save_config(self.data_dir, self.conf)
         self.etcd.stop()
-        self.etcd = self._embedded_etcd()
-        self.etcd.start()
+        self.etcd = self._start_etcd()
         self.services["etcd"] = self.etcd
         self._wait_store()
 

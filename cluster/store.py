@@ -143,9 +143,15 @@ class Store(StoreAPI):
     async def _client_async(self) -> aetcd.Client:
         if self._client is None:
             url = urlsplit(self.endpoints[self._current % len(self.endpoints)])
+            host, port = url.hostname or "127.0.0.1", url.port or 2379
+            if url.scheme == "unix":
+                # A private etcd's own socket, unix:///DIR/client:PORT (etcd names it
+                # host:port); aetcd dials f"{host}:{port}", which grpc reads as that path.
+                path, _, num = url.path.rpartition(":")
+                host, port = f"unix://{path}", int(num)
             client = aetcd.Client(
-                host=url.hostname or "127.0.0.1",
-                port=url.port or 2379,
+                host=host,
+                port=port,
                 timeout=int(max(1, self.timeout)),
                 # gRPC's default 4 MiB cap on a reply would make whole-cluster reads
                 # (100,000 guest records are ~30 MB) fail; etcd bounds requests itself.
