@@ -6,7 +6,8 @@
 #   ./install.sh --test-deps  also install what the test suite needs (Ceph daemons,
 #                             zfs-fuse, Chromium, Prometheus, test Python packages)
 #
-# Idempotent: run it again to upgrade in place. Must run as root.
+# Idempotent: run it again to upgrade in place (a running corrald is restarted on
+# the new code; its guests keep running). Must run as root.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -72,6 +73,17 @@ getent group libvirt >/dev/null || groupadd --system libvirt
 getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
 id libvirt-qemu >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /var/lib/libvirt \
     --gid kvm --groups libvirt-qemu --shell /usr/sbin/nologin libvirt-qemu
+# Debian's udev rule leaves /dev/kvm group kvm mode 0660; where no udev ran (a
+# container, a minimal VM) it stays root:root 0600, and libvirtd then judges its
+# QEMU capability cache stale at every look-up: each VM start re-probes QEMU and
+# takes a minute. Do what the rule does (`corral status` warns if it changes).
+if [ -c /dev/kvm ]; then
+    if [ "$(stat -c %G /dev/kvm)" != kvm ] || [ $(( 0$(stat -c %a /dev/kvm) & 0660 )) != $(( 0660 )) ]; then
+        log "setting /dev/kvm to group kvm, mode 0660 (as udev would)"
+        chgrp kvm /dev/kvm
+        chmod ug+rw /dev/kvm
+    fi
+fi
 mkdir -p /var/log/libvirt/qemu /var/run/libvirt /var/lib/libvirt/images /var/cache/libvirt
 if ! pgrep -x virtlogd >/dev/null; then virtlogd -d; fi
 if ! pgrep -x libvirtd >/dev/null; then libvirtd -d; fi
@@ -102,9 +114,30 @@ if [ "$VENV" = /opt/corral/venv ]; then
     install -m 0644 "$HERE/ansible/files/corrald.service" /usr/local/lib/systemd/system/corrald.service
 fi
 
-if [ "$START" = 1 ]; then
+# An upgrade in place must take effect: a corrald already running from this venv
+# still runs the old code, so restart it (guests keep running; under systemd the
+# unit is restarted). A node that was stopped stays stopped with --no-start.
+DATA="${CORRAL_DATA_DIR:-/var/lib/corral}"
+running=""
+if [ -f "$DATA/corrald.pid" ]; then
+    pid="$(cat "$DATA/corrald.pid" 2>/dev/null || true)"
+    if [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF "$VENV/bin/corrald"; then
+        running="$pid"
+    fi
+fi
+if [ -n "$running" ]; then
+    log "upgrading in place: restarting corrald (pid $running) so the node runs the new code"
+    if [ -d /run/systemd/system ] && systemctl is-active --quiet corrald 2>/dev/null; then
+        systemctl restart corrald
+        echo "corral: corrald.service restarted; the node runs the code installed now"
+    else
+        "$VENV/bin/corral" --data-dir "$DATA" restart
+    fi
+    echo
+    echo "corral is running the new code. Try:  corralsh get /cluster/resources"
+elif [ "$START" = 1 ]; then
     log "starting corral"
-    /usr/local/bin/corral start
+    "$VENV/bin/corral" --data-dir "$DATA" start
     echo
     echo "corral is running. Try:  corralsh get /cluster/resources"
     echo "Stop it with:            corral stop"

@@ -2,6 +2,7 @@
 
 corral start [--data-dir DIR] [corrald options...]   start corrald in the background
 corral stop                                           stop it (SIGTERM, waits)
+corral restart [--if-running]                         stop and start it (guests keep running)
 corral status                                         node and cluster state
 corral template build busybox|debian [--storage local]
 corral template import-oci PATH [--name NAME] [--storage local]
@@ -123,6 +124,27 @@ def cmd_stop(args: argparse.Namespace, _: list[str]) -> int:
     return 1
 
 
+def cmd_restart(args: argparse.Namespace, extra: list[str]) -> int:
+    """Stop and start corrald so the node runs the code installed now (install.sh's
+    upgrade in place). Guests keep running: containers and VMs do not live in the
+    daemon's process, and the daemon finds them again when it starts."""
+    old = _pid(args.data_dir)
+    if old is None:
+        if args.if_running:
+            print("corral: corrald is not running; nothing to restart")
+            return 0
+        return cmd_start(args, extra)
+    if cmd_stop(args, []) != 0:
+        return 1
+    code = cmd_start(args, extra)
+    if code == 0:
+        print(
+            f"corral: corrald restarted (pid {old} -> {_pid(args.data_dir)}); "
+            "the node runs the code installed now, its guests kept running"
+        )
+    return code
+
+
 def cmd_status(args: argparse.Namespace, _: list[str]) -> int:
     try:
         client = _client(args.data_dir)
@@ -141,7 +163,20 @@ def cmd_status(args: argparse.Namespace, _: list[str]) -> int:
             f"  {node['name']:<16} {'online' if node['online'] else 'offline'}"
             f"  {node.get('ip', '')}{mark}"
         )
+    for warning in host_warnings():
+        print(f"warning: {warning}")
     return 0
+
+
+def host_warnings() -> list[str]:
+    """What on this host will make the node misbehave, for `corral status`."""
+    from corral.cluster import hostinfo
+
+    problem = hostinfo.kvm_device_problem(KVM_DEVICE)
+    return [problem] if problem else []
+
+
+KVM_DEVICE = "/dev/kvm"
 
 
 def cmd_template(args: argparse.Namespace, _: list[str]) -> int:
@@ -337,6 +372,10 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("start", help="start corrald in the background")
     sub.add_parser("stop", help="stop corrald")
+    rs = sub.add_parser("restart", help="restart corrald (guests keep running)")
+    rs.add_argument(
+        "--if-running", action="store_true", help="do nothing when corrald is not running"
+    )
     sub.add_parser("status", help="show node and cluster state")
     cl = sub.add_parser("cluster", help="create, join or shrink a cluster")
     cl.add_argument("action", choices=["create", "join", "delnode", "status"])
@@ -378,11 +417,12 @@ def main(argv: list[str] | None = None) -> None:
     tpl.add_argument("--storage", default="local")
     tpl.add_argument("--name", default=None)
     args, extra = parser.parse_known_args(argv)
-    if args.cmd not in ("start", "lab") and extra:
+    if args.cmd not in ("start", "restart", "lab") and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler = {
         "start": cmd_start,
         "stop": cmd_stop,
+        "restart": cmd_restart,
         "status": cmd_status,
         "template": cmd_template,
         "cluster": cmd_cluster,

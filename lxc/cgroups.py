@@ -1,23 +1,35 @@
 """A running container's cgroups, /proc and netns: read stats, write limits.
 
-Paths come from /proc/<init pid>/cgroup (read from the host, so they are the
-host's view), not from a guess of liblxc's naming. Works on the hybrid v1
-layout of this machine and on a pure v2 host.
+Paths come from /proc/<init pid>/cgroup, resolved against the cgroup mounts of
+this process (/proc/self/mountinfo), not joined to /sys/fs/cgroup: both files
+give cgroup paths relative to the reader's cgroup namespace, so the join holds
+on v1, v2 and hybrid hosts, with or without a cgroup namespace, nested in a
+system container or not. Inside a namespace a guest's cgroup may lie above the
+namespace root ("/../lxc.payload.100"), reachable only through a mount whose
+root is above it too ("/.."). A figure whose file cannot be found or read is
+unknown (None), logged once per container and file, never reported as 0.
 """
 
 from __future__ import annotations
 
 import errno
 import functools
+import glob
 import json
+import logging
 import os
+import posixpath
 import subprocess
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from corral.cluster.errors import CommandFailed
 
+log = logging.getLogger(__name__)
+
 CGROUP_ROOT = "/sys/fs/cgroup"
+MOUNTINFO = "/proc/self/mountinfo"
 
 
 @functools.cache
@@ -26,31 +38,163 @@ def layout() -> str:
     return "v2" if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")) else "v1"
 
 
-def paths(pid: int) -> dict[str, str]:
-    """{controller: directory} for process `pid`; "" is the v2 (unified) group."""
-    out: dict[str, str] = {}
-    with open(f"/proc/{pid}/cgroup") as fh:
-        for line in fh:
-            _, controllers, rel = line.rstrip("\n").split(":", 2)
-            if controllers == "":
-                base = CGROUP_ROOT if layout() == "v2" else os.path.join(CGROUP_ROOT, "unified")
-                out[""] = base + rel
-                continue
-            for ctl in controllers.split(","):
-                ctl = ctl.removeprefix("name=")
-                out[ctl] = os.path.join(CGROUP_ROOT, controllers, rel.lstrip("/"))
+class CgroupNotFound(OSError):
+    """A process's cgroup is not reachable through any cgroup mount of this host."""
+
+
+@dataclass(frozen=True)
+class Mount:
+    root: tuple[str, ...]  # the mounted cgroup, as components ("..", "lxc.payload.1")
+    point: str  # where it is mounted
+    hierarchy: frozenset[str]  # v1 controllers ({"cpu", "cpuacct"}, {"name=systemd"}); v2: {}
+
+
+def _components(path: str) -> tuple[str, ...]:
+    """A cgroup path as components, keeping leading ".." (normpath would drop them)."""
+    out: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == ".." and out and out[-1] != "..":
+            out.pop()
+        else:
+            out.append(part)
+    return tuple(out)
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal.
+    return field.encode().decode("unicode_escape") if "\\" in field else field
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """The cgroup (v1) and cgroup2 mounts listed in a mountinfo text."""
+    mounts: list[Mount] = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
+            continue
+        if tail[0] == "cgroup2":
+            hierarchy: frozenset[str] = frozenset()
+        else:
+            opts = tail[2].split(",")
+            known = {o for o in opts if o not in _MOUNT_OPTIONS and "=" not in o}
+            known |= {o for o in opts if o.startswith("name=")}
+            hierarchy = frozenset(known)
+        mounts.append(Mount(_components(_unescape(fields[3])), _unescape(fields[4]), hierarchy))
+    return mounts
+
+
+# Superblock options of a v1 cgroup mount that are not controllers.
+_MOUNT_OPTIONS = {"rw", "ro", "noprefix", "clone_children", "xattr", "nsdelegate",
+                  "memory_recursiveprot", "memory_localevents", "favordynmods"}  # fmt: skip
+
+
+def parse_proc_cgroup(text: str) -> dict[frozenset[str], tuple[str, ...]]:
+    """/proc/PID/cgroup → {hierarchy (v1 controllers, {} for v2): path components}."""
+    out: dict[frozenset[str], tuple[str, ...]] = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, rel = parts
+        key = frozenset(c for c in controllers.split(",") if c)
+        out[key] = _components(rel)
     return out
+
+
+def resolve(
+    mounts: list[Mount], hierarchy: frozenset[str], path: tuple[str, ...], pid: int | None = None
+) -> str | None:
+    """The directory of cgroup `path` of `hierarchy` through one of `mounts`, or None.
+
+    A mount whose root contains the path gives it directly. A mount whose root lies
+    above this namespace's root (root ".." while the path is "/x") hides the
+    namespace's own name: the directory is then found by the path's tail below the
+    mount and confirmed by `pid` in its member list."""
+    candidates = [m for m in mounts if m.hierarchy == hierarchy]
+    for m in candidates:
+        rest = path[len(m.root) :]
+        if path[: len(m.root)] == m.root and ".." not in rest:
+            return posixpath.join(m.point, *rest)
+    tail = tuple(p for p in path if p != "..")
+    for m in candidates:
+        if pid is None or not m.root or m.root[0] != "..":
+            continue
+        ups = sum(1 for p in m.root if p == "..")
+        pattern = posixpath.join(m.point, *(["*"] * ups), *tail)
+        for found in glob.glob(glob.escape(m.point) + pattern[len(m.point) :]):
+            if _has_member(found, pid):
+                return found
+    return None
+
+
+def _has_member(directory: str, pid: int) -> bool:
+    for name in ("cgroup.procs", "tasks"):
+        try:
+            with open(os.path.join(directory, name)) as fh:
+                return str(pid) in fh.read().split()
+        except OSError:
+            continue
+    return False
+
+
+def paths(pid: int) -> dict[str, str]:
+    """{controller: directory} for process `pid`; "" is the v2 (unified) group.
+
+    Raises FileNotFoundError when `pid` is gone; a hierarchy that no mount here
+    reaches is left out (its figures are then unknown)."""
+    with open(f"/proc/{pid}/cgroup") as fh:
+        mine = parse_proc_cgroup(fh.read())
+    with open(MOUNTINFO) as fh:
+        mounts = parse_mountinfo(fh.read())
+    out: dict[str, str] = {}
+    for hierarchy, rel in mine.items():
+        found = resolve(mounts, hierarchy, rel, pid)
+        if found is None:
+            _once(
+                pid,
+                "/".join(sorted(hierarchy)) or "unified",
+                "not reachable from this host's cgroup mounts",
+            )
+            continue
+        if not hierarchy:
+            out[""] = found
+        for ctl in hierarchy:
+            out[ctl.removeprefix("name=")] = found
+    return out
+
+
+_logged: set[tuple[int, str]] = set()
+
+
+def _once(pid: int, what: str, reason: str) -> None:
+    """Log a figure that cannot be read once per process and file, not every 2 s."""
+    if (pid, what) in _logged:
+        return
+    if len(_logged) > 10000:
+        _logged.clear()
+    _logged.add((pid, what))
+    log.warning("cgroup figure unknown pid=%s file=%s: %s", pid, what, reason)
 
 
 def file_for(pid: int, name: str, where: dict[str, str] | None = None) -> str:
     """Path of cgroup file `name` ("memory.limit_in_bytes") of process `pid`
-    (`where`: its `paths()`, when the caller has them already)."""
+    (`where`: its `paths()`, when the caller has them already). Raises
+    CgroupNotFound when no mount here reaches the controller's group."""
     found = paths(pid) if where is None else where
     ctl = name.split(".", 1)[0]
     if layout() == "v2":
-        return os.path.join(found[""], name)
-    if ctl == "cpu" and "cpu" not in found:
+        ctl = ""
+    elif ctl == "cpu" and "cpu" not in found:
         ctl = "cpuacct"
+    if ctl not in found:
+        raise CgroupNotFound(
+            errno.ENOENT, f"the {ctl or 'unified'} cgroup of pid {pid} is not reachable here", name
+        )
     return os.path.join(found[ctl], name)
 
 
@@ -78,49 +222,58 @@ def _write_all(pid: int, items: list[tuple[str, str]]) -> None:
             fh.write(value)
 
 
-def memory(pid: int, where: dict[str, str] | None = None) -> tuple[int, int]:
-    """(mem, swap) in bytes; mem excludes page cache as Proxmox reports it."""
+def memory(pid: int, where: dict[str, str] | None = None) -> tuple[int | None, int | None]:
+    """(mem, swap) in bytes, None where unknown; mem excludes page cache as Proxmox
+    reports it."""
     try:
         where = paths(pid) if where is None else where
+    except OSError:
+        return None, None
 
-        def value(name: str) -> str:
-            return read(file_for(pid, name, where))
+    def value(name: str) -> str:
+        return read(file_for(pid, name, where))
 
+    try:
         if layout() == "v2":
             mem = int(value("memory.current"))
-            swap = int(value("memory.swap.current"))
             stat = _kv(value("memory.stat"))
-            return max(0, mem - stat.get("file", 0)), swap
-        usage = int(value("memory.usage_in_bytes"))
-        stat = _kv(value("memory.stat"))
-        try:
-            memsw = int(value("memory.memsw.usage_in_bytes"))
-        except OSError:
-            memsw = usage
-        return max(0, usage - stat.get("total_cache", 0)), max(0, memsw - usage)
-    except (OSError, KeyError, ValueError):
-        return 0, 0
+            mem = max(0, mem - stat.get("file", 0))
+        else:
+            usage = int(value("memory.usage_in_bytes"))
+            stat = _kv(value("memory.stat"))
+            mem = max(0, usage - stat.get("total_cache", 0))
+    except (OSError, ValueError) as err:
+        _once(pid, "memory", str(err))
+        return None, None
+    try:
+        if layout() == "v2":
+            return mem, int(value("memory.swap.current"))
+        return mem, max(0, int(value("memory.memsw.usage_in_bytes")) - usage)
+    except (OSError, ValueError):
+        # No swap accounting on this kernel (swapaccount=0): no swap is used through it.
+        return mem, 0
 
 
-def cpu_usage_ns(pid: int, where: dict[str, str] | None = None) -> int:
+def cpu_usage_ns(pid: int, where: dict[str, str] | None = None) -> int | None:
+    """Total CPU time of the group in ns, None when unknown."""
     try:
         where = paths(pid) if where is None else where
         if layout() == "v2":
             return _kv(read(file_for(pid, "cpu.stat", where))).get("usage_usec", 0) * 1000
-        return int(read(os.path.join(where["cpuacct"], "cpuacct.usage")))
-    except (OSError, KeyError, ValueError):
-        return 0
+        return int(read(file_for(pid, "cpuacct.usage", where)))
+    except (OSError, ValueError) as err:
+        _once(pid, "cpu", str(err))
+        return None
 
 
 def freezer_state(pid: int) -> str:
     """ "FROZEN", "FREEZING" or "THAWED" (v1 freezer / v2 cgroup.freeze)."""
     try:
         if layout() == "v2":
-            return (
-                "FROZEN" if read(os.path.join(paths(pid)[""], "cgroup.freeze")) == "1" else "THAWED"
-            )
-        return read(os.path.join(paths(pid)["freezer"], "freezer.state"))
-    except (OSError, KeyError):
+            return "FROZEN" if read(file_for(pid, "cgroup.freeze")) == "1" else "THAWED"
+        return read(file_for(pid, "freezer.state"))
+    except OSError as err:
+        _once(pid, "freezer", str(err))
         return "THAWED"
 
 

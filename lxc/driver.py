@@ -416,10 +416,18 @@ class LxcDriver(GuestDriver):
             where = cgroups.paths(pid)
         except OSError:
             return {**out, "status": "stopped"}  # it exited just now
-        out["mem"], out["swap"] = cgroups.memory(pid, where)
-        out["cpu"] = round(
-            self._cpu.sample(vmid, cgroups.cpu_usage_ns(pid, where), os.cpu_count() or 1), 4
-        )
+        # A figure that cannot be read is left out (unknown), never shown as 0.
+        mem, swap = cgroups.memory(pid, where)
+        for key, value in (("mem", mem), ("swap", swap)):
+            if value is None:
+                del out[key]
+            else:
+                out[key] = value
+        used_ns = cgroups.cpu_usage_ns(pid, where)
+        if used_ns is None:
+            del out["cpu"]
+        else:
+            out["cpu"] = round(self._cpu.sample(vmid, used_ns, os.cpu_count() or 1), 4)
         out["uptime"] = cgroups.uptime(pid)
         out["disk"] = usage.root_used_bytes(pid)
         for index in cfg.parse_net(config):
