@@ -38,7 +38,7 @@ from corral.cluster.errors import (
 from corral.cluster.guest_driver import DriverInfo, GuestDriver, LogFn, Probe, VolumeAccess
 from corral.cluster.schema import Schema, format_size, parse_size
 from corral.cluster.undo import Reverter
-from corral.lxc import cgroups, rootfs, usage
+from corral.lxc import cgroups, nesting, rootfs, usage
 from corral.lxc import config as cfg
 from corral.lxc.render import IDMAP_BASE, IDMAP_SIZE, Facts, cgroup_values, render, veth_name
 
@@ -242,6 +242,10 @@ class LxcDriver(GuestDriver):
             for volid in [v["volume"] for v in cfg.parse_mps(config).values()]:
                 undo.add(functools.partial(volumes.unmount_rootdir, volid))
             unpriv = bool(cfg.value(config, "unprivileged"))
+            problem = nesting.unprivileged_problem() if unpriv else None
+            if problem:
+                # Created all the same (it can run on another node); start says it again.
+                log(f"WARNING: CT {vmid} cannot start on node '{self.node}': {problem}")
             log(f"extracting {os.path.basename(archive)}")
             count = rootfs.unpack_template(archive, root, unprivileged=unpriv, log=log)
             log(f"extracted {count} entries into {root}")
@@ -270,6 +274,9 @@ class LxcDriver(GuestDriver):
                 raise Conflict(f"CT {vmid} already running")
             if cfg.value(config, "unprivileged"):
                 check_subids()
+                problem = nesting.unprivileged_problem()
+                if problem:
+                    raise Unavailable(f"CT {vmid} cannot start on node '{self.node}': {problem}")
             root, mounts = self._mount_all(config, volumes)
             if cfg.value(config, "unprivileged"):
                 for path in (root, *mounts.values()):

@@ -14,7 +14,7 @@ import pytest
 
 from corral.cluster import bridges
 from corral.cluster.errors import CommandFailed, Conflict, ParamError, Unavailable
-from corral.lxc import cgroups
+from corral.lxc import cgroups, nesting
 from corral.lxc.driver import LxcDriver
 from corral.storage.volumes import Volumes
 from tests.lxc.helpers import (
@@ -27,6 +27,11 @@ from tests.lxc.helpers import (
 )
 
 pytestmark = pytest.mark.timeout(240)
+
+# Only where the host truly is a container whose /proc forbids it (issue 17 item 2):
+# everywhere else the unprivileged tests run.
+NESTED_LIMIT = nesting.unprivileged_problem() if nesting.host_container() else None
+needs_unprivileged = pytest.mark.skipif(NESTED_LIMIT is not None, reason=str(NESTED_LIMIT))
 
 
 def _noop(_msg: str) -> None:
@@ -298,6 +303,7 @@ def open_dir(busybox_template: str) -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@needs_unprivileged
 def test_unprivileged_container(
     open_dir: str, busybox_template: str, vmid: int, subids: None
 ) -> None:
@@ -347,6 +353,7 @@ def test_checks_before_the_task_are_cluster_wide(
     assert not (tmp_path / "e" / "images" / str(vmid)).exists()
 
 
+@needs_unprivileged
 def test_unprivileged_root_behind_a_closed_dir(
     open_dir: str, busybox_template: str, vmid: int, subids: None
 ) -> None:
@@ -366,4 +373,23 @@ def test_unprivileged_root_behind_a_closed_dir(
     driver.start(vmid, config, volumes=volumes, log=_noop)
     assert driver.attach(vmid, ["/usr/bin/id", "-u"]).strip() == "0"
     driver.stop(vmid, config, log=_noop)
+    driver.destroy(vmid, config, volumes=volumes, log=_noop)
+
+
+@pytest.mark.skipif(NESTED_LIMIT is None, reason="this host can start unprivileged containers")
+def test_unprivileged_refused_clearly_where_nesting_forbids_it(
+    open_dir: str, busybox_template: str, vmid: int, subids: None
+) -> None:
+    driver = LxcDriver(node="crlnode", data_dir=os.path.join(open_dir, "node"))
+    volumes = dir_volumes(os.path.join(open_dir, "storage"), busybox_template)
+    said: list[str] = []
+    template = f"{STORAGE}:vztmpl/busybox-corral_amd64.tar.gz"
+    config = {"hostname": f"crl{vmid}", "memory": 64, "rootfs": f"{STORAGE}:1", "unprivileged": 1}
+    config = driver.create(vmid, config, volumes=volumes, log=said.append,
+                           params={"ostemplate": template})  # fmt: skip
+    assert any("WARNING" in line and "unprivileged containers need" in line for line in said)
+    with pytest.raises(Unavailable) as err:
+        driver.start(vmid, config, volumes=volumes, log=_noop)
+    assert "this host is itself a container" in str(err.value)
+    assert driver.status(vmid, config)["status"] == "stopped"
     driver.destroy(vmid, config, volumes=volumes, log=_noop)
