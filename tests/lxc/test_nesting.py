@@ -45,4 +45,3 @@ def test_success_is_no_problem(
     _tool(tmp_path / "unshare", 0, "")
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     assert nesting.unprivileged_problem() is None
-
