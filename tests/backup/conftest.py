@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from proxmoxer.tools import Tasks
 
 from corral.cluster import keys
 from corral.cluster.store import Store
+from tests.kvm.conftest import kill_qemus_under, short_tmp, virsh_cleanup
 from tests.lxc.helpers import cleanup_lxcpath
 from tests.storage import loopfs
 from tests.util import VENV_BIN, Corrald
@@ -36,16 +38,28 @@ def new_vmid() -> int:
 
 
 @pytest.fixture(scope="package")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corrald]:
-    base = tmp_path_factory.mktemp("guestops")
+def node(guest_files: dict[str, str]) -> Iterator[Corrald]:
+    """corrald with the LXC driver and the QEMU driver on its own embed root; the
+    tiny test guest's kernel and initramfs in `local:snippets/`."""
+    base = short_tmp("crlbk")  # QEMU's UNIX sockets need short paths
     os.chmod(base, 0o755)
-    daemon = Corrald(base / "node", node=NODE)
-    daemon.start()
+    root = f"{base}/lv"
+    uri = f"qemu:///embed?root={root}"
+    daemon = Corrald(Path(base) / "node", node=NODE, extra=["--libvirt-uri", uri])
     try:
+        daemon.start()
+        snippets = daemon.data_dir / "local" / "snippets"
+        shutil.copy(guest_files["kernel"], snippets / "vmlinuz")
+        shutil.copy(guest_files["initrd"], snippets / "initrd.img")
         yield daemon
     finally:
         daemon.stop()
         cleanup_lxcpath(str(daemon.data_dir / "lxc"))
+        try:
+            virsh_cleanup(uri)
+        finally:
+            kill_qemus_under(root)
+            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="package")

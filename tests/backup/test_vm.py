@@ -1,0 +1,141 @@
+"""VM snapshots, backup and restore through proxmoxer against a real corrald and
+TCG guests (the tiny busybox guest). The guest writes markers onto its virtio
+disk through its serial console:
+
+- a running VM on a qcow2 disk (dir storage) is snapshotted (QEMU takes the
+  internal snapshot of its open file), the marker changes, a rollback with
+  start=1 brings the old marker back after a boot;
+- with vmstate=1 the RAM is saved too: the rollback resumes the guest where it
+  was, without a boot;
+- a snapshot-mode vzdump of the running VM (libvirt's backup job) restores to
+  a new VMID on btrfs, boots, and shows the marker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from proxmoxer import ProxmoxAPI
+
+from corral.cluster import keys
+from corral.cluster.store import Store
+from tests.assets import guest
+from tests.backup.conftest import NODE, destroy_all, new_vmid, task_ok
+from tests.kvm.serial import Serial
+from tests.util import Corrald
+
+pytestmark = pytest.mark.timeout(600)
+
+
+class Vm:
+    def __init__(self, node: Corrald, prox: ProxmoxAPI, vmid: int) -> None:
+        self.vmid, self.prox = vmid, prox
+        self.api = prox.nodes(NODE).qemu(vmid)
+        run = node.data_dir / "qemu"
+        self.serial = Serial(str(run / f"{vmid}.serial0"), str(run / f"{vmid}.serial0.log"))
+
+    def pid(self) -> int:
+        return int(self.api.status.current.get().get("pid") or 0)
+
+    def start(self) -> None:
+        task_ok(self.prox, self.api.status.start.post())
+        self.wait_boot()
+
+    def wait_boot(self) -> None:
+        """A fresh QEMU starts a fresh console log: wait for its boot to finish."""
+        self.serial.wait_count(guest.MARKER_READY, 1, 240)
+        self.serial.connect()
+
+    def write(self, text: str) -> None:
+        self.serial.run(f"echo {text} | dd of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null; sync")
+
+    def read(self) -> str:
+        return self.serial.run("dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1").strip()
+
+
+@pytest.fixture
+def vms(node: Corrald, prox: ProxmoxAPI, guest_files: dict[str, str]) -> Iterator[list[int]]:
+    made: list[int] = []
+    yield made
+    destroy_all(prox, made)
+
+
+def make_vm(node: Corrald, prox: ProxmoxAPI, guest_files: dict[str, str], made: list[int],
+            disk: str) -> Vm:  # fmt: skip
+    vmid = new_vmid()
+    made.append(vmid)
+    task_ok(prox, prox.nodes(NODE).qemu.create(
+        vmid=vmid, name=f"vm{vmid}", memory=128, kvm=0, serial0="socket", tablet=0,
+        virtio0=disk, kernel="local:snippets/vmlinuz", initrd="local:snippets/initrd.img",
+        cmdline=guest_files["cmdline"], agent=0,
+    ))  # fmt: skip
+    return Vm(node, prox, vmid)
+
+
+def test_vm_snapshots_running_qcow2(
+    node: Corrald, prox: ProxmoxAPI, guest_files: dict[str, str], vms: list[int]
+) -> None:
+    vm = make_vm(node, prox, guest_files, vms, "local:0.02,format=qcow2")
+    vm.start()
+    vm.write("MARK-one")
+    assert vm.read() == "MARK-one"
+    upid = vm.api.snapshot.post(snapname="s1")
+    task_ok(prox, upid)
+    log = [r["t"] for r in prox.nodes(NODE).tasks(upid).log.get()]
+    assert any("by QEMU" in t for t in log), log  # the running QEMU took it
+    vm.write("MARK-two")
+    before = vm.pid()
+    task_ok(prox, vm.api.snapshot("s1").rollback.post(start=1))
+    assert vm.pid() != before  # stopped, rolled back, started: a new boot
+    vm.wait_boot()
+    assert vm.read() == "MARK-one"
+
+    # With the RAM: the guest resumes where it was (no boot), disk as it was.
+    vm.serial.run("echo in-ram > /ram")
+    upid = vm.api.snapshot.post(snapname="s2", vmstate=1)
+    task_ok(prox, upid)
+    assert vm.api.status.current.get()["status"] == "running"
+    vm.serial.connect()  # saving the RAM restarts the QEMU process (documented)
+    vm.write("MARK-three")
+    vm.serial.run("rm /ram")
+    upid = vm.api.snapshot("s2").rollback.post()
+    task_ok(prox, upid)
+    assert vm.api.status.current.get()["status"] == "running"
+    vm.serial.connect()
+    assert vm.serial.run("cat /ram") == "in-ram"  # RAM came back: no boot
+    assert vm.read() == "MARK-one"
+    tree = {r["name"]: r for r in vm.api.snapshot.get()}
+    assert tree["s2"]["vmstate"] == 1 and tree["s2"]["parent"] == "s1"
+    task_ok(prox, vm.api.snapshot("s1").delete())  # running: QEMU deletes it
+    task_ok(prox, vm.api.snapshot("s2").delete())
+    assert [r["name"] for r in vm.api.snapshot.get()] == ["current"]
+
+
+def test_vm_backup_while_running_restores_on_btrfs(
+    node: Corrald, prox: ProxmoxAPI, store: Store, btrfs: str, guest_files: dict[str, str],
+    vms: list[int],
+) -> None:  # fmt: skip
+    vm = make_vm(node, prox, guest_files, vms, "local:0.02,format=qcow2")
+    vm.start()
+    vm.write("MARK-backup")
+    n = prox.nodes(NODE)
+    upid = n.vzdump.post(vmid=vm.vmid, storage="local", mode="snapshot", compress="zstd")
+    task_ok(prox, upid)
+    log = [r["t"] for r in n.tasks(upid).log.get(limit=500)]
+    assert any("backup job completed" in t for t in log), log
+    vm.write("MARK-later")  # the guest ran on during and after the backup
+    (row,) = n.storage("local").content.get(content="backup", vmid=vm.vmid)
+    assert row["volid"].startswith(f"local:backup/vzdump-qemu-{vm.vmid}-")
+    assert row["volid"].endswith(".tar.zst")
+    newid = new_vmid()
+    vms.append(newid)
+    task_ok(prox, n.qemu.create(vmid=newid, archive=row["volid"], storage=btrfs, unique=1))
+    restored = Vm(node, prox, newid)
+    cfg = restored.api.config.get()
+    assert cfg["virtio0"].startswith(f"{btrfs}:"), cfg
+    assert cfg["name"] == f"vm{vm.vmid}" and int(cfg["memory"]) == 128
+    restored.start()
+    assert restored.read() == "MARK-backup"
+    task_ok(prox, n.storage("local").content(row["volid"]).delete())
+    assert store.get_value(keys.volume_attrs(row["volid"])) is None
