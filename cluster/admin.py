@@ -393,7 +393,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     lab = sub.add_parser("lab", help="a cluster of N nodes on this machine (testing, trying)")
     lab.add_argument(
-        "action", choices=["up", "down", "status", "kill", "start", "partition", "heal", "exec"]
+        "action",
+        choices=["up", "down", "status", "kill", "start", "partition", "heal", "blip", "exec"],
     )
     lab.add_argument("node", nargs="?", default="")
     lab.add_argument("--nodes", type=int, default=3)

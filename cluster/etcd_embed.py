@@ -210,6 +210,10 @@ class EmbeddedEtcd:
             "100",
             "--election-timeout",
             "1000",
+            # A member cut off for a while must not depose a healthy leader when it
+            # returns (its term ran ahead): without pre-vote that costs the whole
+            # cluster an election, seconds without quorum, and HA fences a node.
+            "--pre-vote",
         ]
 
     def ports(self) -> list[tuple[str, int]]:

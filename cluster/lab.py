@@ -8,6 +8,7 @@ use `qemu:///embed` (a QEMU driver inside each corrald, no daemon).
     corral lab up --nodes 3         corral lab status
     corral lab kill node2           corral lab start node2
     corral lab partition node3      corral lab heal node3
+    corral lab blip node3 1.5       (cut its link for 1.5 s)
     corral lab exec node1 CMD...    corral lab down
 
 Faults: `kill` SIGKILLs every process in the node's network namespace (its
@@ -354,18 +355,30 @@ def _netns_inode(netns: str) -> int | None:
 
 
 def node_pids(n: LabNode) -> list[int]:
-    """Every process living in the node's network namespace."""
+    """Every process living in the node's network namespace, and their descendants
+    (a container with a network of its own lives in another namespace: a power
+    loss takes it down with its node all the same)."""
     inode = _netns_inode(n.netns)
-    pids = []
+    pids: set[int] = set()
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
             if inode is not None and os.stat(entry / "ns" / "net").st_ino == inode:
-                pids.append(int(entry.name))
-        except OSError:
+                pids.add(int(entry.name))
+        except (OSError, ValueError, IndexError):
             continue
-    return pids
+    todo = list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in pids:
+                pids.add(child)
+                todo.append(child)
+    return sorted(pids)
 
 
 def kill(lab: Lab, name: str) -> int:
@@ -386,6 +399,19 @@ def kill(lab: Lab, name: str) -> int:
 def partition(lab: Lab, name: str, *, cut: bool) -> None:
     n = lab.node(name)
     _run(["ip", "link", "set", n.veth, "down" if cut else "up"])
+
+
+def blip(lab: Lab, name: str, seconds: float) -> float:
+    """Cut the node's link for `seconds` (a network blip); the measured cut time."""
+    if not 0 < seconds <= 600:
+        raise SystemExit("corral lab blip: SECONDS must be between 0 and 600")
+    partition(lab, name, cut=True)
+    started = time.monotonic()
+    try:
+        time.sleep(seconds)
+    finally:
+        partition(lab, name, cut=False)
+    return time.monotonic() - started
 
 
 def down(lab_dir: str, *, quiet: bool = False) -> None:
@@ -479,6 +505,9 @@ def main(args: Any, extra: list[str]) -> int:
     elif args.action in ("partition", "heal"):
         partition(lab, args.node, cut=args.action == "partition")
         print(f"{args.node} {'partitioned' if args.action == 'partition' else 'healed'}")
+    elif args.action == "blip":
+        took = blip(lab, args.node, float(extra[0]) if extra else 1.0)
+        print(f"{args.node} cut off for {took:.2f} s")
     elif args.action == "exec":
         if not extra:
             raise SystemExit("corral lab exec NODE CMD...")

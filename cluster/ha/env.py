@@ -144,7 +144,11 @@ class LeaseLock:
 
     def hold(self) -> bool:
         if self.held:
-            if self.store.lease_refresh(self.lease) > 0:
+            # A keepalive is answered by whoever believes it leads etcd, even a
+            # leader cut off from the majority (etcd renews leases without
+            # consensus). The linearizable read after it proves that member still
+            # led a majority after the renewal: only then does the renewal count.
+            if self.store.lease_refresh(self.lease) > 0 and self._confirmed():
                 return True
             self.held = False
             self.lease = 0
@@ -157,6 +161,10 @@ class LeaseLock:
             self.store.lease_revoke(self.lease)
             self.lease = 0
         return self.held
+
+    def _confirmed(self) -> bool:
+        kv = self.store.get(self.key)
+        return kv is not None and kv.value == self.value
 
     def release(self) -> None:
         if self.lease:

@@ -43,7 +43,11 @@ class Watchdog:
         self.fired = 0
 
     def say(self, msg: str) -> None:
-        print(f"watchdog[{os.getpid()}]: {msg}", file=self.out, flush=True)
+        stamp = (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+            + f".{int(time.time() * 1000) % 1000:03d}Z"
+        )
+        print(f"ts={stamp} watchdog[{os.getpid()}]: {msg}", file=self.out, flush=True)
 
     def _watch(self, sid: str, pid: int) -> None:
         old = self.fds.get(sid)
