@@ -95,14 +95,19 @@ class RrdStore:
         self.base = Path(base)
         self._lock = threading.Lock()
         self._last: dict[str, int] = {}  # file -> last update time (rrdtool rejects older)
+        self._paths: dict[tuple[str, str], Path] = {}  # validated once
 
     def path(self, kind: str, name: str) -> Path:
+        known = self._paths.get((kind, name))
+        if known is not None:
+            return known
         parts = name.split("/")
         if kind not in KINDS or len(parts) != (2 if kind == "pve2-storage" else 1):
             raise ValueError(f"bad rrd name {kind}/{name}")
         if not all(_NAME.fullmatch(p) for p in parts):
             raise ValueError(f"bad rrd name {kind}/{name}")
-        return self.base / kind / f"{name}.rrd"
+        path = self._paths[(kind, name)] = self.base / kind / f"{name}.rrd"
+        return path
 
     def update(self, kind: str, name: str, values: dict[str, Any], when: float) -> bool:
         """Record one sample; False when it is not newer than the file's last one."""
@@ -123,7 +128,7 @@ class RrdStore:
         with self._lock:
             if self._last.get(key, 0) >= ts:
                 return False
-            if not path.exists():
+            if key not in self._last and not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 ds_defs = [f"DS:{ds}:{t}:{HEARTBEAT}:0:U" for ds, t in KINDS[kind]]
                 tmp = path.with_suffix(".tmp")
@@ -139,7 +144,10 @@ class RrdStore:
                 if "minimum one second step" in str(err) or "illegal attempt" in str(err):
                     self._last[key] = int(rrdtool.last(key))
                     return False
-                raise
+                # A file removed or damaged under us: made again on the next sample.
+                self._last.pop(key, None)
+                log.warning("history file %s: %s", key, err)
+                return False
             self._last[key] = ts
         return True
 

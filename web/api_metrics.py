@@ -22,6 +22,7 @@ default.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import threading
 import time
@@ -29,8 +30,7 @@ from typing import Any
 
 import orjson
 from flask import Flask, Response, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from corral.cluster import metrics_core
 from corral.cluster.access import Identity
@@ -51,16 +51,6 @@ def _flag(args: Any, name: str, default: bool) -> bool:
     if raw.lower() not in _FLAG:
         raise ParamError.one(name, f"type check ('boolean') failed - got '{raw}'")
     return _FLAG[raw.lower()]
-
-
-class _Families:
-    """A one-shot collector: prometheus_client's registry asks it for its families."""
-
-    def __init__(self, metrics: list[Metric]) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> list[Metric]:
-        return self.metrics
 
 
 def scrape(
@@ -93,12 +83,8 @@ def scrape(
             if ctx.can(f"/vms/{rec['vmid']}", ["VM.Audit"]):
                 gid = f"{rec['type']}/{rec['vmid']}"
                 onboot.append((gid, node.node, rec["type"], cfg["onboot"]))
-    fams = list(
-        metrics_pve.families(status, rows, api_core.version(ctx), onboot, cluster_wide=cluster)
-    )
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(fams))  # type: ignore[arg-type]
-    return generate_latest(registry) + generate_latest(metrics_core.REGISTRY)
+    text = metrics_pve.exposition(status, rows, api_core.version(ctx), onboot, cluster_wide=cluster)
+    return text + generate_latest(metrics_core.REGISTRY)
 
 
 def _answer(node: NodeContext, identity: Identity | None) -> Response:
@@ -123,7 +109,12 @@ def _answer(node: NodeContext, identity: Identity | None) -> Response:
     except Exception:  # noqa: BLE001 - never a traceback to a scraper
         log.exception("metrics scrape failed")
         return Response("internal error\n", status=500, mimetype="text/plain")
-    return Response(body, status=200, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    headers = {"Content-Type": CONTENT_TYPE_LATEST}
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        # Prometheus asks for gzip; a 10,000-guest cluster's text shrinks ~15x.
+        body = gzip.compress(body, compresslevel=1)
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, status=200, headers=headers)
 
 
 @on_app

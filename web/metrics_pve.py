@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 HA_GUEST_STATES = (
     "stopped", "request_stop", "request_start", "request_start_balance", "started",
@@ -218,3 +219,150 @@ def families(
         number = _num(value) if not isinstance(value, str) else _num(int(value or 0))
         boot.add_metric([gid, node, gtype], number or 0.0)
     yield boot
+
+
+# -- the same text, written directly ----------------------------------------------------
+# At 10,000 guests the families above hold ~370,000 samples: building them and
+# formatting them through prometheus_client took ~5 s a scrape. exposition()
+# writes the very same bytes (tests/web/test_metrics_text.py compares it with
+# generate_latest() over families()) in one pass over the rows, with
+# prometheus_client's own number formatting.
+
+
+def _esc(value: Any) -> str:
+    return str(value).replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _head(name: str, help_text: str, mtype: str) -> str:
+    doc = help_text.replace("\\", r"\\").replace("\n", r"\n")
+    return f"# HELP {name} {doc}\n# TYPE {name} {mtype}\n"
+
+
+def _labels(pairs: Iterable[tuple[str, Any]]) -> str:
+    return "{" + ",".join(f'{k}="{_esc(v)}"' for k, v in sorted(pairs)) + "}"
+
+
+_ZERO, _ONE = floatToGoString(0.0), floatToGoString(1.0)
+_HA_IDLE = "".join(f'pve_ha_state{{{{id="{{0}}",state="{s}"}}}} {_ZERO}\n' for s in HA_GUEST_STATES)
+_LOCK_IDLE = "".join(f'pve_lock_state{{{{id="{{0}}",state="{s}"}}}} {_ZERO}\n' for s in LOCK_STATES)
+
+
+def exposition(
+    status: list[dict[str, Any]],
+    rows: Iterable[dict[str, Any]],
+    version: dict[str, Any],
+    onboot: Iterable[tuple[str, str, str, Any]] = (),
+    *,
+    cluster_wide: bool = True,
+) -> bytes:
+    """families() rendered as prometheus_client's generate_latest() renders them."""
+    nodes = [e for e in status if e.get("type") == "node"]
+    clusters = [e for e in status if e.get("type") == "cluster"] if cluster_wide else []
+    up: list[str] = []
+    for entry in nodes:
+        up.append(f'pve_up{{id="{_esc(entry["id"])}"}} {floatToGoString(entry.get("online", 0))}\n')
+    for entry in clusters:
+        value = floatToGoString(entry.get("quorate", 0))
+        up.append(f'pve_up{{id="cluster/{_esc(entry["name"])}"}} {value}\n')
+    gauges: dict[str, list[str]] = {k: [] for k in _GAUGES}
+    counters: dict[str, list[str]] = {k: [] for k in _COUNTERS}
+    gauge_names = {k: n for k, (n, _) in _GAUGES.items()}
+    counter_names = {k: n + "_total" for k, (n, _) in _COUNTERS.items()}
+    ha: list[str] = []
+    lock: list[str] = []
+    formatted: dict[Any, str] = {}
+    guest_info: list[str] = []
+    storage_info: list[str] = []
+    for row in rows:
+        rtype = row.get("type")
+        rid = _esc(row.get("id", ""))
+        ident = f'{{id="{rid}"}} '
+        if rtype in ("qemu", "lxc"):
+            up.append(f"pve_up{ident}{_ONE if row.get('status') == 'running' else _ZERO}\n")
+            info = _labels((k, str(row.get(k, ""))) for k in GUEST_LABELS)
+            guest_info.append(f"pve_guest_info{info} {_ONE}\n")
+            hastate, held = row.get("hastate"), row.get("lock")
+            # Most guests are neither HA-managed nor locked: one format call writes
+            # their 11 + 9 all-zero lines.
+            if hastate is None:
+                ha.append(_HA_IDLE.format(rid))
+            else:
+                ha.extend(
+                    f'pve_ha_state{{id="{rid}",state="{s}"}} {_ONE if hastate == s else _ZERO}\n'
+                    for s in HA_GUEST_STATES
+                )
+            if not held:
+                lock.append(_LOCK_IDLE.format(rid))
+            else:
+                lock.extend(
+                    f'pve_lock_state{{id="{rid}",state="{s}"}} {_ONE if held == s else _ZERO}\n'
+                    for s in LOCK_STATES
+                )
+            if "maxcpu" not in row and "cpus" in row:
+                row = {**row, "maxcpu": row["cpus"]}
+        elif rtype == "storage":
+            up.append(f"pve_up{ident}{_ONE if row.get('status') == 'available' else _ZERO}\n")
+            content = ",".join(sorted(str(row.get("content", "")).split(",")))
+            pairs = [(k, str(row.get(k, ""))) for k in STORAGE_LABELS] + [("content", content)]
+            storage_info.append(f"pve_storage_info{_labels(pairs)} {_ONE}\n")
+        elif rtype == "node":
+            hastate = row.get("hastate")
+            if hastate is not None:
+                ha.extend(
+                    f'pve_ha_state{{id="{rid}",state="{s}"}} {_ONE if hastate == s else _ZERO}\n'
+                    for s in HA_NODE_STATES
+                )
+        for key, value in row.items():
+            if key in gauges or key in counters:
+                # Few distinct figures (0, sizes, limits) recur across 10,000 guests.
+                text = formatted.get(value) if isinstance(value, (int, float)) else None
+                if text is None:
+                    number = _num(value)
+                    if number is None:
+                        continue
+                    text = formatted[value] = floatToGoString(number)
+                if key in gauges:
+                    gauges[key].append(f"{gauge_names[key]}{ident}{text}\n")
+                if key in counters:
+                    counters[key].append(f"{counter_names[key]}{ident}{text}\n")
+
+    out = [_head("pve_up", "Node/VM/CT-Status is online/running", "gauge"), *up]
+    for key, (name, doc) in _GAUGES.items():
+        out.append(_head(name, doc, "gauge"))
+        out.extend(gauges[key])
+    for key, (name, doc) in _COUNTERS.items():
+        out.append(_head(name + "_total", doc, "counter"))
+        out.extend(counters[key])
+    out.append(_head("pve_ha_state", "HA service status (for HA managed VMs).", "gauge"))
+    out.extend(ha)
+    doc = "The guest's current config lock (for types 'qemu' and 'lxc')"
+    out.append(_head("pve_lock_state", doc, "gauge"))
+    out.extend(lock)
+    out.append(_head("pve_guest_info", "VM/CT info", "gauge"))
+    out.extend(guest_info)
+    out.append(_head("pve_storage_info", "Storage info", "gauge"))
+    out.extend(storage_info)
+    if nodes:
+        out.append(_head("pve_node_info", "Node info", "gauge"))
+        for entry in nodes:
+            pairs = [(k, str(entry.get(k, ""))) for k in ("id", "level", "name", "nodeid")]
+            out.append(f"pve_node_info{_labels(pairs)} {_ONE}\n")
+    if clusters:
+        out.append(_head("pve_cluster_info", "Cluster info", "gauge"))
+        for entry in clusters:
+            pairs = [
+                ("nodes", str(entry.get("nodes", ""))),
+                ("quorate", str(entry.get("quorate", ""))),
+                ("version", str(entry.get("version", ""))),
+                ("id", f"cluster/{entry['name']}"),
+            ]
+            out.append(f"pve_cluster_info{_labels(pairs)} {_ONE}\n")
+    out.append(_head("pve_version_info", "Proxmox VE version info", "gauge"))
+    vpairs = [(k, str(version[k])) for k in ("release", "repoid", "version") if k in version]
+    out.append(f"pve_version_info{_labels(vpairs) if vpairs else ''} {_ONE}\n")
+    out.append(_head("pve_onboot_status", "Proxmox vm config onboot value", "gauge"))
+    for gid, node, gtype, value in onboot:
+        number = _num(value) if not isinstance(value, str) else _num(int(value or 0))
+        pairs = [("id", gid), ("node", node), ("type", gtype)]
+        out.append(f"pve_onboot_status{_labels(pairs)} {floatToGoString(number or 0.0)}\n")
+    return "".join(out).encode()
