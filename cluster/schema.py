@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,12 @@ class Param:
     hotplug: bool = True
     # Never echoed back in config reads (passwords).
     secret: bool = False
+    # Proxmox defines it and corral gives it no effect: `ignore` says why. Values in
+    # `noop` (any value when None) are accepted and dropped, and the task log says so;
+    # other values would need what corral does not have, so they are refused with
+    # the reason (a client asking for passthrough must not believe it got it).
+    ignore: str | None = None
+    noop: tuple[Any, ...] | None = None
 
     def coerce(self, name: str, value: Any) -> Any:
         """Return the value converted to its declared type or raise ValueError(reason)."""
@@ -107,6 +114,8 @@ class Param:
         out: dict[str, Any] = {"type": self.type}
         if self.description:
             out["description"] = self.description
+        if self.ignore:
+            out["description"] = f"{self.description} (no effect in corral: {self.ignore})".strip()
         if self.default is not None:
             out["default"] = self.default
         if self.minimum is not None:
@@ -237,9 +246,16 @@ class Schema:
                     errors[name] = UNKNOWN_PROPERTY
                 continue
             try:
-                out[name] = param.coerce(name, value)
+                coerced = param.coerce(name, value)
             except ValueError as err:
                 errors[name] = str(err)
+                continue
+            if param.ignore is None:
+                out[name] = coerced
+            elif param.noop is not None and coerced not in param.noop:
+                errors[name] = f"value '{value}' is not supported by corral: {param.ignore}"
+            else:
+                _note_ignored(name, value, param.ignore)
         if not partial:
             for name, param in self.props.items():
                 if name not in raw and not param.optional and name not in skip:
@@ -259,6 +275,42 @@ class Schema:
         if required:
             out["required"] = required
         return out
+
+
+def ignored(
+    type: str, description: str, reason: str, *, noop: tuple[Any, ...] | None = None, **kw: Any
+) -> Param:
+    """A Proxmox parameter accepted without effect (values in `noop`, or any when None)."""
+    return Param(type, description, optional=True, ignore=reason, noop=noop, **kw)
+
+
+def unsupported(type: str, description: str, reason: str, **kw: Any) -> Param:
+    """A Proxmox parameter corral cannot honour: declared, and refused with `reason`."""
+    return Param(type, description, optional=True, ignore=reason, noop=(), **kw)
+
+
+# Parameters dropped as no-ops during the current request (one API request runs in
+# one thread), so the task it starts can say so in its log.
+_seen = threading.local()
+
+
+def _note_ignored(name: str, value: Any, reason: str) -> None:
+    notes = getattr(_seen, "notes", None)
+    if notes is not None:
+        notes[name] = f"{name}={value}: {reason}"
+
+
+def track_ignored() -> None:
+    """Start collecting ignored parameters for this thread's request."""
+    _seen.notes = {}
+
+
+def ignored_notes() -> list[str]:
+    """Task-log lines for the parameters ignored since track_ignored()."""
+    notes = getattr(_seen, "notes", None) or {}
+    return [
+        f"note: parameter {text} (accepted for Proxmox compatibility)" for text in notes.values()
+    ]
 
 
 def indexed(prefix: str, count: int, param: Param) -> dict[str, Param]:

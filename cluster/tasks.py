@@ -28,6 +28,7 @@ from urllib.parse import quote
 from corral.cluster import metrics_core
 from corral.cluster.clock import REAL, Clock
 from corral.cluster.errors import CorralError, NotFound, ParamError, Unavailable
+from corral.cluster.schema import ignored_notes
 from corral.cluster.store_api import Event, StoreAPI
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,11 @@ class Tasks:
         user: str,
         args: dict[str, Any] | None = None,
         serial: str | None = None,
+        notes: list[str] | None = None,
     ) -> str:
+        """`notes`: lines the task's log starts with. The Proxmox parameters that the API
+        request starting this task gave without effect are always among them."""
+        notes = [*(notes or ()), *ignored_notes()]
         upid = Upid.new(node, type, id, user, clock=self.clock)
         record = {
             **upid.fields(),
@@ -153,6 +158,8 @@ class Tasks:
             "serial": serial,
             "abort": False,
         }
+        if notes:
+            record["notes"] = list(notes)
         self.store.put(record_key(node, str(upid)), record)
         return str(upid)
 
@@ -390,6 +397,8 @@ class TaskWorker:
         exitstatus = "OK"
         started = self.clock.monotonic()
         metrics_core.task_running(1)
+        for line in rec.get("notes") or ():
+            ctx.log(line)
         try:
             handler = HANDLERS.get(rec["type"])
             if handler is None:

@@ -25,9 +25,11 @@ from corral.cluster.schema import (  # noqa: F401  new_volume_size: the drivers 
     Schema,
     check_volume_or_new,
     cidr_or,
+    ignored,
     indexed,
     new_volume_size,
     parse_size,
+    unsupported,
 )
 
 MAX_NET = 32
@@ -407,6 +409,93 @@ CONFIG: dict[str, Param] = {
         pattern=r"[ -~]*",
     ),
 }
+
+_NO_DEVICE = "corral does not map this device into VMs"
+_HOST = "corral leaves this to the host's defaults"
+_MIGRATION = "corral migrates without these limits"
+
+# Keys Proxmox defines that corral does not implement (corral.cluster.schema.ignored):
+# accepted without effect (their harmless values), or refused with the reason.
+PVE_ONLY: dict[str, Param] = {
+    "acpi": ignored("boolean", "Enable/disable ACPI.", "corral VMs always have ACPI", noop=(1,)),
+    "affinity": unsupported("string", "Host cores for the guest's processes.", _HOST),
+    "allow-ksm": ignored("boolean", "Allow KSM page merging.", _HOST),
+    "amd-sev": unsupported("string", "AMD SEV features.", _NO_DEVICE),
+    "arch": ignored(
+        "string",
+        "Virtual processor architecture.",
+        "corral runs x86_64 VMs only",
+        enum=("x86_64", "aarch64"),
+        noop=("x86_64",),
+    ),
+    "args": unsupported("string", "Arbitrary arguments passed to kvm.", "not allowed in corral"),
+    "audio0": unsupported("string", "Audio device.", _NO_DEVICE),
+    "autostart": ignored(
+        "boolean", "Automatic restart after crash.", "Proxmox ignores it too", noop=(0,)
+    ),
+    "bootdisk": ignored(
+        "string",
+        "Boot disk (deprecated).",
+        "use `boot: order=`",
+        pattern=r"(ide|sata|scsi|virtio)\d+",
+    ),
+    "cdrom": unsupported("string", "Alias for ide2.", "use ide2=VOLUME,media=cdrom"),
+    "cicustom": unsupported("string", "cloud-init: custom files.", "not implemented in corral"),
+    "ciupgrade": ignored(
+        "boolean", "cloud-init: upgrade packages after the first boot.", "corral's cloud-init "
+        "data asks for no package upgrade"
+    ),
+    "cpulimit": ignored(
+        "number", "Limit of CPU usage.", "corral sets no CPU quota on VMs", minimum=0,
+        maximum=128, noop=(0,),
+    ),
+    "cpuunits": ignored("integer", "CPU weight.", _HOST, minimum=1, maximum=262144),
+    "freeze": ignored("boolean", "Freeze CPU at startup.", "VMs start running", noop=(0,)),
+    "hookscript": unsupported("string", "Hook script.", "corral runs no hook scripts"),
+    **indexed("hostpci", 16, unsupported("string", "Host PCI device.", _NO_DEVICE)),
+    "hotplug": ignored(
+        "string", "Hotplug features.", "corral hotplugs disks, NICs and memory as it can"
+    ),
+    "hugepages": unsupported("string", "Hugepages memory.", _HOST),
+    "intel-tdx": unsupported("string", "Intel TDX features.", _NO_DEVICE),
+    "ivshmem": unsupported("string", "Inter-VM shared memory.", _NO_DEVICE),
+    "keephugepages": ignored("boolean", "Keep hugepages.", "no hugepages", noop=(0,)),
+    "keyboard": ignored("string", "VNC keyboard layout.", "Proxmox deprecates it too"),
+    "localtime": ignored("boolean", "RTC in local time.", "the RTC runs in UTC", noop=(0,)),
+    "migrate_downtime": ignored("number", "Migration downtime.", _MIGRATION, minimum=0),
+    "migrate_speed": ignored("integer", "Migration speed (MB/s).", _MIGRATION, minimum=0),
+    **indexed("numa", 8, unsupported("string", "NUMA topology.", "use numa: 1")),
+    **indexed(
+        "parallel",
+        3,
+        unsupported(
+            "string", "Host parallel device.", _NO_DEVICE, pattern=r"/dev/parport\d+|/dev/usb/lp\d+"
+        ),
+    ),
+    "reboot": ignored("boolean", "Allow reboot.", "VMs always reboot", noop=(1,)),
+    "rng0": unsupported("string", "VirtIO RNG.", _NO_DEVICE),
+    "shares": ignored("integer", "Auto-ballooning shares.", _HOST, minimum=0, maximum=50000),
+    "smp": unsupported("integer", "Number of CPUs (deprecated).", "use sockets and cores"),
+    "spice_enhancements": unsupported("string", "SPICE enhancements.", "corral has no SPICE"),
+    "startdate": ignored(
+        "string",
+        "RTC start date.",
+        "the RTC starts at the host's time",
+        pattern=r"(now|\d{4}-\d{1,2}-\d{1,2}(T\d{1,2}:\d{1,2}:\d{1,2})?)",
+        noop=("now",),
+    ),
+    "tdf": ignored("boolean", "Time drift fix.", "not needed by QEMU's RTC", noop=(0,)),
+    "template": ignored("boolean", "Enable/disable Template.", "use POST .../template", noop=(0,)),
+    "tpmstate0": unsupported("string", "TPM state disk.", _NO_DEVICE),
+    **indexed("usb", 14, unsupported("string", "USB device.", _NO_DEVICE)),
+    **indexed("virtiofs", 10, unsupported("string", "virtiofs share.", _NO_DEVICE)),
+    "vmstatestorage": ignored(
+        "string", "Storage for VM state.", "corral keeps no VM state volumes",
+        format="pve-storage-id",
+    ),
+    "watchdog": unsupported("string", "Hardware watchdog.", _NO_DEVICE),
+}  # fmt: skip
+CONFIG.update({k: v for k, v in PVE_ONLY.items() if k not in CONFIG})
 
 SCHEMA = Schema(CONFIG)
 

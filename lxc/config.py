@@ -20,9 +20,11 @@ from corral.cluster.schema import (  # noqa: F401  new_volume_size: the drivers 
     Schema,
     check_volume_or_new,
     cidr_or,
+    ignored,
     indexed,
     new_volume_size,
     parse_size,
+    unsupported,
 )
 
 MAX_NET = 32
@@ -285,6 +287,33 @@ CONFIG: dict[str, Param] = {
     "password": Param("string", "Sets root password inside container.", optional=True, secret=True),
     "storage": Param("string", "Default Storage.", optional=True, format="pve-storage-id"),
 }
+
+# Keys Proxmox defines that corral does not implement (corral.cluster.schema.ignored):
+# accepted without effect (their harmless values), or refused with the reason.
+_CONSOLE = "corral's console attaches to the container's /dev/console"
+PVE_ONLY: dict[str, Param] = {
+    "cmode": ignored("string", "Console mode.", _CONSOLE, enum=("shell", "console", "tty")),
+    "console": ignored("boolean", "Attach a console device.", _CONSOLE, noop=(1,)),
+    "tty": ignored("integer", "Number of ttys.", _CONSOLE, minimum=0, maximum=6),
+    "debug": ignored("boolean", "More verbose start.", "liblxc logs at corrald's log level"),
+    **indexed(
+        "dev", 256, unsupported("string", "Device passthrough.", "not implemented in corral")
+    ),
+    "entrypoint": ignored(
+        "string", "Command to run as init.", "corral boots /sbin/init", noop=("/sbin/init",)
+    ),
+    "env": unsupported("string", "Init environment.", "corral sets no init environment"),
+    "hookscript": unsupported("string", "Hook script.", "corral runs no hook scripts"),
+    "template": ignored("boolean", "Enable/disable Template.", "use POST .../template", noop=(0,)),
+    "ssh-public-keys": unsupported(
+        "string", "Public SSH keys for root.", "not implemented in corral yet"
+    ),
+    "timezone": unsupported("string", "Time zone.", "corral leaves the container's time zone"),
+    **indexed(
+        "unused", 256, unsupported("string", "Unused volume.", "corral frees detached volumes")
+    ),
+}
+CONFIG.update({k: v for k, v in PVE_ONLY.items() if k not in CONFIG})
 
 SCHEMA = Schema(CONFIG)
 

@@ -22,6 +22,7 @@ from flask import Flask, Request, Response, request
 from corral.cluster.access import Identity
 from corral.cluster.errors import CorralError, ParamError, Unauthorized
 from corral.cluster.node_services import LOCAL_ROOT, NodeContext  # defined in cluster: the daemon
+from corral.cluster.schema import track_ignored
 from corral.web import api
 from corral.web.proxy import PROXIED, forward
 
@@ -62,6 +63,9 @@ def load_endpoint_modules() -> None:
                 log.debug("endpoint module %s not present", name)
             else:
                 log.warning("endpoint module %s unavailable: %s", name, err)
+    from corral.web import pve_compat
+
+    pve_compat.declare(api.ENDPOINTS)
 
 
 def json_response(body: Any, status: int = 200, reason: str | None = None) -> Response:
@@ -150,6 +154,7 @@ def dispatch(node: NodeContext, path: str) -> Response:
 
 
 def _dispatch(node: NodeContext, path: str) -> Response:
+    track_ignored()  # this request's no-op Proxmox parameters, for its task's log
     try:
         try:
             ep, path_params = api.route(request.method, path)

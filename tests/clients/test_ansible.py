@@ -1,0 +1,98 @@
+"""Ansible's Proxmox modules, unmodified, against a real corrald.
+
+ansible-playbook (pip `ansible-core`, with the community.general and
+community.proxmox collections the pip `ansible` package bundles) runs
+tests/clients/ansible/guests.yml: a container through
+community.general.proxmox (redirected to community.proxmox.proxmox) and a
+TCG VM through community.proxmox.proxmox_kvm, each created, started, read
+with proxmox_vm_info, stopped and deleted. The modules always send options
+corral gives no effect (`force=0`...): the create task's log names them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.cluster import bridges
+from tests.kvm.conftest import kill_qemus_under, short_tmp, virsh_cleanup
+from tests.lxc.helpers import cleanup_lxcpath
+from tests.util import VENV_BIN, Corrald
+
+pytestmark = pytest.mark.timeout(600)
+NODE = "node1"
+PLAYBOOK = Path(__file__).parent / "ansible" / "guests.yml"
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Corrald]:
+    """A node whose VMs live in their own embedded libvirt root (removed afterwards)."""
+    base = short_tmp("crlans")
+    os.chmod(base, 0o711)  # unprivileged containers' uids must reach their roots below
+    root = f"{base}/lv"
+    uri = f"qemu:///embed?root={root}"
+    daemon = Corrald(Path(base) / "node", node=NODE, extra=["--libvirt-uri", uri])
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()
+        try:
+            virsh_cleanup(uri)
+        finally:
+            kill_qemus_under(root)
+            cleanup_lxcpath(str(daemon.data_dir / "lxc"))
+
+
+@pytest.fixture(scope="module")
+def bridge() -> Iterator[str]:
+    name = f"crlans{random.randint(100, 999)}"
+    bridges.ensure_bridge(name)
+    yield name
+    bridges.delete_bridge(name)
+
+
+def test_proxmox_modules_create_start_read_stop_delete(
+    node: Corrald, template: str, bridge: str
+) -> None:
+    ct, vm = random.sample(range(62000, 62999), 2)
+    env = {
+        **os.environ,
+        "ANSIBLE_LOCALHOST_WARNING": "False",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        "ANSIBLE_NOCOLOR": "1",
+        # Only the collections the pinned `ansible` package bundles, none from the host.
+        "ANSIBLE_COLLECTIONS_PATH": str(node.data_dir / "no-collections"),
+        "ANSIBLE_LOCAL_TEMP": str(node.data_dir / "ansible-tmp"),
+        "ANSIBLE_HOME": str(node.data_dir / "ansible-home"),
+    }
+    extra = {
+        "ansible_python_interpreter": str(VENV_BIN / "python"),
+        "corral_port": node.port,
+        "corral_password": node.password,
+        "corral_node": NODE,
+        "ct_vmid": ct,
+        "vm_vmid": vm,
+        "ct_template": template,
+        "vm_bridge": bridge,
+    }
+    argv = [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(PLAYBOOK)]
+    for key, value in extra.items():
+        argv += ["-e", f"{key}={value}"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=540, env=env)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert "failed=0" in proc.stdout
+    api = node.session()
+    tasks = api.data("GET", f"/nodes/{NODE}/tasks", params={"limit": 200})
+    (create,) = [t for t in tasks if t["type"] == "vzcreate" and t["id"] == str(ct)]
+    log = api.data("GET", f"/nodes/{NODE}/tasks/{create['upid']}/log", params={"limit": 0})
+    assert any("force=0" in line["t"] and "Proxmox" in line["t"] for line in log), log
+    # Both guests are gone, as the playbook's last steps asked.
+    left = {r["vmid"] for r in api.data("GET", "/cluster/resources", params={"type": "vm"})}
+    assert not {ct, vm} & left
