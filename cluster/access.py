@@ -34,6 +34,7 @@ from corral.cluster.store_api import StoreAPI
 log = logging.getLogger(__name__)
 
 TICKET_LIFETIME = 7200
+TFA_CHALLENGE_LIFETIME = 300
 _hasher = PasswordHasher()
 
 # Roles and their privileges (a subset of Proxmox's, same names).
@@ -158,6 +159,43 @@ class Access:
             raise Conflict(f"user '{userid}' already exists")
         return record
 
+    def update_user(
+        self,
+        userid: str,
+        fields: dict[str, Any],
+        *,
+        groups: list[str] | None = None,
+        append: bool = False,
+    ) -> None:
+        """Change a user's attributes; `groups` replaces the memberships (or adds to
+        them with `append`), each group checked to exist."""
+        for group in groups or []:
+            if self.store.get(f"access/groups/{group}") is None:
+                raise ParamError.one("groups", f"group '{group}' does not exist")
+
+        def change(rec: Any) -> Any:
+            if rec is None:
+                raise NotFound(f"no such user ('{userid}')")
+            rec.update(fields)
+            if groups is not None:
+                have = list(rec.get("groups", [])) if append else []
+                rec["groups"] = have + [g for g in groups if g not in have]
+            return rec
+
+        self.store.update(f"access/users/{userid}", change)
+
+    def delete_user(self, userid: str) -> None:
+        """Remove a user, its API tokens and every ACL entry naming either (as Proxmox)."""
+        if not self.store.delete(f"access/users/{userid}"):
+            raise NotFound(f"no such user ('{userid}')")
+        self.store.update(
+            "access/acl",
+            lambda entries: [
+                e for e in entries or []
+                if e["ugid"] != userid and not e["ugid"].startswith(f"{userid}!")
+            ],
+        )  # fmt: skip
+
     def set_password(self, userid: str, password: str) -> None:
         def change(rec: Any) -> Any:
             if rec is None:
@@ -210,6 +248,27 @@ class Access:
         userid = parts[1]
         self._require_active(userid)
         return userid
+
+    # A password checked, the second factor pending (Proxmox's `PVE:!tfa!` ticket). Signed
+    # over a different text than tickets, so it never passes for one.
+    def issue_tfa_challenge(self, userid: str, now: float | None = None) -> str:
+        plain = f"PVE:!tfa!{userid}:{int(now or time.time()):08X}"
+        return f"{plain}::{self._sign('ticket', 'tfa-challenge:' + plain)}"
+
+    def verify_tfa_challenge(self, challenge: str, now: float | None = None) -> str:
+        plain, sep, sig = challenge.partition("::")
+        head, _, stamp = plain.rpartition(":")
+        if not sep or not head.startswith("PVE:!tfa!"):
+            raise Unauthorized("invalid tfa challenge")
+        if not hmac.compare_digest(self._sign("ticket", "tfa-challenge:" + plain), sig):
+            raise Unauthorized("invalid tfa challenge")
+        try:
+            age = (now or time.time()) - int(stamp, 16)
+        except ValueError:
+            raise Unauthorized("invalid tfa challenge") from None
+        if age > TFA_CHALLENGE_LIFETIME or age < -300:
+            raise Unauthorized("tfa challenge expired")
+        return head[len("PVE:!tfa!") :]
 
     def verify_csrf(self, token: str | None, userid: str, now: float | None = None) -> None:
         if not token:
@@ -323,6 +382,18 @@ class Access:
             return entries
 
         self.store.update("access/acl", add)
+
+    def remove_acl(self, path: str, ugid: str, roleid: str, *, kind: str = "user") -> None:
+        """Drop one entry (missing ones are not an error, as in Proxmox)."""
+
+        def remove(entries: Any) -> Any:
+            return [
+                e for e in entries or []
+                if not (e["path"] == path and e["ugid"] == ugid and e["roleid"] == roleid
+                        and e["type"] == kind)
+            ]  # fmt: skip
+
+        self.store.update("access/acl", remove)
 
     def snapshot(self, ident: Identity) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The ACL and the caller's record, read once for many privilege checks."""

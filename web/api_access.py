@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from corral.cluster import access_tfa
 from corral.cluster.access import ROLES, split_userid
 from corral.cluster.errors import Forbidden, NotFound, ParamError, Unauthorized
 from corral.cluster.schema import Param
@@ -47,11 +48,22 @@ FAILED_LOGIN_DELAY = 0.3
             max_length=64,
         ),
         "new-format": Param("boolean", "Ignored (always the new format).", optional=True),
+        "tfa-challenge": Param(
+            "string",
+            "The signed TFA challenge string the user wants to respond to.",
+            optional=True,
+            max_length=512,
+        ),
     },
     description="Create or verify authentication ticket.",
 )
 def login(
-    ctx: Ctx, username: str, password: str, realm: str | None = None, **_: Any
+    ctx: Ctx,
+    username: str,
+    password: str,
+    realm: str | None = None,
+    otp: str | None = None,
+    **params: Any,
 ) -> dict[str, Any]:
     userid = username if "@" in username or realm is None else f"{username}@{realm}"
     if "@" not in userid:
@@ -60,8 +72,19 @@ def login(
         split_userid(userid)
     except ParamError:
         raise Unauthorized("authentication failure") from None
+    challenge = params.get("tfa-challenge")
+    if challenge:
+        # Second step (Proxmox >= 7): the password field carries `totp:CODE`.
+        if ctx.access.verify_tfa_challenge(challenge) != userid:
+            raise Unauthorized("authentication failure")
+        kind, _, code = password.partition(":")
+        if kind != "totp" or not access_tfa.verify(ctx.store, userid, code):
+            time.sleep(FAILED_LOGIN_DELAY)
+            raise Unauthorized("authentication failure")
+        return _ticket(ctx, userid)
     ok = False
-    if password.startswith("PVE:"):
+    from_ticket = password.startswith("PVE:")
+    if from_ticket:
         try:
             ok = ctx.access.verify_ticket(password) == userid
         except Unauthorized:
@@ -71,6 +94,22 @@ def login(
     if not ok:
         time.sleep(FAILED_LOGIN_DELAY)
         raise Unauthorized("authentication failure")
+    if not from_ticket and access_tfa.required(ctx.store, userid):
+        if otp:  # the one-call form (Proxmox 6, proxmoxer's otp=)
+            if not access_tfa.verify(ctx.store, userid, otp):
+                time.sleep(FAILED_LOGIN_DELAY)
+                raise Unauthorized("authentication failure")
+        else:
+            return {
+                "username": userid,
+                "ticket": ctx.access.issue_tfa_challenge(userid),
+                "CSRFPreventionToken": "",
+                "NeedTFA": 1,
+            }
+    return _ticket(ctx, userid)
+
+
+def _ticket(ctx: Ctx, userid: str) -> dict[str, Any]:
     ticket, csrf = ctx.access.issue_ticket(userid)
     cluster = ctx.store.get_value("cluster/config", {}) or {}
     return {
@@ -164,6 +203,54 @@ def get_user(ctx: Ctx, userid: str) -> dict[str, Any]:
             t: {k: v for k, v in e.items() if k != "hash"} for t, e in rec.get("tokens", {}).items()
         }
     }
+
+
+USER_FIELDS = {
+    "email": Param("string", "", optional=True, max_length=128),
+    "firstname": Param("string", "", optional=True, max_length=64),
+    "lastname": Param("string", "", optional=True, max_length=64),
+    "comment": Param("string", "", optional=True, max_length=2048),
+    "enable": Param("boolean", "Enable the account (default).", optional=True),
+    "expire": Param(
+        "integer", "Account expiration date (seconds since epoch). 0 = never.", optional=True,
+        minimum=0,
+    ),
+}  # fmt: skip
+
+
+@endpoint(
+    "PUT",
+    "/access/users/{userid}",
+    perm=("/access", ["User.Modify"]),
+    params={
+        "userid": USERID,
+        **USER_FIELDS,
+        "groups": Param("string", "Comma-separated group list.", optional=True, max_length=4096),
+        "append": Param("boolean", "Add the groups instead of replacing them.", optional=True),
+    },
+    description="Update user configuration.",
+)
+def update_user(
+    ctx: Ctx, userid: str, groups: str | None = None, append: int = 0, **fields: Any
+) -> None:
+    if append and groups is None:
+        raise ParamError.one("append", "only with 'groups'")
+    listed = None if groups is None else [g for g in groups.split(",") if g]
+    changes = {k: v for k, v in fields.items() if v is not None}
+    ctx.access.update_user(userid, changes, groups=listed, append=bool(append))
+
+
+@endpoint(
+    "DELETE",
+    "/access/users/{userid}",
+    perm=("/access", ["User.Modify"]),
+    params={"userid": USERID},
+    description="Delete user (its API tokens and ACL entries with it).",
+)
+def delete_user(ctx: Ctx, userid: str) -> None:
+    if userid == ctx.identity.userid:
+        raise ParamError.one("userid", "you cannot delete yourself")
+    ctx.access.delete_user(userid)
 
 
 @endpoint(
@@ -273,11 +360,13 @@ def get_acl(ctx: Ctx) -> list[dict[str, Any]]:
         "roles": Param("string", "List of roles."),
         "users": Param("string", "List of users.", optional=True),
         "tokens": Param("string", "List of API tokens.", optional=True),
+        "groups": Param("string", "List of groups.", optional=True),
         "propagate": Param(
             "boolean", "Allow to propagate (inherit) permissions.", optional=True, default=1
         ),
+        "delete": Param("boolean", "Remove permissions (instead of adding it).", optional=True),
     },
-    description="Update Access Control List (add permissions).",
+    description="Update Access Control List (add or remove permissions).",
 )
 def put_acl(
     ctx: Ctx,
@@ -285,14 +374,24 @@ def put_acl(
     roles: str,
     users: str | None = None,
     tokens: str | None = None,
+    groups: str | None = None,
     propagate: int = 1,
+    delete: int = 0,
 ) -> None:
-    if not users and not tokens:
-        raise ParamError.one("users", "either 'users' or 'tokens' is required")
+    if not users and not tokens and not groups:
+        raise ParamError.one("users", "one of 'users', 'groups' or 'tokens' is required")
+    subjects = [
+        (kind, name)
+        for kind, listed in (("user", users), ("token", tokens), ("group", groups))
+        for name in (listed or "").split(",")
+        if name
+    ]
+    for kind, name in subjects:
+        if kind == "group" and not delete and ctx.store.get(f"access/groups/{name}") is None:
+            raise ParamError.one("groups", f"group '{name}' does not exist")
     for role in roles.split(","):
-        for user in (users or "").split(","):
-            if user:
-                ctx.access.add_acl(path, user, role, kind="user", propagate=propagate)
-        for token in (tokens or "").split(","):
-            if token:
-                ctx.access.add_acl(path, token, role, kind="token", propagate=propagate)
+        for kind, name in subjects:
+            if delete:
+                ctx.access.remove_acl(path, name, role, kind=kind)
+            else:
+                ctx.access.add_acl(path, name, role, kind=kind, propagate=propagate)

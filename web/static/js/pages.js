@@ -59,11 +59,19 @@ export function datacenterPage(main) {
   return { update };
 }
 
+function virt(d) {
+  const box = stat("Virtualisation", !d.cpuinfo ? "-" : d.cpuinfo.hvm ? "hardware (KVM)" : "TCG only");
+  if (d.cpuinfo && !d.cpuinfo.hvm && d.hvm_reason) box.append(el("div", { class: "label" }, d.hvm_reason));
+  return box;
+}
+
 export function nodePage(main, node) {
   const body = el("div");
+  const guests = el("div");
   const graphs = el("div", { class: "charts" });
   const tasks = el("div");
-  main.append(el("h1", {}, el("span", { class: "kind" }, "node"), node), body, el("h2", {}, "Graphs (hour)"), graphs, el("h2", {}, "Tasks on this node"), tasks);
+  main.append(el("h1", {}, el("span", { class: "kind" }, "node"), node), body, el("h2", {}, "Graphs (hour)"), graphs,
+    el("h2", {}, "Guests"), guests, el("h2", {}, "Tasks on this node"), tasks);
   let detail = null;
   const load = async () => {
     detail = await call("GET", `/nodes/${encodeURIComponent(node)}/status`).catch(() => null);
@@ -83,9 +91,8 @@ export function nodePage(main, node) {
       stat("Uptime", fmtUptime(n.uptime)),
       stat("Load average", (d.loadavg || []).join(" ") || "-"),
       stat("Kernel", (d.kversion || "-").split(" ").slice(0, 3).join(" ")),
-      stat("Virtualisation", !d.cpuinfo ? "-" : d.cpuinfo.hvm ? "hardware (KVM)" : "TCG only"),
-      d.hvm_reason && !(d.cpuinfo || {}).hvm ? stat("Why no KVM", d.hvm_reason) : null),
-      el("h2", {}, "Guests"), guestTable(state.resources.filter((r) => (r.type === "lxc" || r.type === "qemu") && r.node === node)));
+      virt(d)));
+    guests.replaceChildren(guestTable(state.resources.filter((r) => (r.type === "lxc" || r.type === "qemu") && r.node === node)));
     bars(body);
   };
   update();
