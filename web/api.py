@@ -57,6 +57,9 @@ class Endpoint:
     raw: bool = False
     returns: dict[str, Any] | None = None
     local: bool = False
+    # For `additional` endpoints: the schema their handler validates the rest against
+    # (a guest type's config keys, a storage type's options), for usage and OpenAPI.
+    body: Callable[[], Schema] | None = None
     regex: re.Pattern[str] = field(init=False)
     path_params: tuple[str, ...] = field(init=False)
 

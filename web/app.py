@@ -64,9 +64,10 @@ def load_endpoint_modules() -> None:
                 log.debug("endpoint module %s not present", name)
             else:
                 log.warning("endpoint module %s unavailable: %s", name, err)
-    from corral.web import pve_compat
+    from corral.web import api_indexes, pve_compat
 
     pve_compat.declare(api.ENDPOINTS)
+    api_indexes.declare(api.ENDPOINTS)
 
 
 def json_response(body: Any, status: int = 200, reason: str | None = None) -> Response:

@@ -16,9 +16,11 @@ Config keys (what a guest *is*) live with each driver's config schema
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 
-from corral.cluster.schema import Param, ignored, unsupported
+from corral.cluster.schema import Param, Schema, ignored, unsupported
 from corral.web.api import Endpoint
 
 _RESTORE = "corral has no backup restore yet (restoring is done by POST .../lxc|qemu with "
@@ -151,8 +153,49 @@ METHODS: dict[tuple[str, str], dict[str, Param]] = {
 }
 
 
+# Where the rest of an `additional` endpoint's parameters are declared.
+_GUEST_CONFIG = {"lxc": "corral.lxc.config", "qemu": "corral.kvm.config"}
+
+
+def guest_config(type: str) -> Callable[[], Schema]:
+    def schema() -> Schema:
+        try:
+            return importlib.import_module(_GUEST_CONFIG[type]).SCHEMA  # type: ignore[no-any-return]
+        except ImportError:  # the guest type is not installed on this node
+            return Schema({})
+
+    return schema
+
+
+def storage_options() -> Schema:
+    """Every option of every installed storage type (the type picks what applies)."""
+    from corral.cluster import registry
+
+    plugins = registry.load(registry.STORAGE_PLUGINS)
+    props: dict[str, Param] = {}
+    for cls in plugins.values():
+        for name, param in cls.schema().props.items():
+            props.setdefault(name, replace(param, optional=True))
+    props["type"] = Param("string", "Storage type.", enum=tuple(sorted(plugins)))
+    return Schema(props)
+
+
+BODIES: dict[tuple[str, str], Callable[[], Schema]] = {
+    ("POST", "/nodes/{node}/lxc"): guest_config("lxc"),
+    ("PUT", "/nodes/{node}/lxc/{vmid}/config"): guest_config("lxc"),
+    ("POST", "/nodes/{node}/qemu"): guest_config("qemu"),
+    ("PUT", "/nodes/{node}/qemu/{vmid}/config"): guest_config("qemu"),
+    ("POST", "/nodes/{node}/qemu/{vmid}/config"): guest_config("qemu"),
+    ("POST", "/storage"): storage_options,
+    ("PUT", "/storage/{storage}"): storage_options,
+}
+
+
 def declare(endpoints: Iterable[Endpoint]) -> None:
-    """Add the declared options to their endpoints (an endpoint's own declaration wins)."""
+    """Add the declared options to their endpoints (an endpoint's own declaration wins),
+    and say where the rest of an `additional` endpoint's parameters are declared."""
     for ep in endpoints:
         for name, param in METHODS.get((ep.method, ep.path), {}).items():
             ep.params.props.setdefault(name, param)
+        if ep.params.additional and ep.body is None:
+            ep.body = BODIES.get((ep.method, ep.path))

@@ -20,6 +20,8 @@ import getpass
 import json
 import os
 import sys
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from corral.cluster.client import ApiError, Client
@@ -48,7 +50,16 @@ def parse_params(items: list[str]) -> dict[str, Any]:
     return params
 
 
-def render(data: Any, fmt: str) -> str:
+@dataclass(frozen=True)
+class TextStyle:
+    """pvesh's text-mode options: --noborder, --noheader, --human-readable."""
+
+    border: bool = True
+    header: bool = True
+    human: bool = False
+
+
+def render(data: Any, fmt: str, style: TextStyle = TextStyle()) -> str:
     if fmt == "json":
         return json.dumps(data, separators=(",", ":"), sort_keys=True)
     if fmt == "json-pretty":
@@ -57,10 +68,10 @@ def render(data: Any, fmt: str) -> str:
         import yaml
 
         return str(yaml.safe_dump(data, sort_keys=True, default_flow_style=False)).rstrip()
-    return render_text(data)
+    return render_text(data, style)
 
 
-def render_text(data: Any) -> str:
+def render_text(data: Any, style: TextStyle = TextStyle()) -> str:
     if data is None:
         return ""
     if isinstance(data, list):
@@ -70,28 +81,69 @@ def render_text(data: Any) -> str:
                 for key in row:
                     if key not in cols:
                         cols.append(key)
-            cells = [[_cell(row.get(c)) for c in cols] for row in data]
-            widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+            cells = [[_cell(row.get(c), c, style) for c in cols] for row in data]
+            rows = ([cols] if style.header else []) + cells
+            widths = [max(len(r[i]) for r in rows) if rows else 0 for i in range(len(cols))]
+            if not style.border:
+                return "\n".join(
+                    " ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+                    for r in rows
+                )
             line = "+".join("-" * (w + 2) for w in widths)
-            out = [
-                f"+{line}+",
-                "| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)) + " |",
-                f"+{line}+",
-            ]
-            out += [
-                "| " + " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + " |"
-                for r in cells
-            ]
+
+            def framed(r: list[str]) -> str:
+                return "| " + " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + " |"
+
+            out = [f"+{line}+"]
+            if style.header:
+                out += [framed(cols), f"+{line}+"]
+            out += [framed(r) for r in cells]
             out.append(f"+{line}+")
             return "\n".join(out)
-        return "\n".join(_cell(v) for v in data)
+        return "\n".join(_cell(v, "", style) for v in data)
     if isinstance(data, dict):
         width = max((len(k) for k in data), default=0)
-        return "\n".join(f"{k.ljust(width)} : {_cell(v)}" for k, v in sorted(data.items()))
+        sep = " : " if style.border else " "
+        return "\n".join(
+            f"{k.ljust(width)}{sep}{_cell(v, k, style)}" for k, v in sorted(data.items())
+        )
     return str(data)
 
 
-def _cell(value: Any) -> str:
+# Fields pvesh renders with --human-readable (by Proxmox's return schemas' renderers).
+BYTES = {"mem", "maxmem", "disk", "maxdisk", "swap", "maxswap", "netin", "netout",
+         "diskread", "diskwrite", "size", "used", "avail", "total", "free"}  # fmt: skip
+DURATIONS = {"uptime"}
+TIMESTAMPS = {"starttime", "endtime", "ctime", "expire"}
+
+
+def _human(value: Any, key: str) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if key in BYTES:
+        size = float(value)
+        for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+            if abs(size) < 1024 or unit == "TiB":
+                return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+            size /= 1024
+    if key in DURATIONS:
+        secs = int(value)
+        days, rest = divmod(secs, 86400)
+        hours, rest = divmod(rest, 3600)
+        mins, secs = divmod(rest, 60)
+        parts = [f"{days}d"] if days else []
+        parts += [f"{hours}h"] if hours or days else []
+        return " ".join([*parts, f"{mins}m", f"{secs}s"])
+    if key in TIMESTAMPS and value > 0:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+    return None
+
+
+def _cell(value: Any, key: str = "", style: TextStyle = TextStyle()) -> str:
+    if style.human:
+        text = _human(value, key)
+        if text is not None:
+            return text
     if value is None:
         return ""
     if isinstance(value, (dict, list)):
@@ -109,20 +161,33 @@ def usage(path: str, verbose: bool) -> str:
     for ep in api.ENDPOINTS:
         if ep.path == clean or ep.regex.match(clean):
             verb = {v: k for k, v in METHODS.items() if k != "ls"}[ep.method]
+            params = dict(ep.params.props)
+            if ep.body is not None:
+                # The rest of the parameters (a guest's config keys, a storage's options).
+                for name, p in ep.body().props.items():
+                    params.setdefault(name, p)
+            params = {n: p for n, p in params.items() if n not in ep.path_params}
             args = " ".join(
                 f"--{n} <{p.type}>" if not p.optional else f"[--{n} <{p.type}>]"
-                for n, p in ep.params.props.items()
-                if n not in ep.path_params
+                for n, p in params.items()
             )
             lines.append(f"USAGE: corralsh {verb} {ep.path} {args}".rstrip())
             if verbose:
                 lines.append(f"  {ep.description}")
-                for name, p in ep.params.props.items():
-                    if name not in ep.path_params:
-                        lines.append(f"  --{name:<16} {p.description}")
+                for name, p in params.items():
+                    lines.append(f"  --{name:<16} {p.description}")
     if not lines:
         raise SystemExit(f"corralsh: no API method at '{clean}'")
     return "\n".join(lines)
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got '{text}'")
 
 
 def make_client(args: argparse.Namespace) -> Client:
@@ -165,7 +230,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quiet", action="store_true", help="do not print task logs")
     parser.add_argument("--noproxy", action="store_true", help="accepted for pvesh compat")
     parser.add_argument("--verbose", action="store_true")
+    # pvesh's formatting options take an optional boolean (`--noborder` or `--noborder 1`).
+    for flag, default in (("noborder", "0"), ("noheader", "0"), ("human-readable", "0")):
+        parser.add_argument(f"--{flag}", nargs="?", const="1", default=default, type=_flag)
     args, rest = parser.parse_known_args(argv)
+    style = TextStyle(border=not args.noborder, header=not args.noheader, human=args.human_readable)
     if args.command == "usage":
         print(usage(args.path, args.verbose))
         return
@@ -202,10 +271,11 @@ def main(argv: list[str] | None = None) -> None:
             if status.get("exitstatus") != "OK":
                 print(f"corralsh: task failed: {status.get('exitstatus')}", file=sys.stderr)
                 sys.exit(1)
-            if args.output_format != "text":
-                print(render(data, args.output_format))
+            # As pvesh: the UPID is the answer (`UPID=$(corralsh create ...)`); the log
+            # went to stderr.
+            print(render(data, args.output_format, style))
             return
-        text = render(data, args.output_format)
+        text = render(data, args.output_format, style)
         if text:
             print(text)
     except ApiError as err:

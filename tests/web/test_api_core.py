@@ -114,9 +114,9 @@ def test_bad_parameters_are_400_naming_each(corrald: Corrald) -> None:
 
 
 def test_unimplemented_paths_are_501_like_proxmox(corrald: Corrald) -> None:
-    r = corrald.session().get("/cluster/ha/resources")
+    r = corrald.session().get("/cluster/sdn/vnets")
     assert r.status_code == 501
-    assert r.json()["message"] == "Method 'GET /cluster/ha/resources' not implemented"
+    assert r.json()["message"] == "Method 'GET /cluster/sdn/vnets' not implemented"
 
 
 def test_garbage_never_gives_500(corrald: Corrald) -> None:
