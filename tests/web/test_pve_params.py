@@ -37,6 +37,7 @@ KNOWN_GAPS = {
     ("POST", "/access/ticket"): {"tfa-challenge"},
     ("GET", "/access/users"): {"enabled", "full"},
     ("POST", "/access/users"): {"keys"},
+    ("PUT", "/access/users/{userid}"): {"keys"},
     ("PUT", "/access/password"): {"confirmation-password"},
     ("PUT", "/access/acl"): {"delete", "groups"},
     ("GET", "/nodes/{node}/tasks"): {"since", "statusfilter", "until"},
