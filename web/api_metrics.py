@@ -35,7 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from corral.cluster import metrics_core
 from corral.cluster.access import Identity
 from corral.cluster.errors import CorralError, ParamError
-from corral.web import api, api_core, metrics_pve
+from corral.web import api, api_backup_info, api_core, api_node_info, metrics_pve
 from corral.web.app import NodeContext, authenticate, error_response, on_app
 
 log = logging.getLogger(__name__)
@@ -73,17 +73,33 @@ def scrape(
     if not cluster:
         rows = [r for r in rows if r.get("node") == node.node]
         status = [e for e in status if e["type"] != "node" or e["name"] == node.node]
+    records = api_core.cluster_view(ctx).guests()  # in memory, no etcd read
     onboot: list[tuple[str, str, str, Any]] = []
+    subscription = None
     if node_config:
-        # The exporter reads onboot from the answering node's guest configs.
-        for rec in api_core.cluster_view(ctx).guests():  # records in memory, no etcd read
+        # The exporter's node collectors: onboot of the answering node's guests, and
+        # its subscription.
+        for rec in records:
             cfg = rec.get("config") or {}
             if rec.get("node") != node.node or "onboot" not in cfg:
                 continue
             if ctx.can(f"/vms/{rec['vmid']}", ["VM.Audit"]):
                 gid = f"{rec['type']}/{rec['vmid']}"
                 onboot.append((gid, node.node, rec["type"], cfg["onboot"]))
-    text = metrics_pve.exposition(status, rows, api_core.version(ctx), onboot, cluster_wide=cluster)
+        if ctx.can(f"/nodes/{node.node}", ["Sys.Audit"]):
+            subscription = {**api_node_info.subscription(ctx, node.node), "node": node.node}
+    not_backed_up = None
+    if cluster and ctx.can("/", ["Sys.Audit"]):
+        covered = api_backup_info.covered_vmids(ctx)
+        not_backed_up = [
+            f"{rec['type']}/{rec['vmid']}"
+            for rec in sorted(records, key=lambda r: int(r["vmid"]))
+            if int(rec["vmid"]) not in covered and not (rec.get("config") or {}).get("template")
+        ]
+    text = metrics_pve.exposition(
+        status, rows, api_core.version(ctx), onboot, cluster_wide=cluster,
+        not_backed_up=not_backed_up, subscription=subscription,
+    )  # fmt: skip
     return text + generate_latest(metrics_core.REGISTRY)
 
 

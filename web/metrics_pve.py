@@ -21,6 +21,7 @@ HA_GUEST_STATES = (
     "fence", "recovery", "migrate", "relocate", "freeze", "error",
 )  # fmt: skip
 HA_NODE_STATES = ("online", "maintenance", "unknown", "fence", "gone")
+SUBSCRIPTION_STATES = ("new", "notfound", "active", "invalid", "expired", "suspended")
 LOCK_STATES = (
     "backup", "clone", "create", "migrate", "rollback", "snapshot", "snapshot-delete",
     "suspended", "suspending",
@@ -119,11 +120,15 @@ def families(
     onboot: Iterable[tuple[str, str, str, Any]] = (),
     *,
     cluster_wide: bool = True,
+    not_backed_up: list[str] | None = None,
+    subscription: dict[str, Any] | None = None,
 ) -> Iterator[Metric]:
     """The exporter's families. `status` is /cluster/status, `rows` /cluster/resources,
     `onboot` (id, node, type, value) for the guests whose config the scrape covers.
     With `cluster_wide` False the cluster-level entries (pve_cluster_info, the cluster's
-    pve_up) are left out: the scrape speaks for one node."""
+    pve_up) are left out: the scrape speaks for one node. `not_backed_up` lists the ids
+    ("lxc/100") no backup job covers; `subscription` is the answering node's
+    /nodes/{node}/subscription plus its "node"."""
     up = GaugeMetricFamily("pve_up", "Node/VM/CT-Status is online/running", labels=["id"])
     nodes = [e for e in status if e.get("type") == "node"]
     clusters = [e for e in status if e.get("type") == "cluster"] if cluster_wide else []
@@ -166,9 +171,8 @@ def families(
             storage_info.add_metric([*(str(row.get(k, "")) for k in STORAGE_LABELS), content], 1)
         elif rtype == "node":
             hastate = row.get("hastate")
-            if hastate is not None:
-                for state in HA_NODE_STATES:
-                    ha.add_metric([rid, state], hastate == state)
+            for state in HA_NODE_STATES:
+                ha.add_metric([rid, state], hastate == state)
         for key, value in row.items():
             number = _num(value)
             if number is None:
@@ -212,6 +216,46 @@ def families(
     vinfo.add_metric([str(version[k]) for k in vlabels], 1)
     yield vinfo
 
+    if not_backed_up is not None and clusters:
+        total = GaugeMetricFamily(
+            "pve_not_backed_up_total",
+            "Total number of guests not covered by any backup job.",
+            labels=["id"],
+        )
+        total.add_metric([f"cluster/{clusters[0]['name']}"], len(not_backed_up))
+        yield total
+        info_nb = GaugeMetricFamily(
+            "pve_not_backed_up_info",
+            "Present if guest is not covered by any backup job.",
+            labels=["id"],
+        )
+        for gid in not_backed_up:
+            info_nb.add_metric([gid], 1)
+        yield info_nb
+    if subscription is not None:
+        sid = f"node/{subscription['node']}"
+        sub_info = GaugeMetricFamily(
+            "pve_subscription_info",
+            "Proxmox VE subscription info (1 if present)",
+            labels=["id", "level"],
+        )
+        sub_info.add_metric([sid, str(subscription.get("level", "unknown"))], 1)
+        yield sub_info
+        sub_status = GaugeMetricFamily(
+            "pve_subscription_status",
+            "Proxmox VE subscription status (1 if matches status)",
+            labels=["id", "status"],
+        )
+        for state in SUBSCRIPTION_STATES:
+            sub_status.add_metric([sid, state], 1 if subscription.get("status") == state else 0)
+        yield sub_status
+        # No due date without a subscription: the family without samples, as the exporter.
+        yield GaugeMetricFamily(
+            "pve_subscription_next_due_timestamp_seconds",
+            "Subscription next due date as Unix timestamp",
+            labels=["id"],
+        )
+
     boot = GaugeMetricFamily(
         "pve_onboot_status", "Proxmox vm config onboot value", labels=["id", "node", "type"]
     )
@@ -254,6 +298,8 @@ def exposition(
     onboot: Iterable[tuple[str, str, str, Any]] = (),
     *,
     cluster_wide: bool = True,
+    not_backed_up: list[str] | None = None,
+    subscription: dict[str, Any] | None = None,
 ) -> bytes:
     """families() rendered as prometheus_client's generate_latest() renders them."""
     nodes = [e for e in status if e.get("type") == "node"]
@@ -307,11 +353,10 @@ def exposition(
             storage_info.append(f"pve_storage_info{_labels(pairs)} {_ONE}\n")
         elif rtype == "node":
             hastate = row.get("hastate")
-            if hastate is not None:
-                ha.extend(
-                    f'pve_ha_state{{id="{rid}",state="{s}"}} {_ONE if hastate == s else _ZERO}\n'
-                    for s in HA_NODE_STATES
-                )
+            ha.extend(
+                f'pve_ha_state{{id="{rid}",state="{s}"}} {_ONE if hastate == s else _ZERO}\n'
+                for s in HA_NODE_STATES
+            )
         for key, value in row.items():
             if key in gauges or key in counters:
                 # Few distinct figures (0, sizes, limits) recur across 10,000 guests.
@@ -360,6 +405,27 @@ def exposition(
     out.append(_head("pve_version_info", "Proxmox VE version info", "gauge"))
     vpairs = [(k, str(version[k])) for k in ("release", "repoid", "version") if k in version]
     out.append(f"pve_version_info{_labels(vpairs) if vpairs else ''} {_ONE}\n")
+    if not_backed_up is not None and clusters:
+        doc = "Total number of guests not covered by any backup job."
+        out.append(_head("pve_not_backed_up_total", doc, "gauge"))
+        total = floatToGoString(len(not_backed_up))
+        out.append(f'pve_not_backed_up_total{{id="cluster/{_esc(clusters[0]["name"])}"}} {total}\n')
+        doc = "Present if guest is not covered by any backup job."
+        out.append(_head("pve_not_backed_up_info", doc, "gauge"))
+        out.extend(f'pve_not_backed_up_info{{id="{_esc(gid)}"}} {_ONE}\n' for gid in not_backed_up)
+    if subscription is not None:
+        sid = _esc(f"node/{subscription['node']}")
+        level = _esc(subscription.get("level", "unknown"))
+        doc = "Proxmox VE subscription info (1 if present)"
+        out.append(_head("pve_subscription_info", doc, "gauge"))
+        out.append(f'pve_subscription_info{{id="{sid}",level="{level}"}} {_ONE}\n')
+        doc = "Proxmox VE subscription status (1 if matches status)"
+        out.append(_head("pve_subscription_status", doc, "gauge"))
+        for state in SUBSCRIPTION_STATES:
+            value = _ONE if subscription.get("status") == state else _ZERO
+            out.append(f'pve_subscription_status{{id="{sid}",status="{state}"}} {value}\n')
+        doc = "Subscription next due date as Unix timestamp"
+        out.append(_head("pve_subscription_next_due_timestamp_seconds", doc, "gauge"))
     out.append(_head("pve_onboot_status", "Proxmox vm config onboot value", "gauge"))
     for gid, node, gtype, value in onboot:
         number = _num(value) if not isinstance(value, str) else _num(int(value or 0))

@@ -456,3 +456,75 @@ def test_promtool_checks_documented_config_and_rules(node: Corrald, token: str) 
         "scrape_configs"]]  # fmt: skip
     assert jobs == ["corral", "corral-cluster"]
     assert json.loads(json.dumps(jobs))
+
+
+# -- the same names and labels as the stock exporter -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def exporter(node: Corrald) -> Iterator[str]:
+    """prometheus-pve-exporter itself, as its users run it, pointed at the same node."""
+    binary = VENV_BIN / "pve_exporter"
+    if not binary.exists():
+        pytest.skip("prometheus-pve-exporter is not installed (install.sh --test-deps)")
+    port = free_ports(1)
+    env = {**os.environ, "PVE_USER": "admin@pve", "PVE_PASSWORD": node.password,
+           "PVE_VERIFY_SSL": "false"}  # fmt: skip
+    log = open(node.data_dir / "pve-exporter.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(binary), "--web.listen-address", f"127.0.0.1:{port}"], env=env, stdout=log,
+        stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: requests.get(url, timeout=5).ok, 60, 0.2, "pve_exporter listening")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def shapes(text: str) -> dict[str, set[tuple[str, ...]]]:
+    """pve_* sample name -> the label-name sets its samples carry."""
+    out: dict[str, set[tuple[str, ...]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name.startswith("pve_"):
+                out.setdefault(s.name, set()).add(tuple(sorted(s.labels)))
+    return out
+
+
+def test_same_names_labels_and_values_as_prometheus_pve_exporter(
+    node: Corrald, token: str, ct: int, exporter: str
+) -> None:
+    r = requests.get(
+        f"{exporter}/pve",
+        timeout=120,
+        params={"target": f"127.0.0.1:{node.port}", "cluster": "1", "node": "1"},
+    )
+    assert r.status_code == 200, r.text
+    theirs = r.text
+    ours = scrape(node, token).text
+    assert shapes(ours) == shapes(theirs)
+    a, b = samples(ours), samples(theirs)
+    steady = (
+        "pve_guest_info",
+        "pve_memory_size_bytes",
+        "pve_cpu_usage_limit",
+        "pve_up",
+        "pve_onboot_status",
+        "pve_ha_state",
+        "pve_lock_state",
+        "pve_disk_size_bytes",
+        "pve_node_info",
+        "pve_storage_info",
+        "pve_version_info",
+        "pve_cluster_info",
+        "pve_not_backed_up_info",
+        "pve_subscription_status",
+        "pve_storage_shared",
+    )
+    for key, v in b.items():
+        if key[0] in steady:
+            assert a.get(key) == v, (key, a.get(key), v)

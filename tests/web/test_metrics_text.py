@@ -33,9 +33,14 @@ ONBOOT = [("lxc/100", "n1", "lxc", 1), ("qemu/200", "n2", "qemu", "0")]
 
 
 def test_same_bytes_as_prometheus_client() -> None:
+    extras = {"not_backed_up": ["lxc/100", "qemu/2\"00"],
+              "subscription": {"node": "n1", "status": "notfound", "level": ""}}  # fmt: skip
     for cluster_wide in (True, False):
-        ours = metrics_pve.exposition(STATUS, ROWS, VERSION, ONBOOT, cluster_wide=cluster_wide)
-        assert ours == generate_latest(_registry(STATUS, ROWS, VERSION, ONBOOT, cluster_wide))
+        ours = metrics_pve.exposition(
+            STATUS, ROWS, VERSION, ONBOOT, cluster_wide=cluster_wide, **extras
+        )
+        ref = _registry(STATUS, ROWS, VERSION, ONBOOT, cluster_wide, **extras)
+        assert ours == generate_latest(ref)
     names = {f.name for f in text_string_to_metric_families(ours.decode())}
     assert {"pve_up", "pve_guest_info", "pve_ha_state", "pve_network_transmit_bytes"} <= names
 
@@ -45,10 +50,12 @@ def test_empty_cluster() -> None:
 
 
 def _registry(
-    status: Any, rows: Any, version: Any, onboot: Any = (), cluster_wide: bool = True
+    status: Any, rows: Any, version: Any, onboot: Any = (), cluster_wide: bool = True, **kw: Any
 ) -> CollectorRegistry:
     """The reference: families() through prometheus_client's own generate_latest()."""
-    fams = list(metrics_pve.families(status, rows, version, onboot, cluster_wide=cluster_wide))
+    fams = list(
+        metrics_pve.families(status, rows, version, onboot, cluster_wide=cluster_wide, **kw)
+    )
 
     class Collector:
         def collect(self) -> list[Any]:
