@@ -223,6 +223,67 @@ def test_task_panel_power_operations_and_pending_config(
     assert "memory" in toast.inner_text()
     shot(page, shots, "11-config-error")
 
+    # A CT on a dir storage cannot be snapshotted: the page says why, in the API's words.
+    page.click("a[href$='/snapshots']")
+    page.wait_for_selector("#snapshots tr[data-snap=current]")
+    page.fill("#take-snapshot input[name=snapname]", "before_upgrade")
+    page.click("#take-snapshot button[type=submit]")
+    refusal = api.post(f"/nodes/node1/lxc/{vmid}/snapshot", data={"snapname": "before_upgrade"})
+    assert refusal.status_code >= 400
+    page.wait_for_selector(
+        f"#toast:not([hidden]):not(.info):has-text('{refusal.json()['message'][:30]}')"
+    )
+    shot(page, shots, "20-snapshot-refused")
+
+
+def test_permissions_pages_and_the_pool_tree(
+    node: Corrald, template: str, page: Any, shots: Path
+) -> None:
+    page.on("dialog", lambda dialog: dialog.accept())
+    log_in(page, node)
+    page.click("#tree a[data-id='access']")
+    page.click("a[href='#/access/groups']")
+    page.fill("#add-group input[name=groupid]", "ops")
+    page.fill("#add-group input[name=comment]", "operators")
+    page.click("#add-group button[type=submit]")
+    page.wait_for_selector("tr[data-group=ops]")
+    page.click("a[href='#/access/users']")
+    page.fill("#add-user input[name=userid]", "frank@pve")
+    page.fill("#add-user input[name=password]", "long enough secret")
+    page.fill("#add-user input[name=groups]", "ops")
+    page.click("#add-user button[type=submit]")
+    row = page.wait_for_selector("tr[data-user='frank@pve']")
+    assert "ops" in row.inner_text()
+    shot(page, shots, "17-users")
+    page.click("a[href='#/access/acl']")
+    page.fill("#add-acl input[name=path]", "/vms")
+    page.fill("#add-acl input[name=ugid]", "ops")
+    page.select_option("#add-acl select[name=kind]", "groups")
+    page.select_option("#add-acl select[name=role]", "PVEVMUser")
+    page.click("#add-acl button[type=submit]")
+    page.wait_for_selector("td:has-text('PVEVMUser')")
+    shot(page, shots, "18-acl")
+    # A bad value shows the API's message.
+    page.fill("#add-acl input[name=path]", "no-slash")
+    page.fill("#add-acl input[name=ugid]", "ops")
+    page.click("#add-acl button[type=submit]")
+    assert "path" in page.wait_for_selector("#toast:not([hidden]):not(.info)").inner_text()
+    page.click("button[aria-label='Remove PVEVMUser of ops on /vms']")
+    page.wait_for_selector("td:has-text('PVEVMUser')", state="detached")
+
+    page.click("a[href='#/access/pools']")
+    page.fill("#add-pool input[name=poolid]", "web")
+    page.click("#add-pool button[type=submit]")
+    page.wait_for_selector("tr[data-pool=web]")
+    page.fill("#pool-members input[name=poolid]", "web")
+    page.fill("#pool-members input[name=storage]", "local")
+    page.click("#pool-members button[type=submit]")
+    page.wait_for_selector("tr[data-pool=web] td:has-text('storage/local')")
+    shot(page, shots, "19-pools")
+    page.click("[data-tree=pool]")
+    page.wait_for_selector("#tree details[data-group='pool:web'] a[data-id='storage/node1/local']")
+    page.click("[data-tree=server]")
+
 
 def test_phone_width_dark_theme_and_keyboard(node: Corrald, page: Any, shots: Path) -> None:
     page.set_viewport_size({"width": 390, "height": 844})

@@ -26,11 +26,12 @@ export function guestPage(main, type, vmid, tab) {
   const base = `/nodes/${encodeURIComponent(r.node)}/${type}/${vmid}`;
   const title = el("h1", {}, el("span", { class: "kind" }, KIND[type]), `${vmid} (${r.name || ""})`, el("span", { class: "muted", id: "guest-node" }, `on ${r.node}`));
   const tabs = el("nav", { class: "tabs", "aria-label": "Guest pages" },
-    ["summary", "console", "config"].map((t) => el("a", { href: `#/guest/${type}/${vmid}/${t}`, "aria-current": t === tab ? "page" : null },
-      { summary: "Summary", console: "Console", config: type === "lxc" ? "Resources & options" : "Hardware & options" }[t])));
+    ["summary", "console", "config", "snapshots"].map((t) => el("a", { href: `#/guest/${type}/${vmid}/${t}`, "aria-current": t === tab ? "page" : null },
+      { summary: "Summary", console: "Console", config: type === "lxc" ? "Resources & options" : "Hardware & options", snapshots: "Snapshots" }[t])));
   const body = el("div");
   main.append(title, tabs, body);
-  const page = tab === "console" ? consoleTab(body, type, vmid) : tab === "config" ? configTab(body, type, vmid) : summaryTab(body, type, vmid);
+  const page = tab === "console" ? consoleTab(body, type, vmid) : tab === "config" ? configTab(body, type, vmid)
+    : tab === "snapshots" ? snapshotsTab(body, type, vmid) : summaryTab(body, type, vmid);
   return {
     update() {
       const now = state.find(id);
@@ -137,6 +138,38 @@ function configTab(body, type, vmid) {
     input.select();
   };
   const revert = (key) => attempt(async () => { await call("PUT", `${base()}/config`, { revert: key }); await load(); });
+  attempt(load);
+  const timer = setInterval(() => load().catch(() => {}), 3000);
+  return { dispose: () => clearInterval(timer) };
+}
+
+// Snapshots as the API lists them (a tree ending in "current"), each a task to create,
+// roll back or delete.
+function snapshotsTab(body, type, vmid) {
+  const base = () => `/nodes/${encodeURIComponent(nodeOf(type, vmid))}/${type}/${vmid}/snapshot`;
+  const list = el("div");
+  const form = el("form", { class: "toolbar", id: "take-snapshot" },
+    el("input", { name: "snapname", placeholder: "Name", "aria-label": "Snapshot name", required: true }),
+    el("input", { name: "description", placeholder: "Description", "aria-label": "Description" }),
+    el("button", { type: "submit", class: "primary" }, "Take snapshot"));
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const v = Object.fromEntries(new FormData(form).entries());
+    attempt(async () => { follow(await call("POST", base(), v)); form.reset(); });
+  });
+  body.append(form, list);
+  const act = (method, path, params) => attempt(async () => { follow(await call(method, path, params)); });
+  const load = async () => {
+    const snaps = await call("GET", base());
+    list.replaceChildren(el("table", { id: "snapshots" }, el("thead", {}, el("tr", {}, ["Name", "Parent", "Taken", "Description", ""].map((h) => el("th", {}, h)))),
+      el("tbody", {}, snaps.map((sn) => el("tr", { "data-snap": sn.name },
+        el("td", {}, sn.name === "current" ? "NOW (current state)" : sn.name), el("td", {}, sn.parent || ""),
+        el("td", {}, sn.snaptime ? new Date(sn.snaptime * 1000).toLocaleString() : ""), el("td", {}, sn.description || ""),
+        el("td", {}, sn.name === "current" ? "" : [
+          el("button", { class: "link", onclick: () => { if (confirm(`Roll back to ${sn.name}?`)) act("POST", `${base()}/${encodeURIComponent(sn.name)}/rollback`); } }, "Rollback"),
+          el("button", { class: "link danger", onclick: () => { if (confirm(`Delete snapshot ${sn.name}?`)) act("DELETE", `${base()}/${encodeURIComponent(sn.name)}`); } }, "Delete"),
+        ]))))));
+  };
   attempt(load);
   const timer = setInterval(() => load().catch(() => {}), 3000);
   return { dispose: () => clearInterval(timer) };

@@ -6,17 +6,31 @@ import { renderTree, filterTree, markCurrent } from "./tree.js";
 import { datacenterPage, nodePage, storagePage } from "./pages.js";
 import { guestPage } from "./guest.js";
 import { wizardPage } from "./wizard.js";
+import { accessPage } from "./access.js";
 
 const REFRESH_MS = 1500; // live state: one cheap range read of /cluster/resources
 
 export const state = {
   resources: [],
+  pools: [],
   status: null,
   listeners: new Set(),
   find(id) { return this.resources.find((r) => r.id === id); },
 };
 
 let timer = null;
+let poolsAt = 0;
+
+// Pool memberships for the "by pool" tree, re-read every 10 s (pools change rarely).
+async function loadPools(now) {
+  if (!now && Date.now() - poolsAt < 10000) return;
+  poolsAt = Date.now();
+  const pools = await call("GET", "/pools").catch(() => []);
+  state.pools = await Promise.all(pools.map(async (p) => {
+    const [full] = await call("GET", "/pools", { poolid: p.poolid }).catch(() => [{}]);
+    return { poolid: p.poolid, members: (full && full.members || []).map((m) => m.id) };
+  }));
+}
 let view = null; // { update(), dispose() } of the page shown
 let treeMode = localStorage.getItem("tree") || "server";
 
@@ -27,13 +41,14 @@ async function refresh() {
   ]);
   state.resources = resources;
   state.status = status;
+  if (treeMode === "pool") await loadPools();
   const head = status && status.find((s) => s.type === "cluster");
   const nodes = resources.filter((r) => r.type === "node").length;
   const online = resources.filter((r) => r.type === "node" && r.status === "online").length;
   document.getElementById("cluster").textContent = head
     ? `${head.name} · ${head.quorate ? "quorate" : "NOT quorate"} · ${online} of ${nodes} nodes online`
     : "";
-  renderTree(document.getElementById("tree"), resources, treeMode);
+  renderTree(document.getElementById("tree"), resources, treeMode, false, state.pools);
   filterTree(document.getElementById("search").value);
   markCurrent(location.hash);
   if (view && view.update) view.update();
@@ -58,6 +73,7 @@ function route() {
   else if (what === "guest" && a && b) view = guestPage(main, a, Number(b), c || "summary");
   else if (what === "storage" && a && b) view = storagePage(main, a, b);
   else if (what === "create" && a === "lxc") view = wizardPage(main);
+  else if (what === "access") view = accessPage(main, a);
   else view = datacenterPage(main);
   markCurrent(location.hash);
   document.getElementById("side").classList.remove("open");
@@ -132,14 +148,15 @@ function setup() {
     if (ev.key === "/" && !typing && session.csrf) { ev.preventDefault(); search.focus(); }
   });
   for (const b of document.querySelectorAll("[data-tree]")) {
-    b.addEventListener("click", () => {
+    b.addEventListener("click", async () => {
       treeMode = b.dataset.tree;
       localStorage.setItem("tree", treeMode);
       for (const o of document.querySelectorAll("[data-tree]")) {
         o.classList.toggle("on", o === b);
         o.setAttribute("aria-pressed", String(o === b));
       }
-      renderTree(document.getElementById("tree"), state.resources, treeMode, true);
+      if (treeMode === "pool") await loadPools(true);
+      renderTree(document.getElementById("tree"), state.resources, treeMode, true, state.pools);
       filterTree(search.value);
       markCurrent(location.hash);
     });

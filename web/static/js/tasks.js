@@ -8,7 +8,9 @@ const LABELS = {
   vzdestroy: "Destroy CT", vzsuspend: "Suspend CT", vzresume: "Resume CT", vzmigrate: "Migrate CT",
   qmcreate: "Create VM", qmstart: "Start VM", qmstop: "Stop VM", qmshutdown: "Shutdown VM", qmreboot: "Reboot VM",
   qmdestroy: "Destroy VM", qmsuspend: "Suspend VM", qmresume: "Resume VM", qmigrate: "Migrate VM", qmconfig: "Configure VM",
-  vzconfig: "Configure CT",
+  vzconfig: "Configure CT", vzsnapshot: "Snapshot CT", vzrollback: "Rollback CT", vzdelsnapshot: "Delete snapshot of CT",
+  qmsnapshot: "Snapshot VM", qmrollback: "Rollback VM", qmdelsnapshot: "Delete snapshot of VM", vzclone: "Clone CT", qmclone: "Clone VM",
+  vzdump: "Backup", vztemplate: "Convert CT to template", qmtemplate: "Convert VM to template", resize: "Resize disk of",
 };
 
 export function describe(t) {

@@ -39,9 +39,9 @@ function group(key, title, children, href_) {
 
 const byVmid = (a, b) => (a.vmid || 0) - (b.vmid || 0);
 
-export function renderTree(root, resources, mode, force) {
+export function renderTree(root, resources, mode, force, pools) {
   // Cheap: rebuild only when something shown changed (keeps focus while idle).
-  const sig = mode + JSON.stringify(resources.map((r) => [r.id, r.status, r.name, r.node, r.tags]));
+  const sig = mode + JSON.stringify(resources.map((r) => [r.id, r.status, r.name, r.node, r.tags])) + JSON.stringify(pools || []);
   if (sig === lastSig && !force) return;
   lastSig = sig;
   const focused = document.activeElement && document.activeElement.closest("#tree") ? document.activeElement.getAttribute("data-id") : null;
@@ -56,6 +56,10 @@ export function renderTree(root, resources, mode, force) {
       group("t:lxc", "Containers", guests.filter((g) => g.type === "lxc").map(item)),
       group("t:storage", "Storage", storages.map(item)),
     ];
+  } else if (mode === "pool") {
+    const byId = new Map(resources.map((r) => [r.id, r]));
+    body = (pools || []).map((p) => group(`pool:${p.poolid}`, p.poolid,
+      p.members.map((id) => byId.get(id) || resources.find((r) => r.type === "storage" && id === `storage/${r.storage}`)).filter(Boolean).map(item)));
   } else if (mode === "tag") {
     const tags = new Map();
     for (const g of guests) {
@@ -81,6 +85,8 @@ export function renderTree(root, resources, mode, force) {
   }
   const top = el("ul", { role: "list" },
     el("li", {}, el("a", { href: "#/", "data-id": "datacenter", "data-search": "datacenter" }, el("span", { class: "kind" }, "DC"), el("span", {}, "Datacenter"))),
+    el("li", {}, el("a", { href: "#/access/users", "data-id": "access", "data-search": "permissions users groups pools tokens acl" },
+      el("span", { class: "kind" }, "ACL"), el("span", {}, "Permissions"))),
     body);
   root.replaceChildren(top);
   if (focused) {
