@@ -171,7 +171,12 @@ def _record(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
-def _apply_pending(ctx: TaskContext, vmid: int) -> dict[str, Any]:
+def _apply_pending(
+    ctx: TaskContext, vmid: int, rec: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    if rec is not None and not rec.get("pending") and not rec.get("pending_delete"):
+        return rec  # nothing pending: no write on the start path
+
     def apply(rec: dict[str, Any]) -> dict[str, Any]:
         rec["config"] = merged_config(rec)
         rec["pending"], rec["pending_delete"] = {}, []
@@ -220,7 +225,7 @@ def _start(ctx: TaskContext, args: dict[str, Any]) -> None:
     driver = _driver(ctx, rec["type"])
     if driver.status(rec["vmid"], rec["config"]).get("status") == "running":
         raise Conflict(f"{_kind(rec)} {rec['vmid']} already running")
-    rec = _apply_pending(ctx, rec["vmid"])
+    rec = _apply_pending(ctx, rec["vmid"], rec)
     # It may have just moved here: the driver writes its local definition.
     driver.adopt(rec["vmid"], rec["config"], volumes=_volumes(ctx), log=ctx.log)
     driver.start(rec["vmid"], rec["config"], volumes=_volumes(ctx), log=ctx.log)
@@ -520,6 +525,18 @@ def publish_status_for(
     """
     drivers = services.get("drivers") or {}
     lock = services.setdefault("status_lock", threading.Lock())
+    if only is not None and services.get("status_doc") is not None:
+        # One guest changed: read its record only, not every guest's (O(1) per task).
+        rec = store.get_value(keys.guest(only))
+        with lock:
+            one: dict[str, Any] = dict(services.get("status_doc") or {})
+            if rec is not None and rec.get("node") == node:
+                one[str(only)] = _measure(drivers.get(rec["type"]), rec)
+            else:
+                one.pop(str(only), None)
+            store.put(keys.guest_status(node), one, lease=services.get("lease_id"))
+            services["status_doc"] = one
+        return one
     recs = local_guests(store, node)
     with lock:
         last: dict[str, Any] = services.get("status_doc") or {}

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from corral.cluster import metrics_core
 from corral.cluster.clock import REAL, Clock
-from corral.cluster.errors import CorralError, NotFound, ParamError, Unavailable
+from corral.cluster.errors import Conflict, CorralError, NotFound, ParamError, Unavailable
 from corral.cluster.schema import ignored_notes
 from corral.cluster.store_api import Event, StoreAPI
 
@@ -255,7 +255,8 @@ class TaskContext:
         self.aborted = threading.Event()
         self._buffer: list[str] = []
         self._chunk = 0
-        self._last_flush = 0.0
+        # Short tasks write their log once, with their end (see TaskWorker._finish).
+        self._last_flush = self.clock.monotonic()
         self._lock = threading.Lock()
 
     def log(self, line: str) -> None:
@@ -272,14 +273,22 @@ class TaskContext:
             self._flush_locked()
 
     def _flush_locked(self) -> None:
-        if not self._buffer:
+        op = self._chunk_op()
+        if op is None:
             return
         try:
-            self.store.put(
-                f"tasklog/{quote(self.upid, safe=':@!')}/{self._chunk:06d}", self._buffer
-            )
+            self.store.put(op[1], op[2])
         except Unavailable:
             return  # keep the lines; the next flush retries
+        self._flushed()
+
+    def _chunk_op(self) -> tuple[str, str, list[str]] | None:
+        """The write that would store the buffered lines (None when there are none)."""
+        if not self._buffer:
+            return None
+        return ("put", f"tasklog/{quote(self.upid, safe=':@!')}/{self._chunk:06d}", self._buffer)
+
+    def _flushed(self) -> None:
         self._chunk += 1
         self._buffer = []
         self._last_flush = self.clock.monotonic()
@@ -304,6 +313,7 @@ class TaskWorker:
         self._queues: dict[str, deque[dict[str, Any]]] = {}
         self._running: dict[str, TaskContext] = {}
         self._seen: set[str] = set()
+        self._revisions: dict[str, int] = {}  # upid -> record revision when queued
         self._watch: Any = None
         self.context: MutableMapping[str, Any] = {}  # the node's services (NodeServices)
 
@@ -316,7 +326,7 @@ class TaskWorker:
                 # This node restarted while the task ran: it will never finish.
                 self._finish(rec, INTERRUPTED)
             elif rec["status"] == "queued":
-                self._accept(rec)
+                self._accept(rec, kv.mod_revision)
         self._watch = self.store.watch(
             f"tasks/{self.node}/", self._on_event, start_revision=revision
         )
@@ -331,11 +341,11 @@ class TaskWorker:
     def _on_event(self, event: Event) -> None:
         if event.kind == "resync":
             for kv in sorted(event.value, key=lambda kv: kv.create_revision):
-                self._on_record(kv.value)
+                self._on_record(kv.value, kv.mod_revision)
         elif event.kind == "put":
-            self._on_record(event.value)
+            self._on_record(event.value, event.revision)  # a put's revision is its mod revision
 
-    def _on_record(self, rec: dict[str, Any]) -> None:
+    def _on_record(self, rec: dict[str, Any], revision: int = 0) -> None:
         upid = rec["upid"]
         if rec.get("abort"):
             ctx = self._running.get(upid)
@@ -346,13 +356,15 @@ class TaskWorker:
                 self._finish(rec, ABORTED)
             return
         if rec["status"] == "queued":
-            self._accept(rec)
+            self._accept(rec, revision)
 
-    def _accept(self, rec: dict[str, Any]) -> None:
+    def _accept(self, rec: dict[str, Any], revision: int = 0) -> None:
+        """Queue a task; `revision` is its record's mod revision as seen (0: unknown)."""
         with self._lock:
             if rec["upid"] in self._seen:
                 return
             self._seen.add(rec["upid"])
+            self._revisions[rec["upid"]] = revision
             key = rec.get("serial") or rec["upid"]
             q = self._queues.setdefault(key, deque())
             q.append(rec)
@@ -386,14 +398,24 @@ class TaskWorker:
 
     def _run_one(self, rec: dict[str, Any]) -> None:
         ctx = TaskContext(self, rec)
-        current = self.store.get_value(record_key(self.node, rec["upid"]))
-        if current is None or current.get("status") != "queued":
-            return
-        if current.get("abort"):
-            self._finish(current, ABORTED)
-            return
-        self._running[rec["upid"]] = ctx
-        self.set_fields(rec, status="running")
+        key = record_key(self.node, rec["upid"])
+        with self._lock:
+            revision = self._revisions.pop(rec["upid"], 0)
+        self._running[rec["upid"]] = ctx  # an abort seen from here on reaches the handler
+        # Claim it with one compare-and-swap on the revision it was queued at; only
+        # when the record changed since (an abort, a restart) is it read again.
+        if not (
+            revision
+            and not rec.get("abort")
+            and self.store.replace(key, {**rec, "status": "running"}, mod_revision=revision)
+        ):
+            current = self.store.get_value(key)
+            if current is None or current.get("status") != "queued" or current.get("abort"):
+                self._running.pop(rec["upid"], None)
+                if current is not None and current.get("status") == "queued":
+                    self._finish(current, ABORTED)
+                return
+            self.set_fields(rec, status="running")
         exitstatus = "OK"
         started = self.clock.monotonic()
         metrics_core.task_running(1)
@@ -418,19 +440,38 @@ class TaskWorker:
             metrics_core.task_running(-1)
             metrics_core.record_task(rec["type"], exitstatus, self.clock.monotonic() - started)
         ctx.log("TASK OK" if exitstatus == "OK" else f"TASK ERROR: {exitstatus}")
-        ctx.flush()
-        self._finish(rec, exitstatus)
+        self._finish(rec, exitstatus, ctx)
 
-    def set_fields(self, rec: dict[str, Any], **fields: Any) -> None:
+    def set_fields(
+        self, rec: dict[str, Any], ctx: TaskContext | None = None, **fields: Any
+    ) -> None:
+        """Change fields of the task's record; with `ctx`, its unwritten log lines
+        go in the same transaction (a short task's log and end cost one write)."""
         key = record_key(self.node, rec["upid"])
         for _ in range(50):
             try:
-                self.store.update(key, lambda cur: {**(cur or rec), **fields})
-                return
+                kv = self.store.get(key)
+                new = {**(rec if kv is None else kv.value), **fields}
+                ops: list[tuple[Any, ...]] = [("put", key, new)]
+                if ctx is not None:
+                    with ctx._lock:
+                        chunk = ctx._chunk_op()
+                        if chunk is not None:
+                            ops.append(chunk)
+                        compare = [("mod", key, "==", 0 if kv is None else kv.mod_revision)]
+                        if self.store.txn(compare, ops):
+                            if chunk is not None:
+                                ctx._flushed()
+                            return
+                elif self.store.replace(
+                    key, new, mod_revision=0 if kv is None else kv.mod_revision
+                ):
+                    return
             except Unavailable:
                 self.clock.sleep(0.5)  # etcd is restarting; the task's outcome must not be lost
+        raise Conflict(f"too much contention on {key}")
 
-    def _finish(self, rec: dict[str, Any], exitstatus: str) -> None:
+    def _finish(self, rec: dict[str, Any], exitstatus: str, ctx: TaskContext | None = None) -> None:
         self.set_fields(
-            rec, status="stopped", exitstatus=exitstatus, endtime=int(self.clock.time())
+            rec, ctx, status="stopped", exitstatus=exitstatus, endtime=int(self.clock.time())
         )

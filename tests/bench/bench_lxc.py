@@ -11,7 +11,11 @@ collected by pytest).
      (paths and name swapped) + tar unpack + `lxc-start -d` until RUNNING, then
      `lxc-stop -k` + `lxc-destroy`.
    Medians of `--rounds`.
-2. `--many N`: start N containers through the driver one after the other
+2. start and stop of ONE existing container, rounds interleaved: the API
+   (`status/start` submitted -> task OK, `status/stop` -> task OK) against
+   `lxc-start -d` + `lxc-wait -s RUNNING` and `lxc-stop -k` on the very same
+   container (corrald's lxcpath). Medians and the API/raw ratios.
+3. `--many N`: start N containers through the driver one after the other
    (total time, host memory per idle container (MemAvailable drop) next to the
    RSS of LXC's own processes per container, the driver process's growth), then
    N containers through the API: N start tasks submitted at once and waited
@@ -131,6 +135,37 @@ def api_round(api: ApiSession, tid: str, vmid: int) -> tuple[float, float]:
     _wait_tasks(api, [api.data("DELETE", ct)])
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1
+
+
+def start_stop_same(api: ApiSession, node: Corrald, tid: str, rounds: int) -> None:
+    vmid = 88400
+    ct = f"/nodes/{NODE}/lxc/{vmid}"
+    params = {"vmid": vmid, "ostemplate": tid, "rootfs": "local:1", "memory": 64, "swap": 0}
+    _wait_tasks(api, [api.data("POST", f"/nodes/{NODE}/lxc", data=params)])
+    lxcpath, name = str(node.data_dir / "lxc"), str(vmid)
+    timings: dict[str, list[float]] = {"api start": [], "api stop": [], "raw start": [],
+                                       "raw stop": []}  # fmt: skip
+    try:
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            _wait_tasks(api, [api.data("POST", f"{ct}/status/start")])
+            t1 = time.perf_counter()
+            _wait_tasks(api, [api.data("POST", f"{ct}/status/stop")])
+            t2 = time.perf_counter()
+            _run(["lxc-start", "-P", lxcpath, "-n", name, "-d"])
+            _run(["lxc-wait", "-P", lxcpath, "-n", name, "-s", "RUNNING", "-t", "30"])
+            t3 = time.perf_counter()
+            _run(["lxc-stop", "-P", lxcpath, "-n", name, "-k"])
+            t4 = time.perf_counter()
+            for key, value in zip(timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                timings[key].append(value * 1000)
+    finally:
+        _wait_tasks(api, [api.data("DELETE", ct)])
+    med = {k: statistics.median(v) for k, v in timings.items()}
+    print(f"same container, medians of {rounds} rounds   API         raw lxc-*    ratio")
+    for op in ("start", "stop"):
+        api_ms, raw_ms = med[f"api {op}"], med[f"raw {op}"]
+        print(f"CT {op:<29}{api_ms:8.1f} ms {raw_ms:9.1f} ms {api_ms / raw_ms:8.2f}x")
 
 
 def many_api(api: ApiSession, tid: str, n: int) -> None:
@@ -260,6 +295,8 @@ def main() -> None:
             cols = [med(o[i] for o in via_api) * 1000 if via_api else float("nan")]
             cols += [med(o[i] for o in ours) * 1000, med(r[i] for r in raw) * 1000]
             print(f"{label:<24}" + "".join(f"{c:9.1f} ms" for c in cols))
+        if api is not None and node is not None:
+            start_stop_same(api, node, api_tid, args.rounds)
         if args.many:
             many(drv, vols, tid, args.many)
             if api is not None:

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from corral.cluster.clock import VirtualClock
 from corral.cluster.errors import NotFound, ParamError
 from corral.cluster.store_api import StoreAPI
+from corral.cluster.store_memory import MemoryStore
 from corral.cluster.tasks import (
     ABORTED,
     INTERRUPTED,
@@ -164,3 +166,27 @@ def test_restarted_node_marks_running_tasks_interrupted(store: StoreAPI) -> None
 def test_unknown_task(store: StoreAPI) -> None:
     with pytest.raises(NotFound):
         Tasks(store).get(str(Upid.new("n1", "x", "", "u@pve")))
+
+
+def test_virtual_clock_worker_writes_little_and_honours_an_early_abort() -> None:
+    """On the in-memory store and a virtual clock: no thread, no sleep, exact write counts."""
+    clock = VirtualClock()
+    mem = MemoryStore(clock=clock)
+    worker = TaskWorker(mem, "n1")
+    worker.start()
+    tasks = Tasks(mem)
+    before = mem.revision()
+    upid = tasks.submit(node="n1", type="t_ok", id="1", user="u@pve", args={"lines": 3})
+    assert clock.run_until(lambda: tasks.status(upid)["status"] == "stopped")
+    assert tasks.log_lines(upid) == ["line 0", "line 1", "line 2", "TASK OK"]
+    # Submitted, claimed (one compare-and-swap), progress, then its end and log together.
+    assert mem.revision() - before == 4
+    assert tasks.status(upid)["endtime"] == int(clock.time())
+
+    early = tasks.submit(node="n1", type="t_ok", id="2", user="u@pve")
+    tasks.abort(early)  # before the worker ran: its claim fails and it reads the record again
+    assert clock.run_until(lambda: tasks.status(early)["status"] == "stopped")
+    assert tasks.status(early)["exitstatus"] == ABORTED
+    assert "line 0" not in tasks.log_lines(early)
+    worker.stop()
+    assert clock.errors == []
