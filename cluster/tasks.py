@@ -448,28 +448,38 @@ class TaskWorker:
         """Change fields of the task's record; with `ctx`, its unwritten log lines
         go in the same transaction (a short task's log and end cost one write)."""
         key = record_key(self.node, rec["upid"])
+        unavailable: Unavailable | None = None
         for _ in range(50):
             try:
-                kv = self.store.get(key)
-                new = {**(rec if kv is None else kv.value), **fields}
-                ops: list[tuple[Any, ...]] = [("put", key, new)]
-                if ctx is not None:
-                    with ctx._lock:
-                        chunk = ctx._chunk_op()
-                        if chunk is not None:
-                            ops.append(chunk)
-                        compare = [("mod", key, "==", 0 if kv is None else kv.mod_revision)]
-                        if self.store.txn(compare, ops):
-                            if chunk is not None:
-                                ctx._flushed()
-                            return
-                elif self.store.replace(
-                    key, new, mod_revision=0 if kv is None else kv.mod_revision
-                ):
+                if self._write_fields(key, rec, ctx, fields):
                     return
-            except Unavailable:
+                unavailable = None
+            except Unavailable as err:
+                unavailable = err
                 self.clock.sleep(0.5)  # etcd is restarting; the task's outcome must not be lost
+        if unavailable is not None:
+            log.warning("task %s: record not updated: %s", rec["upid"], unavailable)
+            return
         raise Conflict(f"too much contention on {key}")
+
+    def _write_fields(
+        self, key: str, rec: dict[str, Any], ctx: TaskContext | None, fields: dict[str, Any]
+    ) -> bool:
+        kv = self.store.get(key)
+        new = {**(rec if kv is None else kv.value), **fields}
+        revision = 0 if kv is None else kv.mod_revision
+        if ctx is None:
+            return self.store.replace(key, new, mod_revision=revision)
+        with ctx._lock:
+            chunk = ctx._chunk_op()
+            ops: list[tuple[Any, ...]] = [("put", key, new)]
+            if chunk is not None:
+                ops.append(chunk)
+            if not self.store.txn([("mod", key, "==", revision)], ops):
+                return False
+            if chunk is not None:
+                ctx._flushed()
+            return True
 
     def _finish(self, rec: dict[str, Any], exitstatus: str, ctx: TaskContext | None = None) -> None:
         self.set_fields(
