@@ -77,7 +77,11 @@ id libvirt-qemu >/dev/null 2>&1 || useradd --system --no-create-home --home-dir 
 # container, a minimal VM) it stays root:root 0600, and libvirtd then judges its
 # QEMU capability cache stale at every look-up: each VM start re-probes QEMU and
 # takes a minute. Do what the rule does (`corral status` warns if it changes).
-if [ -c /dev/kvm ]; then
+# A /dev/kvm bound in from outside (this host is a container) is the outer host's
+# device: changing it here would change it there, so leave it to that host.
+if [ -c /dev/kvm ] && mountpoint -q /dev/kvm; then
+    log "leaving /dev/kvm as it is: it is bound in from the host that runs this container"
+elif [ -c /dev/kvm ]; then
     if [ "$(stat -c %G /dev/kvm)" != kvm ] || [ $(( 0$(stat -c %a /dev/kvm) & 0660 )) != $(( 0660 )) ]; then
         log "setting /dev/kvm to group kvm, mode 0660 (as udev would)"
         chgrp kvm /dev/kvm

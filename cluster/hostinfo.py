@@ -96,12 +96,23 @@ def kvm_device_problem(dev: str = "/dev/kvm") -> str | None:
             group = grp.getgrgid(st.st_gid).gr_name
         except KeyError:
             group = str(st.st_gid)
+        if _is_mount_point(dev):
+            fix = "it is bound in from the host outside this container: fix it there"
+        else:
+            fix = f"fix with: chgrp kvm {dev}; chmod 0660 {dev} (or run install.sh again)"
         return (
             f"{dev} is group {group} mode {mode:04o}, not group kvm mode 0660 as udev "
-            f"would leave it: libvirt re-probes QEMU at every VM start (slow starts); "
-            f"fix with: chgrp kvm {dev}; chmod 0660 {dev} (or run install.sh again)"
+            f"would leave it: libvirt re-probes QEMU at every VM start (slow starts); {fix}"
         )
     return None
+
+
+def _is_mount_point(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    try:
+        with open(mountinfo) as fh:
+            return any(line.split()[4] == path for line in fh if len(line.split()) > 4)
+    except OSError:
+        return False
 
 
 def parse_meminfo(text: str) -> dict[str, int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import grp
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,17 @@ def test_corral_status_warns(
     with pytest.raises(SystemExit):
         admin.main(["--data-dir", str(corrald.data_dir), "status"])
     assert "warning" not in capsys.readouterr().out
+
+
+def test_device_bound_in_from_outside_is_fixed_there(device: Path, tmp_path: Path) -> None:
+    """In a container /dev/kvm is the outer host's node, bind-mounted: changing it
+    inside would change it for the host, so the hint says where to fix it."""
+    target = tmp_path / "bound-kvm"
+    target.touch()
+    subprocess.run(["mount", "--bind", str(device), str(target)], check=True, timeout=30)
+    try:
+        problem = hostinfo.kvm_device_problem(str(target))
+        assert problem is not None and "bound in from the host" in problem
+        assert "chgrp" not in problem
+    finally:
+        subprocess.run(["umount", str(target)], check=True, timeout=30)
