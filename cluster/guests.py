@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -497,7 +496,7 @@ def local_guests(store: StoreAPI, node: str) -> list[dict[str, Any]]:
     return [kv.value for kv in store.range(keys.GUESTS) if kv.value.get("node") == node]
 
 
-def _measure(driver: GuestDriver | None, rec: dict[str, Any]) -> dict[str, Any]:
+def _measure(driver: GuestDriver | None, rec: dict[str, Any], now: float) -> dict[str, Any]:
     entry: dict[str, Any] = {"status": "unknown"}
     if driver is not None and rec.get("lock") != "create":
         try:
@@ -509,7 +508,7 @@ def _measure(driver: GuestDriver | None, rec: dict[str, Any]) -> dict[str, Any]:
             entry = {"status": "unknown", "error": str(err)}
     elif rec.get("lock") == "create":
         entry = {"status": "stopped"}
-    entry["time"] = time.time()
+    entry["time"] = now
     return entry
 
 
@@ -531,7 +530,7 @@ def publish_status_for(
         with lock:
             one: dict[str, Any] = dict(services.get("status_doc") or {})
             if rec is not None and rec.get("node") == node:
-                one[str(only)] = _measure(drivers.get(rec["type"]), rec)
+                one[str(only)] = _measure(drivers.get(rec["type"]), rec, store.clock.time())
             else:
                 one.pop(str(only), None)
             store.put(keys.guest_status(node), one, lease=services.get("lease_id"))
@@ -546,7 +545,7 @@ def publish_status_for(
             if only is not None and rec["vmid"] != only and key in last:
                 doc[key] = last[key]
             else:
-                doc[key] = _measure(drivers.get(rec["type"]), rec)
+                doc[key] = _measure(drivers.get(rec["type"]), rec, store.clock.time())
         store.put(keys.guest_status(node), doc, lease=services.get("lease_id"))
         services["status_doc"] = doc
     return doc

@@ -110,6 +110,7 @@ def test_create_start_migrate_destroy(sim: Sim) -> None:
     ]
     live = guests.live_status(sim.store)
     assert live[str(vmid)]["status"] == "running"
+    assert 1_800_000_000 <= live[str(vmid)]["time"] <= sim.clock.time()  # the virtual clock's
 
     sim.run("node2", "vzstop", vmid)
     sim.run("node2", "vzdestroy", vmid)
