@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from corral.cluster.errors import ParamError
-from corral.cluster.schema import (  # noqa: F401  new_volume_size: the drivers read it here
+from corral.cluster.schema import (
     FORMATS,
     SIZE_PATTERN,
     Param,
@@ -28,7 +28,6 @@ from corral.cluster.schema import (  # noqa: F401  new_volume_size: the drivers 
     ignored,
     indexed,
     new_volume_size,
-    parse_size,
     unsupported,
 )
 

@@ -36,7 +36,7 @@ from corral.cluster.errors import (
     ParamError,
 )
 from corral.cluster.guest_driver import DriverInfo, GuestDriver, LogFn, Probe, VolumeAccess
-from corral.cluster.schema import Schema, format_size, parse_size
+from corral.cluster.schema import Schema, format_size, new_volume_size, parse_size
 from corral.cluster.undo import Reverter
 from corral.kvm import backup_job, cloudinit, snapshot_steps, stats
 from corral.kvm import config as cfg
@@ -199,7 +199,7 @@ class QemuDriver(GuestDriver):
                 continue
             disk = cfg.parse(key, cfg.EFIDISK if key == "efidisk0" else cfg.DISK, config[key])
             file = str(disk["file"])
-            if cfg.new_volume_size(file) is not None:
+            if new_volume_size(file) is not None:
                 volumes.check_volume(key, file, content="images", here=here, new=True)
 
     def _resolve(
@@ -304,7 +304,7 @@ class QemuDriver(GuestDriver):
         efi = key == "efidisk0"
         fmt_ = cfg.EFIDISK if efi else cfg.DISK
         disk = cfg.parse(key, fmt_, config[key])
-        size = cfg.new_volume_size(str(disk["file"]))
+        size = new_volume_size(str(disk["file"]))
         if size is None:
             return str(config[key])
         storage = str(disk["file"]).partition(":")[0]

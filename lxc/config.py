@@ -11,19 +11,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from corral.cluster import schema
 from corral.cluster.errors import ParamError
-from corral.cluster.schema import (  # noqa: F401  new_volume_size: the drivers read it here
+from corral.cluster.schema import (
     FORMATS,
-    SIZE_PATTERN,
     Param,
     PropertyFormat,
     Schema,
-    check_volume_or_new,
-    cidr_or,
     ignored,
     indexed,
-    new_volume_size,
-    parse_size,
     unsupported,
 )
 
@@ -64,8 +60,8 @@ MOUNT_OPTIONS = (
 IFNAME = r"[A-Za-z0-9][-_.A-Za-z0-9]{0,14}"
 
 
-_ip4_config = cidr_or(4, "dhcp", "manual")
-_ip6_config = cidr_or(6, "auto", "dhcp", "manual")
+_ip4_config = schema.cidr_or(4, "dhcp", "manual")
+_ip6_config = schema.cidr_or(6, "auto", "dhcp", "manual")
 
 
 def _mp_path(text: str) -> None:
@@ -80,9 +76,10 @@ def _mp_path(text: str) -> None:
 FORMATS.setdefault("pve-lxc-ipv4-config", _ip4_config)
 FORMATS.setdefault("pve-lxc-ipv6-config", _ip6_config)
 FORMATS.setdefault("corral-mp-path", _mp_path)
-FORMATS.setdefault("corral-lxc-volume", check_volume_or_new)
+FORMATS.setdefault("corral-lxc-volume", schema.check_volume_or_new)
 
 _BOOL = Param("boolean", optional=True)
+_SIZE = Param("string", "Volume size (read only).", optional=True, pattern=schema.SIZE_PATTERN)
 
 NET = PropertyFormat(
     {
@@ -119,7 +116,9 @@ ROOTFS = PropertyFormat(
         "volume": Param(
             "string", "Volume, or STORAGE:SIZE_IN_GiB to allocate.", format="corral-lxc-volume"
         ),
-        "size": Param("string", "Volume size (read only).", optional=True, pattern=SIZE_PATTERN),
+        "size": Param(
+            "string", "Volume size (read only).", optional=True, pattern=schema.SIZE_PATTERN
+        ),
         "ro": _BOOL,
         "acl": _BOOL,
         "quota": _BOOL,
@@ -136,7 +135,9 @@ MP = PropertyFormat(
             "string", "Volume, or STORAGE:SIZE_IN_GiB to allocate.", format="corral-lxc-volume"
         ),
         "mp": Param("string", "Path inside the container.", format="corral-mp-path"),
-        "size": Param("string", "Volume size (read only).", optional=True, pattern=SIZE_PATTERN),
+        "size": Param(
+            "string", "Volume size (read only).", optional=True, pattern=schema.SIZE_PATTERN
+        ),
         "ro": _BOOL,
         "backup": _BOOL,
         "acl": _BOOL,

@@ -36,7 +36,7 @@ from corral.cluster.errors import (
     Unavailable,
 )
 from corral.cluster.guest_driver import DriverInfo, GuestDriver, LogFn, Probe, VolumeAccess
-from corral.cluster.schema import Schema, format_size, parse_size
+from corral.cluster.schema import Schema, format_size, new_volume_size, parse_size
 from corral.cluster.undo import Reverter
 from corral.lxc import cgroups, nesting, rootfs, usage
 from corral.lxc import config as cfg
@@ -136,7 +136,7 @@ class LxcDriver(GuestDriver):
         if not config.get("rootfs") and params.get("storage"):
             config = {**config, "rootfs": f"{params['storage']}:4"}
         for key, vol in cfg.parse_mps(config).items():
-            new = cfg.new_volume_size(vol["volume"]) is not None
+            new = new_volume_size(vol["volume"]) is not None
             volumes.check_volume(key, vol["volume"], content="rootdir", here=here, new=new)
         template = str(params.get("ostemplate") or config.get("ostemplate") or "")
         volumes.check_volume("ostemplate", template, content="vztmpl", here=here)
@@ -228,7 +228,7 @@ class LxcDriver(GuestDriver):
         archive = self._template_path(str(template), volumes)
         with self._lock(vmid), Reverter() as undo:
             for key, vol in cfg.parse_mps(config).items():
-                size = cfg.new_volume_size(vol["volume"])
+                size = new_volume_size(vol["volume"])
                 if size is None:
                     continue
                 storage = vol["volume"].partition(":")[0]
@@ -379,7 +379,7 @@ class LxcDriver(GuestDriver):
                 raise Conflict(f"CT {vmid} is running - destroy failed")
             for key, vol in cfg.parse_mps(config).items():
                 volid = vol["volume"]
-                if cfg.new_volume_size(volid) is not None:
+                if new_volume_size(volid) is not None:
                     continue  # never allocated
                 volumes.unmount_rootdir(volid)
                 if _owned(volid, vmid):
@@ -507,7 +507,7 @@ class LxcDriver(GuestDriver):
         return {
             key: vol["volume"]
             for key, vol in cfg.parse_mps(config).items()
-            if cfg.new_volume_size(vol["volume"]) is None
+            if new_volume_size(vol["volume"]) is None
         }
 
     @_explained

@@ -6,6 +6,7 @@ import pytest
 
 from corral.cluster import bridges
 from corral.cluster.errors import ParamError
+from corral.cluster.schema import new_volume_size
 from corral.lxc import config as cfg
 
 BAD = [
@@ -61,8 +62,8 @@ def test_good_config_round_trip() -> None:
     }
     out = cfg.SCHEMA.validate(raw, partial=True)
     assert out["memory"] == 256 and out["onboot"] == 1
-    assert cfg.new_volume_size(cfg.parse_mps(out)["rootfs"]["volume"]) == 8 << 30
-    assert cfg.new_volume_size("local:101/subvol-101-disk-1.subvol") is None
+    assert new_volume_size(cfg.parse_mps(out)["rootfs"]["volume"]) == 8 << 30
+    assert new_volume_size("local:101/subvol-101-disk-1.subvol") is None
     net = cfg.parse_net(out)[0]
     assert net["ip"] == "dhcp" and net["mtu"] == 9000
     assert cfg.NET.parse(cfg.NET.print(net)) == net
