@@ -288,12 +288,15 @@ class GuestDriver:
         vmid: int,
         config: dict[str, Any],
         *,
-        target_uri: str,
+        target_address: str,
         log: LogFn,
         target_data_dir: str | None = None,
     ) -> None:
-        """Move the running guest to the node at `target_uri` (shared storage only);
-        `target_data_dir` is that node's data dir, where its run files go."""
+        """Move the running guest to the node at `target_address` (its cluster
+        address; how to reach its hypervisor there is the driver's business).
+        Only with every volume on shared storage (the caller checked).
+        `target_data_dir` is that node's data dir, where its run files go.
+        After it returns the guest runs there and not here."""
         raise NotSupported(what="live migration")
 
     def interfaces(self, vmid: int, config: dict[str, Any]) -> list[dict[str, Any]]:

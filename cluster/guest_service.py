@@ -22,7 +22,6 @@ privileges the change needs before anything is written.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -86,14 +85,14 @@ class GuestService:
         node: str,
         drivers: Mapping[str, GuestDriver] | None = None,
         volumes: VolumeAccess | None = None,
-        now: Callable[[], float] = time.time,
+        now: Callable[[], float] | None = None,
     ) -> None:
         self.store = store
         self.tasks = tasks
         self.node = node  # the node this service runs on (its drivers are local)
         self.drivers: Mapping[str, GuestDriver] = drivers or {}
         self.volumes = volumes
-        self.now = now
+        self.now = now or store.clock.time  # the store's clock: virtual in simulations
 
     # -- reading -------------------------------------------------------------------
     def driver(self, type: str) -> GuestDriver:

@@ -382,7 +382,7 @@ def _migrate(ctx: TaskContext, args: dict[str, Any]) -> None:
                 vmid,
                 rec["config"],
                 log=ctx.log,
-                target_uri=f"qemu+tcp://{info.get('address')}/system",
+                target_address=str(info.get("address")),
                 target_data_dir=info.get("data_dir"),
             )
         elif decision.mode == "restart":

@@ -530,23 +530,62 @@ def parse_opt(config: dict[str, Any], key: str, fmt: PropertyFormat) -> dict[str
     return parse(key, fmt, text) if text not in (None, "") else {}
 
 
+def _copy(parsed: dict[Any, dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    return {k: dict(v) for k, v in parsed.items()}  # callers may change what they get
+
+
 def parse_disks(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{"scsi0": parsed, ...} in Proxmox's bus order (ide, sata, scsi, virtio)."""
+    if isinstance(config, VmConfig):
+        return _copy(config.disks)
     return {k: parse(k, DISK, config[k]) for k in DISK_KEYS if config.get(k)}
 
 
 def parse_nets(config: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    if isinstance(config, VmConfig):
+        return _copy(config.nets)
     return {
         i: parse(f"net{i}", NET, config[f"net{i}"]) for i in range(MAX_NET) if config.get(f"net{i}")
     }
 
 
 def parse_ipconfigs(config: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    if isinstance(config, VmConfig):
+        return _copy(config.ipconfigs)
     return {
         i: parse(f"ipconfig{i}", IPCONFIG, config[f"ipconfig{i}"])
         for i in range(MAX_NET)
         if config.get(f"ipconfig{i}")
     }
+
+
+class VmConfig(dict[str, Any]):
+    """A VM's config parsed once, before rendering: still the mapping of Proxmox
+    keys (so `value()` and the renderers read it as before), with its disks,
+    NICs and cloud-init ipconfigs parsed up front. parse_disks/parse_nets/
+    parse_ipconfigs answer from it instead of parsing again: a start used to
+    parse every netN five times (MACs, bridges, NIC XML, cloud-init twice).
+    Read-only: a change would leave the parsed parts stale."""
+
+    disks: dict[str, dict[str, Any]]
+    nets: dict[int, dict[str, Any]]
+    ipconfigs: dict[int, dict[str, Any]]
+
+    @classmethod
+    def parse(cls, config: dict[str, Any]) -> VmConfig:
+        """Parse `config` (ParamError naming the first bad key); a VmConfig is returned as is."""
+        if isinstance(config, VmConfig):
+            return config
+        vm = cls(config)
+        vm.disks = parse_disks(config)
+        vm.nets = parse_nets(config)
+        vm.ipconfigs = parse_ipconfigs(config)
+        return vm
+
+    def _read_only(self, *_: Any, **__: Any) -> None:
+        raise TypeError("a parsed VM config is read-only; change the dict it came from")
+
+    __setitem__ = __delitem__ = update = pop = setdefault = clear = _read_only  # type: ignore[assignment]
 
 
 def bus_of(key: str) -> tuple[str, int]:

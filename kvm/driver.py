@@ -23,7 +23,6 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlparse
 
 import libvirt
 
@@ -171,6 +170,7 @@ class QemuDriver(GuestDriver):
 
     def _render_check(self, vmid: int, config: dict[str, Any]) -> None:
         """Render with stand-in paths: every rule of the renderers, no volume touched."""
+        config = cfg.VmConfig.parse(config)
         fake = {"kind": "file", "path": "/dev/null", "format": "raw"}
         disks = {k: fake for k in (*cfg.DISK_KEYS, "efidisk0") if config.get(k)}
         for key, disk in cfg.parse_disks(config).items():
@@ -338,6 +338,7 @@ class QemuDriver(GuestDriver):
     def start(
         self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
     ) -> None:
+        config = cfg.VmConfig.parse(config)  # once: MACs, bridges, XML and cloud-init read it
         usable, reason = self._kvm_usable()
         check_kvm(config, usable=usable, reason=reason)
         check_memory(config, host_mib=host_memory_mib(), node=self.node)
@@ -721,11 +722,12 @@ class QemuDriver(GuestDriver):
         vmid: int,
         config: dict[str, Any],
         *,
-        target_uri: str,
+        target_address: str,
         log: LogFn,
         target_data_dir: str | None = None,
     ) -> None:
-        """Live migration with shared storage: libvirt moves RAM and device state.
+        """Live migration with shared storage: libvirt moves RAM and device state,
+        peer to peer from this node's libvirtd to the target's (`qemu+tcp://`).
 
         The serial sockets live under the node's data dir: when the target's is
         elsewhere, the domain goes over with its paths rewritten to the target's
@@ -756,9 +758,8 @@ class QemuDriver(GuestDriver):
                 there = target_run.rstrip("/") + "/"
                 params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = live_xml.replace(here, there)
                 params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = saved_xml.replace(here, there)
-            host = urlparse(target_uri).hostname
-            if host:
-                params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{host}"
+            target_uri = f"qemu+tcp://{target_address}/system"
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{target_address}"
             started = time.monotonic()
             self.lv.run(
                 f"migrate VM {vmid}",

@@ -8,6 +8,7 @@ the real drivers through the same service via the API.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -121,3 +122,45 @@ def test_privileges_by_config_key() -> None:
     assert privilege_for("scsi0") == "VM.Config.Disk"
     assert privilege_for("network") == "VM.Config.Options"  # not a net<N> key
     assert privilege_for("hostname") == "VM.Config.Options"
+
+
+def test_the_service_flow_on_the_memory_store_and_a_virtual_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """create -> start -> migrate -> destroy through the service, as HA calls it: no
+    etcd, no thread, no real sleep; the task workers run as virtual-clock callbacks."""
+    from tests.cluster.test_guest_flow_sim import Sim
+
+    def no_sleep(seconds: float) -> None:
+        raise AssertionError(f"slept {seconds} s of real time")
+
+    monkeypatch.setattr(time, "sleep", no_sleep)
+    sim = Sim()
+    service = GuestService(sim.store, sim.tasks, node="node1",
+                           drivers={"lxc": sim.drivers["node1"]})  # fmt: skip
+
+    def done(upid: str) -> None:
+        assert sim.clock.run_until(lambda: sim.tasks.status(upid)["status"] == "stopped")
+        assert sim.tasks.status(upid)["exitstatus"] == "OK", sim.tasks.log_lines(upid)
+
+    try:
+        vmid = 720
+        done(service.create("lxc", vmid, {"rootfs": "shared:1"}, user=USER, node="node1",
+                            start=True))  # fmt: skip
+        rec = service.record(vmid)
+        assert rec["created"] == int(sim.clock.time()) and rec["lock"] is None
+        assert sim.drivers["node1"].guests[vmid]["status"] == "running"
+        with pytest.raises(ParamError):
+            service.migrate(vmid, user=USER, target="node2")  # running: restart needed
+        done(service.migrate(vmid, user=USER, target="node2", restart=True))
+        assert service.record(vmid)["node"] == "node2"
+        assert sim.drivers["node2"].guests[vmid]["status"] == "running"
+        done(service.shutdown(vmid, user=USER, timeout=5))
+        done(service.destroy(vmid, user=USER))
+        with pytest.raises(NotFound):
+            service.record(vmid)
+    finally:
+        for w in sim.workers:
+            w.stop()
+        sim.store.close()
+    assert sim.clock.errors == []

@@ -115,3 +115,36 @@ def test_tcg_is_domain_type_qemu_and_kvm_is_kvm() -> None:
     tcg = render(cfg.SCHEMA.validate({"kvm": 0}), {}, FACTS)
     assert tcg.startswith('<domain xmlns:corral="https://corral.invalid/xmlns/kvm/1" type="qemu">')
     assert 'type="kvm">' in render({}, {}, FACTS).splitlines()[0]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_a_parsed_config_renders_the_same_and_parses_each_key_once(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver parses a VM's config once (cfg.VmConfig) before rendering; the
+    renderers, MACs and cloud-init read that instead of parsing netN/diskN again."""
+    case = json.loads((GOLDEN / f"{name}.json").read_text())
+    facts = dict(case["facts"])
+    facts["macs"] = {int(k): v for k, v in facts.get("macs", {}).items()}
+    config = cfg.SCHEMA.validate(case["config"])
+    calls: list[str] = []
+    real = cfg.parse
+
+    def counted(key: str, fmt: Any, text: str) -> dict[str, Any]:
+        calls.append(key)
+        return real(key, fmt, text)
+
+    monkeypatch.setattr(cfg, "parse", counted)
+    vm = cfg.VmConfig.parse(config)
+    got = render(vm, case["disks"], Facts(**facts))
+    cfg.parse_nets(vm)
+    if cfg.has_cloudinit(vm):
+        from corral.kvm import cloudinit
+
+        cloudinit.network_config(vm, facts["macs"])
+    assert got == (GOLDEN / f"{name}.xml").read_text()
+    device = re.compile(r"(net|ipconfig|ide|sata|scsi|virtio)\d+")
+    repeated = sorted({k for k in calls if device.fullmatch(k) and calls.count(k) > 1})
+    assert repeated == [], repeated
+    with pytest.raises(TypeError):
+        vm["memory"] = 1
