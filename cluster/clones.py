@@ -25,7 +25,6 @@ from typing import Any
 from corral.cluster import guests, keys, snapshots
 from corral.cluster.errors import Conflict, CorralError, NotSupported, ParamError
 from corral.cluster.guest_driver import GuestDriver, LogFn, VolumeAccess
-from corral.cluster.store_api import StoreAPI
 from corral.cluster.tasks import TaskContext, task_handler
 from corral.cluster.undo import Reverter
 
@@ -37,41 +36,9 @@ TASK_TYPES = {
 _DROP = ("template", "parent", "lock")
 
 
-def claim(store: StoreAPI, record: dict[str, Any], *, user: str) -> None:
-    """Put a new guest record for `record["vmid"]` if the VMID is free (or
-    reserved by `user` through nextid): the create-if-absent transaction."""
-    vmid = record["vmid"]
-    reservation = store.get(keys.vmid_reservation(vmid))
-    compare: list[tuple[Any, ...]] = [("version", keys.guest(vmid), "==", 0)]
-    if reservation is None:
-        compare.append(("version", keys.vmid_reservation(vmid), "==", 0))
-    elif reservation.value.get("user") != user:
-        raise Conflict(f"VM {vmid} is reserved by {reservation.value.get('user')}")
-    else:
-        compare.append(("mod", keys.vmid_reservation(vmid), "==", reservation.mod_revision))
-    ok = store.txn(
-        compare, [("put", keys.guest(vmid), record), ("delete", keys.vmid_reservation(vmid))]
-    )
-    if not ok:
-        raise Conflict(f"VM {vmid} already exists" if store.get(keys.guest(vmid)) else
-                       f"VM {vmid} is reserved")  # fmt: skip
-
-
-def new_record(
-    type: str, vmid: int, node: str, config: dict[str, Any], *, lock: str = "create"
-) -> dict[str, Any]:
-    import time
-
-    return {
-        "vmid": vmid,
-        "type": type,
-        "node": node,
-        "config": config,
-        "pending": {},
-        "pending_delete": [],
-        "lock": lock,
-        "created": int(time.time()),
-    }
+# A clone's record is claimed as any new guest's is (corral.cluster.guests).
+claim = guests.claim
+new_record = guests.new_record
 
 
 def content_of(key: str) -> str:

@@ -164,33 +164,8 @@ class GuestService:
         if authorize is not None:
             authorize({p for p in map(privilege_for, config) if p != "VM.Config.Options"})
         self.driver(type).check_create(vmid, config, params=params, volumes=self.volumes)
-        record = {
-            "vmid": vmid,
-            "type": type,
-            "node": node,
-            "config": config,
-            "pending": {},
-            "pending_delete": [],
-            "lock": "create",
-            "created": int(self.now()),
-        }
-        reservation = self.store.get(keys.vmid_reservation(vmid))
-        compare: list[tuple[Any, ...]] = [("version", keys.guest(vmid), "==", 0)]
-        if reservation is None:
-            compare.append(("version", keys.vmid_reservation(vmid), "==", 0))
-        elif reservation.value.get("user") != user:
-            raise Conflict(f"VM {vmid} is reserved by {reservation.value.get('user')}")
-        else:
-            compare.append(("mod", keys.vmid_reservation(vmid), "==", reservation.mod_revision))
-        ok = self.store.txn(
-            compare, [("put", keys.guest(vmid), record), ("delete", keys.vmid_reservation(vmid))]
-        )
-        if not ok:
-            raise (
-                Conflict(f"{migration.kind(type)} {vmid} already exists")
-                if self.store.get(keys.guest(vmid))
-                else Conflict(f"VM {vmid} is reserved")
-            )
+        record = guests.new_record(type, vmid, node, config, now=self.now())
+        guests.claim(self.store, record, user=user)
         args = {"vmid": vmid, "params": params, "start": int(bool(start))}
         return self._submit(record, "create", user=user, args=args)
 

@@ -109,6 +109,45 @@ def get_record(
     return rec
 
 
+def new_record(
+    type: str, vmid: int, node: str, config: dict[str, Any], *, lock: str = "create",
+    now: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """A fresh guest record, locked (`create`) until its task has built the guest."""
+    return {
+        "vmid": vmid,
+        "type": type,
+        "node": node,
+        "config": config,
+        "pending": {},
+        "pending_delete": [],
+        "lock": lock,
+        "created": int(time.time() if now is None else now),
+    }
+
+
+def claim(store: StoreAPI, record: dict[str, Any], *, user: str) -> None:
+    """Put a new guest record for `record["vmid"]` if the VMID is free, or
+    reserved by `user` (nextid): one create-if-absent transaction that also
+    drops the reservation. Conflict if the VMID is taken or reserved by another."""
+    vmid = record["vmid"]
+    reservation = store.get(keys.vmid_reservation(vmid))
+    compare: list[tuple[Any, ...]] = [("version", keys.guest(vmid), "==", 0)]
+    if reservation is None:
+        compare.append(("version", keys.vmid_reservation(vmid), "==", 0))
+    elif reservation.value.get("user") != user:
+        raise Conflict(f"VM {vmid} is reserved by {reservation.value.get('user')}")
+    else:
+        compare.append(("mod", keys.vmid_reservation(vmid), "==", reservation.mod_revision))
+    ok = store.txn(
+        compare, [("put", keys.guest(vmid), record), ("delete", keys.vmid_reservation(vmid))]
+    )
+    if not ok:
+        kind = {"lxc": "CT", "qemu": "VM"}.get(record.get("type", ""), "VM")
+        raise Conflict(f"{kind} {vmid} already exists" if store.get(keys.guest(vmid)) else
+                       f"VM {vmid} is reserved")  # fmt: skip
+
+
 def update_record(
     store: StoreAPI, vmid: int, fn: Callable[[dict[str, Any]], dict[str, Any]]
 ) -> dict[str, Any]:
