@@ -25,7 +25,7 @@ from cheroot import wsgi
 from corral.cluster.errors import Unavailable
 
 TAKEOVER = "corral.takeover"
-MAX_TAKEN = 64
+MAX_TAKEN = 256  # consoles and the web console's state feeds
 
 _taken = 0
 _taken_lock = threading.Lock()

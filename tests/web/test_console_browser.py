@@ -129,6 +129,7 @@ def test_login_tree_search_and_refusals(node: Corrald, page: Any, shots: Path) -
     assert "online" in (link.get_attribute("title") or "")
     page.wait_for_selector("#cluster:has-text('quorate')")
     page.wait_for_selector("#nodes tr[data-id='node/node1'] td.online")
+    page.wait_for_selector("body[data-live=push]", state="attached")  # state is pushed
     shot(page, shots, "02-datacenter")
     # The keyboard reaches search ("/"), Enter opens the first hit.
     page.keyboard.press("/")

@@ -13,6 +13,7 @@ const REFRESH_MS = 1500; // live state: one cheap range read of /cluster/resourc
 export const state = {
   resources: [],
   pools: [],
+  pushed: false,
   status: null,
   listeners: new Set(),
   find(id) { return this.resources.find((r) => r.id === id); },
@@ -39,6 +40,41 @@ async function refresh() {
     call("GET", "/cluster/resources"),
     call("GET", "/cluster/status").catch(() => null),
   ]);
+  await show(resources, status);
+}
+
+// Live state is pushed by /cluster/feed (a WebSocket) as soon as it changes; while
+// the feed is down the page polls instead, and reconnects every few seconds.
+let feed = null;
+let feedRetry = null;
+function openFeed() {
+  clearTimeout(feedRetry);
+  if (!session.csrf) return;
+  const ws = new WebSocket(`wss://${location.host}/api2/json/cluster/feed`);
+  feed = ws;
+  ws.onmessage = (ev) => {
+    const msg = JSON.parse(ev.data);
+    if (msg.tasks) tasks.render(msg.tasks);
+    if (msg.resources || msg.status) show(msg.resources || state.resources, msg.status || state.status).catch(() => {});
+  };
+  ws.onopen = () => { state.pushed = true; tasks.pushed = true; document.body.dataset.live = "push"; };
+  ws.onclose = () => {
+    if (feed !== ws) return;
+    state.pushed = false;
+    tasks.pushed = false;
+    document.body.dataset.live = "poll";
+    feed = null;
+    if (session.csrf) feedRetry = setTimeout(openFeed, 3000);
+  };
+}
+function closeFeed() {
+  clearTimeout(feedRetry);
+  if (feed) { const ws = feed; feed = null; ws.close(); }
+  state.pushed = false;
+  tasks.pushed = false;
+}
+
+async function show(resources, status) {
   state.resources = resources;
   state.status = status;
   if (treeMode === "pool") await loadPools();
@@ -57,7 +93,7 @@ async function refresh() {
 function schedule() {
   clearTimeout(timer);
   timer = setTimeout(async () => {
-    if (!document.hidden) await refresh().catch(() => {});
+    if (!document.hidden && !state.pushed) await refresh().catch(() => {});
     if (session.csrf) schedule();
   }, REFRESH_MS);
 }
@@ -85,6 +121,7 @@ function showLogin() {
   if (view && view.dispose) view.dispose();
   view = null;
   tasks.stop();
+  closeFeed();
   document.getElementById("app").hidden = true;
   for (const id of ["search", "create-ct", "logout"]) document.getElementById(id).hidden = true;
   document.getElementById("who").textContent = "";
@@ -100,6 +137,7 @@ async function start() {
   await refresh();
   route();
   tasks.start();
+  openFeed();
   schedule();
 }
 

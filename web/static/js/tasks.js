@@ -44,14 +44,19 @@ export const tasks = {
     clearTimeout(this.logTimer);
   },
 
+  pushed: false, // the state feed delivers the list: no polling
+
   async tick() {
     clearTimeout(this.timer);
-    if (!document.hidden) await this.load().catch(() => {});
+    if (!document.hidden && !this.pushed) await this.load().catch(() => {});
     this.timer = setTimeout(() => this.tick(), REFRESH_MS);
   },
 
   async load() {
-    const rows = await call("GET", "/cluster/tasks");
+    this.render(await call("GET", "/cluster/tasks"));
+  },
+
+  render(rows) {
     // Running first, then the most recent.
     rows.sort((a, b) => (statusOf(b) === "running") - (statusOf(a) === "running") || b.starttime - a.starttime);
     this.list = rows.slice(0, 50);
