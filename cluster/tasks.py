@@ -314,6 +314,7 @@ class TaskWorker:
         self._running: dict[str, TaskContext] = {}
         self._seen: set[str] = set()
         self._revisions: dict[str, int] = {}  # upid -> record revision when queued
+        self.stopped = False
         self._watch: Any = None
         self.context: MutableMapping[str, Any] = {}  # the node's services (NodeServices)
 
@@ -332,6 +333,7 @@ class TaskWorker:
         )
 
     def stop(self) -> None:
+        self.stopped = True
         if self._watch is not None:
             self._watch.cancel()
         for ctx in list(self._running.values()):
@@ -456,6 +458,8 @@ class TaskWorker:
                 unavailable = None
             except Unavailable as err:
                 unavailable = err
+                if self.stopped:
+                    break  # the node is shutting down: its restart marks the task interrupted
                 self.clock.sleep(0.5)  # etcd is restarting; the task's outcome must not be lost
         if unavailable is not None:
             log.warning("task %s: record not updated: %s", rec["upid"], unavailable)
