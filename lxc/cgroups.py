@@ -35,7 +35,24 @@ MOUNTINFO = "/proc/self/mountinfo"
 @functools.cache
 def layout() -> str:
     """ "v2" on a unified-only host, else "v1" (hybrid counts as v1: limits live there)."""
+    try:
+        with open(MOUNTINFO) as fh:
+            found = layout_of(parse_mountinfo(fh.read()))
+    except OSError:
+        found = None
+    if found is not None:
+        return found
     return "v2" if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")) else "v1"
+
+
+def layout_of(mounts: list[Mount]) -> str | None:
+    """The layout the mounts show: any v1 hierarchy with a resource controller makes it
+    v1 (hybrid included: the limits live there), cgroup2 alone v2, nothing None."""
+    if any(m.hierarchy - {h for h in m.hierarchy if h.startswith("name=")} for m in mounts):
+        return "v1"
+    if any(not m.hierarchy for m in mounts):
+        return "v2"
+    return None
 
 
 class CgroupNotFound(OSError):
@@ -275,6 +292,11 @@ def freezer_state(pid: int) -> str:
     except OSError as err:
         _once(pid, "freezer", str(err))
         return "THAWED"
+
+
+def parse_kv(text: str) -> dict[str, int]:
+    """ "key value" lines (memory.stat, cpu.stat) → {key: int}."""
+    return _kv(text)
 
 
 def _kv(text: str) -> dict[str, int]:

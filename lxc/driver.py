@@ -425,6 +425,9 @@ class LxcDriver(GuestDriver):
             return {**out, "status": "stopped"}  # it exited just now
         # A figure that cannot be read is left out (unknown), never shown as 0.
         mem, swap = cgroups.memory(pid, where)
+        if mem is None:
+            # No cgroup mount of ours reaches it: ask liblxc, which asks the monitor.
+            mem = _lxc_memory(ct)
         for key, value in (("mem", mem), ("swap", swap)):
             if value is None:
                 del out[key]
@@ -590,6 +593,25 @@ class LxcDriver(GuestDriver):
         with self._lock(vmid):
             self._thaw(vmid)
         log(f"CT {vmid} thawed")
+
+
+def _lxc_memory(ct: Any) -> int | None:
+    """Memory in use (page cache excluded) as liblxc reads it, or None."""
+    try:
+        if cgroups.layout() == "v2":
+            used, stat, cache = ct.get_cgroup_item("memory.current"), "memory.stat", "file"
+        else:
+            used, stat, cache = (
+                ct.get_cgroup_item("memory.usage_in_bytes"),
+                "memory.stat",
+                "total_cache",
+            )
+        if not str(used).strip().isdigit():
+            return None
+        counts = cgroups.parse_kv(str(ct.get_cgroup_item(stat) or ""))
+        return max(0, int(used) - counts.get(cache, 0))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def check_subids(user: str = "root") -> None:

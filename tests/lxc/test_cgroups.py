@@ -101,3 +101,12 @@ def test_unknown_figure_is_none_and_logged_once(
     warnings = [r for r in caplog.records if "unknown" in r.getMessage()]
     per_file = {r.getMessage() for r in warnings}
     assert len(warnings) == len(per_file)  # each (pid, file) once, not per read
+
+
+def test_layout_from_the_mounts() -> None:
+    assert cgroups.layout_of(cgroups.parse_mountinfo(HOST)) == "v1"  # hybrid
+    assert cgroups.layout_of(cgroups.parse_mountinfo(NESTED)) == "v1"
+    assert cgroups.layout_of(cgroups.parse_mountinfo(V2)) == "v2"
+    systemd_only = "40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n"
+    assert cgroups.layout_of(cgroups.parse_mountinfo(systemd_only + V2)) == "v2"
+    assert cgroups.layout_of([]) is None
