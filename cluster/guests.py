@@ -26,6 +26,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from corral.cluster import keys, migration, volume_moves
+from corral.cluster.clock import REAL
 from corral.cluster.errors import Conflict, CorralError, NotFound, ParamError, Unavailable
 from corral.cluster.guest_driver import GuestDriver
 from corral.cluster.store_api import StoreAPI
@@ -122,7 +123,7 @@ def new_record(
         "pending": {},
         "pending_delete": [],
         "lock": lock,
-        "created": int(time.time() if now is None else now),
+        "created": int(REAL.time() if now is None else now),
     }
 
 
