@@ -143,6 +143,11 @@ class ClusterView:
         self._kv: dict[str, dict[str, tuple[int, Any]]] = {p: {} for p in PREFIXES}
         self._rows: dict[str, tuple[dict[str, Any], orjson.Fragment]] = {}  # guest key -> row
         self._guest_order: list[str] | None = None
+        # The resources rows in key order, patched in place when single rows change
+        # (live figures change all the time; guests come and go less often).
+        self._row_list: list[tuple[int, orjson.Fragment]] | None = None
+        self._row_pos: dict[str, int] = {}
+        self._dirty: set[str] = set()
         self._nodes: list[dict[str, Any]] | None = None
         self._storage: list[tuple[str, orjson.Fragment]] | None = None
         self._live: dict[str, dict[str, Any]] | None = None
@@ -194,6 +199,7 @@ class ClusterView:
 
     def _dirty_all(self) -> None:
         self._guest_order = None
+        self._row_list = None
         self._nodes = None
         self._storage = None
         self._live = None
@@ -213,18 +219,23 @@ class ClusterView:
         if prefix == keys.GUESTS:
             if old is None or value is None:
                 self._guest_order = None
-            self._rows.pop(key, None)
+                self._row_list = None
+            self._drop_row(key)
         elif prefix == keys.GUEST_STATUS:
             self._live = None
             before = (old[1] if old else None) or {}
             after = value or {}
             for vmid in set(before) | set(after):
                 if before.get(vmid) != after.get(vmid):
-                    self._rows.pop(keys.guest(int(vmid)), None)
+                    self._drop_row(keys.guest(int(vmid)))
         elif prefix == keys.STORAGE_STATUS:
             self._storage = None
         elif prefix in (keys.NODE_INFO, keys.NODE_ALIVE, keys.NODE_STATUS):
             self._nodes = None
+
+    def _drop_row(self, key: str) -> None:
+        if self._rows.pop(key, None) is not None and self._row_list is not None:
+            self._dirty.add(key)
 
     # -- freshness ----------------------------------------------------------------
     def sync(self, timeout: float | None = None) -> bool:
@@ -309,30 +320,37 @@ class ClusterView:
             table = self._kv[keys.GUESTS]
             return [table[k][1] for k in self._order()]
 
+    def _row(self, key: str) -> tuple[dict[str, Any], orjson.Fragment]:
+        row = self._rows.get(key)
+        if row is None:
+            rec = self._kv[keys.GUESTS][key][1]
+            # A guest's live figures are in its own node's status document.
+            doc = self._kv[keys.GUEST_STATUS].get(keys.guest_status(str(rec.get("node"))))
+            live = ((doc[1] if doc else None) or {}).get(str(rec["vmid"]), {})
+            built = _resource_row(rec, live)
+            row = self._rows[key] = (built, orjson.Fragment(orjson.dumps(built)))
+        return row
+
     def guest_rows(self) -> list[tuple[int, orjson.Fragment]]:
         with self._lock:
-            table = self._kv[keys.GUESTS]
-            rows = self._rows
-            live: dict[str, dict[str, Any]] | None = None
-            out = []
-            for key in self._order():
-                rec = table[key][1]
-                row = rows.get(key)
-                if row is None:
-                    if live is None:
-                        live = self.live()
-                    built = _resource_row(rec, live.get(str(rec["vmid"]), {}))
-                    row = rows[key] = (built, orjson.Fragment(orjson.dumps(built)))
-                out.append((rec["vmid"], row[1]))
-            return out
+            if self._row_list is None or self._guest_order is None:
+                order = self._order()
+                table = self._kv[keys.GUESTS]
+                self._row_list = [(table[k][1]["vmid"], self._row(k)[1]) for k in order]
+                self._row_pos = {k: i for i, k in enumerate(order)}
+            else:
+                for key in self._dirty:
+                    i = self._row_pos.get(key)
+                    if i is not None:
+                        self._row_list[i] = (self._row_list[i][0], self._row(key)[1])
+            self._dirty.clear()
+            return list(self._row_list)
 
     def guest_row(self, vmid: int) -> dict[str, Any] | None:
         """One guest's resources row as a dict (a copy, for callers that add to it)."""
         with self._lock:
-            if keys.guest(vmid) not in self._rows:
-                self.guest_rows()  # builds the rows not built yet
-            row = self._rows.get(keys.guest(vmid))
-            return dict(row[0]) if row else None
+            key = keys.guest(vmid)
+            return dict(self._row(key)[0]) if key in self._kv[keys.GUESTS] else None
 
     def storage_rows(self) -> list[tuple[str, orjson.Fragment]]:
         with self._lock:
