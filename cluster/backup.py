@@ -25,7 +25,7 @@ import tempfile
 import time
 from typing import Any
 
-from corral.cluster import archive, guests, keys, snapshots
+from corral.cluster import archive, backup_jobs, guests, keys, prune, snapshots
 from corral.cluster.errors import Conflict, CorralError, ParamError
 from corral.cluster.guest_driver import GuestDriver, VolumeAccess
 from corral.cluster.tasks import TaskContext, task_handler
@@ -225,6 +225,12 @@ def _vzdump(ctx: TaskContext, args: dict[str, Any]) -> None:
         try:
             backup_guest(ctx, vmid, opts)
             ctx.log(f"Finished Backup of VM {vmid}")
+            keep = prune.parse(opts.get("prune-backups"))
+            if keep and int(opts.get("remove", 1)):
+                rec = ctx.store.get_value(keys.guest(vmid)) or {}
+                backup_jobs.prune_group(ctx.store, volumes, opts["storage"], vmid,
+                                        rec.get("type"), keep, dry_run=False,
+                                        log_fn=ctx.log)  # fmt: skip
         except (CorralError, OSError, Conflict) as err:
             ctx.log(f"ERROR: Backup of VM {vmid} failed - {err}")
             failed.append(vmid)

@@ -415,6 +415,7 @@ class Node:
         guests = importlib.import_module("corral.cluster.guests")
         for flow in GUEST_FLOWS:
             importlib.import_module(flow)
+        STATUS_HOOKS.append(importlib.import_module("corral.cluster.backup_jobs").status_hook)
         STATUS_HOOKS.append(guests.status_hook)
         if "volumes" in self.services:
             STATUS_HOOKS.append(_publish_storage_status)

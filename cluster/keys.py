@@ -54,3 +54,15 @@ def volume_attrs(volid: str) -> str:
 
 def metric_server(server_id: str) -> str:
     return f"{METRIC_SERVERS}{server_id}"
+
+
+BACKUP_JOBS = "backupjobs/"  # backupjobs/{id}: a scheduled backup job (/cluster/backup)
+BACKUP_JOB_STATE = "backupjobstate/"  # backupjobstate/{id}/{node}: the node's last run
+
+
+def backup_job(id: str) -> str:
+    return f"{BACKUP_JOBS}{id}"
+
+
+def backup_job_state(id: str, node: str) -> str:
+    return f"{BACKUP_JOB_STATE}{id}/{node}"

@@ -1,8 +1,7 @@
 """/cluster/backup-info: which guests no backup job covers (Proxmox's path and shape).
 
-corral has no backup jobs yet, so every guest the caller may audit is "not
-backed up", as Proxmox answers on a cluster without jobs. Backup jobs will
-replace the body of `covered_vmids` (the one place that knows about them).
+A guest is covered when an enabled job (/cluster/backup) selects it, by its
+VMID list or by `all` without excluding it; templates are never listed.
 """
 
 from __future__ import annotations
@@ -19,8 +18,10 @@ def backup_info_index(ctx: Ctx) -> list[dict[str, str]]:
 
 
 def covered_vmids(ctx: Ctx) -> set[int]:
-    """VMIDs some backup job includes. No backup jobs exist yet: none."""
-    return set()
+    """VMIDs some enabled backup job includes (corral.cluster.backup_jobs)."""
+    from corral.cluster import backup_jobs
+
+    return backup_jobs.covered(ctx.store)
 
 
 @endpoint(

@@ -48,6 +48,7 @@ ENDPOINT_MODULES = [
     "corral.web.api_node_info",
     "corral.web.api_ha",
     "corral.web.api_backup",
+    "corral.web.api_backup_jobs",
     "corral.web.api_metrics",
     "corral.web.api_rrd",
     "corral.web.api_metric_servers",

@@ -1,0 +1,113 @@
+"""Pure parts of backup jobs: calendar events, retention marks, and the
+scheduler's claim (never twice) on the in-memory store."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from corral.cluster import backup_jobs, calendar, keys, prune
+from corral.cluster.errors import ParamError
+from corral.cluster.store_memory import MemoryStore
+
+
+def at(text: str) -> float:
+    return time.mktime(time.strptime(text, "%Y-%m-%d %H:%M"))
+
+
+def show(t: float | None) -> str:
+    return "none" if t is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+# 2026-12-07 is a Monday.
+@pytest.mark.parametrize(
+    "spec,after,want",
+    [
+        ("daily", "2026-12-07 10:00", "2026-12-08 00:00"),
+        ("00:00", "2026-12-07 23:59", "2026-12-08 00:00"),
+        ("hourly", "2026-12-07 10:00", "2026-12-07 11:00"),
+        ("*/5", "2026-12-07 10:02", "2026-12-07 10:05"),
+        ("*/15", "2026-12-07 10:45", "2026-12-07 11:00"),
+        ("sat 03:00", "2026-12-07 10:00", "2026-12-12 03:00"),
+        ("mon..fri 8..17,22:0/15", "2026-12-11 22:45", "2026-12-14 08:00"),
+        ("mon..fri 8..17,22:0/15", "2026-12-07 17:45", "2026-12-07 22:00"),
+        ("mon..wed 30/10", "2026-12-07 10:31", "2026-12-07 10:40"),
+        ("*/2:00", "2026-12-07 11:00", "2026-12-07 12:00"),
+        ("12,14,16:05", "2026-12-07 14:05", "2026-12-07 16:05"),
+        ("weekly", "2026-12-07 00:00", "2026-12-14 00:00"),
+        ("monthly", "2026-12-07 00:00", "2027-01-01 00:00"),
+        ("sat,sun", "2026-12-07 00:00", "2026-12-12 00:00"),
+        ("*-02-29 01:00", "2026-12-07 00:00", "2028-02-29 01:00"),
+        ("2025-01-01 00:00", "2026-12-07 00:00", "none"),
+    ],
+)
+def test_next_event(spec: str, after: str, want: str) -> None:
+    assert show(calendar.next_event(spec, at(after))) == want
+
+
+@pytest.mark.parametrize("spec", ["", "fry 10:00", "25:00", "10:61", "*/0", "a b c", "1..x"])
+def test_bad_calendar_events_name_the_parameter(spec: str) -> None:
+    with pytest.raises(ParamError) as err:
+        calendar.parse(spec)
+    assert "schedule" in err.value.errors
+
+
+def _backups(*stamps: str) -> list[dict]:
+    return [{"volid": s, "ctime": at(s)} for s in stamps]
+
+
+def test_prune_keep_last_and_daily_as_proxmox() -> None:
+    rows = _backups("2026-12-07 10:00", "2026-12-07 08:00", "2026-12-06 22:00",
+                    "2026-12-06 10:00", "2026-12-05 10:00", "2026-12-04 10:00")  # fmt: skip
+    marks = {r["volid"]: r["mark"] for r in prune.mark(rows, {"keep-last": 2, "keep-daily": 2})}
+    # keep-last keeps the two newest (both of the 7th); keep-daily then keeps
+    # the newest of the next two days not yet covered: the 6th (22:00) and 5th.
+    assert marks == {
+        "2026-12-07 10:00": "keep", "2026-12-07 08:00": "keep",
+        "2026-12-06 22:00": "keep", "2026-12-06 10:00": "remove",
+        "2026-12-05 10:00": "keep", "2026-12-04 10:00": "remove",
+    }  # fmt: skip
+
+
+def test_prune_protected_and_keep_all() -> None:
+    rows = _backups("2026-12-07 10:00", "2026-12-06 10:00", "2026-12-05 10:00")
+    rows[2]["protected"] = 1
+    marks = [r["mark"] for r in prune.mark(rows, {"keep-last": 1})]
+    assert marks == ["keep", "remove", "protected"]
+    assert {r["mark"] for r in prune.mark(rows[:2], {"keep-all": 1})} == {"keep"}
+    assert prune.parse("keep-last=3, keep-weekly=2") == {"keep-last": 3, "keep-weekly": 2}
+    for bad in ("keep-last=x", "keep-forever=1", "keep-all=1,keep-last=1"):
+        with pytest.raises(ParamError):
+            prune.parse(bad)
+
+
+def test_scheduler_runs_each_due_job_once_per_node() -> None:
+    store = MemoryStore()
+    now = at("2026-12-07 10:00") + 30
+    store.put(keys.guest(101), {"vmid": 101, "type": "lxc", "node": "n1", "config": {}})
+    store.put(keys.guest(102), {"vmid": 102, "type": "lxc", "node": "n2", "config": {}})
+    store.put(keys.guest(103), {"vmid": 103, "type": "qemu", "node": "n1",
+                                "config": {"template": 1}})  # fmt: skip
+    job = {"id": "j1", "schedule": "*:00", "all": 1, "enabled": 1,
+           "created": at("2026-12-07 09:30"), "storage": "local"}  # fmt: skip
+    store.put(keys.backup_job("j1"), job)
+    calls: list[tuple[list[int], dict, str]] = []
+
+    def submit(vmids: list[int], opts: dict, job_id: str) -> str:
+        calls.append((vmids, opts, job_id))
+        return f"UPID{len(calls)}"
+
+    # Two schedulers of node n1 (a restart racing the old one) see the run due:
+    # only the first claim wins; n2 backs up its own guest.
+    assert backup_jobs.run_due(store, "n1", now, submit) == ["UPID1"]
+    assert backup_jobs.run_due(store, "n1", now, submit) == []
+    assert backup_jobs.run_due(store, "n2", now, submit) == ["UPID2"]
+    assert [c[0] for c in calls] == [[101], [102]]  # the template is never backed up
+    assert calls[0][1]["storage"] == "local" and calls[0][1]["compress"] == "zstd"
+    assert backup_jobs.run_due(store, "n1", now + 1800, submit) == []  # next at 11:00
+    assert backup_jobs.run_due(store, "n1", now + 3600, submit) == ["UPID3"]
+    # Down for hours: the missed run is skipped, the next one runs on time.
+    assert backup_jobs.run_due(store, "n1", now + 5 * 3600, submit) == []
+    assert backup_jobs.run_due(store, "n1", now + 6 * 3600 - 25, submit) == ["UPID4"]
+    assert backup_jobs.covered(store) == {101, 102}
