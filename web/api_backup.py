@@ -147,6 +147,32 @@ _RESTORE_PARAMS = ("restore", "ostemplate", "archive", "storage", "unique", "for
                    "pool", "bwlimit", "live-restore")  # fmt: skip
 
 
+def restore_params(type: str) -> dict[str, Param]:
+    """What POST /nodes/{node}/{type} takes for a restore (declared by that endpoint)."""
+    out = {
+        "force": Param(
+            "boolean", "Allow to overwrite an existing guest (restore).", optional=True
+        ),  # fmt: skip
+        "unique": Param("boolean", "Assign a unique random ethernet address.", optional=True),
+    }
+    if type == "lxc":
+        out["restore"] = Param("boolean", "Mark this as restore task.", optional=True)
+    else:
+        out["archive"] = Param("string", "The backup archive.", optional=True, max_length=255)
+        out["storage"] = Param("string", "Default storage.", optional=True,
+                               format="pve-storage-id")  # fmt: skip
+    return out
+
+
+def drop_restore_params(type: str, raw: dict[str, Any]) -> None:
+    """A plain create: `unique` means nothing, `force` (overwrite) is refused."""
+    if _flag(raw.pop("force", 0) or 0):
+        raise ParamError.one("force", "corral never overwrites an existing guest on create "
+                             "(force=1 is for restores)")  # fmt: skip
+    for key in ("unique", "restore", "archive", *(("storage",) if type == "qemu" else ())):
+        raw.pop(key, None)
+
+
 def _flag(value: Any) -> bool:
     return str(value).lower() in ("1", "true", "yes", "on")
 

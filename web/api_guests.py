@@ -96,6 +96,7 @@ def register(type: str) -> None:
             ),
             "pool": Param("string", "Add the guest to the specified pool.", optional=True),
             "digest": DIGEST,
+            **api_backup.restore_params(type),
         },
         perm=create_perm,
         description=f"Create a {kind}.",
@@ -112,6 +113,7 @@ def register(type: str) -> None:
     ) -> str:
         if api_backup.is_restore(type, raw):  # from a backup archive (corral.cluster.restore)
             return api_backup.restore_request(ctx, type, node, vmid, raw, start=bool(start))
+        api_backup.drop_restore_params(type, raw)
         # corral extension: POST /nodes/auto/{lxc,qemu} places the guest by free resources.
         if node != AUTO_NODE:
             require_node(ctx, node)

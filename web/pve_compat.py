@@ -23,9 +23,7 @@ from dataclasses import replace
 from corral.cluster.schema import Param, Schema, ignored, unsupported
 from corral.web.api import Endpoint
 
-_RESTORE = "corral has no backup restore yet (restoring is done by POST .../lxc|qemu with "
-_RESTORE += "an archive in Proxmox)"
-_OVERWRITE = "corral never overwrites an existing guest: create fails when the VMID is taken"
+_RESTORE = "corral restores every volume before the guest starts (no live restore)"
 _BWLIMIT = "corral does not throttle volume copies"
 _HA = "make it an HA resource through /cluster/ha/resources"
 _LOCKS = "corral never skips guest locks"
@@ -45,9 +43,8 @@ _FORCE_REMOVE = ignored(
     noop=(0,),
 )
 
+# force, unique, restore, archive and storage are the create endpoint's own (restores).
 _CREATE: dict[str, Param] = {
-    "force": ignored("boolean", "Allow to overwrite an existing guest.", _OVERWRITE, noop=(0,)),
-    "unique": ignored("boolean", "Assign a unique random ethernet address.", "only for restores"),
     "ha-managed": ignored(
         "boolean", "Add the guest as a HA resource after it was created.", _HA, noop=(0,)
     ),
@@ -57,7 +54,6 @@ METHODS: dict[tuple[str, str], dict[str, Param]] = {
     ("POST", "/nodes/{node}/lxc"): {
         **_CREATE,
         "bwlimit": ignored("number", "I/O bandwidth limit (KiB/s).", _BWLIMIT, minimum=0),
-        "restore": ignored("boolean", "Mark this as restore task.", _RESTORE, noop=(0,)),
         "ignore-unpack-errors": ignored(
             "boolean",
             "Ignore errors when extracting the template.",
@@ -68,14 +64,10 @@ METHODS: dict[tuple[str, str], dict[str, Param]] = {
     ("POST", "/nodes/{node}/qemu"): {
         **_CREATE,
         "bwlimit": ignored("integer", "I/O bandwidth limit (KiB/s).", _BWLIMIT, minimum=0),
-        "archive": unsupported("string", "The backup archive.", _RESTORE, max_length=255),
         "live-restore": ignored(
             "boolean", "Start the VM while restoring in the background.", _RESTORE, noop=(0,)
         ),
         "import-working-storage": _IMPORT_STORAGE,
-        "storage": ignored(
-            "string", "Default storage.", "only used with `archive`", format="pve-storage-id"
-        ),
     },
     ("PUT", "/nodes/{node}/qemu/{vmid}/config"): {"force": _FORCE_REMOVE},
     ("POST", "/nodes/{node}/qemu/{vmid}/config"): {

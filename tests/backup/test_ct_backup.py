@@ -132,7 +132,7 @@ def test_restore_over_the_same_vmid(
 
 def test_refusals(prox: ProxmoxAPI, store: Store, make_ct: Callable[..., int]) -> None:
     n = prox.nodes(NODE)
-    vmid = make_ct("local")
+    vmid = make_ct("local", force=0, unique=0)  # as Ansible sends them: a plain create
     cases = [
         ({"vmid": vmid, "compress": "lzo"}, "compress"),
         ({"vmid": 99999999}, "vmid"),
