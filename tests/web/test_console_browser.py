@@ -237,6 +237,24 @@ def test_task_panel_power_operations_and_pending_config(
     )
     shot(page, shots, "20-snapshot-refused")
 
+    # Tags set like any key; the tree's tag view groups by them.
+    page.click("a[href$='/config']")
+    page.fill("#add-key input[name=key]", "tags")
+    page.fill("#add-key input[name=value]", "web")
+    page.click("#add-key button[type=submit]")
+    page.wait_for_selector("#config tr[data-key=tags]")
+    page.click("[data-tree=tag]")
+    page.wait_for_selector(f"#tree details[data-group='tag:web'] a[data-id='lxc/{vmid}']")
+    page.click("[data-tree=server]")
+
+    # A backup from the summary: the task shows up and ends well.
+    page.on("dialog", lambda dialog: dialog.accept(dialog.default_value))
+    page.click("a[href$='/summary']")
+    page.click("#act-backup")
+    page.wait_for_selector(f"#tasklist td:has-text('Backup {vmid}')")
+    page.wait_for_selector("#tasklog-title[data-state='OK']", timeout=120000)
+    shot(page, shots, "21-backup-task")
+
 
 def test_permissions_pages_and_the_pool_tree(
     node: Corrald, template: str, page: Any, shots: Path

@@ -55,6 +55,36 @@ export function power(type, vmid, op) {
   });
 }
 
+// The same calls an automation makes; each answers a task, followed in the panel.
+function act(method, path, params) {
+  return attempt(async () => { follow(await call(method, path, params)); poke(); });
+}
+
+function migrate(type, vmid, r) {
+  const others = state.resources.filter((n) => n.type === "node" && n.status === "online" && n.node !== r.node).map((n) => n.node);
+  const target = prompt(`Migrate ${type === "lxc" ? "CT" : "VM"} ${vmid} from ${r.node} to which node?${others.length ? ` (${others.join(", ")})` : " (no other node is online)"}`, others[0] || "");
+  if (!target) return;
+  const live = r.status === "running" ? (type === "qemu" ? { online: 1 } : { restart: 1 }) : {};
+  act("POST", `/nodes/${encodeURIComponent(r.node)}/${type}/${vmid}/migrate`, { target, ...live });
+}
+
+async function clone(type, vmid) {
+  const next = await call("GET", "/cluster/nextid").catch(() => "");
+  const newid = prompt(`Clone ${vmid} as which ID?`, String(next));
+  if (!newid) return;
+  act("POST", `/nodes/${encodeURIComponent(nodeOf(type, vmid))}/${type}/${vmid}/clone`, { newid, full: 1 });
+}
+
+function backup(type, vmid) {
+  const storage = prompt(`Back up ${vmid} to which storage?`, "local");
+  if (!storage) return;
+  act("POST", `/nodes/${encodeURIComponent(nodeOf(type, vmid))}/vzdump`, { vmid, storage, mode: "snapshot" });
+}
+
+function template(type, vmid) {
+  if (confirm(`Convert ${vmid} to a template? It can then only be cloned.`)) act("POST", `/nodes/${encodeURIComponent(nodeOf(type, vmid))}/${type}/${vmid}/template`);
+}
+
 function summaryTab(body, type, vmid) {
   const toolbar = el("div", { class: "toolbar", role: "toolbar", "aria-label": "Power" });
   const grid = el("div", { class: "grid" });
@@ -68,7 +98,12 @@ function summaryTab(body, type, vmid) {
       toolbar.replaceChildren(...(OPS[r.status] || ["start", "stop"]).map((op) =>
         el("button", { class: op === "stop" ? "danger" : op === "start" ? "primary" : "", "data-op": op, onclick: () => power(type, vmid, op) },
           op[0].toUpperCase() + op.slice(1))),
-        el("button", { onclick: () => { location.hash = `#/guest/${type}/${vmid}/console`; }, disabled: r.status !== "running" }, "Console"));
+        el("button", { onclick: () => { location.hash = `#/guest/${type}/${vmid}/console`; }, disabled: r.status !== "running" }, "Console"),
+        el("span", { class: "spacer" }),
+        el("button", { id: "act-migrate", onclick: () => migrate(type, vmid, r) }, "Migrate"),
+        el("button", { id: "act-clone", onclick: () => clone(type, vmid) }, "Clone"),
+        el("button", { id: "act-backup", onclick: () => backup(type, vmid) }, "Back up"),
+        r.template ? null : el("button", { id: "act-template", disabled: r.status === "running", onclick: () => template(type, vmid) }, "Convert to template"));
     }
     grid.replaceChildren(...[
       el("div", { class: "stat" }, el("div", { class: "label" }, "Status"), el("div", { class: "value", id: "guest-status" }, r.status || "-")),
@@ -102,7 +137,16 @@ function consoleTab(body, type, vmid) {
 function configTab(body, type, vmid) {
   const table = el("table", { id: "config" }, el("thead", {}, el("tr", {}, ["Key", "Value", "Pending", ""].map((h) => el("th", {}, h)))), el("tbody"));
   const note = el("p", { class: "muted" }, "Changes a running guest cannot take at once stay pending until its next start, as in Proxmox.");
-  body.append(note, table);
+  const add = el("form", { class: "toolbar", id: "add-key" },
+    el("input", { name: "key", placeholder: "Key (tags, description, onboot…)", "aria-label": "New key" }),
+    el("input", { name: "value", placeholder: "Value", "aria-label": "Its value" }),
+    el("button", { type: "submit" }, "Set"));
+  add.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const v = Object.fromEntries(new FormData(add).entries());
+    attempt(async () => { await call("PUT", `${base()}/config`, { [v.key]: v.value }); add.reset(); await load(); });
+  });
+  body.append(note, add, table);
   let editing = null;
   const base = () => `/nodes/${encodeURIComponent(nodeOf(type, vmid))}/${type}/${vmid}`;
   const load = async () => {
