@@ -237,6 +237,23 @@ def record_round(rrd: RrdStore, store: Any, now: float | None = None) -> int:
     return count
 
 
+def prune(rrd: RrdStore, store: Any) -> int:
+    """Remove the history of guests that no longer exist (a VMID used again later
+    starts a fresh graph). Judged by the guest records, not by the status documents:
+    the guests of a node that is down have no status but still exist."""
+    folder = rrd.base / "pve2-vm"
+    if not folder.is_dir():
+        return 0
+    alive = {kv.key.rsplit("/", 1)[1] for kv in store.range(keys.GUESTS)}
+    gone = 0
+    for entry in folder.glob("*.rrd"):
+        if entry.stem not in alive:
+            rrd.forget("pve2-vm", entry.stem)
+            gone += 1
+    return gone
+
+
+PRUNE_EVERY = 15  # rounds (5 minutes)
 _busy = threading.Lock()
 
 
@@ -259,6 +276,9 @@ def status_hook(node: Any) -> None:
     def run() -> None:
         try:
             record_round(rrd, node.store)
+            services["rrd_rounds"] = rounds = services.get("rrd_rounds", 0) + 1
+            if rounds % PRUNE_EVERY == 0:
+                prune(rrd, node.store)
             metrics_core.LEADER.sample(int(getattr(node.store.status(), "leader", 0) or 0))
         except Exception as err:  # noqa: BLE001 - retried next round
             log.warning("history round failed: %s", err)

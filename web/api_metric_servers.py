@@ -104,6 +104,14 @@ OPTIONS: dict[str, tuple[Param, tuple[str, ...]]] = {
         ("influxdb",),
     ),
 }
+# Proxmox's OpenTelemetry plugin options: declared so they are refused with a reason
+# (no server type here takes them) rather than as unknown.
+for _name, _type in (
+    ("otel-compression", "string"), ("otel-headers", "string"), ("otel-max-body-size", "integer"),
+    ("otel-path", "string"), ("otel-protocol", "string"), ("otel-resource-attributes", "string"),
+    ("otel-timeout", "integer"), ("otel-verify-ssl", "boolean"),
+):  # fmt: skip
+    OPTIONS[_name] = (Param(_type, "OpenTelemetry (not supported by corral).", optional=True), ())
 
 
 def _optional(param: Param) -> Param:
@@ -132,6 +140,8 @@ UPDATE_PARAMS = {
 def _check_types(kind: str, options: dict[str, Any]) -> None:
     errors = {
         k: f"option not allowed for type '{kind}'"
+        if OPTIONS[k][1]
+        else "OpenTelemetry servers are not supported by corral"
         for k in options
         if k in OPTIONS and kind not in OPTIONS[k][1]
     }

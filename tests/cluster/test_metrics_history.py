@@ -90,6 +90,12 @@ def test_round_records_the_cluster_and_follows_a_migrated_guest(
     assert node[-1]["memused"] == 40 and node[-1]["loadavg"] == pytest.approx(0.5)
     storage = [r for r in rrd.fetch("pve2-storage", "na/local", "hour") if "used" in r]
     assert storage[-1] == {"time": storage[-1]["time"], "total": 1000, "used": 250}
+    # Destroyed guests lose their history; existing ones keep it, running or not.
+    store.put(keys.guest(300), {"vmid": 300, "type": "lxc", "node": "nb", "config": {}})
+    assert metrics_rrd.prune(rrd, store) == 0
+    store.delete(keys.guest(300))
+    assert metrics_rrd.prune(rrd, store) == 1
+    assert rrd.fetch("pve2-vm", "300", "hour") == []
 
 
 def test_graphite_and_influx_formats() -> None:

@@ -267,23 +267,31 @@ def test_prometheus_and_rrddata_follow_a_busy_ct(
         from_cgroup = (u1 - u0) / 1e9 / (t1 - t0) / (os.cpu_count() or 1)
         got = promql(prometheus, f'pve_cpu_usage_ratio{{id="lxc/{ct}"}}')
         from_prom = float(got[0]["value"][1])
-        assert from_cgroup > 0.1  # a busy loop; the machine is shared, so not a full core
+        # A busy loop; on a shared 2-core machine under load it may get little of a core.
+        assert from_cgroup > 0.02
         assert abs(from_prom - from_cgroup) < 0.15, (from_prom, from_cgroup)
         mem_cg = cgroups.memory(pid)[0]
         mem = float(promql(prometheus, f'pve_memory_usage_bytes{{id="lxc/{ct}"}}')[0]["value"][1])
         assert abs(mem - mem_cg) < max(4 << 20, 0.25 * mem_cg), (mem, mem_cg)
 
+        seen: list[Any] = []
+        busy = max(0.02, 3 * idle[-1]["cpu"], from_cgroup / 3)
+
         def busy_row() -> Any:
             rows = api.data("GET", rrd, params={"timeframe": "hour"})
-            return rows if rows[-1].get("cpu", 0) > 0.1 else None
+            seen[:] = rows[-3:]
+            return rows if rows[-1].get("cpu", 0) > busy else None
 
-        rows = wait_for(busy_row, 150, 2, "a busy rrd row")
+        try:
+            rows = wait_for(busy_row, 150, 2, "a busy rrd row")
+        except AssertionError as err:
+            raise AssertionError(f"{err}; last rows {seen}; {node.log_tail(15)}") from None
     finally:
         burner.stop()
     assert len(rows) == 70 and rows[-1]["time"] - rows[-2]["time"] == 60
     assert {"maxcpu", "cpu", "maxmem", "mem", "disk", "maxdisk"} <= set(rows[-1])
     assert rows[-1]["maxmem"] == 128 << 20
-    assert rows[-1]["cpu"] - idle[-1]["cpu"] > 0.08  # the points moved
+    assert rows[-1]["cpu"] > busy > idle[-1]["cpu"]  # the points moved
     mx = api.data("GET", rrd, params={"timeframe": "hour", "cf": "MAX"})
     assert mx[-1]["cpu"] >= rows[-1]["cpu"] - 1e-9
     assert len(api.data("GET", rrd, params={"timeframe": "year"})) == 70
@@ -377,6 +385,9 @@ def test_metric_servers_crud_and_push(
     assert r.status_code == 400 and "proto" in r.json()["errors"]
     r = api.post(f"{base}/bad", data={"type": "opentelemetry", "server": "x", "port": 1})
     assert r.status_code == 400 and "type" in r.json()["errors"]
+    r = api.post(f"{base}/bad", data={"type": "influxdb", "server": "127.0.0.1", "port": 1,
+                                      "otel-path": "/v1/metrics"})  # fmt: skip
+    assert r.status_code == 400 and "not supported" in r.json()["errors"]["otel-path"]
     assert api.data("GET", base) == []
 
     api.data(

@@ -31,6 +31,8 @@ CHECKED_MODULES = {
     "corral.web.api_cluster",
     "corral.web.api_node_info",
     "corral.web.api_backup_info",
+    "corral.web.api_rrd",
+    "corral.web.api_metric_servers",
 }
 # Methods outside the guest API whose Proxmox options corral does not take yet.
 KNOWN_GAPS = {
