@@ -142,7 +142,18 @@ def test_login_tree_search_and_refusals(node: Corrald, page: Any, shots: Path) -
     page.wait_for_selector("#tree details[data-group='t:storage'] a[data-id='storage/node1/local']")
     page.click("#tree a[data-id='storage/node1/local']")
     page.wait_for_selector("h1:has-text('local on node1')")
+    # Upload an ISO with progress, see it listed, delete it.
+    iso = shots / "tiny.iso"
+    iso.write_bytes(b"\0" * (2 << 20))
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.select_option("#upload select[name=content]", "iso")
+    page.set_input_files("#upload input[type=file]", str(iso))
+    page.click("#upload button[type=submit]")
+    page.wait_for_selector("#content-list tr[data-volid='local:iso/tiny.iso']")
     shot(page, shots, "04-storage")
+    page.click("button[aria-label='Delete local:iso/tiny.iso']")
+    page.wait_for_selector("#content-list tr[data-volid='local:iso/tiny.iso']", state="detached")
+    iso.unlink()
 
 
 def test_create_a_ct_with_the_wizard_start_it_and_use_its_terminal(

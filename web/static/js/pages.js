@@ -1,6 +1,7 @@
 // Datacenter, node and storage pages (live from the shared state).
 "use strict";
-import { call, el, fmtBytes, fmtPct, fmtUptime, attempt, ApiError } from "./api.js";
+import { call, el, fmtBytes, fmtPct, fmtUptime, attempt, ApiError, session, toast } from "./api.js";
+import { follow } from "./tasks.js";
 import { state } from "./main.js";
 import { href } from "./tree.js";
 import { rrdCharts } from "./chart.js";
@@ -105,20 +106,54 @@ export function nodePage(main, node) {
 export function storagePage(main, node, storage) {
   const body = el("div");
   const content = el("div");
-  main.append(el("h1", {}, el("span", { class: "kind" }, "storage"), `${storage} on ${node}`), body, el("h2", {}, "Content"), content);
+  const base = `/nodes/${encodeURIComponent(node)}/storage/${encodeURIComponent(storage)}`;
+  const progress = el("progress", { max: "100", value: "0", hidden: true, id: "upload-progress", "aria-label": "Upload progress" });
+  const upload = el("form", { class: "toolbar", id: "upload" },
+    el("select", { name: "content", "aria-label": "Content type" }, el("option", { value: "iso" }, "ISO image"), el("option", { value: "vztmpl" }, "Container template")),
+    el("input", { type: "file", name: "file", "aria-label": "File to upload", required: true }),
+    el("button", { type: "submit", class: "primary" }, "Upload"), progress);
+  upload.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    // XMLHttpRequest, not fetch: it reports upload progress. Same API call as any client.
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", `/api2/json${base}/upload`);
+    xhr.setRequestHeader("CSRFPreventionToken", session.csrf);
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) progress.value = String(Math.round(100 * e.loaded / e.total)); };
+    xhr.onload = () => {
+      progress.hidden = true;
+      let answer = {};
+      try { answer = JSON.parse(xhr.responseText); } catch (e) { answer = {}; }
+      if (xhr.status !== 200) { toast(answer.message || xhr.statusText); return; }
+      follow(answer.data);
+      upload.reset();
+      load();
+    };
+    xhr.onerror = () => { progress.hidden = true; toast("upload failed: connection lost"); };
+    progress.hidden = false;
+    progress.value = "0";
+    xhr.send(new FormData(upload));
+  });
+  main.append(el("h1", {}, el("span", { class: "kind" }, "storage"), `${storage} on ${node}`), body, el("h2", {}, "Content"), upload, content);
   const update = () => {
     const s = state.find(`storage/${node}/${storage}`);
     if (!s) { body.replaceChildren(el("p", { class: "error" }, `No storage '${storage}' on '${node}'.`)); return; }
     body.replaceChildren(el("div", { class: "grid" }, stat("Status", s.status), stat("Type", s.plugintype || "-"),
-      stat("Content", s.content || "-"), stat("Usage", `${fmtBytes(s.disk)} / ${fmtBytes(s.maxdisk)}`, s.maxdisk ? s.disk / s.maxdisk : 0)));
+      stat("Content", (s.content || "-").replaceAll(",", ", ")), stat("Usage", `${fmtBytes(s.disk)} / ${fmtBytes(s.maxdisk)}`, s.maxdisk ? s.disk / s.maxdisk : 0)));
     bars(body);
   };
+  const remove = (volid) => attempt(async () => {
+    if (!confirm(`Delete ${volid}?`)) return;
+    const answer = await call("DELETE", `${base}/content/${encodeURIComponent(volid)}`);
+    if (answer) follow(answer);
+    setTimeout(load, 500);
+  });
   const load = () => attempt(async () => {
     try {
-      const rows = await call("GET", `/nodes/${encodeURIComponent(node)}/storage/${encodeURIComponent(storage)}/content`);
-      content.replaceChildren(el("table", {}, el("thead", {}, el("tr", {}, ["Volume", "Content", "Format", "Size", "Guest"].map((h) => el("th", {}, h)))),
-        el("tbody", {}, rows.map((v) => el("tr", {}, el("td", {}, v.volid), el("td", {}, v.content), el("td", {}, v.format || ""),
-          el("td", {}, fmtBytes(v.size)), el("td", {}, v.vmid ? String(v.vmid) : "")))))); 
+      const rows = await call("GET", `${base}/content`);
+      content.replaceChildren(el("table", { id: "content-list" }, el("thead", {}, el("tr", {}, ["Volume", "Content", "Format", "Size", "Guest", ""].map((h) => el("th", {}, h)))),
+        el("tbody", {}, rows.map((v) => el("tr", { "data-volid": v.volid }, el("td", {}, v.volid), el("td", {}, v.content), el("td", {}, v.format || ""),
+          el("td", {}, fmtBytes(v.size)), el("td", {}, v.vmid ? String(v.vmid) : ""),
+          el("td", {}, v.vmid ? "" : el("button", { class: "link danger", "aria-label": `Delete ${v.volid}`, onclick: () => remove(v.volid) }, "Delete")))))));
     } catch (e) {
       content.replaceChildren(el("p", { class: "error" }, e instanceof ApiError ? e.detail : String(e)));
     }

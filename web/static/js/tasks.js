@@ -10,7 +10,7 @@ const LABELS = {
   qmdestroy: "Destroy VM", qmsuspend: "Suspend VM", qmresume: "Resume VM", qmigrate: "Migrate VM", qmconfig: "Configure VM",
   vzconfig: "Configure CT", vzsnapshot: "Snapshot CT", vzrollback: "Rollback CT", vzdelsnapshot: "Delete snapshot of CT",
   qmsnapshot: "Snapshot VM", qmrollback: "Rollback VM", qmdelsnapshot: "Delete snapshot of VM", vzclone: "Clone CT", qmclone: "Clone VM",
-  vzdump: "Backup", vztemplate: "Convert CT to template", qmtemplate: "Convert VM to template", resize: "Resize disk of",
+  vzdump: "Backup", imgcopy: "Upload to", download: "Download to", vztemplate: "Convert CT to template", qmtemplate: "Convert VM to template", resize: "Resize disk of",
 };
 
 export function describe(t) {
