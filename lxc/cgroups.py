@@ -165,7 +165,14 @@ def paths(pid: int) -> dict[str, str]:
     Raises FileNotFoundError when `pid` is gone; a hierarchy that no mount here
     reaches is left out (its figures are then unknown)."""
     with open(f"/proc/{pid}/cgroup") as fh:
-        mine = parse_proc_cgroup(fh.read())
+        text = fh.read()
+    # Status reads every container's groups every 2 s and a guest's groups do not move:
+    # reuse the resolution while /proc/PID/cgroup reads the same and its folders exist.
+    key = (pid, text, MOUNTINFO)
+    cached = _resolved.get(key)
+    if cached is not None and all(os.path.isdir(d) for d in cached.values()):
+        return dict(cached)
+    mine = parse_proc_cgroup(text)
     with open(MOUNTINFO) as fh:
         mounts = parse_mountinfo(fh.read())
     out: dict[str, str] = {}
@@ -182,7 +189,13 @@ def paths(pid: int) -> dict[str, str]:
             out[""] = found
         for ctl in hierarchy:
             out[ctl.removeprefix("name=")] = found
+    if len(_resolved) > 4096:
+        _resolved.clear()
+    _resolved[key] = dict(out)
     return out
+
+
+_resolved: dict[tuple[int, str, str], dict[str, str]] = {}
 
 
 _logged: set[tuple[int, str]] = set()
