@@ -309,6 +309,8 @@ class GuestService:
             raise ParamError.one("op", f"{rec['type']} guests have no '{op}'")
         if op != "stop" or not skiplock:
             guests.check_lock(rec)
+        if op == "start" and rec["config"].get("template"):
+            raise Conflict(f"{rec['type']} {vmid} is a template: clone it to run it")
         if skiplock and user.partition("!")[0] != ROOT:
             raise ParamError.one("skiplock", "Only root may use this option.")
         args = {k: v for k, v in params.items() if v is not None}

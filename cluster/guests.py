@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 

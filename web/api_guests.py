@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from corral.cluster import guests, keys
+from corral.cluster import guests, keys, snapshots
 from corral.cluster.cluster_view import guest_summary
-from corral.cluster.errors import Conflict, NotFound, Unavailable
+from corral.cluster.errors import Conflict, Unavailable
 from corral.cluster.guest_driver import GuestDriver
 from corral.cluster.guest_service import CONFIG_PRIVS, GuestService
 from corral.cluster.ha import status as ha_status
@@ -191,9 +191,10 @@ def register(type: str) -> None:
         ctx: Ctx, node: str, vmid: int, current: int = 0, snapshot: str | None = None
     ) -> dict[str, Any]:
         rec = _record(ctx, type, node, vmid)
-        if snapshot:
-            raise NotFound(f"snapshot '{snapshot}' does not exist")
-        config = dict(rec["config"] if current else guests.merged_config(rec))
+        if snapshot:  # the config as the snapshot keeps it (corral.cluster.snapshots)
+            config = snapshots.snapshot_config(rec, snapshot)
+        else:
+            config = dict(rec["config"] if current else guests.merged_config(rec))
         schema = driver_for(ctx, type).config_schema()
         for key, param in schema.props.items():
             if param.secret and key in config:

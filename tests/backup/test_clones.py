@@ -65,6 +65,9 @@ def test_template_and_linked_clone(
     task_ok(prox, ct.template.post())
     cfg = ct.config.get()
     assert int(cfg["template"]) == 1 and "basevol-" in cfg["rootfs"], cfg
+    with pytest.raises(ResourceException) as err:
+        ct.status.start.post()
+    assert err.value.status_code == 409 and "template" in str(err.value)
     newid = new_vmid()
     try:
         task_ok(prox, ct.clone.post(newid=newid))  # a template: linked by default

@@ -45,6 +45,7 @@ def test_snapshot_rollback_delete_running_ct(
     ct.config.put(memory=96)
     snapcfg = ct.snapshot("first").config.get()
     assert int(snapcfg["memory"]) == 64 and snapcfg["description"] == "marker one"
+    assert int(ct.config.get(snapshot="first")["memory"]) == 64  # Proxmox's other door
     ct.snapshot("first").config.put(description="the first marker")
     assert ct.snapshot("first").config.get()["description"] == "the first marker"
 
