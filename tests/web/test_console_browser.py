@@ -200,6 +200,37 @@ def test_create_a_ct_with_the_wizard_start_it_and_use_its_terminal(
     shot(page, shots, "08-terminal")
 
 
+def test_create_a_vm_with_the_wizard(node: Corrald, page: Any, shots: Path) -> None:
+    log_in(page, node)
+    page.click("#create-vm")
+    page.wait_for_selector("input[name=vmid]")
+    wait_for(lambda: page.input_value("input[name=vmid]") != "", 20, 0.1, "the next free ID")
+    vmid = int(page.input_value("input[name=vmid]"))
+    page.fill("input[name=name]", "wizard-vm")
+    page.click("#wizard-next")
+    page.wait_for_selector("select[name=iso]")
+    page.click("#wizard-next")
+    page.fill("input[name=size]", "1")
+    page.click("#wizard-next")
+    page.fill("input[name=memory]", "128")
+    kvm = page.wait_for_selector("input[name=kvm]")
+    # This machine has no VT-x/AMD-V: the wizard says so and creates a TCG guest.
+    assert kvm.is_disabled() and not kvm.is_checked()
+    shot(page, shots, "22-vm-wizard-cpu")
+    page.click("#wizard-next")
+    page.click("#wizard-next")
+    summary = page.wait_for_selector("#wizard-summary").inner_text()
+    assert "kvm\t0" in summary and "local:1" in summary
+    page.click("#wizard-create")
+    page.wait_for_selector(f"#tasklist td:has-text('Create VM {vmid}')")
+    page.wait_for_selector("#tasklog-title[data-state='OK']", timeout=120000)
+    page.wait_for_selector(f"#tree a[data-id='qemu/{vmid}']")
+    page.wait_for_selector("#guest-status:has-text('stopped')")
+    config = node.session().data("GET", f"/nodes/node1/qemu/{vmid}/config")
+    assert config["name"] == "wizard-vm" and config["kvm"] == 0 and config["memory"] == 128
+    node.session().run_task("DELETE", f"/nodes/node1/qemu/{vmid}", params={"purge": 1})
+
+
 def test_task_panel_power_operations_and_pending_config(
     node: Corrald, template: str, page: Any, shots: Path
 ) -> None:

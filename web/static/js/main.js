@@ -108,7 +108,7 @@ function route() {
   if (what === "node" && a) view = nodePage(main, a);
   else if (what === "guest" && a && b) view = guestPage(main, a, Number(b), c || "summary");
   else if (what === "storage" && a && b) view = storagePage(main, a, b);
-  else if (what === "create" && a === "lxc") view = wizardPage(main);
+  else if (what === "create" && (a === "lxc" || a === "qemu")) view = wizardPage(main, a);
   else if (what === "access") view = accessPage(main, a);
   else view = datacenterPage(main);
   markCurrent(location.hash);
@@ -123,7 +123,7 @@ function showLogin() {
   tasks.stop();
   closeFeed();
   document.getElementById("app").hidden = true;
-  for (const id of ["search", "create-ct", "logout"]) document.getElementById(id).hidden = true;
+  for (const id of ["search", "create-ct", "create-vm", "logout"]) document.getElementById(id).hidden = true;
   document.getElementById("who").textContent = "";
   document.getElementById("login").hidden = false;
   document.querySelector("#login input[name=password]").focus();
@@ -132,7 +132,7 @@ function showLogin() {
 async function start() {
   document.getElementById("login").hidden = true;
   document.getElementById("app").hidden = false;
-  for (const id of ["search", "create-ct", "logout"]) document.getElementById(id).hidden = false;
+  for (const id of ["search", "create-ct", "create-vm", "logout"]) document.getElementById(id).hidden = false;
   document.getElementById("who").textContent = session.user;
   await refresh();
   route();
@@ -166,6 +166,7 @@ function setup() {
   });
   document.getElementById("logout").addEventListener("click", () => { logout(); showLogin(); });
   document.getElementById("create-ct").addEventListener("click", () => { location.hash = "#/create/lxc"; });
+  document.getElementById("create-vm").addEventListener("click", () => { location.hash = "#/create/qemu"; });
   document.getElementById("menu").addEventListener("click", (ev) => {
     const side = document.getElementById("side");
     // The drawer starts below the header, whose height depends on the width.

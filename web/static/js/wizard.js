@@ -4,21 +4,26 @@ import { call, el, attempt, toast, ApiError } from "./api.js";
 import { state } from "./main.js";
 import { follow } from "./tasks.js";
 
-const STEPS = ["General", "Template", "Root disk", "CPU & memory", "Network", "Confirm"];
+const STEPS = {
+  lxc: ["General", "Template", "Root disk", "CPU & memory", "Network", "Confirm"],
+  qemu: ["General", "OS", "Disk", "CPU & memory", "Network", "Confirm"],
+};
 
 function field(label, input) {
   return el("label", {}, el("span", {}, label), input);
 }
 
-export function wizardPage(main) {
+export function wizardPage(main, type = "lxc") {
   const nodes = state.resources.filter((r) => r.type === "node" && r.status === "online").map((r) => r.node).sort();
-  const v = { node: nodes[0] || "", vmid: "", hostname: "", password: "", ostemplate: "", storage: "", size: "1",
-    cores: "1", memory: "256", swap: "0", bridge: "", ip: "dhcp", start: true };
+  const v = { node: nodes[0] || "", vmid: "", hostname: "", name: "", password: "", ostemplate: "", iso: "", storage: "", size: type === "lxc" ? "1" : "8",
+    cores: "1", memory: type === "lxc" ? "256" : "1024", swap: "0", bridge: "", ip: "dhcp", kvm: true, start: type === "lxc" };
+  const STEPS_ = STEPS[type];
+  const kindName = type === "lxc" ? "container" : "virtual machine";
   let step = 0;
   const steps = el("ol", { class: "steps", "aria-label": "Steps" });
   const form = el("form", { novalidate: true, "aria-live": "polite" });
   const error = el("p", { class: "error", role: "alert", id: "wizard-error" });
-  main.append(el("div", { class: "wizard" }, el("h1", {}, "Create a container"), steps, form, error));
+  main.append(el("div", { class: "wizard" }, el("h1", {}, `Create a ${kindName}`), steps, form, error));
   call("GET", "/cluster/nextid").then((id) => { if (!v.vmid) { v.vmid = String(id); if (step === 0) show(); } }).catch(() => {});
 
   const input = (name, attrs) => {
@@ -39,6 +44,7 @@ export function wizardPage(main) {
   };
 
   async function page() {
+    if (type === "qemu") return vmPage();
     switch (step) {
       case 0: return [
         field("Node", select("node", nodes.map((n) => [n, n]))),
@@ -69,7 +75,50 @@ export function wizardPage(main) {
     }
   }
 
+  async function vmPage() {
+    switch (step) {
+      case 0: return [
+        field("Node", select("node", nodes.map((n) => [n, n]))),
+        field("VM ID", input("vmid", { inputmode: "numeric", required: true })),
+        field("Name", input("name", { placeholder: "optional" })),
+      ];
+      case 1: {
+        const isos = [["", "No media"]];
+        for (const s of await storagesWith("iso")) {
+          const rows = await call("GET", `/nodes/${encodeURIComponent(v.node)}/storage/${encodeURIComponent(s)}/content`, { content: "iso" });
+          for (const t of rows) isos.push([t.volid, t.volid]);
+        }
+        return [field("CD/DVD image", select("iso", isos))];
+      }
+      case 2: {
+        const stores = await storagesWith("images");
+        return [field("Storage", select("storage", stores.map((s) => [s, s]))), field("Disk size (GiB)", input("size", { inputmode: "decimal" }))];
+      }
+      case 3: {
+        const status = await call("GET", `/nodes/${encodeURIComponent(v.node)}/status`).catch(() => ({}));
+        const hvm = !!(status.cpuinfo || {}).hvm;
+        if (!hvm) v.kvm = false;
+        return [field("Cores", input("cores", { inputmode: "numeric" })), field("Memory (MiB)", input("memory", { inputmode: "numeric" })),
+          field(hvm ? "Hardware virtualisation (KVM)" : "KVM (not on this node: TCG emulation)", input("kvm", { type: "checkbox", disabled: !hvm }))];
+      }
+      case 4: return [field("Bridge", input("bridge", { placeholder: "none (no network)" }))];
+      default: return [
+        el("table", { id: "wizard-summary" }, el("tbody", {}, Object.entries(params()).map(([k, val]) => el("tr", {}, el("th", {}, k), el("td", {}, String(val)))))),
+        field("Start after created", input("start", { type: "checkbox" })),
+      ];
+    }
+  }
+
+  function vmParams() {
+    const p = { vmid: v.vmid, memory: v.memory, cores: v.cores, scsi0: `${v.storage}:${v.size}`, kvm: v.kvm ? 1 : 0 };
+    if (v.name) p.name = v.name;
+    if (v.iso) p.ide2 = `${v.iso},media=cdrom`;
+    if (v.bridge) p.net0 = `virtio,bridge=${v.bridge}`;
+    return p;
+  }
+
   function params() {
+    if (type === "qemu") return vmParams();
     const p = { vmid: v.vmid, ostemplate: v.ostemplate, rootfs: `${v.storage}:${v.size}`, cores: v.cores, memory: v.memory, swap: v.swap };
     if (v.hostname) p.hostname = v.hostname;
     if (v.password) p.password = v.password;
@@ -78,7 +127,7 @@ export function wizardPage(main) {
   }
 
   async function show() {
-    steps.replaceChildren(...STEPS.map((s, i) => el("li", { class: i === step ? "on" : null, "aria-current": i === step ? "step" : null }, `${i + 1}. ${s}`)));
+    steps.replaceChildren(...STEPS_.map((s, i) => el("li", { class: i === step ? "on" : null, "aria-current": i === step ? "step" : null }, `${i + 1}. ${s}`)));
     let fields;
     try {
       fields = await page();
@@ -86,10 +135,10 @@ export function wizardPage(main) {
       fields = [el("p", { class: "error" }, e instanceof ApiError ? e.detail : String(e.message))];
     }
     const back = el("button", { type: "button", disabled: step === 0, onclick: () => { step--; show(); } }, "Back");
-    const next = step < STEPS.length - 1
+    const next = step < STEPS_.length - 1
       ? el("button", { type: "submit", class: "primary", id: "wizard-next" }, "Next")
       : el("button", { type: "submit", class: "primary", id: "wizard-create" }, "Create");
-    form.replaceChildren(el("fieldset", {}, el("legend", {}, STEPS[step]), fields), el("div", { class: "nav" }, back, next));
+    form.replaceChildren(el("fieldset", {}, el("legend", {}, STEPS_[step]), fields), el("div", { class: "nav" }, back, next));
     const first = form.querySelector("input, select");
     if (first) first.focus();
   }
@@ -97,7 +146,7 @@ export function wizardPage(main) {
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     error.textContent = "";
-    if (step < STEPS.length - 1) {
+    if (step < STEPS_.length - 1) {
       if (step === 0 && !/^\d+$/.test(v.vmid)) { error.textContent = "vmid: a number is required"; return; }
       step++;
       show();
@@ -106,10 +155,10 @@ export function wizardPage(main) {
     const p = params();
     if (v.start) p.start = 1;
     try {
-      const upid = await call("POST", `/nodes/${encodeURIComponent(v.node)}/lxc`, p);
+      const upid = await call("POST", `/nodes/${encodeURIComponent(v.node)}/${type}`, p);
       follow(upid);
-      toast(`Creating CT ${v.vmid}…`, "info");
-      location.hash = `#/guest/lxc/${v.vmid}`;
+      toast(`Creating ${type === "lxc" ? "CT" : "VM"} ${v.vmid}…`, "info");
+      location.hash = `#/guest/${type}/${v.vmid}`;
     } catch (e) {
       // The API's own message, with each bad parameter named.
       error.textContent = e instanceof ApiError ? e.detail : String(e.message);
