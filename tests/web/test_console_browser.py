@@ -138,6 +138,13 @@ def test_login_tree_search_and_refusals(node: Corrald, page: Any, shots: Path) -
     page.wait_for_url("**/#/node/node1")
     page.wait_for_selector("h1:has-text('node1')")
     shot(page, shots, "03-node")
+    # The tree by keyboard.
+    page.focus("#tree a[data-id=datacenter]")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")
+    assert page.evaluate("document.activeElement.dataset.id") == "node/node1"
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/#/node/node1")
     page.click("[data-tree=type]")
     page.wait_for_selector("#tree details[data-group='t:storage'] a[data-id='storage/node1/local']")
     page.click("#tree a[data-id='storage/node1/local']")

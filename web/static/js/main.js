@@ -202,6 +202,21 @@ function setup() {
     b.classList.toggle("on", b.dataset.tree === treeMode);
     b.setAttribute("aria-pressed", String(b.dataset.tree === treeMode));
   }
+  // The tree by keyboard: arrows move between items, left/right close and open a group.
+  document.getElementById("tree").addEventListener("keydown", (ev) => {
+    const links = [...document.querySelectorAll("#tree a[data-id]")].filter((a) => a.offsetParent !== null);
+    const at = links.indexOf(document.activeElement);
+    const group = document.activeElement.closest("details");
+    let to = null;
+    if (ev.key === "ArrowDown") to = links[Math.min(links.length - 1, at + 1)];
+    else if (ev.key === "ArrowUp") to = links[Math.max(0, at - 1)];
+    else if (ev.key === "Home") to = links[0];
+    else if (ev.key === "End") to = links[links.length - 1];
+    else if ((ev.key === "ArrowRight" || ev.key === "ArrowLeft") && group) group.open = ev.key === "ArrowRight";
+    else return;
+    ev.preventDefault();
+    if (to) to.focus();
+  });
   window.addEventListener("hashchange", route);
   document.addEventListener("visibilitychange", () => { if (!document.hidden && session.csrf) refresh().catch(() => {}); });
   if (session.csrf) start().catch(showLogin);
