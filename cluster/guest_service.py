@@ -28,6 +28,7 @@ from typing import Any
 from corral.cluster import guests, keys, migration, placement, registry
 from corral.cluster.errors import Conflict, NotFound, ParamError, Unavailable
 from corral.cluster.guest_driver import GuestDriver, VolumeAccess
+from corral.cluster.guest_service_copies import CopyOperations
 from corral.cluster.guest_volumes import volumes_in
 from corral.cluster.schema import parse_size
 from corral.cluster.store_api import StoreAPI
@@ -70,8 +71,9 @@ def _split_list(text: str | None) -> list[str]:
     return [k.strip() for k in (text or "").replace(";", ",").split(",") if k.strip()]
 
 
-class GuestService:
-    """Create, configure, power, migrate and destroy guests; find who uses a volume.
+class GuestService(CopyOperations):
+    """Create, configure, power, migrate and destroy guests; find who uses a volume;
+    snapshots, clones and templates (CopyOperations).
 
     Cheap to construct (it holds references only); thread-safe, as the store
     and the task queue are.
@@ -455,12 +457,19 @@ class GuestService:
 
     # -- internals ------------------------------------------------------------------------
     def _submit(
-        self, rec: dict[str, Any], op: str, *, user: str, args: dict[str, Any] | None = None
+        self,
+        rec: dict[str, Any],
+        op: str,
+        *,
+        user: str,
+        args: dict[str, Any] | None = None,
+        table: Mapping[str, Mapping[str, str]] = guests.TASK_TYPES,
     ) -> str:
+        """Queue `op` (a name in `table`, the flow's task types) on the guest's node."""
         vmid = int(rec["vmid"])
         return self.tasks.submit(
             node=rec["node"],
-            type=guests.TASK_TYPES[rec["type"]][op],
+            type=table[rec["type"]][op],
             id=str(vmid),
             user=user,
             args={"vmid": vmid, **(args or {})},

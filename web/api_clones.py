@@ -1,20 +1,19 @@
 """Clone and template endpoints with Proxmox's paths, for `lxc` and `qemu`.
 
-The rules are corral.cluster.clones'; this module parses, refuses what it can
-at once (VMID taken, lock, linked clone of a non-template, storage unknown)
-and queues the task on the source's node, with the new guest's record
-claimed (locked `create`) before the answer.
+The rules are the guest service's (corral.cluster.guest_service_copies, over
+corral.cluster.clones): it refuses what it can at once, claims the new
+guest's record (locked `create`) and queues the task on the source's node.
+This module parses and formats.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from corral.cluster import clones, guests, keys
-from corral.cluster.errors import ParamError, Unavailable
 from corral.cluster.schema import NODE, VMID, Param
 from corral.web.api import Ctx, endpoint
 from corral.web.api_core import require_node
+from corral.web.api_guests import service
 from corral.web.api_snapshots import DESCRIPTION
 
 KIND = {"lxc": "CT", "qemu": "VM"}
@@ -25,7 +24,6 @@ STORAGE = Param("string", "Target storage for full clone.", optional=True,
 def register(type: str) -> None:
     one = f"/nodes/{{node}}/{type}/{{vmid}}"
     kind = KIND[type]
-    task = clones.TASK_TYPES[type]
     name_key = "hostname" if type == "lxc" else "name"
 
     def clone_perm(ctx: Ctx, vmid: int, newid: int, **params: Any) -> None:
@@ -77,42 +75,20 @@ def register(type: str) -> None:
     )
     def clone(ctx: Ctx, node: str, vmid: int, newid: int, **params: Any) -> str:
         require_node(ctx, node)
-        rec = guests.get_record(ctx.store, vmid, type=type, node=node)
-        guests.check_lock(rec)
-        snapname = params.get("snapname")
         full = params.get("full")
-        full_copy = clones.check_clone(
-            rec, newid, full=None if full is None else bool(full), snapname=snapname
+        return service(ctx).clone(
+            vmid,
+            newid,
+            user=ctx.user,
+            full=None if full is None else bool(full),
+            target=params.get("target"),
+            storage=params.get("storage"),
+            snapname=params.get("snapname"),
+            name=params.get(name_key),
+            description=params.get("description"),
+            type=type,
+            node=node,
         )
-        target = params.get("target") or node
-        if ctx.store.get(keys.node_alive(target)) is None:
-            raise Unavailable(f"node '{target}' is offline")
-        storage = params.get("storage")
-        if storage and not full_copy:
-            raise ParamError.one("storage", "a target storage needs a full clone (full=1)")
-        if storage and ctx.store.get_value(keys.storage(storage)) is None:
-            raise ParamError.one("storage", f"storage '{storage}' does not exist")
-        placeholder = {k: v for k, v in rec["config"].items() if k == name_key}
-        clones.claim(ctx.store, clones.new_record(type, newid, target, placeholder),
-                     user=ctx.user)  # fmt: skip
-        args = {
-            "vmid": vmid,
-            "newid": newid,
-            "full": int(full_copy),
-            "target": target,
-            "storage": storage,
-            "snapname": snapname,
-            "name": params.get(name_key),
-            "description": params.get("description"),
-        }
-        try:
-            return ctx.submit(
-                node=node, type=task["clone"], id=str(vmid), args=args,
-                serial=guests.serial(vmid),
-            )  # fmt: skip
-        except BaseException:
-            ctx.store.delete(keys.guest(newid))
-            raise
 
     template_params: dict[str, Param] = {"node": NODE, "vmid": VMID}
     if type == "qemu":
@@ -129,15 +105,7 @@ def register(type: str) -> None:
     )
     def template(ctx: Ctx, node: str, vmid: int, disk: str | None = None) -> str:
         require_node(ctx, node)
-        rec = guests.get_record(ctx.store, vmid, type=type, node=node)
-        guests.check_lock(rec)
-        args: dict[str, Any] = {"vmid": vmid}
-        if disk:
-            args["disk"] = disk
-        return ctx.submit(
-            node=node, type=task["template"], id=str(vmid), args=args,
-            serial=guests.serial(vmid),
-        )  # fmt: skip
+        return service(ctx).template(vmid, user=ctx.user, disk=disk, type=type, node=node)
 
     clone.__name__ = f"{type}_clone"
     template.__name__ = f"{type}_template"

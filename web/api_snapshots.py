@@ -1,19 +1,18 @@
 """Guest snapshot endpoints with Proxmox's paths, for `lxc` and `qemu`.
 
-The rules are corral.cluster.snapshots'; this module parses, checks what can
-be refused at once (name, lock, a disk that cannot snapshot) and queues the
-task on the guest's node.
+The rules are the guest service's (corral.cluster.guest_service_copies, over
+corral.cluster.snapshots); this module parses and formats.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from corral.cluster import guests, snapshots
-from corral.cluster.errors import ParamError
+from corral.cluster import snapshots
 from corral.cluster.schema import NODE, VMID, Param
 from corral.web.api import Ctx, endpoint
 from corral.web.api_core import require_node
+from corral.web.api_guests import service
 
 KIND = {"lxc": "CT", "qemu": "VM"}
 SNAPNAME = Param("string", "The name of the snapshot.", format="pve-configid", max_length=40)
@@ -22,36 +21,13 @@ DESCRIPTION = Param("string", "A textual description or comment.", optional=True
 
 def _record(ctx: Ctx, type: str, node: str, vmid: int) -> dict[str, Any]:
     require_node(ctx, node)
-    return guests.get_record(ctx.store, vmid, type=type, node=node)
-
-
-def _running(ctx: Ctx, rec: dict[str, Any]) -> bool:
-    from corral.cluster import keys
-
-    doc = ctx.store.get_value(keys.guest_status(rec["node"])) or {}
-    return doc.get(str(rec["vmid"]), {}).get("status") in ("running", "paused")
-
-
-def _precheck_disks(ctx: Ctx, rec: dict[str, Any]) -> None:
-    """Refuse at once where a disk's storage cannot snapshot (this node knows the
-    drivers and storages; the task checks again on the guest's node)."""
-    drivers = ctx.services.get("drivers") or {}
-    driver, volumes = drivers.get(rec["type"]), ctx.services.get("volumes")
-    if driver is None or volumes is None:
-        return
-    try:
-        snapshots.require_snapshot_feature(driver, rec["config"], volumes)
-    except ParamError as err:
-        # A storage not available on this node: the guest's node decides.
-        if "not available on node" not in str(err.errors):
-            raise
+    return service(ctx).record(vmid, type=type, node=node)
 
 
 def register(type: str) -> None:
     one = f"/nodes/{{node}}/{type}/{{vmid}}"
     base = f"{one}/snapshot"
     kind = KIND[type]
-    task = snapshots.TASK_TYPES[type]
     path_params = {"node": NODE, "vmid": VMID}
 
     @endpoint(
@@ -62,8 +38,8 @@ def register(type: str) -> None:
         description="List all snapshots.",
     )
     def list_snapshots(ctx: Ctx, node: str, vmid: int) -> list[dict[str, Any]]:
-        rec = _record(ctx, type, node, vmid)
-        return snapshots.tree(rec, running=_running(ctx, rec))
+        require_node(ctx, node)
+        return service(ctx).snapshots(vmid, type=type, node=node)
 
     create_params = {**path_params, "snapname": SNAPNAME, "description": DESCRIPTION}
     if type == "qemu":
@@ -84,15 +60,9 @@ def register(type: str) -> None:
         description: str | None = None,
         vmstate: int = 0,
     ) -> str:
-        rec = _record(ctx, type, node, vmid)
-        snapshots.check_create(rec, snapname)
-        _precheck_disks(ctx, rec)
-        args = {"vmid": vmid, "snapname": snapname, "description": description or ""}
-        if vmstate:
-            args["vmstate"] = 1
-        return ctx.submit(
-            node=node, type=task["create"], id=str(vmid), args=args, serial=guests.serial(vmid)
-        )
+        require_node(ctx, node)
+        return service(ctx).snapshot(vmid, snapname, user=ctx.user, description=description or "",
+                                     vmstate=bool(vmstate), type=type, node=node)  # fmt: skip
 
     snap_params = {**path_params, "snapname": SNAPNAME}
 
@@ -152,16 +122,9 @@ def register(type: str) -> None:
         description=f"Rollback {kind} state to specified snapshot.",
     )
     def rollback(ctx: Ctx, node: str, vmid: int, snapname: str, start: int = 0) -> str:
-        rec = _record(ctx, type, node, vmid)
-        snapshots.get_snapshot(rec, snapname)
-        guests.check_lock(rec)
-        return ctx.submit(
-            node=node,
-            type=task["rollback"],
-            id=str(vmid),
-            args={"vmid": vmid, "snapname": snapname, "start": int(bool(start))},
-            serial=guests.serial(vmid),
-        )
+        require_node(ctx, node)
+        return service(ctx).rollback(vmid, snapname, user=ctx.user, start=bool(start), type=type,
+                                     node=node)  # fmt: skip
 
     @endpoint(
         "DELETE",
@@ -179,16 +142,9 @@ def register(type: str) -> None:
         description="Delete a snapshot.",
     )
     def delete_snapshot(ctx: Ctx, node: str, vmid: int, snapname: str, force: int = 0) -> str:
-        rec = _record(ctx, type, node, vmid)
-        snapshots.get_snapshot(rec, snapname)
-        guests.check_lock(rec)
-        return ctx.submit(
-            node=node,
-            type=task["delete"],
-            id=str(vmid),
-            args={"vmid": vmid, "snapname": snapname, "force": int(bool(force))},
-            serial=guests.serial(vmid),
-        )
+        require_node(ctx, node)
+        return service(ctx).delete_snapshot(vmid, snapname, user=ctx.user, force=bool(force),
+                                            type=type, node=node)  # fmt: skip
 
     for fn in (list_snapshots, create_snapshot, snapshot_index, get_snapshot_config):
         fn.__name__ = f"{type}_{fn.__name__}"
