@@ -147,7 +147,7 @@ class Node:
             self.etcd = self._start_etcd()
             endpoints = [self.etcd.local_endpoint]
         self.store = Store(endpoints)
-        self.services["etcd"] = self.etcd
+        self.services.etcd = self.etcd
         # A restarted etcd member serves nothing until it has quorum, so this
         # wait is short; without it the API still comes up and answers 503.
         self._wait_member(timeout=3.0)
@@ -278,7 +278,7 @@ class Node:
         save_config(self.data_dir, self.conf)
         self.etcd.stop()
         self.etcd = self._start_etcd()
-        self.services["etcd"] = self.etcd
+        self.services.etcd = self.etcd
         self._wait_store()
 
     def _wait_store(self, timeout: float = 30.0) -> None:
@@ -359,7 +359,7 @@ class Node:
     def _grant_lease(self) -> None:
         assert self.store is not None
         self.lease = self.store.keep_lease(LEASE_TTL, on_lost=self._lease_lost)
-        self.services["lease_id"] = self.lease.id  # live status documents die with the node
+        self.services.lease_id = self.lease.id  # live status documents die with the node
         self.store.put(
             keys.node_alive(self.name),
             {"since": int(time.time()), "pid": os.getpid()},
@@ -388,7 +388,7 @@ class Node:
         store = self.store
         services = registry.load(registry.SERVICES)
         if "volumes" in services:
-            self.services["volumes"] = services["volumes"](
+            self.services.volumes = services["volumes"](
                 lambda: {kv.key.split("/", 1)[1]: kv.value for kv in store.range(keys.STORAGE)},
                 node=self.name,
             )
@@ -399,16 +399,16 @@ class Node:
             except Exception as err:  # noqa: BLE001 - a driver that cannot start is reported
                 log.warning("guest driver %s unavailable: %s", name, err)
                 registry.UNAVAILABLE.setdefault(registry.GUEST_DRIVERS, {})[name] = str(err)
-        self.services["drivers"] = drivers
-        self.services["guest_service"] = GuestService(
+        self.services.drivers = drivers
+        self.services.guest_service = GuestService(
             store,
             Tasks(store),
             node=self.name,
             drivers=drivers,
-            volumes=self.services.get("volumes"),
+            volumes=self.services.volumes,
         )
-        self.services["data_dir"] = str(self.data_dir)  # node-to-node calls find the CA here
-        self.services["probes"] = {}
+        self.services.data_dir = str(self.data_dir)  # node-to-node calls find the CA here
+        self.services.probes = {}
         for name, driver in drivers.items():
             threading.Thread(target=self._probe, args=(name, driver), daemon=True).start()
         # The guest flow's task handlers register themselves on import.
@@ -437,17 +437,17 @@ class Node:
         t.start()
         t.join(30)
         if t.is_alive():
-            self.services["probes"][name] = {"ok": False, "reason": "probe timed out after 30 s"}
+            self.services.probes[name] = {"ok": False, "reason": "probe timed out after 30 s"}
         elif "error" in result:
-            self.services["probes"][name] = {"ok": False, "reason": result["error"]}
+            self.services.probes[name] = {"ok": False, "reason": result["error"]}
         else:
             probe = result["probe"]
-            self.services["probes"][name] = {"ok": probe.ok, "reason": probe.reason}
+            self.services.probes[name] = {"ok": probe.ok, "reason": probe.reason}
         log.info(
             "driver probe driver=%s ok=%s reason=%r",
             name,
-            self.services["probes"][name]["ok"],
-            self.services["probes"][name]["reason"],
+            self.services.probes[name]["ok"],
+            self.services.probes[name]["reason"],
         )
 
     # -- status -----------------------------------------------------------------
