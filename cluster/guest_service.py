@@ -116,6 +116,13 @@ class GuestService(CopyOperations):
         doc = self.store.get_value(keys.guest_status(rec["node"])) or {}
         return dict(doc.get(str(rec["vmid"]), {}))
 
+    def current(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """The guest's live figures, fresh from its driver when it is on this node
+        (and built), else as its node last published them."""
+        if rec["node"] == self.node and rec.get("lock") != "create":
+            return self.driver(rec["type"]).status(rec["vmid"], rec["config"])
+        return self.live(rec)
+
     def running(self, rec: dict[str, Any]) -> bool:
         return self.live(rec).get("status") in ("running", "paused")
 

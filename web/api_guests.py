@@ -57,10 +57,6 @@ def _record(ctx: Ctx, type: str, node: str, vmid: int) -> dict[str, Any]:
     return guests.get_record(ctx.store, vmid, type=type, node=node)
 
 
-def _live(ctx: Ctx, rec: dict[str, Any]) -> dict[str, Any]:
-    return service(ctx).live(rec)
-
-
 _summary = guest_summary  # one row shape for guest lists and /cluster/resources
 
 
@@ -333,10 +329,7 @@ def register(type: str) -> None:
     )
     def status_current(ctx: Ctx, node: str, vmid: int) -> dict[str, Any]:
         rec = _record(ctx, type, node, vmid)
-        if node == ctx.node and rec.get("lock") != "create":
-            live = driver_for(ctx, type).status(vmid, rec["config"])
-        else:
-            live = _live(ctx, rec)
+        live = service(ctx).current(rec)
         out = _summary(rec, live)
         out.update({k: v for k, v in live.items() if k not in out and k != "time"})
         if rec.get("lock"):
