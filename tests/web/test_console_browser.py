@@ -354,6 +354,38 @@ def test_permissions_pages_and_the_pool_tree(
     page.click("[data-tree=server]")
 
 
+def test_a_user_adds_totp_and_logs_in_with_a_code(node: Corrald, page: Any, shots: Path) -> None:
+    from corral.cluster import totp
+
+    node.session().post("/access/users", data={"userid": "gina@pve", "password": "gina's long pw"})
+    page.goto(node.url + "/")
+    page.fill("input[name=username]", "gina@pve")
+    page.fill("input[name=password]", "gina's long pw")
+    page.click("button[type=submit]")
+    page.wait_for_selector("#tree a[data-id='access']")
+    page.goto(node.url + "/#/access/tfa")
+    secret = page.wait_for_selector("#totp-secret").inner_text()
+    entry = {"secret": secret, "digits": 6, "period": 30, "algorithm": "SHA1"}
+    page.fill("#add-totp input[name=value]", totp.code(entry, totp.current_step(entry)))
+    page.fill("#add-totp input[name=password]", "gina's long pw")
+    page.click("#add-totp button[type=submit]")
+    page.wait_for_selector("tr[data-tfa]")
+    shot(page, shots, "23-totp-added")
+    page.click("#logout")
+    # The password alone is not enough any more; the next code is.
+    used = totp.current_step(entry)
+    page.fill("input[name=username]", "gina@pve")
+    page.fill("input[name=password]", "gina's long pw")
+    page.click("button[type=submit]")
+    page.wait_for_selector("#otp-row:not([hidden])")
+    shot(page, shots, "24-login-code")
+    wait_for(lambda: totp.current_step(entry) > used, 40, 0.5, "the next TOTP step")
+    page.fill("input[name=otp]", totp.code(entry, totp.current_step(entry)))
+    page.click("button[type=submit]")
+    page.wait_for_selector("#app:not([hidden])")
+    assert page.inner_text("#who") == "gina@pve"
+
+
 def test_phone_width_dark_theme_and_keyboard(node: Corrald, page: Any, shots: Path) -> None:
     page.set_viewport_size({"width": 390, "height": 844})
     log_in(page, node)

@@ -1,10 +1,10 @@
 // Permissions: users, groups, pools, ACL entries and API tokens, through /access and /pools.
 "use strict";
-import { call, el, attempt, toast, fmtTime } from "./api.js";
+import { call, el, attempt, toast, fmtTime, session } from "./api.js";
 
 let lastSecret = ""; // a new token's secret stays shown until the page is left
 
-const TABS = { users: "Users", groups: "Groups", pools: "Pools", acl: "Permissions", tokens: "API tokens" };
+const TABS = { users: "Users", groups: "Groups", pools: "Pools", acl: "Permissions", tokens: "API tokens", tfa: "My second factor" };
 
 function table(headers, rows) {
   return el("table", {}, el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
@@ -43,6 +43,29 @@ export function accessPage(main, tab) {
 }
 
 const RENDER = {
+  // The signed-in user's own TOTP: a fresh secret to put in an authenticator app, confirmed
+  // by its current code and the account password (as Proxmox asks).
+  async tfa(body, again) {
+    const user = session.user;
+    const [entries, fresh] = await Promise.all([
+      call("GET", `/access/tfa/${encodeURIComponent(user)}`),
+      call("GET", `/access/tfa/${encodeURIComponent(user)}/new-totp`),
+    ]);
+    const form = inlineForm("add-totp", [{ name: "value", label: "Code from the app" }, { name: "password", label: "Your password", type: "password" },
+      { name: "description", label: "Description (phone, …)" }], "Add TOTP", async (v) => {
+      await call("POST", `/access/tfa/${encodeURIComponent(user)}`, { type: "totp", totp: fresh.uri, ...v });
+      toast("Second factor added: logins now ask for a code", "info");
+      again();
+    });
+    body.replaceChildren(
+      el("p", {}, "Add this secret to an authenticator app (or open the link on a phone), then confirm with the code it shows."),
+      el("p", {}, el("code", { id: "totp-secret" }, fresh.secret), " · ", el("a", { href: fresh.uri, id: "totp-uri" }, "otpauth link")),
+      form,
+      table(["ID", "Type", "Description", "Added", ""], entries.map((e) => el("tr", { "data-tfa": e.id },
+        el("td", {}, e.id), el("td", {}, e.type), el("td", {}, e.description || ""), el("td", {}, fmtTime(e.created)),
+        el("td", {}, removeButton(`second factor ${e.id}`, async () => { await call("DELETE", `/access/tfa/${encodeURIComponent(user)}/${encodeURIComponent(e.id)}`); again(); }))))));
+  },
+
   async users(body, again) {
     const users = await call("GET", "/access/users");
     body.replaceChildren(

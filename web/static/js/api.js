@@ -41,8 +41,19 @@ export async function call(method, path, params) {
   return body.data;
 }
 
+// Returns the login, or {NeedTFA, ticket} when a second factor is due: then call
+// loginTfa() with that challenge and the code.
 export async function login(username, password) {
   const data = await call("POST", "/access/ticket", { username, password });
+  if (data.NeedTFA) return data;
+  return keep(data);
+}
+
+export async function loginTfa(username, challenge, code) {
+  return keep(await call("POST", "/access/ticket", { username, "tfa-challenge": challenge, password: `totp:${code}` }));
+}
+
+function keep(data) {
   // Secure, same-site cookie under the name Proxmox uses: the API, the WebSocket
   // consoles and forwarded calls all authenticate by it.
   document.cookie = `PVEAuthCookie=${encodeURIComponent(data.ticket)}; path=/; secure; samesite=strict`;

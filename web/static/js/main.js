@@ -1,6 +1,6 @@
 // corral console: login, live cluster state, the resource tree, search and routing.
 "use strict";
-import { call, session, login, logout, el, attempt } from "./api.js";
+import { call, session, login, loginTfa, logout, el, attempt } from "./api.js";
 import { tasks } from "./tasks.js";
 import { renderTree, filterTree, markCurrent } from "./tree.js";
 import { datacenterPage, nodePage, storagePage } from "./pages.js";
@@ -125,6 +125,7 @@ function showLogin() {
   document.getElementById("app").hidden = true;
   for (const id of ["search", "create-ct", "create-vm", "logout"]) document.getElementById(id).hidden = true;
   document.getElementById("who").textContent = "";
+  document.getElementById("cluster").textContent = "";
   document.getElementById("login").hidden = false;
   document.querySelector("#login input[name=password]").focus();
 }
@@ -151,16 +152,33 @@ function setup() {
   applyTheme(localStorage.getItem("theme") || (matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light"));
   document.getElementById("theme").addEventListener("click", () =>
     applyTheme(document.documentElement.dataset.theme === "dark" ? "light" : "dark"));
+  let challenge = null; // a password was accepted, the one-time code is due
   document.getElementById("login").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const form = new FormData(ev.target);
     const error = document.getElementById("login-error");
+    const otpRow = document.getElementById("otp-row");
     try {
-      await login(form.get("username"), form.get("password"));
+      if (challenge) {
+        await loginTfa(form.get("username"), challenge, form.get("otp"));
+      } else {
+        const answer = await login(form.get("username"), form.get("password"));
+        if (answer.NeedTFA) {
+          challenge = answer.ticket;
+          otpRow.hidden = false;
+          error.textContent = "";
+          otpRow.querySelector("input").focus();
+          return;
+        }
+      }
+      challenge = null;
+      otpRow.hidden = true;
       error.textContent = "";
       ev.target.reset();
       await start();
     } catch (e) {
+      challenge = null;
+      otpRow.hidden = true;
       error.textContent = e.message;
     }
   });
