@@ -139,6 +139,8 @@ def test_ha_starts_and_stops_a_guest_through_the_guest_service(
     api.ok("POST", "/cluster/ha/resources", sid="ct:210")
     wait_for(lambda: driver.guests[210]["status"] == "running", 20, what="HA start")
     wait_for(lambda: _current(api)["service:ct:210"]["state"] == "started", 10)
+    # the LRM publishes its state at the end of the round that started the guest
+    wait_for(lambda: _current(api)["lrm:node1"]["status"].startswith("node1 (active"), 10)
     cur = _current(api)
     assert cur["master"]["node"] == "node1" and cur["quorum"]["quorate"] == 1
     assert cur["lrm:node1"]["status"].startswith("node1 (active")
