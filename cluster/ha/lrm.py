@@ -51,6 +51,9 @@ class LRM:
         if ok:
             if not had:
                 self.log(f"got lock 'ha_agent_{self.env.node}_lock'")
+            elif self.last_renewal_sent is not None and sent - self.last_renewal_sent > 1.5:
+                gap = sent - self.last_renewal_sent
+                self.log(f"agent lock renewed again after {gap:.1f} s", "warn")
             self.last_renewal_sent = sent
             self.env.watchdog_feed(sent + timing.WATCHDOG, list(self.mine))
 

@@ -140,3 +140,63 @@ def test_blip_under_two_seconds_fences_nothing(lab: labmod.Lab, tmpl: str) -> No
     after = incarnations(root)
     assert list(after) == list(before)  # the same incarnation, never restarted
     assert _service(api, vmid)["state"] == "started"
+
+
+def _qemu_copies(vmid: int) -> int:
+    """QEMU processes of this VM anywhere on the host (every node's, every copy)."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmd and f"guest=corral-{vmid},".encode() in cmd:
+            count += 1
+    return count
+
+
+@pytest.mark.timeout(600)
+def test_killed_node_ha_vm_runs_elsewhere_once(lab: labmod.Lab) -> None:
+    from tests.assets import guest
+
+    vmid = 90310
+    api = LabApi(lab, "node2")
+    files = guest.build_guest(Path(lab.dir, "guest"))
+    snippets = Path(lab.dir, "shared", "snippets")
+    snippets.mkdir(parents=True, exist_ok=True)
+    shutil.copy(files["kernel"], snippets / "vmlinuz")
+    shutil.copy(files["initrd"], snippets / "initrd.img")
+    shared = labmod.SHARED_STORAGE
+    api.task(
+        "POST", "/nodes/node1/qemu", vmid=vmid, name="havm", kvm=0, memory=128, cores=1,
+        scsi0=f"{shared}:1,format=qcow2", kernel=f"{shared}:snippets/vmlinuz",
+        initrd=f"{shared}:snippets/initrd.img", cmdline=files["cmdline"],
+    )  # fmt: skip
+    api.call("POST", "/cluster/ha/resources", sid=f"vm:{vmid}")
+
+    def running_at() -> str:
+        svc = _service(api, vmid)
+        node = str(svc["node"])
+        try:
+            st = api.call("GET", f"/nodes/{node}/qemu/{vmid}/status/current")
+        except AssertionError:
+            return ""
+        return node if st["status"] == "running" and svc["state"] == "started" else ""
+
+    wait(lambda: running_at() == "node1", 60, "HA VM running on node1")
+    assert _qemu_copies(vmid) == 1
+    killed = time.monotonic()
+    labmod.kill(lab, "node1")
+    where = wait(lambda: (n := running_at()) and n != "node1" and n, 90, "VM recovered")
+    took = time.monotonic() - killed
+    print(f"HA VM {vmid}: node1 killed -> running on {where} after {took:.2f} s")
+    assert took < 30
+    assert _qemu_copies(vmid) == 1
+    labmod.start_node(lab, lab.node("node1"))
+    _wait_online(lab, "node2")
+    time.sleep(3)
+    assert running_at() == where and _qemu_copies(vmid) == 1
+    api.call("PUT", f"/cluster/ha/resources/vm:{vmid}", state="stopped")
+    wait(lambda: _qemu_copies(vmid) == 0, 60, "HA VM stopped")
