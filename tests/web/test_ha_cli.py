@@ -10,10 +10,14 @@ from tests.web.test_cli import run
 
 def test_status_bad_resource_and_maintenance(corrald: Corrald) -> None:
     text = wait_for(
-        lambda: (out := run(corrald, "corral", "ha", "status").stdout) and "master" in out and out,
+        lambda: (
+            (out := run(corrald, "corral", "ha", "status").stdout)
+            and "lrm node1 (active" in out
+            and out
+        ),
         20,
         0.3,
-        "an HA master",
+        "an HA master and an active LRM",
     )
     assert "quorum OK" in text and "master node1 (active)" in text
     assert "lrm node1 (active, online)" in text
