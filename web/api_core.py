@@ -233,7 +233,12 @@ def resources(ctx: Ctx, type: str | None = None) -> list[Any]:
     view = cluster_view(ctx)
     out: list[Any] = []
     if type in (None, "node"):
-        out.extend(n for n in view.nodes() if ctx.can(f"/nodes/{n['node']}", ["Sys.Audit"]))
+        ha_nodes = ha_status.node_states(ctx.store)  # pve_ha_state's node states
+        out.extend(
+            {**n, "hastate": ha_nodes[n["node"]]} if n["node"] in ha_nodes else n
+            for n in view.nodes()
+            if ctx.can(f"/nodes/{n['node']}", ["Sys.Audit"])
+        )
     if type in (None, "storage"):
         privs = ["Datastore.Audit", "Datastore.AllocateSpace"]
         out.extend(

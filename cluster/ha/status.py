@@ -48,6 +48,11 @@ def guest_states(store: StoreLike) -> dict[int, str]:
     return {int(sid.split(":")[1]): state for sid, state in service_states(store).items()}
 
 
+def node_states(store: StoreLike) -> dict[str, str]:
+    """node -> HA node state (online, maintenance, unknown, fence), once HA saw it."""
+    return dict(HAState(store).manager_status().get("node_status", {}))
+
+
 def guest_ha(store: StoreLike, type: str, vmid: int) -> dict[str, Any]:
     """The `ha` member of a guest's status/current."""
     sid = sid_of("ct" if type == "lxc" else "vm", vmid)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from proxmoxer import ProxmoxAPI
+from pve_exporter.collector.cluster import HighAvailabilityStateMetric
 
 from corral.cluster import keys
 from corral.cluster.guest_service import GuestService
@@ -151,6 +152,12 @@ def test_ha_starts_and_stops_a_guest_through_the_guest_service(
     }
     rows = {r["id"]: r for r in api.ok("GET", "/cluster/resources", type="vm")}
     assert rows["lxc/210"]["hastate"] == "started"
+    # prometheus-pve-exporter's own pve_ha_state metric, fed with these rows
+    metric = HighAvailabilityStateMetric()
+    for row in api.ok("GET", "/cluster/resources"):
+        metric.add_metric_from_resource(row)
+    on = {(s.labels["id"], s.labels["state"]) for s in metric.samples if s.value}
+    assert ("lxc/210", "started") in on and ("node/node1", "online") in on
     full = api.ok("GET", "/cluster/ha/status/manager_status")
     assert full["manager_status"]["service_status"]["ct:210"]["node"] == "node1"
     assert full["lrm_status"]["node1"]["state"] == "active"
