@@ -87,6 +87,9 @@ class Param:
             return out
         if isinstance(value, (dict, list)):
             raise ValueError("type check ('string') failed - got a structure")
+        if isinstance(value, (bool, int, float)):
+            # Only a JSON body holds non-strings: a number or boolean is not a string.
+            raise ValueError(f"type check ('string') failed - got '{value}'")
         text = str(value)
         if "\0" in text or "\n" in text and not self.format == "multiline":
             raise ValueError("value must not contain NUL or newline characters")
@@ -112,6 +115,9 @@ class Param:
 
     def json_schema(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type}
+        if self.type == "boolean":
+            # As Proxmox, booleans also take 0 and 1.
+            out = {"anyOf": [{"type": "boolean"}, {"type": "integer", "enum": [0, 1]}]}
         if self.description:
             out["description"] = self.description
         if self.ignore:
@@ -125,7 +131,11 @@ class Param:
         if self.enum is not None:
             out["enum"] = list(self.enum)
         if self.pattern is not None:
-            out["pattern"] = self.pattern
+            # JSON Schema patterns search; corral's match whole values.
+            out["pattern"] = f"^(?:{self.pattern})$"
+        elif isinstance(self.format, str) and self.format in FORMAT_PATTERNS:
+            # The named format as a pattern, so clients can generate valid values.
+            out["pattern"] = FORMAT_PATTERNS[self.format]
         if self.max_length is not None:
             out["maxLength"] = self.max_length
         if isinstance(self.format, PropertyFormat):
@@ -406,6 +416,11 @@ def _configid_list(text: str) -> None:
             raise ValueError(f"invalid configuration ID '{key}'")
 
 
+def _configid(text: str) -> None:
+    if not re.fullmatch(r"[a-z][a-z0-9_]+", text, re.I):
+        raise ValueError(f"invalid configuration ID '{text}'")
+
+
 def _ipv6(text: str) -> None:
     try:
         ipaddress.IPv6Address(text)
@@ -446,10 +461,38 @@ FORMATS: dict[str, Callable[[str], None]] = {
     "pve-volume-id": _volume_id,
     "pve-tag-list": _tag_list,
     "pve-configid-list": _configid_list,
+    "pve-configid": _configid,
     "ipv6": _ipv6,
     "corral-ip-list": _ip_list,
     "corral-dns-list": _dns_list,
     "pve-startup-order": _startup,
+}
+
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"({_OCTET}\.){{3}}{_OCTET}"
+_LABEL = r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+_DNS = rf"{_LABEL}(\.{_LABEL}){{0,3}}"
+_STORAGE = r"[a-zA-Z][a-zA-Z0-9_.\-]{0,30}[a-zA-Z0-9]"
+_SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,40}"
+# Each named format as a (JSON Schema, anchored) pattern whose every match the format's
+# validator accepts: the OpenAPI document uses it so clients can generate valid values.
+FORMAT_PATTERNS: dict[str, str] = {
+    "pve-vmid": r"^[1-9][0-9]{2,8}$",
+    "pve-node": rf"^{_LABEL}$",
+    "pve-storage-id": rf"^{_STORAGE}$",
+    "mac-addr": r"^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$",
+    "ip": rf"^{_IPV4}$",
+    "CIDR": rf"^{_IPV4}/(3[0-2]|[12]?[0-9])$",
+    "dns-name": rf"^{_DNS}$",
+    "pve-userid": r"^[A-Za-z0-9_.\-]{1,60}@[A-Za-z][A-Za-z0-9._\-]{1,31}$",
+    "pve-tokenid": r"^[A-Za-z][A-Za-z0-9._\-]{0,63}$",
+    "pve-volume-id": rf"^{_STORAGE}:{_SEGMENT}(/{_SEGMENT}){{0,3}}$",
+    "pve-tag-list": r"^[a-z0-9_][a-z0-9_+.\-]*([;, ][a-z0-9_][a-z0-9_+.\-]*)*$",
+    "pve-configid-list": r"^[a-zA-Z][a-zA-Z0-9_]+([,; ][a-zA-Z][a-zA-Z0-9_]+)*$",
+    "pve-configid": r"^[a-zA-Z][a-zA-Z0-9_]{1,39}$",
+    "corral-ip-list": rf"^{_IPV4}([,; ]{_IPV4})*$",
+    "corral-dns-list": rf"^{_DNS}([,; ]{_DNS})*$",
+    "pve-startup-order": r"^(order=)?[0-9]+(,up=[0-9]+)?(,down=[0-9]+)?$",
 }
 
 # Shared declarations reused by many endpoints.

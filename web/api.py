@@ -118,23 +118,38 @@ def endpoint(
     return register
 
 
-def route(method: str, path: str) -> tuple[Endpoint, dict[str, str]]:
-    """The endpoint for `method path`, and its path parameters; 501 as Proxmox otherwise."""
-    clean = "/" + path.strip("/")
-    best: tuple[Endpoint, dict[str, str]] | None = None
+def _literals(ep: Endpoint) -> tuple[int, int]:
+    return (sum(1 for p in ep.path.split("/") if p and not p.startswith("{")), len(ep.path))
+
+
+def _resource(clean: str) -> str | None:
+    """The path template a concrete path belongs to: of the templates matching it, the
+    one with the most literal segments (`/access/tfa/{userid}/new-totp` over
+    `/access/tfa/{userid}/{id}`; `.../{volume}/snapshot` over `.../{volume}`)."""
+    best: Endpoint | None = None
     for ep in ENDPOINTS:
-        if ep.method != method:
-            continue
-        match = ep.regex.match(clean)
-        if match:
-            if "volume" not in ep.path_params:
-                return ep, match.groupdict()
-            # `{volume}` spans slashes: the longest template (`.../{volume}/snapshot`) wins.
-            if best is None or len(ep.path) > len(best[0].path):
-                best = (ep, match.groupdict())
-    if best is not None:
-        return best
+        if ep.regex.match(clean) and (best is None or _literals(ep) > _literals(best)):
+            best = ep
+    return None if best is None else best.path
+
+
+def route(method: str, path: str) -> tuple[Endpoint, dict[str, str]]:
+    """The endpoint for `method path`, and its path parameters; 501 as Proxmox otherwise
+    (the dispatcher answers 405 when the path has other methods: allowed_methods)."""
+    clean = "/" + path.strip("/")
+    template = _resource(clean)
+    for ep in ENDPOINTS:
+        if ep.method == method and ep.path == template:
+            match = ep.regex.match(clean)
+            assert match is not None
+            return ep, match.groupdict()
     raise NotImplementedPath(method=method, path=clean)
+
+
+def allowed_methods(path: str) -> list[str]:
+    """The methods served at `path` (for 405's Allow header)."""
+    template = _resource("/" + path.strip("/"))
+    return sorted({ep.method for ep in ENDPOINTS if ep.path == template})
 
 
 @dataclass

@@ -164,6 +164,9 @@ def _dispatch(node: NodeContext, path: str) -> Response:
             ep, path_params = api.route(request.method, path)
         except CorralError:
             authenticate(node, request)  # unknown paths too answer 401 to strangers
+            allow = api.allowed_methods(path)
+            if allow:
+                return method_not_allowed(allow)
             raise
         if not ep.public:
             ident = authenticate(node, request)
@@ -212,17 +215,28 @@ def _dispatch(node: NodeContext, path: str) -> Response:
         return json_response({"data": None, "message": "internal error"}, 500, "internal error")
 
 
+def method_not_allowed(allow: list[str]) -> Response:
+    """405 naming the methods the path does serve (RFC 9110 requires the Allow header)."""
+    resp = json_response({"data": None, "message": "method not allowed"}, 405, "method not allowed")
+    resp.headers["Allow"] = ", ".join(allow)
+    return resp
+
+
 def create_app(node: NodeContext) -> Flask:
     load_endpoint_modules()
     app = Flask(__name__, static_folder=None, root_path=os.path.dirname(__file__))
     app.config["MAX_CONTENT_LENGTH"] = None
 
-    @app.route("/api2/json/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "DELETE"])
-    @app.route("/api2/json/<path:path>", methods=["GET", "POST", "PUT", "DELETE"])
+    # No automatic OPTIONS: every other method answers 405 with the path's real Allow.
+    methods = ["GET", "POST", "PUT", "DELETE"]
+    opts = {"methods": methods, "provide_automatic_options": False}
+
+    @app.route("/api2/json/", defaults={"path": ""}, **opts)
+    @app.route("/api2/json/<path:path>", **opts)
     def api_entry(path: str) -> Response:
         return dispatch(node, path)
 
-    @app.route("/api2/openapi.json")
+    @app.route("/api2/openapi.json", methods=["GET"], provide_automatic_options=False)
     def openapi_doc() -> Response:
         from corral.web.openapi import document
 
@@ -234,9 +248,11 @@ def create_app(node: NodeContext) -> Flask:
 
     @app.errorhandler(405)
     def not_allowed(_: Any) -> Response:
-        return json_response(
-            {"data": None, "message": "method not allowed"}, 405, "method not allowed"
-        )
+        prefix = "/api2/json"
+        path = request.path[len(prefix) :] if request.path.startswith(prefix) else None
+        if request.path == "/api2/openapi.json":
+            return method_not_allowed(["GET"])
+        return method_not_allowed(api.allowed_methods(path) if path is not None else [])
 
     @app.errorhandler(400)
     def bad_request(_: Any) -> Response:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.kvm.conftest import kill_qemus_under, short_tmp, virsh_cleanup
 from tests.lxc.helpers import cleanup_lxcpath
 from tests.util import VENV_BIN, Corrald
 
@@ -23,6 +26,27 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corrald]:
     finally:
         daemon.stop()
         cleanup_lxcpath(str(daemon.data_dir / "lxc"))
+
+
+@pytest.fixture(scope="module")
+def vm_node() -> Iterator[Corrald]:
+    """A node whose VMs live in their own embedded libvirt root (removed afterwards)."""
+    base = short_tmp("crlcli")
+    os.chmod(base, 0o711)  # unprivileged containers' uids must reach their roots below
+    root = f"{base}/lv"
+    uri = f"qemu:///embed?root={root}"
+    daemon = Corrald(Path(base) / "node", node=NODE, extra=["--libvirt-uri", uri])
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()
+        try:
+            virsh_cleanup(uri)
+        finally:
+            kill_qemus_under(root)
+            cleanup_lxcpath(str(daemon.data_dir / "lxc"))
+            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,6 @@ from pathlib import Path
 import pytest
 
 from corral.cluster import bridges
-from tests.kvm.conftest import kill_qemus_under, short_tmp, virsh_cleanup
-from tests.lxc.helpers import cleanup_lxcpath
 from tests.util import VENV_BIN, Corrald
 
 pytestmark = pytest.mark.timeout(600)
@@ -30,23 +28,8 @@ PLAYBOOK = Path(__file__).parent / "ansible" / "guests.yml"
 
 
 @pytest.fixture(scope="module")
-def node() -> Iterator[Corrald]:
-    """A node whose VMs live in their own embedded libvirt root (removed afterwards)."""
-    base = short_tmp("crlans")
-    os.chmod(base, 0o711)  # unprivileged containers' uids must reach their roots below
-    root = f"{base}/lv"
-    uri = f"qemu:///embed?root={root}"
-    daemon = Corrald(Path(base) / "node", node=NODE, extra=["--libvirt-uri", uri])
-    try:
-        daemon.start()
-        yield daemon
-    finally:
-        daemon.stop()
-        try:
-            virsh_cleanup(uri)
-        finally:
-            kill_qemus_under(root)
-            cleanup_lxcpath(str(daemon.data_dir / "lxc"))
+def node(vm_node: Corrald) -> Corrald:
+    return vm_node
 
 
 @pytest.fixture(scope="module")
