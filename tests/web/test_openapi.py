@@ -75,5 +75,5 @@ def test_storage_creation_declares_every_plugin_option(doc: dict) -> None:
 def test_guest_creation_declares_the_config_keys(doc: dict) -> None:
     body = doc["paths"]["/api2/json/nodes/{node}/lxc"]["post"]["requestBody"]["content"]
     props = body["application/json"]["schema"]["properties"]
-    assert {"vmid", "ostemplate", "rootfs", "net0", "memory", "force"} <= set(props)
-    assert re.search("no effect", props["force"]["description"])
+    assert {"vmid", "ostemplate", "rootfs", "net0", "memory", "force", "ha-managed"} <= set(props)
+    assert re.search("no effect", props["ha-managed"]["description"])
