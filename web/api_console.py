@@ -57,7 +57,7 @@ from corral.web.websocket import WebSocket, handshake_headers, is_upgrade, take_
 SESSION_TTL = 30.0  # seconds between the proxy call and the WebSocket (Proxmox: 10)
 PORTS = range(5900, 6000)  # the range Proxmox hands out; here a session's name
 CONNECT_TIMEOUT = 10.0
-KIND = {"lxc": "CT", "qemu": "VM"}
+KIND = {"lxc": "CT", "qemu": "VM", "node": "node"}
 
 
 @dataclass
@@ -182,44 +182,95 @@ def _register_websocket(type: str) -> None:
         returns={"type": "object", "properties": {"port": {"type": "string"}}},
     )
     def vncwebsocket(ctx: Ctx, node: str, vmid: int, port: int, vncticket: str) -> Any:
-        environ = ctx.request.environ
-        if not is_upgrade(environ):
-            raise ParamError(message="vncwebsocket needs a WebSocket upgrade request")
-        require_node(ctx, node)
-        if node != ctx.node and not ctx.request.headers.get(PROXIED):
-            return _relay_to(ctx, node)
-        guests.get_record(ctx.store, vmid, type=type, node=node)
-        session = SESSIONS.take(type, vmid, port, vncticket, ctx.user)
-        rec = guests.get_record(ctx.store, vmid, type=type, node=node)
-        argv = _driver(ctx, type).terminal(vmid, rec["config"]) if type == "lxc" else None
-        backend = None
-        if session.target is not None:
-            try:
-                backend = socket.create_connection(session.target, timeout=CONNECT_TIMEOUT)
-            except OSError as err:
-                raise Unavailable(f"VNC server of VM {vmid} does not answer: {err}") from None
-        conn = take_over(environ)
-        try:
-            ws = WebSocket(conn)
-            try:
-                ws.accept(environ)
-            except CorralError:
-                return Response(b"", status=400)
-            if argv is not None:
-                _terminal(ws, session, argv)
-            elif backend is not None:
-                _vnc(ws, backend)
-        finally:
-            if backend is not None:
-                backend.close()
-            conn.release()
-        return Response(b"", status=101)
+        return _serve(ctx, node, type, vmid, port, vncticket)
 
     vncwebsocket.__name__ = f"{type}_vncwebsocket"
 
 
 for _type in ("lxc", "qemu"):
     _register_websocket(_type)
+
+
+def _serve(ctx: Ctx, node: str, type: str, vmid: int, port: int, vncticket: str) -> Any:
+    """One console's WebSocket, here or relayed to `node`."""
+    environ = ctx.request.environ
+    if not is_upgrade(environ):
+        raise ParamError(message="vncwebsocket needs a WebSocket upgrade request")
+    require_node(ctx, node)
+    if node != ctx.node and not ctx.request.headers.get(PROXIED):
+        return _relay_to(ctx, node)
+    if type != "node":
+        guests.get_record(ctx.store, vmid, type=type, node=node)
+    session = SESSIONS.take(type, vmid, port, vncticket, ctx.user)
+    argv = None
+    if type == "lxc":
+        rec = guests.get_record(ctx.store, vmid, type=type, node=node)
+        argv = _driver(ctx, type).terminal(vmid, rec["config"])
+    elif type == "node":
+        argv = _host_login(ctx.user)
+    backend = None
+    if session.target is not None:
+        try:
+            backend = socket.create_connection(session.target, timeout=CONNECT_TIMEOUT)
+        except OSError as err:
+            raise Unavailable(f"VNC server of VM {vmid} does not answer: {err}") from None
+    conn = take_over(environ)
+    try:
+        ws = WebSocket(conn)
+        try:
+            ws.accept(environ)
+        except CorralError:
+            return Response(b"", status=400)
+        if argv is not None:
+            _terminal(ws, session, argv)
+        elif backend is not None:
+            _vnc(ws, backend)
+    finally:
+        if backend is not None:
+            backend.close()
+        conn.release()
+    return Response(b"", status=101)
+
+
+# -- the node's own shell (Proxmox's node "Shell") --------------------------------------
+
+
+def _host_login(user: str) -> list[str]:
+    # As Proxmox: root@pam gets root's login shell; anyone else the host's own login
+    # prompt (their corral login is no host account).
+    return ["login", "-f", "root"] if user == "root@pam" else ["login"]
+
+
+@endpoint(
+    "POST",
+    "/nodes/{node}/termproxy",
+    params={"node": NODE},
+    perm=("/nodes/{node}", ["Sys.Console"]),
+    description="Creates a terminal proxy to the node's shell (root@pam) or login prompt.",
+    local=True,
+)
+def node_termproxy(ctx: Ctx, node: str) -> dict[str, Any]:
+    require_node(ctx, node)
+    port = SESSIONS.free_port("node", 0)
+    ticket = secrets.token_urlsafe(24)
+    SESSIONS.add(Session("node", 0, port, ticket, ctx.user, time.monotonic() + SESSION_TTL))
+    return {"port": port, "ticket": ticket, "upid": "", "user": ctx.user}
+
+
+@endpoint(
+    "GET",
+    "/nodes/{node}/vncwebsocket",
+    params={
+        "node": NODE,
+        "port": Param("integer", "Port number returned by termproxy.", minimum=5900,
+                      maximum=65535),
+        "vncticket": Param("string", "Ticket from the termproxy call.", max_length=512),
+    },
+    perm=("/nodes/{node}", ["Sys.Console"]),
+    description="Opens a websocket for the node's terminal (termproxy protocol).",
+)  # fmt: skip
+def node_vncwebsocket(ctx: Ctx, node: str, port: int, vncticket: str) -> Any:
+    return _serve(ctx, node, "node", 0, port, vncticket)
 
 
 @on_app
@@ -233,6 +284,10 @@ def _websocket_route(app: Flask, node: Any) -> None:
     )
     def vncwebsocket_upgrade(name: str, type: str, vmid: str) -> Response:
         return dispatch(node, f"nodes/{name}/{type}/{vmid}/vncwebsocket")
+
+    @app.route("/api2/json/nodes/<name>/vncwebsocket", methods=["GET"], websocket=True)
+    def node_vncwebsocket_upgrade(name: str) -> Response:
+        return dispatch(node, f"nodes/{name}/vncwebsocket")
 
 
 # -- the CT terminal (termproxy protocol) ---------------------------------------------

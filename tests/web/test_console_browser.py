@@ -145,6 +145,11 @@ def test_login_tree_search_and_refusals(node: Corrald, page: Any, shots: Path) -
     assert page.evaluate("document.activeElement.dataset.id") == "node/node1"
     page.keyboard.press("Enter")
     page.wait_for_url("**/#/node/node1")
+    # The node's shell: admin@pve is no host account, so the host's login prompt.
+    page.click("#node-shell")
+    page.locator("#terminal .xterm-rows").filter(has_text="login:").wait_for()
+    shot(page, shots, "03b-node-shell")
+    page.go_back()
     page.click("[data-tree=type]")
     page.wait_for_selector("#tree details[data-group='t:storage'] a[data-id='storage/node1/local']")
     page.click("#tree a[data-id='storage/node1/local']")

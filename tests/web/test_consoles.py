@@ -224,3 +224,47 @@ def test_a_vm_vnc_console_through_vncwebsocket(
     finally:
         api.run_task("POST", f"/nodes/node1/qemu/{vmid}/status/stop")
         api.run_task("DELETE", f"/nodes/node1/qemu/{vmid}", params={"purge": 1})
+
+
+def root_session(node: Corrald) -> ApiSession:
+    """root@pam as the host's root would log in (its password is the host's, which a test
+    does not know): a ticket minted with the cluster's key, as corrald does for its socket."""
+    from corral.cluster.access import Access
+    from corral.cluster.store import Store
+
+    store = Store([node.extra[1]])  # the cluster's etcd (--etcd URL)
+    try:
+        ticket, csrf = Access(store).issue_ticket("root@pam")
+    finally:
+        store.close()
+    api = ApiSession(node.url, node.ca)
+    api.http.cookies.set("PVEAuthCookie", ticket)
+    api.ticket, api.csrf = ticket, csrf
+    return api
+
+
+@pytest.mark.parametrize("via", ["node1", "node2"])
+def test_the_node_shell(nodes: tuple[Corrald, Corrald], via: str) -> None:
+    node = nodes[0] if via == "node1" else nodes[1]
+    root = root_session(node)
+    proxy = root.data("POST", "/nodes/node1/termproxy")
+    ws = connect(node, root, "/nodes/node1", proxy["port"], proxy["ticket"])
+    try:
+        ws.send(f"root@pam:{proxy['ticket']}\n")
+        assert read_until(ws, "^OK").startswith("OK")
+        read_until(ws, r"[#$] ")  # root's login shell
+        number = random.randint(1000, 9999)
+        type_line(ws, f"echo node-$(({number}*3)) $(id -u)\n")
+        read_until(ws, rf"node-{number * 3} 0\b")
+    finally:
+        ws.close()
+    # Anyone else with Sys.Console gets the host's login prompt, not a shell.
+    admin = node.session()
+    proxy = admin.data("POST", "/nodes/node1/termproxy")
+    ws = connect(node, admin, "/nodes/node1", proxy["port"], proxy["ticket"])
+    try:
+        ws.send(f"admin@pve:{proxy['ticket']}\n")
+        read_until(ws, "^OK")
+        read_until(ws, r"login: ")
+    finally:
+        ws.close()

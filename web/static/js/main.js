@@ -105,7 +105,7 @@ function route() {
   const main = document.getElementById("content");
   main.replaceChildren();
   const [what, a, b, c] = parts;
-  if (what === "node" && a) view = nodePage(main, a);
+  if (what === "node" && a) view = nodePage(main, a, b);
   else if (what === "guest" && a && b) view = guestPage(main, a, Number(b), c || "summary");
   else if (what === "storage" && a && b) view = storagePage(main, a, b);
   else if (what === "create" && (a === "lxc" || a === "qemu")) view = wizardPage(main, a);

@@ -5,6 +5,7 @@ import { follow } from "./tasks.js";
 import { state } from "./main.js";
 import { href } from "./tree.js";
 import { rrdCharts } from "./chart.js";
+import { terminalConsole } from "./term.js";
 
 function stat(label, value, ratio) {
   return el("div", { class: "stat" }, el("div", { class: "label" }, label), el("div", { class: "value" }, value),
@@ -66,12 +67,18 @@ function virt(d) {
   return box;
 }
 
-export function nodePage(main, node) {
+export function nodePage(main, node, tab) {
+  if (tab === "shell") {
+    main.append(el("h1", {}, el("span", { class: "kind" }, "node"), node, el("a", { href: `#/node/${encodeURIComponent(node)}` }, "back to summary")));
+    return terminalConsole(main, node, null);
+  }
   const body = el("div");
   const guests = el("div");
   const graphs = el("div", { class: "charts" });
   const tasks = el("div");
-  main.append(el("h1", {}, el("span", { class: "kind" }, "node"), node), body, el("h2", {}, "Graphs (hour)"), graphs,
+  main.append(el("h1", {}, el("span", { class: "kind" }, "node"), node),
+    el("div", { class: "toolbar" }, el("button", { id: "node-shell", onclick: () => { location.hash = `#/node/${encodeURIComponent(node)}/shell`; } }, "Shell")),
+    body, el("h2", {}, "Graphs (hour)"), graphs,
     el("h2", {}, "Guests"), guests, el("h2", {}, "Tasks on this node"), tasks);
   let detail = null;
   const load = async () => {

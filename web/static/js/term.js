@@ -6,7 +6,10 @@ import { call, el, session, ApiError } from "./api.js";
 
 const encoder = new TextEncoder();
 
+// `vmid` null: the node's own shell (/nodes/{node}/termproxy).
 export function terminalConsole(body, node, vmid) {
+  const base = vmid === null ? `/nodes/${encodeURIComponent(node)}` : `/nodes/${encodeURIComponent(node)}/lxc/${vmid}`;
+  const what = vmid === null ? `node ${node}` : `CT ${vmid} on ${node}`;
   const stateLine = el("p", { class: "console-state muted", id: "console-state", role: "status" }, "Connecting…");
   const box = el("div", { id: "terminal" });
   const again = el("button", { hidden: true, onclick: () => connect() }, "Reconnect");
@@ -44,14 +47,14 @@ export function terminalConsole(body, node, vmid) {
     stateLine.textContent = "Connecting…";
     let proxy;
     try {
-      proxy = await call("POST", `/nodes/${encodeURIComponent(node)}/lxc/${vmid}/termproxy`);
+      proxy = await call("POST", `${base}/termproxy`);
     } catch (e) {
       stateLine.textContent = `Console failed: ${e instanceof ApiError ? e.detail : e.message}`;
       stateLine.className = "console-state error";
       again.hidden = false;
       return;
     }
-    const url = `wss://${location.host}/api2/json/nodes/${encodeURIComponent(node)}/lxc/${vmid}/vncwebsocket` +
+    const url = `wss://${location.host}/api2/json${base}/vncwebsocket` +
       `?port=${proxy.port}&vncticket=${encodeURIComponent(proxy.ticket)}`;
     ws = new WebSocket(url, ["binary"]);
     ws.binaryType = "arraybuffer";
@@ -62,7 +65,7 @@ export function terminalConsole(body, node, vmid) {
         if (!text.startsWith("OK")) { stateLine.textContent = "Console refused the ticket"; ws.close(); return; }
         ready = true;
         text = text.slice(2);
-        stateLine.textContent = `Connected to CT ${vmid} on ${node}`;
+        stateLine.textContent = `Connected to ${what}`;
         stateLine.className = "console-state muted";
         resize();
         term.focus();
