@@ -172,3 +172,31 @@ def rootfs_path(store: Store, vmid: int, node: Corrald) -> Path:
     storage, volname = volid.split(":", 1)
     conf = store.get_value(keys.storage(storage))
     return Path(conf["path"]) / "images" / volname
+
+
+from tests.storage.conftest import ceph  # noqa: E402, F401  (a real single-node Ceph)
+
+RBD = "crlbkrbd"
+
+
+@pytest.fixture(scope="package")
+def rbd(node: Corrald, store: Store, ceph: Any) -> Iterator[str]:  # noqa: F811
+    """An rbd storage on the session's Ceph; QEMU reaches it through librbd."""
+    from tests.storage.conftest import RUN
+
+    conf = {"storage": RBD, "type": "rbd", "pool": f"{RUN}pool", "monhost": ceph.monhost,
+            "username": "admin", "keyring": ceph.keyring_path, "conf": ceph.conf_path,
+            "content": "images"}  # fmt: skip
+    store.put(keys.storage(RBD), conf)
+    try:
+        yield RBD
+    finally:
+        store.delete(keys.storage(RBD))
+
+
+@pytest.fixture
+def vms(prox: ProxmoxAPI) -> Iterator[list[int]]:
+    """VMIDs of VMs a test makes: destroyed afterwards."""
+    made: list[int] = []
+    yield made
+    destroy_all(prox, made)

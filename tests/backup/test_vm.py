@@ -13,15 +13,13 @@ disk through its serial console:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from proxmoxer import ProxmoxAPI
 
 from corral.cluster import keys
 from corral.cluster.store import Store
 from tests.assets import guest
-from tests.backup.conftest import NODE, destroy_all, new_vmid, task_ok
+from tests.backup.conftest import NODE, new_vmid, task_ok
 from tests.kvm.serial import Serial
 from tests.util import Corrald
 
@@ -52,13 +50,6 @@ class Vm:
 
     def read(self) -> str:
         return self.serial.run("dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1").strip()
-
-
-@pytest.fixture
-def vms(node: Corrald, prox: ProxmoxAPI, guest_files: dict[str, str]) -> Iterator[list[int]]:
-    made: list[int] = []
-    yield made
-    destroy_all(prox, made)
 
 
 def make_vm(node: Corrald, prox: ProxmoxAPI, guest_files: dict[str, str], made: list[int],
