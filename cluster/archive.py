@@ -171,6 +171,11 @@ def close_archive(stream: IO[bytes], proc: subprocess.Popen[bytes] | None) -> No
 
 def read_config(path: str, type: str) -> dict[str, Any]:
     """The guest config stored in archive `path` (its first member)."""
+    return parse_config(read_config_text(path, type))
+
+
+def read_config_text(path: str, type: str) -> str:
+    """The config member's text, as stored (Proxmox's vzdump/extractconfig)."""
     stream, proc = open_archive(path)
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
@@ -180,7 +185,7 @@ def read_config(path: str, type: str) -> dict[str, Any]:
                 raise ParamError.one("archive", f"'{path}' holds no {type} guest config")
             fh = tar.extractfile(member)
             assert fh is not None
-            return parse_config(fh.read(1 << 20).decode())
+            return fh.read(1 << 20).decode(errors="replace")
     except tarfile.TarError as err:
         raise ParamError.one("archive", f"not a corral/vzdump archive: {err}") from None
     finally:

@@ -220,8 +220,9 @@ def _vzdump(ctx: TaskContext, args: dict[str, Any]) -> None:
     if "backup" not in volumes.content_of(opts["storage"]):
         raise ParamError.one("storage", f"storage '{opts['storage']}' does not hold backups")
     failed = []
-    for vmid in args["vmids"]:
+    for done, vmid in enumerate(args["vmids"]):
         ctx.check_abort()
+        ctx.progress(done / len(args["vmids"]))
         try:
             backup_guest(ctx, vmid, opts)
             ctx.log(f"Finished Backup of VM {vmid}")

@@ -241,3 +241,29 @@ def restore_request(
         else:
             ctx.store.delete(keys.guest(vmid))
         raise
+
+
+@endpoint(
+    "GET",
+    "/nodes/{node}/vzdump/extractconfig",
+    params={"node": NODE, "volume": Param("string", "Volume identifier", max_length=512)},
+    perm=lambda ctx, volume, **_: ctx.check(
+        f"/storage/{volume.partition(':')[0]}", ["Datastore.Audit"]
+    ),
+    local=True,
+    description="Extract configuration from vzdump backup archive.",
+)
+def extractconfig(ctx: Ctx, node: str, volume: str) -> str:
+    from corral.storage.volid import split_volid
+
+    require_node(ctx, node)
+    _, volname = split_volid(volume)
+    parsed = (
+        archive.parse_name(volname.partition("/")[2]) if volname.startswith("backup/") else None
+    )
+    if parsed is None:
+        raise ParamError.one("volume", f"'{volume}' is not a backup archive")
+    volumes = ctx.services.get("volumes")
+    if volumes is None:
+        raise ParamError.one("volume", "no storage on this node")
+    return archive.read_config_text(volumes.file_path(volume), parsed[0])

@@ -58,6 +58,7 @@ def test_issue_check_snapshot_clone_vzdump_restore(
         assert name.startswith(f"vzdump-lxc-{vmid}-") and name.endswith(".tar.zst"), name
         assert rows[0]["notes"] == f"ct{vmid} on {NODE}" and rows[0]["format"] == "tar.zst"
         assert ct.status.current.get()["status"] == "running"  # snapshot mode: never stopped
+        assert f"hostname: ct{vmid}" in n.vzdump.extractconfig.get(volume=volid)
         task_ok(prox, n.lxc.create(vmid=restoreid, ostemplate=volid, restore=1, storage="local"))
         restored = n.lxc(restoreid)
         cfg = restored.config.get()
