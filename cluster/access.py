@@ -18,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 import uuid
@@ -84,6 +85,11 @@ ROLES: dict[str, frozenset[str]] = {
     "PVEDatastoreUser": frozenset(["Datastore.Audit", "Datastore.AllocateSpace"]),
     "NoAccess": frozenset(),
 }
+
+
+# (ACL entries, the caller's user record, {vmid: pool} when the ACL names pools)
+Snapshot = tuple[list[dict[str, Any]], dict[str, Any], dict[int, str]]
+_VM_PATH = re.compile(r"^/vms/(\d+)/?$")
 
 
 @dataclass(frozen=True)
@@ -395,22 +401,41 @@ class Access:
 
         self.store.update("access/acl", remove)
 
-    def snapshot(self, ident: Identity) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """The ACL and the caller's record, read once for many privilege checks."""
-        return self.acl(), self.user(ident.userid) or {}
+    def snapshot(self, ident: Identity) -> Snapshot:
+        """The ACL, the caller's record and (when the ACL names a pool) the guests'
+        pools, read once for many privilege checks."""
+        entries = self.acl()
+        pools: dict[int, str] = {}
+        if any(str(e.get("path", "")).startswith("/pool/") for e in entries):
+            for kv in self.store.range("access/pools/"):
+                for vmid in kv.value.get("vms", []):
+                    pools[int(vmid)] = kv.value["poolid"]
+        return entries, self.user(ident.userid) or {}, pools
 
     def privileges(
         self,
         ident: Identity,
         path: str,
         *,
-        snapshot: tuple[list[dict[str, Any]], dict[str, Any]] | None = None,
+        snapshot: Snapshot | None = None,
     ) -> frozenset[str]:
         if ident.userid == "root@pam" and ident.tokenid is None:
             return ROLES["Administrator"]
-        entries, rec = snapshot if snapshot is not None else self.snapshot(ident)
+        entries, rec, pools = snapshot if snapshot is not None else self.snapshot(ident)
+        # As Proxmox: a guest in a pool also gets what is granted on /pool/{pool}.
+        pool = None
+        match = _VM_PATH.match(path)
+        if match and pools:
+            pool = pools.get(int(match.group(1)))
+
+        def resolve(ugid: str, groups: set[str], kind: str) -> frozenset[str]:
+            have = _effective(entries, path, ugid, groups, kind)
+            if pool is not None:
+                have = have | _effective(entries, f"/pool/{pool}", ugid, groups, kind)
+            return have
+
         groups = set(rec.get("groups", []))
-        user_privs = _effective(entries, path, ident.userid, groups, "user")
+        user_privs = resolve(ident.userid, groups, "user")
         if ident.userid == "root@pam":
             user_privs = ROLES["Administrator"]
         if ident.tokenid is None:
@@ -418,7 +443,7 @@ class Access:
         entry = rec.get("tokens", {}).get(ident.tokenid, {})
         if not entry.get("privsep", 1):
             return user_privs
-        token_privs = _effective(entries, path, ident.name, set(), "token")
+        token_privs = resolve(ident.name, set(), "token")
         return user_privs & token_privs
 
     def check(self, ident: Identity, path: str, privs: list[str], *, any_of: bool = False) -> None:

@@ -124,6 +124,18 @@ def test_pools_hold_guests_and_storages(corrald: Corrald, admin: ProxmoxAPI) -> 
         with pytest.raises(ResourceException) as err:
             admin.pools.delete(poolid="db")
         assert err.value.status_code == 409
+        # What is granted on /pool/db reaches its guests (and only them), as in Proxmox.
+        admin.access.users.post(userid="hank@pve", password=PASSWORD)
+        hank = prox(corrald, "hank@pve", PASSWORD)
+        assert hank.cluster.resources.get(type="vm") == []
+        admin.access.acl.put(path="/pool/db", roles="PVEVMUser", users="hank@pve")
+        assert [r["vmid"] for r in hank.cluster.resources.get(type="vm")] == [vmid]
+        hank_api = corrald.session("hank@pve", PASSWORD)
+        assert hank_api.get(f"/nodes/node1/lxc/{vmid}/config").status_code == 200
+        admin.pools.put(poolid="db", vms=str(vmid), delete=1)
+        assert hank.cluster.resources.get(type="vm") == []
+        assert hank_api.get(f"/nodes/node1/lxc/{vmid}/config").status_code == 403
+        admin.pools.put(poolid="db", vms=str(vmid))
         admin.pools.put(poolid="db", vms=str(vmid), delete=1)
         admin.pools.delete(poolid="db")
         admin.pools("web").put(storage="local", delete=1)
