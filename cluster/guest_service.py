@@ -25,7 +25,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from corral.cluster import guests, keys, migration, placement, registry
+from corral.cluster import (
+    guests,
+    keys,
+    migration,
+    placement,
+    recovery,  # noqa: F401 - registers restart recovery of guest tasks
+    registry,
+)
 from corral.cluster.errors import Conflict, NotFound, ParamError, Unavailable
 from corral.cluster.guest_driver import GuestDriver, VolumeAccess
 from corral.cluster.guest_service_copies import CopyOperations

@@ -35,8 +35,14 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[["TaskContext", dict[str, Any]], Any]
 HANDLERS: dict[str, Handler] = {}
+RECOVERERS: dict[str, Handler] = {}
 INTERRUPTED = "interrupted by node restart"
 ABORTED = "aborted by user"
+# Test-only (tests/faults): a task that logs a line containing this text stops
+# there for PAUSE_SECONDS, its log flushed, so a test can kill a process at a
+# known step of a real operation. Unset in production; read once at import.
+PAUSE_AT = os.environ.get("CORRAL_TEST_PAUSE_AT", "")
+PAUSE_SECONDS = float(os.environ.get("CORRAL_TEST_PAUSE_SECONDS") or 120)
 
 
 def task_handler(task_type: str) -> Callable[[Handler], Handler]:
@@ -44,6 +50,18 @@ def task_handler(task_type: str) -> Callable[[Handler], Handler]:
 
     def register(fn: Handler) -> Handler:
         HANDLERS[task_type] = fn
+        return fn
+
+    return register
+
+
+def task_recovery(task_type: str) -> Callable[[Handler], Handler]:
+    """Register what a node runs, at its restart, for a task of `task_type` that was
+    running when the node died: undo or finish what the task left half-made.
+    It gets the interrupted task's context (its lines go to that task's log)."""
+
+    def register(fn: Handler) -> Handler:
+        RECOVERERS[task_type] = fn
         return fn
 
     return register
@@ -267,6 +285,9 @@ class TaskContext:
                 or self.clock.monotonic() - self._last_flush > self.FLUSH_SECONDS
             ):
                 self._flush_locked()
+        if PAUSE_AT and PAUSE_AT in str(line):
+            self.flush()
+            self.clock.sleep(PAUSE_SECONDS)
 
     def flush(self) -> None:
         with self._lock:
@@ -325,12 +346,28 @@ class TaskWorker:
             rec = kv.value
             if rec["status"] == "running":
                 # This node restarted while the task ran: it will never finish.
-                self._finish(rec, INTERRUPTED)
+                self._recover(rec)
             elif rec["status"] == "queued":
                 self._accept(rec, kv.mod_revision)
         self._watch = self.store.watch(
             f"tasks/{self.node}/", self._on_event, start_revision=revision
         )
+
+    def _recover(self, rec: dict[str, Any]) -> None:
+        """End a task this node was running when it died, after its recovery step
+        (if its type has one) has undone or finished what it left half-made."""
+        ctx = TaskContext(self, rec)
+        ctx._chunk = len(self.store.range(f"tasklog/{quote(ctx.upid, safe=':@!')}/"))
+        ctx.log("node restarted while this task ran")
+        recover = RECOVERERS.get(rec["type"])
+        if recover is not None:
+            try:
+                recover(ctx, rec.get("args") or {})
+            except Exception as err:  # noqa: BLE001 - the task must end all the same
+                log.exception("recovery of task %s failed", rec["upid"])
+                ctx.log(f"recovery failed: {type(err).__name__}: {err}")
+        ctx.log(f"TASK ERROR: {INTERRUPTED}")
+        self._finish(rec, INTERRUPTED, ctx)
 
     def stop(self) -> None:
         self.stopped = True
