@@ -114,6 +114,7 @@ function summaryTab(body, type, vmid) {
       el("div", { class: "stat" }, el("div", { class: "label" }, "Uptime"), el("div", { class: "value" }, fmtUptime(r.uptime))),
       r.tags ? el("div", { class: "stat" }, el("div", { class: "label" }, "Tags"), el("div", { class: "value" }, r.tags)) : null,
       r.lock ? el("div", { class: "stat" }, el("div", { class: "label" }, "Lock"), el("div", { class: "value" }, r.lock)) : null,
+      r.hastate ? el("div", { class: "stat" }, el("div", { class: "label" }, "HA state"), el("div", { class: "value" }, r.hastate)) : null,
     ].filter(Boolean));
   };
   update(state.find(`${type}/${vmid}`));

@@ -26,6 +26,15 @@ function guestTable(rows) {
       el("td", {}, r.maxmem ? `${fmtBytes(r.mem)} / ${fmtBytes(r.maxmem)}` : ""), el("td", {}, fmtUptime(r.uptime))))));
 }
 
+// "3 (2 started, 1 error)" from the rows' `hastate`.
+function ha(guests) {
+  const managed = guests.filter((g) => g.hastate);
+  if (!managed.length) return "none";
+  const by = {};
+  for (const g of managed) by[g.hastate] = (by[g.hastate] || 0) + 1;
+  return `${managed.length} (${Object.entries(by).map(([k, n]) => `${n} ${k}`).join(", ")})`;
+}
+
 export function datacenterPage(main) {
   const body = el("div");
   main.append(el("h1", {}, "Datacenter"), body);
@@ -44,6 +53,7 @@ export function datacenterPage(main) {
         stat("Nodes online", `${online.length} / ${nodes.length}`, nodes.length ? online.length / nodes.length : 0),
         stat("VMs running", `${count("qemu", "running")} / ${count("qemu")}`),
         stat("CTs running", `${count("lxc", "running")} / ${count("lxc")}`),
+        stat("HA-managed guests", ha(guests)),
         stat("CPU", fmtPct(sum(online, "cpu") / Math.max(1, online.length)), sum(online, "cpu") / Math.max(1, online.length)),
         stat("Memory", `${fmtBytes(sum(online, "mem"))} / ${fmtBytes(sum(online, "maxmem"))}`, sum(online, "mem") / Math.max(1, sum(online, "maxmem"))),
         stat("Storage", `${fmtBytes(sum(storages, "disk"))} / ${fmtBytes(sum(storages, "maxdisk"))}`, sum(storages, "disk") / Math.max(1, sum(storages, "maxdisk")))),
