@@ -334,6 +334,9 @@ def _destroy(ctx: TaskContext, args: dict[str, Any]) -> None:
         raise
     ctx.store.delete(keys.guest(rec["vmid"]))
     _forget_status(ctx, rec["vmid"])
+    from corral.cluster import snapshots  # which imports this module
+
+    snapshots.forget_states(ctx, rec["vmid"])
     ctx.log(f"{_kind(rec)} {rec['vmid']} destroyed")
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from typing import Any
 
@@ -171,6 +172,13 @@ def _unlock(ctx: TaskContext, vmid: int, lock: str) -> None:
 
 def _is_running(driver: GuestDriver, rec: dict[str, Any]) -> bool:
     return driver.status(rec["vmid"], rec["config"]).get("status") in ("running", "paused")
+
+
+def forget_states(ctx: TaskContext, vmid: int) -> None:
+    """Remove the saved RAM of every snapshot of a destroyed guest."""
+    data_dir = ctx.worker.context.get("data_dir")
+    if data_dir:
+        shutil.rmtree(os.path.join(str(data_dir), "vmstate", str(int(vmid))), ignore_errors=True)
 
 
 def _state_path(ctx: TaskContext, vmid: int, snapname: str) -> str:

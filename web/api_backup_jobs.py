@@ -12,10 +12,11 @@ import time
 from typing import Any
 
 from corral.cluster import backup_jobs, calendar, keys, prune
+from corral.cluster.backup_requests import check_options
 from corral.cluster.errors import Conflict, NotFound, ParamError
 from corral.cluster.schema import NODE, STORAGE_ID, Param
 from corral.web.api import Ctx, endpoint
-from corral.web.api_backup import OPTIONS, check_options
+from corral.web.api_backup import OPTIONS
 from corral.web.api_core import require_node
 
 JOB_ID = Param("string", "The job ID.", pattern=r"[A-Za-z][A-Za-z0-9_\-]{1,49}")

@@ -101,6 +101,13 @@ def test_vm_snapshots_running_qcow2(
     task_ok(prox, vm.api.snapshot("s1").delete())  # running: QEMU deletes it
     task_ok(prox, vm.api.snapshot("s2").delete())
     assert [r["name"] for r in vm.api.snapshot.get()] == ["current"]
+    # Destroying the VM takes its snapshots' saved RAM along.
+    task_ok(prox, vm.api.snapshot.post(snapname="s3", vmstate=1))
+    state = node.data_dir / "vmstate" / str(vm.vmid)
+    assert (state / "s3.state").exists()
+    task_ok(prox, vm.api.status.stop.post())
+    task_ok(prox, vm.api.delete())
+    assert not state.exists()
 
 
 def test_vm_backup_while_running_restores_on_btrfs(
