@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from corral.cluster.schema import NODE, VMID, Param
+from corral.cluster.schema import NODE, VMID, Param, ignored
 from corral.web.api import Ctx, endpoint
 from corral.web.api_core import require_node
 from corral.web.api_guests import service
@@ -53,18 +53,25 @@ def register(type: str) -> None:
                 format="pve-configid",
                 max_length=40,
             ),  # fmt: skip
-            "pool": Param("string", "Add the new guest to the specified pool.", optional=True),
-            "bwlimit": Param(
-                "integer", "Override I/O bandwidth limit (in KiB/s).", optional=True, minimum=0
+            "pool": ignored(
+                "string",
+                "Add the new guest to the specified pool.",
+                "add the clone to a pool with PUT /pools/{poolid}",
+            ),  # fmt: skip
+            "bwlimit": ignored(
+                "integer",
+                "Override I/O bandwidth limit (in KiB/s).",
+                "corral does not throttle volume copies",
+                minimum=0,
             ),  # fmt: skip
             **(
                 {
-                    "format": Param(
+                    "format": ignored(
                         "string",
                         "Target format for file storage.",
-                        optional=True,
+                        "a full copy keeps the source's format",
                         enum=("raw", "qcow2", "vmdk"),
-                    )
+                    ),  # fmt: skip
                 }  # fmt: skip
                 if type == "qemu"
                 else {}

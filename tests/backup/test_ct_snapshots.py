@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 from proxmoxer import ProxmoxAPI, ResourceException
 
+from corral.cluster import guests
 from corral.cluster.store import Store
 from tests.backup.conftest import NODE, attach, rootfs_path, task_ok
 from tests.util import Corrald
@@ -69,7 +70,7 @@ def test_snapshot_rollback_delete_running_ct(
     assert [row["name"] for row in ct.snapshot.get()] == ["current"]
 
 
-def test_refusals(prox: ProxmoxAPI, btrfs: str, make_ct: Callable[..., int]) -> None:
+def test_refusals(prox: ProxmoxAPI, store: Store, btrfs: str, make_ct: Callable[..., int]) -> None:
     on_dir = make_ct("local")
     with pytest.raises(ResourceException) as err:
         prox.nodes(NODE).lxc(on_dir).snapshot.post(snapname="s1")
@@ -89,4 +90,16 @@ def test_refusals(prox: ProxmoxAPI, btrfs: str, make_ct: Callable[..., int]) -> 
     with pytest.raises(ResourceException) as err:
         ct.snapshot("nope").rollback.post()
     assert err.value.status_code == 404
+    # A guest locked by another long operation (a backup here) refuses at once.
+    guests.set_lock(store, vmid, "backup")
+    try:
+        for call in (lambda: ct.snapshot.post(snapname="s2"),
+                     lambda: ct.snapshot("s1").rollback.post(),
+                     lambda: ct.snapshot("s1").delete(),
+                     lambda: ct.clone.post(newid=vmid + 1, full=1)):  # fmt: skip
+            with pytest.raises(ResourceException) as err:
+                call()
+            assert err.value.status_code == 409 and "locked (backup)" in str(err.value)
+    finally:
+        guests.set_lock(store, vmid, None, expect="backup")
     task_ok(prox, ct.snapshot("s1").delete())
