@@ -60,7 +60,8 @@ def _record(ctx: Ctx, type: str, node: str, vmid: int) -> dict[str, Any]:
 _summary = guest_summary  # one row shape for guest lists and /cluster/resources
 
 
-def register(type: str) -> None:
+def _register_lifecycle(type: str) -> None:
+    """Guest lists, create, index, destroy."""
     base = f"/nodes/{{node}}/{type}"
     one = f"{base}/{{vmid}}"
     kind = KIND[type]
@@ -165,6 +166,13 @@ def register(type: str) -> None:
     def destroy(ctx: Ctx, node: str, vmid: int, force: int = 0, **_: Any) -> str:
         require_node(ctx, node)
         return service(ctx).destroy(vmid, user=ctx.user, force=bool(force), type=type, node=node)
+
+
+def _register_config(type: str) -> None:
+    """Config, pending changes."""
+    base = f"/nodes/{{node}}/{type}"
+    one = f"{base}/{{vmid}}"
+    kind = KIND[type]
 
     @endpoint(
         "GET",
@@ -307,6 +315,13 @@ def register(type: str) -> None:
             out.append(row)
         return out
 
+
+def _register_power(type: str) -> None:
+    """Status and power operations."""
+    base = f"/nodes/{{node}}/{type}"
+    one = f"{base}/{{vmid}}"
+    kind = KIND[type]
+
     @endpoint(
         "GET",
         f"{one}/status",
@@ -372,6 +387,11 @@ def register(type: str) -> None:
 
     for op, extra in ops.items():
         _register_op(type, one, op, extra)
+
+
+def _register_disks(type: str) -> None:
+    """Disk resize, container interfaces, VM consoles."""
+    one = f"/nodes/{{node}}/{type}/{{vmid}}"
 
     @endpoint(
         "PUT",
@@ -444,6 +464,12 @@ def register(type: str) -> None:
 
             register_vnc(type, vmid, ctx.user, info)
             return {"user": ctx.user, "upid": "", **info}
+
+
+def register(type: str) -> None:
+    """Every guest endpoint of `type`, under /nodes/{node}/{type}."""
+    for part in (_register_lifecycle, _register_config, _register_power, _register_disks):
+        part(type)
 
 
 def _register_op(type: str, one: str, op: str, extra: dict[str, Param]) -> None:
