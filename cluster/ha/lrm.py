@@ -43,13 +43,13 @@ class LRM:
         if self.done:
             return
         sent = self.env.now()
-        had = self.agent.held
+        had = self.agent.held and self.agent.token
         try:
             ok = self.agent.hold()
         except Unavailable:
             ok = False
         if ok:
-            if not had:
+            if had != self.agent.token:  # a new lock, not a renewal of the old one
                 self.log(f"got lock 'ha_agent_{self.env.node}_lock'")
             elif self.last_renewal_sent is not None and sent - self.last_renewal_sent > 1.5:
                 gap = sent - self.last_renewal_sent

@@ -38,6 +38,7 @@ from corral.cluster.ha.model import resource_from, rule_from, settings_from
 from corral.cluster.store_memory import MemoryStore
 
 TICK = 0.1
+STALLED_RENEWAL = 1.5  # a renewal attempt over a dead link: call timeout + reconnect (lab)
 STEPS_PER_ROUND = round(timing.ROUND / TICK)
 
 
@@ -56,6 +57,7 @@ class SimNode:
     wd_deadline: float | None = None
     wd_sids: set[str] = field(default_factory=set)
     shutting: str = ""  # "" | "shutdown" | "reboot"
+    renewal_busy_until: float = 0.0  # a renewal stuck on a dead link
 
 
 class Simulator:
@@ -103,6 +105,7 @@ class Simulator:
         env = SimEnv(self, n)
         n.crm, n.lrm = CRM(env), LRM(env)
         n.wd_deadline, n.wd_sids, n.shutting = None, set(), ""
+        n.renewal_busy_until = 0.0
 
     def _power_off(self, n: SimNode, why: str) -> None:
         n.power = False
@@ -202,7 +205,13 @@ class Simulator:
             if not n.power or (i - n.index) % STEPS_PER_ROUND:
                 continue
             assert n.lrm is not None
-            n.lrm.heartbeat()
+            if self.t >= n.renewal_busy_until:
+                n.lrm.heartbeat()
+                if not self.quorate_for(n):
+                    # On a dead link a renewal attempt fails only after its call
+                    # timeout and reconnect (~1.5 s in the lab), and the
+                    # renewal thread waits for it before the next attempt.
+                    n.renewal_busy_until = self.t + STALLED_RENEWAL
             if n.crm is not None:
                 n.crm.round()
             n.lrm.round()
