@@ -5,8 +5,9 @@ community.proxmox collections the pip `ansible` package bundles) runs
 tests/clients/ansible/guests.yml: a container through
 community.general.proxmox (redirected to community.proxmox.proxmox) and a
 TCG VM through community.proxmox.proxmox_kvm, each created, started, read
-with proxmox_vm_info, stopped and deleted. The modules always send options
-corral gives no effect (`force=0`...): the create task's log names them.
+with proxmox_vm_info, stopped and deleted. Options Proxmox defines that have no
+effect in corral (the VM's `keyboard`, `shares`) are accepted and named in the
+create task's log.
 """
 
 from __future__ import annotations
@@ -73,9 +74,11 @@ def test_proxmox_modules_create_start_read_stop_delete(
     assert "failed=0" in proc.stdout
     api = node.session()
     tasks = api.data("GET", f"/nodes/{NODE}/tasks", params={"limit": 200})
-    (create,) = [t for t in tasks if t["type"] == "vzcreate" and t["id"] == str(ct)]
+    (create,) = [t for t in tasks if t["type"] == "qmcreate" and t["id"] == str(vm)]
     log = api.data("GET", f"/nodes/{NODE}/tasks/{create['upid']}/log", params={"limit": 0})
-    assert any("force=0" in line["t"] and "Proxmox" in line["t"] for line in log), log
+    notes = [line["t"] for line in log if line["t"].startswith("note: parameter")]
+    assert any("keyboard=en-us" in n for n in notes), log
+    assert any("shares=1000" in n for n in notes), log
     # Both guests are gone, as the playbook's last steps asked.
     left = {r["vmid"] for r in api.data("GET", "/cluster/resources", params={"type": "vm"})}
     assert not {ct, vm} & left
