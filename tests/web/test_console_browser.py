@@ -2,7 +2,8 @@
 node and a guest in the tree, create a CT with the wizard, start it, type into its
 terminal, watch the task panel, edit a config value and see it pending.
 
-Screenshots of every page are kept under the module's tmp dir (the path is printed).
+Screenshots of every page are kept under the module's tmp dir (the path is printed), or
+in $CORRAL_SCREENSHOTS when set.
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ def template(node: Corrald) -> str:
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("screenshots")
+    # pytest keeps only its last few tmp dirs: CORRAL_SCREENSHOTS keeps them elsewhere.
+    keep = os.environ.get("CORRAL_SCREENSHOTS")
+    path = Path(keep) if keep else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
     print(f"\nscreenshots: {path}")
     return path
 
