@@ -193,7 +193,8 @@ class GuestDriver:
     def start(
         self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
     ) -> None:
-        """After it returns the guest is running (status() says "running")."""
+        """After it returns the guest is running (status() says "running").
+        Raises Conflict if it already runs (the start task does not ask first)."""
         raise NotImplementedError
 
     def shutdown(

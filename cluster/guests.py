@@ -262,8 +262,7 @@ def _start(ctx: TaskContext, args: dict[str, Any]) -> None:
     rec = _record(ctx, args)
     check_lock(rec)
     driver = _driver(ctx, rec["type"])
-    if driver.status(rec["vmid"], rec["config"]).get("status") == "running":
-        raise Conflict(f"{_kind(rec)} {rec['vmid']} already running")
+    # No status measurement first: the driver's start raises Conflict if it runs.
     rec = _apply_pending(ctx, rec["vmid"], rec)
     # It may have just moved here: the driver writes its local definition.
     driver.adopt(rec["vmid"], rec["config"], volumes=_volumes(ctx), log=ctx.log)
@@ -521,11 +520,16 @@ for _type, _names in TASK_TYPES.items():
 
 
 def _mark(ctx: TaskContext, rec: dict[str, Any], status: str) -> None:
-    """Publish a state change at once instead of waiting for the next 2 s round."""
-    try:
-        publish_status_for(ctx.store, ctx.node, ctx.worker.context, only=rec["vmid"])
-    except (Unavailable, CorralError) as err:
-        log.debug("status publish after %s failed: %s", status, err)
+    """Publish a state change at once instead of waiting for the next 2 s round,
+    right after the task's end is written: the caller waits for the end only."""
+
+    def publish() -> None:
+        try:
+            publish_status_for(ctx.store, ctx.node, ctx.worker.context, only=rec["vmid"])
+        except (Unavailable, CorralError) as err:
+            log.debug("status publish after %s failed: %s", status, err)
+
+    ctx.after_end.append(publish)
 
 
 def _forget_status(ctx: TaskContext, vmid: int) -> None:

@@ -196,6 +196,12 @@ class LxcDriver(GuestDriver):
     def _write_config(self, vmid: int, config: dict[str, Any], facts: Facts) -> None:
         text = render(config, facts)
         path = os.path.join(self._dir(vmid), "config")
+        try:
+            with open(path) as fh:
+                if fh.read() == text:
+                    return  # unchanged (most starts): no rename, liblxc's file stays
+        except OSError:
+            pass
         with open(path + ".tmp", "w") as fh:
             fh.write(text)
         os.replace(path + ".tmp", path)
@@ -314,12 +320,16 @@ class LxcDriver(GuestDriver):
 
     def _wait_state(self, vmid: int, want: set[str], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
+        # lxc-start -d / lxc-stop -k return about when the state changes: ask again
+        # soon (1 ms, doubling), not a fixed 50 ms that the task would wait out.
+        pause = 0.001
         while True:
             if self._state(vmid) in want:
                 return True
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.05)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     def shutdown(
         self, vmid: int, config: dict[str, Any], *, timeout: int, force_stop: bool, log: LogFn

@@ -57,6 +57,8 @@ class FakeDriver(GuestDriver):
         self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
     ) -> None:
         self.calls.append(("start", vmid))
+        if self.guests[vmid].get("status") == "running":
+            raise Conflict(f"guest {vmid} already running")
         self.guests[vmid].update(status="running", config=dict(config))
 
     def stop(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
