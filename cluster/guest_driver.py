@@ -234,6 +234,11 @@ class GuestDriver:
         cpu, mem, maxmem, disk, maxdisk, netin, netout, uptime, pid..."""
         raise NotImplementedError
 
+    def status_many(self, items: list[tuple[int, dict[str, Any]]]) -> dict[int, dict[str, Any]]:
+        """status() of many guests (vmid, config) at once, for the node's periodic
+        round; drivers override it to measure in one pass."""
+        return {vmid: self.status(vmid, config) for vmid, config in items}
+
     def running(self) -> set[int]:
         """VMIDs of this type running on this node right now."""
         raise NotImplementedError

@@ -96,12 +96,19 @@ def test_lifecycle(driver: LxcDriver, volumes: Volumes, vmid: int) -> None:
     assert pending == set()
     config = shrink
 
+    # The node's round measures all CTs in one pass and says what status() says.
+    one = driver.status_many([(vmid, config)])[vmid]
+    assert one["status"] == "running" and one["pid"] == pid and one["mem"] > 0
+    assert one.keys() == driver.status(vmid, config).keys()
+
     driver.suspend(vmid, config, log=_noop)
     st = driver.status(vmid, config)
     assert st["status"] == "running" and st["frozen"] == 1
+    assert driver.status_many([(vmid, config)])[vmid]["frozen"] == 1
     assert cgroups.freezer_state(pid) == "FROZEN"
     driver.resume(vmid, config, log=_noop)
     assert "frozen" not in driver.status(vmid, config)
+    assert "frozen" not in driver.status_many([(vmid, config)])[vmid]
     assert driver.attach(vmid, ["/bin/echo", "thawed"]).strip() == "thawed"
 
     # Clean shutdown: busybox init powers off on SIGPWR, no kill needed.
@@ -109,8 +116,13 @@ def test_lifecycle(driver: LxcDriver, volumes: Volumes, vmid: int) -> None:
     assert driver.status(vmid, config)["status"] == "stopped"
     assert vmid not in driver.running()
 
+    assert driver.status_many([(vmid, config)])[vmid]["status"] == "stopped"
     driver.start(vmid, config, volumes=volumes, log=_noop)
+    # A new init (not the pid remembered from before) is found, not mistaken.
+    again = driver.status_many([(vmid, config)])[vmid]
+    assert again["status"] == "running" and again["pid"] == driver.status(vmid, config)["pid"]
     driver.stop(vmid, config, log=_noop)
+    assert driver.status_many([(vmid, config)])[vmid]["status"] == "stopped"
     driver.stop(vmid, config, log=_noop)  # stopping a stopped CT is fine
     assert driver.status(vmid, config)["status"] == "stopped"
 
