@@ -48,6 +48,7 @@ TEST_PACKAGES=(
     linux-image-amd64 cpio
     chromium
     prometheus
+    python3-matplotlib
 )
 
 export DEBIAN_FRONTEND=noninteractive

@@ -36,6 +36,7 @@ from corral.kvm.libvirt_conn import prepare_embed_root  # noqa: E402
 from corral.kvm.xml_base import Facts  # noqa: E402
 from corral.kvm.xml_domain import render  # noqa: E402
 from tests.assets import guest  # noqa: E402
+from tests.bench.results import record  # noqa: E402
 from tests.kvm.conftest import kill_qemus_under, virsh_cleanup  # noqa: E402
 from tests.util import ApiSession, Corrald  # noqa: E402
 
@@ -144,6 +145,8 @@ def main() -> None:
     print(f"tiny TCG VM, {args.rounds} warm rounds (medians)   API create+start   virsh create")
     row("until running, cold (1st):", results["api"][0][0] * 1000, results["raw"][0][0] * 1000)
     row("until running:", med("api", 0), med("raw", 0))
+    record("kvm", "VM create+start (TCG)", ours=med("api", 0), raw=med("raw", 0), unit="ms",
+           raw_tool="virsh create")  # fmt: skip
     print(f"    of which the create task (disk, record): {med('api', 2):6.0f} ms")
     if args.boot:
         row("until /init reports:", med("api", 1), med("raw", 1))

@@ -40,6 +40,7 @@ from pathlib import Path  # noqa: E402
 from corral.lxc import templates  # noqa: E402
 from corral.lxc.driver import LxcDriver  # noqa: E402
 from corral.storage.volumes import Volumes  # noqa: E402
+from tests.bench.results import record  # noqa: E402
 from tests.lxc.helpers import STORAGE, add_template, cleanup_lxcpath, dir_volumes  # noqa: E402
 from tests.util import ApiSession, Corrald  # noqa: E402
 
@@ -166,6 +167,8 @@ def start_stop_same(api: ApiSession, node: Corrald, tid: str, rounds: int) -> No
     for op in ("start", "stop"):
         api_ms, raw_ms = med[f"api {op}"], med[f"raw {op}"]
         print(f"CT {op:<29}{api_ms:8.1f} ms {raw_ms:9.1f} ms {api_ms / raw_ms:8.2f}x")
+        raw_tool = "lxc-start -d + lxc-wait" if op == "start" else "lxc-stop -k"
+        record("lxc", f"CT {op} (same CT)", ours=api_ms, raw=raw_ms, unit="ms", raw_tool=raw_tool)
 
 
 def many_api(api: ApiSession, tid: str, n: int) -> None:
@@ -295,6 +298,9 @@ def main() -> None:
             cols = [med(o[i] for o in via_api) * 1000 if via_api else float("nan")]
             cols += [med(o[i] for o in ours) * 1000, med(r[i] for r in raw) * 1000]
             print(f"{label:<24}" + "".join(f"{c:9.1f} ms" for c in cols))
+            if via_api:
+                record("lxc", f"CT {label}", ours=cols[0], raw=cols[2], unit="ms",
+                       driver=cols[1], raw_tool="lxc-create + tar + lxc-start")  # fmt: skip
         if api is not None and node is not None:
             start_stop_same(api, node, api_tid, args.rounds)
         if args.many:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.bench.results import record  # noqa: E402
 from tests.lxc.helpers import cleanup_lxcpath  # noqa: E402
 from tests.lxc.test_api import corral  # noqa: E402
 from tests.lxc.test_parallel_create import destroy_all, run_clients  # noqa: E402
@@ -61,6 +62,9 @@ def main() -> None:
                 raw_wall = time.perf_counter() - t
                 subprocess.run(["rm", "-rf", str(raw)], check=True, timeout=60)
                 print(f"  raw: {n} x tar -xzf of the template in sequence: {raw_wall:.1f} s")
+                record("parallel_create", f"{clients} clients x {creates} creates (wall)",
+                       ours=wall, raw=raw_wall, unit="s", errors=len(result["errors"]),
+                       raw_tool="tar -xzf x N in sequence")  # fmt: skip
         finally:
             node.stop()
             cleanup_lxcpath(str(node.data_dir / "lxc"))

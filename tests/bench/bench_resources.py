@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from corral.cluster import keys  # noqa: E402
 from corral.cluster.store import Store  # noqa: E402
+from tests.bench.results import record  # noqa: E402
 from tests.util import ApiSession, Corrald  # noqa: E402
 
 
@@ -148,6 +149,11 @@ def main() -> None:
                 f"etcdctl get --prefix guests/ (raw read only): median "
                 f"{statistics.median(raw) * 1000:.0f} ms"
             )
+            p95 = times[int(len(times) * 0.95)] * 1000
+            what = f"/cluster/resources p95, {args.nodes} nodes / {args.guests} guests"
+            record("resources", what, ours=p95, raw=statistics.median(raw) * 1000, unit="ms",
+                   median=statistics.median(times) * 1000, goal=100,
+                   raw_tool="etcdctl get --prefix guests/")  # fmt: skip
             store.close()
         finally:
             node.stop()
