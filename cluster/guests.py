@@ -520,16 +520,13 @@ for _type, _names in TASK_TYPES.items():
 
 
 def _mark(ctx: TaskContext, rec: dict[str, Any], status: str) -> None:
-    """Publish a state change at once instead of waiting for the next 2 s round,
-    right after the task's end is written: the caller waits for the end only."""
-
-    def publish() -> None:
-        try:
-            publish_status_for(ctx.store, ctx.node, ctx.worker.context, only=rec["vmid"])
-        except (Unavailable, CorralError) as err:
-            log.debug("status publish after %s failed: %s", status, err)
-
-    ctx.after_end.append(publish)
+    """Publish a state change at once instead of waiting for the next 2 s round.
+    Before the task's end: whoever sees the task OK then reads the new state
+    (a delete refused as running, /cluster/resources)."""
+    try:
+        publish_status_for(ctx.store, ctx.node, ctx.worker.context, only=rec["vmid"])
+    except (Unavailable, CorralError) as err:
+        log.debug("status publish after %s failed: %s", status, err)
 
 
 def _forget_status(ctx: TaskContext, vmid: int) -> None:

@@ -276,9 +276,6 @@ class TaskContext:
         # Short tasks write their log once, with their end (see TaskWorker._finish).
         self._last_flush = self.clock.monotonic()
         self._lock = threading.Lock()
-        # Work the caller does not wait for (publishing a guest's new live status):
-        # run by the worker once the task's end is written.
-        self.after_end: list[Callable[[], None]] = []
 
     def log(self, line: str) -> None:
         with self._lock:
@@ -483,11 +480,6 @@ class TaskWorker:
             metrics_core.record_task(rec["type"], exitstatus, self.clock.monotonic() - started)
         ctx.log("TASK OK" if exitstatus == "OK" else f"TASK ERROR: {exitstatus}")
         self._finish(rec, exitstatus, ctx)
-        for fn in ctx.after_end:
-            try:
-                fn()
-            except Exception:  # noqa: BLE001 - the task is over; its outcome stands
-                log.exception("task %s: follow-up failed", rec["upid"])
 
     def set_fields(
         self, rec: dict[str, Any], ctx: TaskContext | None = None, **fields: Any
