@@ -267,7 +267,7 @@ def _start(ctx: TaskContext, args: dict[str, Any]) -> None:
     # It may have just moved here: the driver writes its local definition.
     driver.adopt(rec["vmid"], rec["config"], volumes=_volumes(ctx), log=ctx.log)
     driver.start(rec["vmid"], rec["config"], volumes=_volumes(ctx), log=ctx.log)
-    _mark(ctx, rec, "running")
+    _mark(ctx, rec, "running", current=True)
 
 
 def _stop(ctx: TaskContext, args: dict[str, Any]) -> None:
@@ -275,7 +275,7 @@ def _stop(ctx: TaskContext, args: dict[str, Any]) -> None:
     if not args.get("skiplock"):
         check_lock(rec, allow=("backup",))
     _driver(ctx, rec["type"]).stop(rec["vmid"], rec["config"], log=ctx.log)
-    _mark(ctx, rec, "stopped")
+    _mark(ctx, rec, "stopped", current=True)
 
 
 def _shutdown(ctx: TaskContext, args: dict[str, Any]) -> None:
@@ -304,7 +304,7 @@ def _reboot(ctx: TaskContext, args: dict[str, Any]) -> None:
     )
     rec = _apply_pending(ctx, rec["vmid"])  # a reboot applies pending changes
     driver.start(rec["vmid"], rec["config"], volumes=_volumes(ctx), log=ctx.log)
-    _mark(ctx, rec, "running")
+    _mark(ctx, rec, "running", current=True)
 
 
 def _simple(op: str) -> Callable[[TaskContext, dict[str, Any]], None]:
@@ -314,7 +314,7 @@ def _simple(op: str) -> Callable[[TaskContext, dict[str, Any]], None]:
         driver = _driver(ctx, rec["type"])
         call = {"suspend": driver.suspend, "resume": driver.resume, "reset": driver.reset}[op]
         call(rec["vmid"], rec["config"], log=ctx.log)
-        _mark(ctx, rec, "paused" if op == "suspend" else "running")
+        _mark(ctx, rec, "paused" if op == "suspend" else "running", current=True)
 
     return run
 
@@ -519,12 +519,15 @@ for _type, _names in TASK_TYPES.items():
 # -- live status -----------------------------------------------------------------
 
 
-def _mark(ctx: TaskContext, rec: dict[str, Any], status: str) -> None:
+def _mark(ctx: TaskContext, rec: dict[str, Any], status: str, *, current: bool = False) -> None:
     """Publish a state change at once instead of waiting for the next 2 s round.
     Before the task's end: whoever sees the task OK then reads the new state
-    (a delete refused as running, /cluster/resources)."""
+    (a delete refused as running, /cluster/resources). `current`: `rec` is the
+    record as it stands (a power task changes no record), so it is not read again."""
     try:
-        publish_status_for(ctx.store, ctx.node, ctx.worker.context, only=rec["vmid"])
+        publish_status_for(
+            ctx.store, ctx.node, ctx.worker.context, only=rec["vmid"], rec=rec if current else None
+        )
     except (Unavailable, CorralError) as err:
         log.debug("status publish after %s failed: %s", status, err)
 
@@ -577,7 +580,12 @@ def _measure_many(
 
 
 def publish_status_for(
-    store: StoreAPI, node: str, services: MutableMapping[str, Any], *, only: int | None = None
+    store: StoreAPI,
+    node: str,
+    services: MutableMapping[str, Any],
+    *,
+    only: int | None = None,
+    rec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One document per node with every local guest's live figures.
 
@@ -590,7 +598,8 @@ def publish_status_for(
     lock = services.setdefault("status_lock", threading.Lock())
     if only is not None and services.get("status_doc") is not None:
         # One guest changed: read its record only, not every guest's (O(1) per task).
-        rec = store.get_value(keys.guest(only))
+        if rec is None or rec.get("vmid") != only:
+            rec = store.get_value(keys.guest(only))
         with lock:
             one: dict[str, Any] = dict(services.get("status_doc") or {})
             if rec is not None and rec.get("node") == node:
