@@ -85,7 +85,8 @@ export function terminalConsole(body, node, vmid) {
     dispose() {
       window.removeEventListener("resize", onResize);
       clearInterval(ping);
-      if (ws) { ws.onclose = null; ws.close(); }
+      // No handler may touch the terminal once it is gone (a late message would throw).
+      if (ws) { ws.onclose = null; ws.onmessage = null; ws.onopen = null; ws.close(); }
       term.dispose();
     },
   };
