@@ -165,7 +165,8 @@ class _Cpio:
         return b"".join(self.parts)
 
 
-def build_initrd() -> bytes:
+def build_initrd(extra: tuple[str, ...] = ()) -> bytes:
+    """`extra`: more kernel modules to load at boot (e.g. ext4 for a filesystem test)."""
     _, moddir = find_kernel()
     archive = _Cpio()
     for d in ("bin", "dev", "proc", "sys", "mnt", "etc", "lib", "lib/modules"):
@@ -173,7 +174,7 @@ def build_initrd() -> bytes:
     archive.file("bin/busybox", Path(BUSYBOX).read_bytes())
     archive.add("bin/sh", 0o120777, target="busybox")
     archive.file("init", INIT.encode())
-    order = load_order(moddir)
+    order = load_order(moddir, WANTED + extra)
     for name, path in order:
         archive.file(f"lib/modules/{name}.ko", _module_bytes(path), 0o644)
     archive.file("lib/modules/load-order", "".join(f"{n}\n" for n, _ in order).encode(), 0o644)
