@@ -163,6 +163,7 @@ def main() -> None:
         vm = vm_failovers(lab, args.vm_kills) if args.vm_kills else []
     finally:
         labmod.down(lab_dir, quiet=True)
+        shutil.rmtree(os.path.dirname(lab_dir), ignore_errors=True)
 
     def s(xs: list[float]) -> str:
         xs = sorted(xs)

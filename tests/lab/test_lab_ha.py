@@ -37,8 +37,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[labmod.Lab]:
     labmod.down(lab_dir, quiet=True)
     lab = labmod.up(lab_dir, 3, SUBNET, PREFIX)
     yield lab
-    keep = Path("/tmp/corral-ha-lab-logs")  # the last run's node logs, for a post-mortem
-    keep.mkdir(exist_ok=True)
+    keep = tmp_path_factory.mktemp("halab-logs")  # the nodes' logs, for a post-mortem
     for n in lab.nodes:
         log = Path(n.data_dir, "corrald.log")
         if log.exists():
