@@ -286,6 +286,14 @@ CONFIG: dict[str, Param] = {
         max_length=255,
     ),
     "password": Param("string", "Sets root password inside container.", optional=True, secret=True),
+    "ssh-public-keys": Param(
+        "string",
+        "Setup public SSH keys (one key per line, OpenSSH format).",
+        optional=True,
+        secret=True,
+        format="multiline",
+        max_length=16384,
+    ),
     "storage": Param("string", "Default Storage.", optional=True, format="pve-storage-id"),
 }
 
@@ -306,9 +314,6 @@ PVE_ONLY: dict[str, Param] = {
     "env": unsupported("string", "Init environment.", "corral sets no init environment"),
     "hookscript": unsupported("string", "Hook script.", "corral runs no hook scripts"),
     "template": ignored("boolean", "Enable/disable Template.", "use POST .../template", noop=(0,)),
-    "ssh-public-keys": unsupported(
-        "string", "Public SSH keys for root.", "not implemented in corral yet"
-    ),
     "timezone": unsupported("string", "Time zone.", "corral leaves the container's time zone"),
     **indexed(
         "unused", 256, unsupported("string", "Unused volume.", "corral frees detached volumes")
@@ -322,6 +327,7 @@ SCHEMA = Schema(CONFIG)
 LIVE_KEYS = frozenset(k for k, p in CONFIG.items() if p.hotplug) - {
     "ostemplate",
     "password",
+    "ssh-public-keys",
     "storage",
 }
 # Keys the driver itself writes into the running container's cgroups.

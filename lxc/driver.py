@@ -38,7 +38,7 @@ from corral.cluster.errors import (
 from corral.cluster.guest_driver import DriverInfo, GuestDriver, LogFn, Probe, VolumeAccess
 from corral.cluster.schema import Schema, format_size, new_volume_size, parse_size
 from corral.cluster.undo import Reverter
-from corral.lxc import cgroups, nesting, rootfs, usage
+from corral.lxc import cgroups, credentials, nesting, rootfs, usage
 from corral.lxc import config as cfg
 from corral.lxc.render import IDMAP_BASE, IDMAP_SIZE, Facts, cgroup_values, render, veth_name
 
@@ -226,7 +226,7 @@ class LxcDriver(GuestDriver):
             if not params.get("storage"):
                 raise ParamError.one("rootfs", "property is missing and it is not optional")
             config["rootfs"] = f"{params['storage']}:4"
-        for key in ("ostemplate", "password", "storage"):
+        for key in ("ostemplate", "password", "ssh-public-keys", "storage"):
             config.pop(key, None)
         if os.path.exists(self._dir(vmid)):
             raise Conflict(f"CT {vmid} already exists on node '{self.node}'")
@@ -260,6 +260,13 @@ class LxcDriver(GuestDriver):
                 if not net.get("hwaddr"):
                     net["hwaddr"] = bridges.guest_mac(vmid, index, self.mac_seed)
                     config[f"net{index}"] = cfg.NET.print(net)
+            owner = IDMAP_BASE if unpriv else 0
+            if params.get("password"):
+                credentials.set_root_password(root, str(params["password"]), uid=owner)
+                log("set root's password")
+            if params.get("ssh-public-keys"):
+                credentials.add_root_keys(root, str(params["ssh-public-keys"]), uid=owner)
+                log("installed root's SSH public keys")
             config.setdefault("arch", "amd64")
             config.setdefault("ostype", rootfs.detect_ostype(root))
             os.makedirs(self._dir(vmid), mode=0o755)
