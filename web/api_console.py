@@ -69,6 +69,7 @@ class Session:
     user: str
     expires: float
     target: tuple[str, int] | None = None  # a VM's VNC server
+    serial: str | None = None  # a VM's serial socket (termproxy on serialN)
 
 
 class Sessions:
@@ -162,6 +163,39 @@ def termproxy(ctx: Ctx, node: str, vmid: int) -> dict[str, Any]:
     return {"port": port, "ticket": ticket, "upid": "", "user": ctx.user}
 
 
+@endpoint(
+    "POST",
+    "/nodes/{node}/qemu/{vmid}/termproxy",
+    params={
+        "node": NODE,
+        "vmid": VMID,
+        "serial": Param("string", "Opens a serial terminal (defaults to display).",
+                        optional=True, enum=("serial0", "serial1", "serial2", "serial3")),
+    },
+    perm=("/vms/{vmid}", ["VM.Console"]),
+    description="Creates a terminal proxy to a VM's serial port (`serialN: socket`).",
+    local=True,
+)  # fmt: skip
+def qemu_termproxy(ctx: Ctx, node: str, vmid: int, serial: str | None = None) -> dict[str, Any]:
+    require_node(ctx, node)
+    rec = guests.get_record(ctx.store, vmid, type="qemu", node=node)
+    key = serial or "serial0"  # corral's VMs have no text display to fall back to
+    if rec["config"].get(key) != "socket":
+        raise ParamError.one("serial", f"VM {vmid} has no '{key}: socket'")
+    driver = _driver(ctx, "qemu")
+    if vmid not in driver.running():
+        raise Conflict(f"VM {vmid} not running")
+    paths = getattr(driver, "serial_paths", None)
+    if paths is None:
+        raise Unavailable("this node's VM driver has no serial consoles")
+    port = SESSIONS.free_port("qemu", vmid)
+    ticket = secrets.token_urlsafe(24)
+    sock_path, _log = paths(vmid, int(key[-1]))
+    SESSIONS.add(Session("qemu", vmid, port, ticket, ctx.user,
+                         time.monotonic() + SESSION_TTL, serial=sock_path))  # fmt: skip
+    return {"port": port, "ticket": ticket, "upid": "", "user": ctx.user}
+
+
 def _register_websocket(type: str) -> None:
     @endpoint(
         "GET",
@@ -214,6 +248,14 @@ def _serve(ctx: Ctx, node: str, type: str, vmid: int, port: int, vncticket: str)
             backend = socket.create_connection(session.target, timeout=CONNECT_TIMEOUT)
         except OSError as err:
             raise Unavailable(f"VNC server of VM {vmid} does not answer: {err}") from None
+    elif session.serial is not None:
+        backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        backend.settimeout(CONNECT_TIMEOUT)
+        try:
+            backend.connect(session.serial)
+        except OSError as err:
+            backend.close()
+            raise Unavailable(f"serial port of VM {vmid} does not answer: {err}") from None
     conn = take_over(environ)
     try:
         ws = WebSocket(conn)
@@ -223,6 +265,8 @@ def _serve(ctx: Ctx, node: str, type: str, vmid: int, port: int, vncticket: str)
             return Response(b"", status=400)
         if argv is not None:
             _terminal(ws, session, argv)
+        elif backend is not None and session.serial is not None:
+            _serial(ws, session, backend)
         elif backend is not None:
             _vnc(ws, backend)
     finally:
@@ -438,6 +482,50 @@ def _end(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+# -- a VM's serial port (termproxy protocol over the serial socket) --------------------
+
+
+def _serial(ws: WebSocket, session: Session, backend: socket.socket) -> None:
+    rest = _authenticate(ws, session)
+    if rest is None:
+        return
+    backend.settimeout(None)
+
+    def pump() -> None:
+        while not ws.closed.is_set():
+            try:
+                data = backend.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            ws.send(data)
+        ws.close()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    parser = TermInput()
+    try:
+        for message in _chain([rest] if rest else [], ws):
+            try:
+                actions = parser.feed(message)
+            except ValueError as err:
+                ws.close(1003, str(err))
+                break
+            for kind, value in actions:
+                if kind == "data":
+                    backend.sendall(value)  # a serial line has no size to resize
+    except OSError:
+        pass
+    finally:
+        ws.close()
+        try:
+            backend.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        reader.join(5)
 
 
 # -- the VM's VNC stream ------------------------------------------------------------

@@ -20,9 +20,10 @@ import pytest
 import websocket
 
 from corral.cluster.etcd_embed import EmbeddedEtcd
+from tests.assets import guest
 from tests.kvm.conftest import kill_qemus_under, new_vmid, short_tmp, virsh_cleanup
 from tests.lxc.helpers import cleanup_lxcpath
-from tests.util import VENV_BIN, ApiSession, Corrald, free_ports
+from tests.util import VENV_BIN, ApiSession, Corrald, free_ports, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -221,6 +222,21 @@ def test_a_vm_vnc_console_through_vncwebsocket(
             assert types[0] >= 1 and 2 in types[1:], types
         finally:
             ws.close()
+        # Its serial port through termproxy (the guest runs a shell on ttyS0).
+        log = one.data_dir / "qemu" / f"{vmid}.serial0.log"
+        wait_for(lambda: guest.MARKER_READY in log.read_text(errors="replace"), 180, 0.2, "boot")
+        proxy = session.data("POST", f"{path}/termproxy", data={"serial": "serial0"})
+        ws = connect(node, session, path, proxy["port"], proxy["ticket"])
+        try:
+            ws.send(f"admin@pve:{proxy['ticket']}\n")
+            assert read_until(ws, "^OK").startswith("OK")
+            number = random.randint(1000, 9999)
+            type_line(ws, f"echo serial-$(({number}*3))\n")
+            read_until(ws, rf"serial-{number * 3}\b", timeout=60)
+        finally:
+            ws.close()
+        r = session.post(f"{path}/termproxy", data={"serial": "serial1"})
+        assert r.status_code == 400 and "serial" in r.json()["errors"]
     finally:
         api.run_task("POST", f"/nodes/node1/qemu/{vmid}/status/stop")
         api.run_task("DELETE", f"/nodes/node1/qemu/{vmid}", params={"purge": 1})
