@@ -454,6 +454,17 @@ def test_a_vm_console_shows_the_guest_screen_change(
         shot(page, shots, "15-vm-console-after")
     finally:
         serial.close()
+    try:
+        # The same VM's serial port in the page's terminal (serial0: socket).
+        page.click("#console-serial0")
+        page.wait_for_selector("#console-state:has-text('Connected to serial0')")
+        number = random.randint(1000, 9999)
+        page.click("#terminal")
+        page.keyboard.type(f"echo ser-$(({number}*3))")
+        page.keyboard.press("Enter")
+        page.locator("#terminal .xterm-rows").filter(has_text=f"ser-{number * 3}").wait_for()
+        shot(page, shots, "15b-vm-serial")
+    finally:
         api.run_task("POST", f"/nodes/node1/qemu/{vmid}/status/stop")
         api.run_task("DELETE", f"/nodes/node1/qemu/{vmid}", params={"purge": 1})
 

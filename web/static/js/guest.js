@@ -130,7 +130,26 @@ function consoleTab(body, type, vmid) {
     let was = r && r.status;
     return { update: (now) => { if (now && now.status === "running" && was !== "running") { was = "running"; window.dispatchEvent(new HashChangeEvent("hashchange")); } } };
   }
-  return type === "lxc" ? terminalConsole(body, r.node, vmid) : vncConsole(body, r.node, vmid);
+  if (type === "lxc") return terminalConsole(body, r.node, vmid);
+  // A VM: its screen, or its serial port when it has one (`serial0: socket`).
+  let inner = null;
+  const pane = el("div");
+  const pick = el("div", { class: "toolbar", role: "group", "aria-label": "Console kind" });
+  body.append(pick, pane);
+  const show = (kind) => {
+    if (inner && inner.dispose) inner.dispose();
+    pane.replaceChildren();
+    inner = kind === "vnc" ? vncConsole(pane, r.node, vmid) : terminalConsole(pane, r.node, vmid, kind);
+    for (const b of pick.querySelectorAll("button")) b.setAttribute("aria-pressed", String(b.dataset.kind === kind));
+  };
+  pick.append(el("button", { "data-kind": "vnc", onclick: () => show("vnc") }, "Screen (noVNC)"));
+  call("GET", `/nodes/${encodeURIComponent(r.node)}/qemu/${vmid}/config`).then((cfg) => {
+    for (const k of ["serial0", "serial1", "serial2", "serial3"]) {
+      if (cfg[k] === "socket") pick.append(el("button", { "data-kind": k, id: `console-${k}`, onclick: () => show(k) }, `Serial terminal (${k})`));
+    }
+  }).catch(() => {});
+  show("vnc");
+  return { dispose: () => { if (inner && inner.dispose) inner.dispose(); } };
 }
 
 // Proxmox's view of a config: each key with its current value and, where a change

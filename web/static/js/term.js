@@ -6,10 +6,12 @@ import { call, el, session, ApiError } from "./api.js";
 
 const encoder = new TextEncoder();
 
-// `vmid` null: the node's own shell (/nodes/{node}/termproxy).
-export function terminalConsole(body, node, vmid) {
-  const base = vmid === null ? `/nodes/${encodeURIComponent(node)}` : `/nodes/${encodeURIComponent(node)}/lxc/${vmid}`;
-  const what = vmid === null ? `node ${node}` : `CT ${vmid} on ${node}`;
+// `vmid` null: the node's own shell (/nodes/{node}/termproxy); `serial` ("serial0"): a VM's
+// serial port.
+export function terminalConsole(body, node, vmid, serial) {
+  const base = vmid === null ? `/nodes/${encodeURIComponent(node)}`
+    : `/nodes/${encodeURIComponent(node)}/${serial ? "qemu" : "lxc"}/${vmid}`;
+  const what = vmid === null ? `node ${node}` : serial ? `${serial} of VM ${vmid} on ${node}` : `CT ${vmid} on ${node}`;
   const stateLine = el("p", { class: "console-state muted", id: "console-state", role: "status" }, "Connecting…");
   const box = el("div", { id: "terminal" });
   const again = el("button", { hidden: true, onclick: () => connect() }, "Reconnect");
@@ -47,7 +49,7 @@ export function terminalConsole(body, node, vmid) {
     stateLine.textContent = "Connecting…";
     let proxy;
     try {
-      proxy = await call("POST", `${base}/termproxy`);
+      proxy = await call("POST", `${base}/termproxy`, serial ? { serial } : undefined);
     } catch (e) {
       stateLine.textContent = `Console failed: ${e instanceof ApiError ? e.detail : e.message}`;
       stateLine.className = "console-state error";
