@@ -100,3 +100,24 @@ def guest_gone(node: Corrald, s: ApiSession, vmid: int, storage_dir: Path) -> No
 
 def task_status(s: ApiSession, upid: str) -> dict[str, Any]:
     return s.data("GET", f"/nodes/{NODE}/tasks/{upid}/status")
+
+
+def wait_task_through_outage(s: ApiSession, upid: str, timeout: float = 120) -> dict[str, Any]:
+    """A task's end, asking again while the API answers 503 (its etcd restarting)."""
+
+    def done() -> Any:
+        r = s.get(f"/nodes/{NODE}/tasks/{upid}/status")
+        if r.status_code == 503:
+            return None
+        assert r.status_code == 200, r.text
+        st = r.json()["data"]
+        return st if st["status"] == "stopped" else None
+
+    return wait_for(done, timeout, 0.2, what=f"task {upid} through an etcd outage")
+
+
+def kill9_etcd(node: Corrald) -> int:
+    pid = node.etcd_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    return pid

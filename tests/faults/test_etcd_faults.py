@@ -1,0 +1,122 @@
+"""The node's private etcd killed (-9) during a create and a delete: corrald
+restarts it, the operation either completed or is reported failed, nothing is
+half-made. Frozen (SIGSTOP) during a start: the API answers 503 quickly, and
+after SIGCONT the start completes with nothing lost.
+(tests/web/test_resilience.py covers a frozen etcd with no operation running.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.faults.conftest import install_template
+from tests.faults.world import (
+    NODE,
+    assert_clean,
+    guest_gone,
+    kill9_etcd,
+    log_text,
+    lxc_names,
+    start,
+    store,
+    volumes_of,
+    wait_log,
+    wait_task_through_outage,
+)
+from tests.util import Corrald, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _whole(node: Corrald, vmid: int) -> None:
+    """`vmid` exists completely: API, lxc definition, volume, unlocked record."""
+    s = node.session()
+    cfg = s.data("GET", f"/nodes/{NODE}/lxc/{vmid}/config")
+    assert cfg["rootfs"].startswith(f"local:{vmid}/subvol-{vmid}-disk-0"), cfg
+    assert str(vmid) in lxc_names(node)
+    assert volumes_of(node.data_dir / "local", vmid) == [f"subvol-{vmid}-disk-0.subvol"]
+    st = store(node)
+    try:
+        assert st.get_value(f"guests/{vmid}")["lock"] is None
+    finally:
+        st.close()
+
+
+def test_etcd_killed_mid_create_and_mid_delete(node: Corrald, vmid: int) -> None:
+    start(node, pause_at="rootfs", pause_seconds=1.5)
+    template = install_template(node)
+    s = node.session()
+    local = node.data_dir / "local"
+    upid = s.data(
+        "POST",
+        f"/nodes/{NODE}/lxc",
+        data={"vmid": vmid, "ostemplate": template, "rootfs": "local:1"},
+    )
+    wait_log(s, upid, "allocated rootfs")
+    old = kill9_etcd(node)
+    st = wait_task_through_outage(s, upid)
+    assert node.etcd_pid() not in (None, old)  # corrald restarted it
+    if st["exitstatus"] == "OK":
+        _whole(node, vmid)
+    else:
+        assert "TASK ERROR" in log_text(s, upid)
+        guest_gone(node, s, vmid, local)
+    assert_clean(node, s)
+    if st["exitstatus"] != "OK":
+        s.run_task(
+            "POST", f"/nodes/{NODE}/lxc",
+            data={"vmid": vmid, "ostemplate": template, "rootfs": "local:1"},
+        )  # fmt: skip
+
+    upid = s.data("DELETE", f"/nodes/{NODE}/lxc/{vmid}")
+    wait_log(s, upid, "freed rootfs")
+    old = kill9_etcd(node)
+    st = wait_task_through_outage(s, upid)
+    assert node.etcd_pid() not in (None, old)
+    if st["exitstatus"] == "OK":
+        guest_gone(node, s, vmid, local)
+    else:
+        raise AssertionError(f"destroy failed: {st['exitstatus']}\n{log_text(s, upid)}")
+    assert_clean(node, s)
+
+
+def test_etcd_frozen_during_start_answers_503_then_completes(node: Corrald, vmid: int) -> None:
+    start(node, pause_at=f"CT {vmid} started", pause_seconds=2)
+    template = install_template(node)
+    s = node.session()
+    s.run_task(
+        "POST",
+        f"/nodes/{NODE}/lxc",
+        data={"vmid": vmid, "ostemplate": template, "rootfs": "local:1"},
+    )
+    upid = s.data("POST", f"/nodes/{NODE}/lxc/{vmid}/status/start")
+    wait_log(s, upid, f"CT {vmid} started")
+    pid = node.etcd_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # hung, not dead, while the task still has to record its end
+    try:
+        t0 = time.monotonic()
+        r = s.get(f"/nodes/{NODE}/tasks/{upid}/status")
+        assert r.status_code == 503, r.text
+        assert time.monotonic() - t0 < 5
+        r = s.post(f"/nodes/{NODE}/lxc/{vmid}/status/stop")
+        assert r.status_code == 503, r.text  # refused, not queued half-way
+        time.sleep(3)  # the task's pause ends while etcd is frozen
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    st = wait_task_through_outage(s, upid)
+    assert st["exitstatus"] == "OK", log_text(s, upid)
+    assert node.etcd_pid() == pid  # thawed, not replaced
+    wait_for(
+        lambda: s.data("GET", f"/nodes/{NODE}/lxc/{vmid}/status/current")["status"] == "running",
+        10, 0.2, what="status running",
+    )  # fmt: skip
+    assert lxc_names(node, active=True) == {str(vmid)}
+    assert_clean(node, s)
+    s.run_task("POST", f"/nodes/{NODE}/lxc/{vmid}/status/stop")
+    s.run_task("DELETE", f"/nodes/{NODE}/lxc/{vmid}")
+    guest_gone(node, s, vmid, node.data_dir / "local")
