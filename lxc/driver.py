@@ -38,7 +38,7 @@ from corral.cluster.errors import (
 from corral.cluster.guest_driver import DriverInfo, GuestDriver, LogFn, Probe, VolumeAccess
 from corral.cluster.schema import Schema, format_size, new_volume_size, parse_size
 from corral.cluster.undo import Reverter
-from corral.lxc import cgroups, credentials, nesting, rootfs, usage
+from corral.lxc import cgroups, credentials, nesting, orphans, rootfs, usage
 from corral.lxc import config as cfg
 from corral.lxc.render import IDMAP_BASE, IDMAP_SIZE, Facts, cgroup_values, render, veth_name
 
@@ -284,7 +284,7 @@ class LxcDriver(GuestDriver):
         if not os.path.isdir(self._dir(vmid)):
             raise NotFound(what=f"CT {vmid} on node '{self.node}'")
         with self._lock(vmid):
-            if self._ct(vmid).running:
+            if self._ct(vmid).running or orphans.orphan_pid(self._dir(vmid)):
                 raise Conflict(f"CT {vmid} already running")
             if cfg.value(config, "unprivileged"):
                 check_subids()
@@ -312,7 +312,9 @@ class LxcDriver(GuestDriver):
                     cmd=" ".join(argv), stderr=f"{err.kwargs.get('stderr')}\n{self._log_tail(vmid)}"
                 ) from err
             self._wait_state(vmid, {"RUNNING"}, START_TIMEOUT)
-            log(f"CT {vmid} started (pid {self._ct(vmid).init_pid})")
+            pid = self._ct(vmid).init_pid
+            orphans.record(self._dir(vmid), pid)  # found again if its monitor dies
+            log(f"CT {vmid} started (pid {pid})")
 
     def _log_tail(self, vmid: int, lines: int = 15) -> str:
         try:
@@ -324,7 +326,16 @@ class LxcDriver(GuestDriver):
     def _state(self, vmid: int) -> str:
         if not os.path.isdir(self._dir(vmid)):
             return "STOPPED"
-        return str(self._ct(vmid).state)
+        state = str(self._ct(vmid).state)
+        if state == "STOPPED" and orphans.orphan_pid(self._dir(vmid)):
+            return "RUNNING"  # its lxc monitor died; the container did not
+        return state
+
+    def _orphan(self, vmid: int) -> int | None:
+        """The init PID of a container running without its lxc monitor."""
+        if str(self._ct(vmid).state) != "STOPPED":
+            return None
+        return orphans.orphan_pid(self._dir(vmid))
 
     def _wait_state(self, vmid: int, want: set[str], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -361,6 +372,12 @@ class LxcDriver(GuestDriver):
     def stop(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
         with self._lock(vmid):
             if self._state(vmid) == "STOPPED":
+                return
+            orphan = self._orphan(vmid)
+            if orphan:
+                if not orphans.kill(orphan, STOP_TIMEOUT):
+                    raise CommandFailed(cmd="kill", stderr=f"CT {vmid} still running")
+                log(f"CT {vmid} stopped (its lxc monitor had died)")
                 return
             argv = ["lxc-stop", "-P", self.lxcpath, "-n", self._name(vmid), "-k"]
             _run(argv, timeout=STOP_TIMEOUT, ok=(0, 2))  # 2: was not running
@@ -418,6 +435,9 @@ class LxcDriver(GuestDriver):
         ct = self._ct(vmid) if os.path.isdir(self._dir(vmid)) else None
         state = "STOPPED" if ct is None else str(ct.state)
         pid = 0 if ct is None or state == "STOPPED" else int(ct.init_pid)
+        if ct is not None and state == "STOPPED":
+            pid = orphans.orphan_pid(self._dir(vmid)) or 0  # running without its monitor?
+            state = "RUNNING" if pid else state
         if pid > 0:
             self._inits[vmid] = (pid, _start_ticks(pid))
         return self._status(vmid, config, state, pid, ct)
@@ -430,6 +450,10 @@ class LxcDriver(GuestDriver):
         out: dict[int, dict[str, Any]] = {}
         for vmid, config in items:
             if self._name(vmid) not in active:
+                orphan = orphans.orphan_pid(self._dir(vmid))  # its lxc monitor died?
+                if orphan:
+                    out[vmid] = self._status(vmid, config, "RUNNING", orphan)
+                    continue
                 self._inits.pop(vmid, None)
                 out[vmid] = self._status(vmid, config, "STOPPED", 0, None)
                 continue

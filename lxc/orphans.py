@@ -1,0 +1,96 @@
+"""Containers whose lxc monitor died: found, reported running, and stopped.
+
+liblxc answers a container's state through its monitor process ("[lxc
+monitor] PATH NAME"). When that process is killed, the container's init
+(reparented to PID 1) and everything under it keep running, yet liblxc says
+STOPPED: a status would lie, a second start would boot the same root file
+system twice, and `lxc-stop` has nobody to ask. So the driver records the init
+process at start (`record`), asks `orphan_pid` when liblxc says STOPPED, and
+stops such a container by killing its cgroup (`kill`), as Proxmox's
+check_running looks past the monitor too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+from corral.lxc import cgroups
+
+INIT_FILE = "init.pid"  # in the container's lxc folder: "PID START_TICKS"
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot): a PID reused later differs."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def record(ct_dir: str, pid: int) -> None:
+    """Remember the init process of a container that just started."""
+    ticks = _start_ticks(pid)
+    if pid <= 0 or ticks is None:
+        return
+    tmp = os.path.join(ct_dir, f".{INIT_FILE}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(f"{pid} {ticks}\n")
+    os.replace(tmp, os.path.join(ct_dir, INIT_FILE))
+
+
+def orphan_pid(ct_dir: str) -> int | None:
+    """The init PID of the container started from `ct_dir` if it still runs
+    (call it when liblxc says STOPPED: then its monitor is gone)."""
+    try:
+        with open(os.path.join(ct_dir, INIT_FILE)) as fh:
+            pid, ticks = (int(x) for x in fh.read().split())
+    except (OSError, ValueError):
+        return None
+    if _start_ticks(pid) != ticks:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(ct_dir, INIT_FILE))  # it stopped: forget it
+        return None
+    return pid
+
+
+def _payload(group: str | None) -> str | None:
+    """The container's own group ("lxc.payload.NAME") at or above `group`; never a
+    group that is not a container's (killing it would kill other processes)."""
+    while group and not os.path.basename(group).startswith("lxc.payload"):
+        parent = os.path.dirname(group)
+        group = None if parent == group else parent
+    return group
+
+
+def kill(pid: int, timeout: float = 10.0) -> bool:
+    """SIGKILL every process of `pid`'s cgroup (the whole container), then wait
+    for `pid` to go. True when it is gone."""
+    ticks = _start_ticks(pid)
+    deadline = time.monotonic() + timeout
+    while _start_ticks(pid) == ticks and ticks is not None:
+        try:
+            found = cgroups.paths(pid)
+            group = _payload(found.get("") or found.get("pids") or found.get("freezer"))
+        except OSError:
+            group = None
+        pids = {pid}
+        if group:
+            if os.path.exists(os.path.join(group, "cgroup.kill")):
+                with contextlib.suppress(OSError):
+                    with open(os.path.join(group, "cgroup.kill"), "w") as fh:
+                        fh.write("1")
+            for root, _dirs, files in os.walk(group):  # nested groups of the guest too
+                if "cgroup.procs" in files:
+                    with contextlib.suppress(OSError), open(f"{root}/cgroup.procs") as fh:
+                        pids.update(int(p) for p in fh.read().split())
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -1,0 +1,69 @@
+"""kill -9 of a running container's lxc monitor: the status stays truthful and
+stop and destroy still work, leaving no process of the container behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.faults.conftest import install_template
+from tests.faults.world import NODE, assert_clean, guest_gone, lxc_names, start
+from tests.util import Corrald, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _procs(match: str) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if match.encode() in cmd:
+                out.append(int(entry.name))
+    return out
+
+
+def test_lxc_monitor_killed_while_running(node: Corrald, vmid: int) -> None:
+    start(node)
+    template = install_template(node)
+    s = node.session()
+    base = f"/nodes/{NODE}/lxc/{vmid}"
+    s.run_task(
+        "POST",
+        f"/nodes/{NODE}/lxc",
+        data={"vmid": vmid, "ostemplate": template, "rootfs": "local:1"},
+    )
+    s.run_task("POST", f"{base}/status/start")
+    init = s.data("GET", f"{base}/status/current")["pid"]
+    monitors = _procs(f"[lxc monitor] {node.data_dir / 'lxc'} {vmid}")
+    assert len(monitors) == 1, monitors
+    os.kill(monitors[0], signal.SIGKILL)
+    wait_for(lambda: not _procs(f"[lxc monitor] {node.data_dir / 'lxc'} {vmid}"), 10, 0.1,
+             what="monitor gone")  # fmt: skip
+    alive = os.path.exists(f"/proc/{init}")
+    status = s.data("GET", f"{base}/status/current")["status"]
+    print("init alive after monitor kill:", alive, "status:", status)
+    # Truthful: "running" while the container's init lives, "stopped" once it does not.
+    assert status == ("running" if alive else "stopped")
+    if alive:
+        # A second start must not boot the same container twice.
+        r = s.post(f"{base}/status/start")
+        if r.status_code == 200:
+            assert s.wait_task(r.json()["data"])["exitstatus"] != "OK"
+        s.run_task("POST", f"{base}/status/stop")
+    wait_for(lambda: not os.path.exists(f"/proc/{init}"), 20, 0.1, what="init gone")
+    assert s.data("GET", f"{base}/status/current")["status"] == "stopped"
+    assert lxc_names(node, active=True) == set()
+    # It starts again cleanly (the dead monitor's veth and records are not in the way).
+    s.run_task("POST", f"{base}/status/start")
+    assert s.data("GET", f"{base}/status/current")["status"] == "running"
+    s.run_task("POST", f"{base}/status/stop")
+    s.run_task("DELETE", base)
+    guest_gone(node, s, vmid, node.data_dir / "local")
+    assert_clean(node, s)
