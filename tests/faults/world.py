@@ -67,9 +67,23 @@ def volumes_of(storage_dir: Path, vmid: int) -> list[str]:
     return sorted(p.name for p in (storage_dir / "images" / str(vmid)).glob("*"))
 
 
+def fresh_resources(s: ApiSession, timeout: float = 10) -> list[dict[str, Any]]:
+    """/cluster/resources once it is not marked stale (X-Corral-Stale: 1 right after
+    an etcd restart, while the node's view catches up: flagged, not wrong)."""
+
+    def fresh() -> Any:
+        r = s.get("/cluster/resources")
+        if r.status_code == 503 or r.headers.get("X-Corral-Stale"):
+            return None
+        assert r.status_code == 200, r.text
+        return [r.json()["data"]]  # truthy even when empty
+
+    return wait_for(fresh, timeout, 0.1, what="a fresh /cluster/resources")[0]
+
+
 def assert_clean(node: Corrald, s: ApiSession) -> None:
     """No lock, no unfinished task, no task marked running: through the API and in etcd."""
-    for g in s.data("GET", "/cluster/resources", params={"type": "vm"}):
+    for g in fresh_resources(s):
         assert not g.get("lock"), g
     tasks = s.data("GET", f"/nodes/{NODE}/tasks", params={"source": "all", "limit": 1000})
     assert [t for t in tasks if t.get("status") in ("running", "queued")] == []
@@ -86,8 +100,7 @@ def assert_clean(node: Corrald, s: ApiSession) -> None:
 
 def guest_gone(node: Corrald, s: ApiSession, vmid: int, storage_dir: Path) -> None:
     """`vmid` exists nowhere: not in the API, not in lxc, not on the storage, not in etcd."""
-    assert vmid not in [g["vmid"] for g in s.data("GET", "/cluster/resources")
-                        if g.get("vmid") is not None]  # fmt: skip
+    assert vmid not in [g.get("vmid") for g in fresh_resources(s)]
     assert str(vmid) not in lxc_names(node)
     assert not (node.data_dir / "lxc" / str(vmid)).exists()
     assert volumes_of(storage_dir, vmid) == []
