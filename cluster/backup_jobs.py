@@ -33,6 +33,7 @@ MISSED_AFTER = 120.0  # s after its time a run counts as missed
 VZDUMP_OPTIONS = ("storage", "mode", "compress", "notes-template", "bwlimit", "protected",
                   "prune-backups", "remove")  # fmt: skip
 Submit = Callable[[list[int], dict[str, Any], str], str]
+POOLS = "access/pools/"  # corral.cluster.access_groups' pool records ({"poolid", "vms"})
 
 
 def new_id() -> str:
@@ -47,10 +48,16 @@ def _ids(text: Any) -> set[int]:
     return {int(x) for x in str(text or "").replace(";", ",").replace(" ", ",").split(",") if x}
 
 
-def selected(job: dict[str, Any], guests: list[dict[str, Any]]) -> list[int]:
-    """VMIDs of `guests` (records) the job backs up: its list, or all minus excluded."""
+def selected(
+    job: dict[str, Any], guests: list[dict[str, Any]], pools: dict[str, set[int]] | None = None
+) -> list[int]:
+    """VMIDs of `guests` (records) the job backs up: its list, its pool's members
+    (`pools`: pool -> VMIDs), or all minus excluded."""
     if job.get("node"):
         guests = [g for g in guests if g["node"] == job["node"]]
+    if job.get("pool"):
+        members = (pools or {}).get(job["pool"], set())
+        return sorted(g["vmid"] for g in guests if g["vmid"] in members)
     if job.get("vmid"):
         wanted = _ids(job["vmid"])
         return sorted(g["vmid"] for g in guests if g["vmid"] in wanted)
@@ -64,13 +71,18 @@ def selected(job: dict[str, Any], guests: list[dict[str, Any]]) -> list[int]:
     return []
 
 
+def pool_members(store: StoreAPI) -> dict[str, set[int]]:
+    return {kv.value["poolid"]: set(kv.value.get("vms", [])) for kv in store.range(POOLS)}
+
+
 def covered(store: StoreAPI) -> set[int]:
     """VMIDs some enabled job backs up (for /cluster/backup-info/not-backed-up)."""
     recs = [kv.value for kv in store.range(keys.GUESTS)]
+    pools = pool_members(store)
     out: set[int] = set()
     for job in jobs(store):
         if int(job.get("enabled", 1)):
-            out.update(selected(job, recs))
+            out.update(selected(job, recs, pools))
     return out
 
 
@@ -104,7 +116,7 @@ def run_due(store: StoreAPI, node: str, now: float, submit: Submit) -> list[str]
         )
         if not store.txn(compare, [("put", key, {"last": now, "due": due, "missed": missed})]):
             continue  # another run of this node's scheduler claimed it
-        vmids = selected(job, local)
+        vmids = selected(job, local, pool_members(store) if job.get("pool") else None)
         if missed:
             log.info("backup job %s: run of %s was missed; next one by schedule", job["id"], due)
             continue

@@ -45,7 +45,14 @@ def selection(
                 raise ParamError.one("vmid", f"guest {one} is on node '{rec['node']}'")
         return ids
     if pool:
-        raise ParamError.one("pool", f"pool '{pool}' does not exist")
+        from corral.cluster import access_groups
+        from corral.cluster.errors import NotFound
+
+        try:
+            members = set(access_groups.pool(store, pool).get("vms", []))
+        except NotFound:
+            raise ParamError.one("pool", f"pool '{pool}' does not exist") from None
+        return sorted(r["vmid"] for r in guests.local_guests(store, node) if r["vmid"] in members)
     if all or exclude:
         skip = set(split_ids(exclude))
         return sorted(r["vmid"] for r in guests.local_guests(store, node) if r["vmid"] not in skip)

@@ -21,7 +21,7 @@ from corral.web.api_core import require_node
 
 JOB_ID = Param("string", "The job ID.", pattern=r"[A-Za-z][A-Za-z0-9_\-]{1,49}")
 JOB_PARAMS: dict[str, Param] = {
-    **{k: v for k, v in OPTIONS.items() if k not in ("pool",)},
+    **OPTIONS,
     "schedule": Param(
         "string", "Backup schedule (calendar event).", optional=True, max_length=128
     ),  # fmt: skip
@@ -44,8 +44,8 @@ def _check(job: dict[str, Any]) -> dict[str, Any]:
     calendar.parse(job.get("schedule") or "", param="schedule")
     if job.get("prune-backups") is not None:
         prune.parse(job["prune-backups"])
-    if not (job.get("vmid") or int(job.get("all") or 0)):
-        raise ParamError.one("vmid", "select guests: vmid or all=1")
+    if not (job.get("vmid") or job.get("pool") or int(job.get("all") or 0)):
+        raise ParamError.one("vmid", "select guests: vmid, pool or all=1")
     vzdump = check_options({k: job[k] for k in OPTIONS if job.get(k) is not None})
     for key in ("compress", "storage"):
         job[key] = vzdump[key]

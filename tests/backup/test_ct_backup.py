@@ -141,10 +141,20 @@ def test_refusals(prox: ProxmoxAPI, store: Store, make_ct: Callable[..., int]) -
         ({"vmid": vmid, "mode": "freeze"}, "mode"),
         ({}, "vmid"),
     ]
+    cases.append(({"pool": "crlnosuchpool"}, "pool"))
     for params, word in cases:
         with pytest.raises(ResourceException) as err:
             n.vzdump.post(**params)
         assert err.value.status_code == 400 and word in str(err.value), (params, err.value)
+    # A pool's members on this node are backed up.
+    store.put("access/pools/crlbkpool", {"poolid": "crlbkpool", "comment": "", "vms": [vmid],
+                                         "storage": []})  # fmt: skip
+    try:
+        task_ok(prox, n.vzdump.post(pool="crlbkpool", storage="local", compress="0"))
+        (row,) = _backups(prox, vmid)
+        n.storage("local").content(row["volid"]).delete()
+    finally:
+        store.delete("access/pools/crlbkpool")
     store.put(keys.storage("crlbknobk"), {"storage": "crlbknobk", "type": "dir",
               "path": "/nonexistent/crlbknobk", "content": "iso"})  # fmt: skip
     try:

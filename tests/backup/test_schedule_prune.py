@@ -111,3 +111,8 @@ def test_scheduler_runs_each_due_job_once_per_node() -> None:
     assert backup_jobs.run_due(store, "n1", now + 5 * 3600, submit) == []
     assert backup_jobs.run_due(store, "n1", now + 6 * 3600 - 25, submit) == ["UPID4"]
     assert backup_jobs.covered(store) == {101, 102}
+    # A pool selects its members (on the node that owns each).
+    store.put("access/pools/p1", {"poolid": "p1", "comment": "", "vms": [102], "storage": []})
+    store.put(keys.backup_job("j1"), {**job, "all": 0, "pool": "p1", "repeat-missed": 1})
+    assert backup_jobs.run_due(store, "n2", now + 6 * 3600 + 60, submit) == ["UPID5"]
+    assert calls[-1][0] == [102] and backup_jobs.covered(store) == {102}
