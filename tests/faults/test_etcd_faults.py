@@ -101,8 +101,8 @@ def test_etcd_frozen_during_start_answers_503_then_completes(node: Corrald, vmid
     try:
         t0 = time.monotonic()
         r = s.get(f"/nodes/{NODE}/tasks/{upid}/status")
-        assert r.status_code == 503, r.text
         assert time.monotonic() - t0 < 5
+        assert r.status_code == 503, (r.status_code, r.text, node.etcd_pid(), pid)
         r = s.post(f"/nodes/{NODE}/lxc/{vmid}/status/stop")
         assert r.status_code == 503, r.text  # refused, not queued half-way
         time.sleep(3)  # the task's pause ends while etcd is frozen
