@@ -107,6 +107,32 @@ def kvm_device_problem(dev: str = "/dev/kvm") -> str | None:
     return None
 
 
+def cgroups_above_namespace(mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """A cgroup mount whose root lies above this process's cgroup namespace root
+    ("/.."): the host is a container with /sys/fs/cgroup bound in from outside."""
+    try:
+        with open(mountinfo) as fh:
+            for line in fh:
+                left, _, right = line.partition(" - ")
+                fields = left.split()
+                if right.split()[:1] in (["cgroup"], ["cgroup2"]) and len(fields) > 3:
+                    if fields[3] == "/.." or fields[3].startswith("/../"):
+                        return True
+    except OSError:
+        pass
+    return False
+
+
+VM_RECONNECT_LIMIT = (
+    "this host is a container whose cgroup mounts lie above its cgroup namespace "
+    "(/sys/fs/cgroup bound in from the outer host): libvirt (9.0) cannot find a running "
+    "VM's cgroup again when it restarts ('/../machine/...' joined to the mount) and stops "
+    "the VM, so VMs do not survive a restart of libvirtd (or of corrald with "
+    "qemu:///embed); mount cgroups inside the container (lxc.mount.auto = cgroup:rw) "
+    "to lift this"
+)
+
+
 def _is_mount_point(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
     try:
         with open(mountinfo) as fh:

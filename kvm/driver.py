@@ -13,6 +13,7 @@ corrald, and a fresh driver finds them through libvirt.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import secrets
 import shutil
@@ -47,6 +48,8 @@ from corral.kvm.xml_domain import render
 from corral.kvm.xml_firmware import EFI_VARS_SIZE, domain_uuid, vars_template
 from corral.kvm.xml_graphics import has_vnc
 from corral.kvm.xml_nics import interface, tap_name
+
+log = logging.getLogger(__name__)
 
 START_TIMEOUT = 120.0  # the first start in a fresh embed root probes QEMU
 STOP_TIMEOUT = 60.0
@@ -118,7 +121,11 @@ class QemuDriver(GuestDriver):
         except CorralError as err:
             return Probe(False, str(err))
         usable, reason = self._kvm_usable()
-        return Probe(True, details={"uri": self.uri, "kvm": usable, "kvm_reason": reason})
+        details = {"uri": self.uri, "kvm": usable, "kvm_reason": reason}
+        if hostinfo.cgroups_above_namespace():
+            log.warning("VMs on this node: %s", hostinfo.VM_RECONNECT_LIMIT)
+            details["nested_limit"] = hostinfo.VM_RECONNECT_LIMIT
+        return Probe(True, details=details)
 
     def check_create(
         self,

@@ -57,3 +57,17 @@ def test_this_host_reports_its_truth() -> None:
         assert status["cpuinfo"]["hvm"] == 0 and status["hvm_reason"]
     assert status["memory"]["total"] > status["memory"]["used"] > 0
     assert len(status["loadavg"]) == 3 and status["uptime"] > 0
+
+
+def test_cgroups_above_namespace(tmp_path: Path) -> None:
+    """What the fresh-debian container shows: the host's /sys/fs/cgroup bound into a
+    container with its own cgroup namespace (mount roots '/..')."""
+    nested = tmp_path / "nested"
+    nested.write_text(
+        "152 148 0:32 /.. /sys/fs/cgroup/memory rw,relatime shared:32 - cgroup cgroup rw,memory\n"
+    )
+    host = tmp_path / "host"
+    host.write_text("35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n")
+    assert hostinfo.cgroups_above_namespace(str(nested))
+    assert not hostinfo.cgroups_above_namespace(str(host))
+    assert not hostinfo.cgroups_above_namespace(str(tmp_path / "missing"))

@@ -17,7 +17,7 @@ import pytest
 from proxmoxer import ProxmoxAPI, ResourceException
 from proxmoxer.tools import Tasks
 
-from corral.cluster import bridges
+from corral.cluster import bridges, hostinfo
 from tests.assets import guest
 from tests.kvm.conftest import kill_qemus_under, new_vmid, short_tmp, virsh_cleanup
 from tests.util import Corrald, wait_for
@@ -103,15 +103,19 @@ def test_proxmoxer_create_start_status_stop_delete(
     vnc = vm.vncproxy.post()
     assert int(vnc["port"]) >= 5900 and len(vnc["ticket"]) == 8
 
-    # A restart of the daemon leaves the VM running; the new daemon finds it.
-    daemon.stop()
-    assert Path(f"/proc/{st['pid']}").exists()
-    daemon.start()
-    prox = ProxmoxAPI("127.0.0.1", user="admin@pve", password=daemon.password,
-                      verify_ssl=daemon.ca, port=daemon.port, timeout=60)  # fmt: skip
-    vm = prox.nodes(NODE).qemu(vmid)
-    again = vm.status.current.get()
-    assert again["status"] == "running" and again["pid"] == st["pid"]
+    # A restart of the daemon leaves the VM running; the new daemon finds it. Not
+    # where libvirt cannot find the VM's cgroup again (the kvm probe logs why).
+    if hostinfo.cgroups_above_namespace():
+        print(f"\nrestart part skipped: {hostinfo.VM_RECONNECT_LIMIT}")
+    else:
+        daemon.stop()
+        assert Path(f"/proc/{st['pid']}").exists()
+        daemon.start()
+        prox = ProxmoxAPI("127.0.0.1", user="admin@pve", password=daemon.password,
+                          verify_ssl=daemon.ca, port=daemon.port, timeout=60)  # fmt: skip
+        vm = prox.nodes(NODE).qemu(vmid)
+        again = vm.status.current.get()
+        assert again["status"] == "running" and again["pid"] == st["pid"]
 
     ok(vm.status.stop.post())
     assert vm.status.current.get()["status"] == "stopped"
