@@ -559,6 +559,24 @@ def _measure(driver: GuestDriver | None, rec: dict[str, Any], now: float) -> dic
     return entry
 
 
+def _local_records(
+    store: StoreAPI, node: str, services: MutableMapping[str, Any]
+) -> list[dict[str, Any]]:
+    """This node's guest records for the 2 s round: from the node's cluster view
+    (in memory, fed by its watch) when it has loaded, not a range read and
+    decode of every guest of the cluster each round. A guest a task just
+    created or moved is published by that task from its record."""
+    view = services.get("cluster_view")
+    if (
+        view is not None
+        and view.store is store
+        and view.revision > 0
+        and store.quorate is not False
+    ):
+        return [r for r in view.guests() if r.get("node") == node]
+    return local_guests(store, node)
+
+
 def _measure_many(
     drivers: Mapping[str, GuestDriver], recs: list[dict[str, Any]], now: float
 ) -> dict[str, dict[str, Any]]:
@@ -609,7 +627,7 @@ def publish_status_for(
             store.put(keys.guest_status(node), one, lease=services.get("lease_id"))
             services["status_doc"] = one
         return one
-    recs = local_guests(store, node)
+    recs = _local_records(store, node, services)
     with lock:
         last: dict[str, Any] = services.get("status_doc") or {}
         doc: dict[str, Any] = {}
