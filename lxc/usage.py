@@ -87,6 +87,11 @@ def tree_bytes(top: str, skip: set[str]) -> int:
 def root_used_bytes(pid: int) -> int:
     """Bytes used on the root volume of the container whose init is `pid`."""
     top = f"/proc/{pid}/root"
+    now = time.monotonic()
+    with _lock:
+        hit = _cache.get(pid)
+        if hit is not None and now - hit[0] < CACHE_SECONDS:
+            return hit[1]  # a counted tree: not even its mountinfo read again
     try:
         source_root, others = root_mounts(pid)
     except OSError:
@@ -97,11 +102,6 @@ def root_used_bytes(pid: int) -> int:
         except OSError:
             return 0
         return (st.f_blocks - st.f_bfree) * st.f_frsize
-    now = time.monotonic()
-    with _lock:
-        hit = _cache.get(pid)
-        if hit is not None and now - hit[0] < CACHE_SECONDS:
-            return hit[1]
     skip = {top + p for p in others}
     used = tree_bytes(top, skip)
     with _lock:
