@@ -33,7 +33,7 @@ BENCHES: dict[str, tuple[str, list[str], int]] = {
     "resources": ("bench_resources.py", ["--nodes", "100", "--guests", "10000"], 900),
     "parallel_create": ("bench_parallel_create.py", ["--clients", "10", "--creates", "3"], 900),
     "kvm": ("bench_kvm.py", ["--rounds", "3"], 900),
-    "idle": ("bench_idle.py", ["--counts", "10", "100", "--idle", "15"], 1800),
+    "idle": ("bench_idle.py", ["--counts", "10", "100", "300", "--idle", "15"], 2400),
 }
 
 
@@ -143,7 +143,7 @@ def main() -> None:
         # Benchmarks not run this time keep their last figures (and say when).
         ran = set(args.only)
         kept = [
-            {**r, "from": previous.get("when")}
+            {**r, "from": r.get("from") or previous.get("when")}
             for r in previous.get("results", [])
             if r["bench"] not in ran
         ]
