@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from corral.cluster import guests, keys
+from corral.cluster import guests, keys, metrics_core
 from corral.cluster.errors import CommandFailed, CorralError, NotFound
 from corral.cluster.guest_service import GuestService
 from corral.cluster.ha import timing
@@ -77,12 +77,18 @@ class NodeEnv:
 
     def move_guest(self, sid: str, node: str) -> None:
         _, vmid = parse_sid(sid)
+        moved_from: list[str] = []
 
         def move(r: dict[str, Any]) -> dict[str, Any]:
+            moved_from[:] = [str(r["node"])]
             r["node"], r["lock"] = node, None  # its old node was fenced: nothing runs there
             return r
 
         guests.update_record(self.store, vmid, move)  # type: ignore[arg-type]
+        # The manager moves a guest's record only to recover it from a fenced node.
+        metrics_core.record_failover(
+            sid, from_node=moved_from[0] if moved_from else "", to_node=node
+        )
 
     def guest_running(self, sid: str) -> bool:
         rec = self._rec(sid)

@@ -186,3 +186,22 @@ def test_proxmoxer_reads_and_writes_ha(corrald: Corrald) -> None:
         what="an HA master",
     )
     assert current[0]["node"] == "node1"
+
+
+def test_recovery_move_is_counted_as_a_failover(env: Env) -> None:
+    """The manager re-homes a guest's record only to recover it from a fenced node:
+    the node env counts that in corral_ha_failovers_total (metrics_core)."""
+    from tests.cluster.test_metrics_core import value
+
+    api, driver, store = env
+    _ct(api, 211)
+    svc = GuestService(store, Tasks(store), node="node1", drivers={"lxc": driver})
+    watchdog = WatchdogClient()
+    try:
+        node_env = NodeEnv(store, "node1", svc, watchdog, lambda: True)
+        before = value("corral_ha_failovers_total", from_node="node1", to_node="node2")
+        node_env.move_guest("ct:211", "node2")
+    finally:
+        watchdog.close()
+    assert store.get_value(keys.guest(211))["node"] == "node2"
+    assert value("corral_ha_failovers_total", from_node="node1", to_node="node2") == before + 1
