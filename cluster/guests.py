@@ -224,6 +224,20 @@ def _apply_pending(
     return update_record(ctx.store, vmid, apply)
 
 
+def _durable(ctx: TaskContext, write: Callable[[], Any], seconds: float = 30.0) -> Any:
+    """A record write that states what the driver has just done. etcd restarting
+    (it is supervised: seconds) must not leave the guest half-recorded — built
+    but locked "create" for ever — so it is retried as the task's own end is."""
+    deadline = ctx.clock.monotonic() + seconds
+    while True:
+        try:
+            return write()
+        except Unavailable:
+            if ctx.worker.stopped or ctx.clock.monotonic() > deadline:
+                raise
+            ctx.clock.sleep(0.5)
+
+
 def _kind(rec: dict[str, Any]) -> str:
     return "CT" if rec["type"] == "lxc" else "VM"
 
@@ -245,14 +259,14 @@ def _create(ctx: TaskContext, args: dict[str, Any]) -> None:
         )
     except BaseException:
         # The driver has undone its own steps; the record must go too.
-        ctx.store.delete(keys.guest(vmid))
+        _durable(ctx, lambda: ctx.store.delete(keys.guest(vmid)))
         raise
 
     def done(r: dict[str, Any]) -> dict[str, Any]:
         r["config"], r["lock"] = config, None
         return r
 
-    update_record(ctx.store, vmid, done)
+    _durable(ctx, lambda: update_record(ctx.store, vmid, done))
     ctx.log(f"{_kind(rec)} {vmid} created")
     if args.get("start"):
         _start(ctx, {"vmid": vmid})
@@ -329,9 +343,9 @@ def _destroy(ctx: TaskContext, args: dict[str, Any]) -> None:
     try:
         driver.destroy(rec["vmid"], merged_config(rec), volumes=_volumes(ctx), log=ctx.log)
     except BaseException:
-        set_lock(ctx.store, rec["vmid"], None, expect="destroyed")
+        _durable(ctx, lambda: set_lock(ctx.store, rec["vmid"], None, expect="destroyed"))
         raise
-    ctx.store.delete(keys.guest(rec["vmid"]))
+    _durable(ctx, lambda: ctx.store.delete(keys.guest(rec["vmid"])))
     _forget_status(ctx, rec["vmid"])
     from corral.cluster import snapshots  # which imports this module
 
@@ -450,7 +464,7 @@ def _migrate(ctx: TaskContext, args: dict[str, Any]) -> None:
             r["pending"] = volume_moves.rewrite(r.get("pending") or {}, copied)
             return r
 
-        update_record(ctx.store, vmid, move)
+        _durable(ctx, lambda: update_record(ctx.store, vmid, move))
     except BaseException:
         # Nothing moved: the guest stays here, unlocked, running again if it was;
         # the copies made on the target go.
@@ -461,7 +475,7 @@ def _migrate(ctx: TaskContext, args: dict[str, Any]) -> None:
                 driver.adopt(vmid, rec["config"], volumes=_volumes(ctx), log=ctx.log)
             except Exception as err:  # noqa: BLE001 - report the first failure
                 ctx.log(f"could not re-adopt {kind} {vmid} here: {err}")
-        set_lock(ctx.store, vmid, None, expect="migrate")
+        _durable(ctx, lambda: set_lock(ctx.store, vmid, None, expect="migrate"))
         if stopped_here:
             try:
                 driver.start(vmid, rec["config"], volumes=_volumes(ctx), log=ctx.log)
