@@ -148,7 +148,8 @@ def create_pool(ctx: Ctx, poolid: str, comment: str | None = None) -> None:
 POOL_UPDATE = {
     "poolid": POOLID,
     "comment": COMMENT,
-    "vms": Param("string", "List of guest VMIDs to add or remove.", optional=True, max_length=8192),
+    "vms": Param("string", "List of guest VMIDs to add or remove.", optional=True, max_length=8192,
+                 pattern=r"([1-9][0-9]{2,8}([,; ]+[1-9][0-9]{2,8})*)?"),
     "storage": Param("string", "List of storage IDs to add or remove.", optional=True,
                      max_length=8192),
     "delete": Param("boolean", "Remove the passed VMIDs and/or storage IDs.", optional=True),
