@@ -247,7 +247,8 @@ def _kind(rec: dict[str, Any]) -> str:
 
 def _create(ctx: TaskContext, args: dict[str, Any]) -> None:
     vmid = args["vmid"]
-    rec = _record(ctx, args)
+    # Read through an etcd restart too: failing here would leave the record locked.
+    rec = _durable(ctx, lambda: _record(ctx, args))
     driver = _driver(ctx, rec["type"])
     try:
         config = driver.create(

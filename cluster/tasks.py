@@ -40,7 +40,8 @@ INTERRUPTED = "interrupted by node restart"
 ABORTED = "aborted by user"
 # Test-only (tests/faults): a task that logs a line containing this text stops
 # there for PAUSE_SECONDS, its log flushed, so a test can kill a process at a
-# known step of a real operation. Unset in production; read once at import.
+# known step of a real operation ("task TYPE": right after a task of that type
+# is claimed, before its handler). Unset in production; read once at import.
 PAUSE_AT = os.environ.get("CORRAL_TEST_PAUSE_AT", "")
 PAUSE_SECONDS = float(os.environ.get("CORRAL_TEST_PAUSE_SECONDS") or 120)
 
@@ -455,6 +456,8 @@ class TaskWorker:
                     self._finish(current, ABORTED)
                 return
             self.set_fields(rec, status="running")
+        if PAUSE_AT and PAUSE_AT == f"task {rec['type']}":
+            self.clock.sleep(PAUSE_SECONDS)  # test-only: claimed, its handler not yet begun
         exitstatus = "OK"
         started = self.clock.monotonic()
         metrics_core.task_running(1)

@@ -105,6 +105,28 @@ def test_etcd_killed_just_before_a_create_commits(node: Corrald, vmid: int) -> N
     guest_gone(node, s, vmid, node.data_dir / "local")
 
 
+def test_etcd_killed_as_a_create_begins(node: Corrald, vmid: int) -> None:
+    """etcd dies right after the create task is claimed, before it reads the guest's
+    record. Found by tests/soak.py: the task failed and left the record locked."""
+    start(node, pause_at="task vzcreate", pause_seconds=0.3)
+    template = install_template(node)
+    s = node.session()
+    upid = s.data(
+        "POST",
+        f"/nodes/{NODE}/lxc",
+        data={"vmid": vmid, "ostemplate": template, "rootfs": "local:1"},
+    )
+    wait_for(lambda: s.data("GET", f"/nodes/{NODE}/tasks/{upid}/status")["status"] == "running",
+             10, 0.01, what="task claimed")  # fmt: skip
+    kill9_etcd(node)
+    st = wait_task_through_outage(s, upid)
+    if st["exitstatus"] == "OK":
+        _whole(node, vmid)
+        s.run_task("DELETE", f"/nodes/{NODE}/lxc/{vmid}")
+    guest_gone(node, s, vmid, node.data_dir / "local")
+    assert_clean(node, s)
+
+
 def test_etcd_frozen_during_start_answers_503_then_completes(node: Corrald, vmid: int) -> None:
     start(node, pause_at=f"CT {vmid} started", pause_seconds=2)
     template = install_template(node)
