@@ -4,11 +4,12 @@
 says "unexpected status"); first it runs the recovery registered here for the
 task's type, so nothing stays half-made and no lock stays stuck:
 
-- create: the guest never existed for its user. Its half-made local definition
-  and the volumes allocated for it (found by owner on the storages its config
-  names) are removed, then its record (locked "create").
-- destroy: the user asked for it gone, and the record says "destroyed": the
-  destroy is finished (drivers' destroy is idempotent).
+- create (also one aborted while queued): the guest never existed for its
+  user. Its half-made local definition and the volumes allocated for it (found
+  by owner on the storages its config names) are removed, then its record
+  (locked "create").
+- destroy: the user asked for it gone (and did not abort), and the record says
+  "destroyed": the destroy is finished (drivers' destroy is idempotent).
 - migrate: the guest has not moved (the record still names this node): it
   stays here, unlocked; the status loop reports whether it runs.
 
@@ -86,7 +87,7 @@ def recover_create(ctx: TaskContext, args: dict[str, Any]) -> None:
 
 
 def recover_destroy(ctx: TaskContext, args: dict[str, Any]) -> None:
-    if _own_record(ctx, args, "destroyed") is None:
+    if ctx.record.get("abort") or _own_record(ctx, args, "destroyed") is None:
         return
     ctx.log("finishing the interrupted destroy")
     _destroy(ctx, args)

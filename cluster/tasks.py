@@ -354,12 +354,15 @@ class TaskWorker:
             f"tasks/{self.node}/", self._on_event, start_revision=revision
         )
 
-    def _recover(self, rec: dict[str, Any]) -> None:
-        """End a task this node was running when it died, after its recovery step
-        (if its type has one) has undone or finished what it left half-made."""
+    def _recover(self, rec: dict[str, Any], exitstatus: str = INTERRUPTED) -> None:
+        """End a task that will not run its handler — this node died while it ran
+        (INTERRUPTED), or it was aborted while queued (ABORTED) — after its
+        recovery step (if its type has one) has undone what the API's side left
+        (a create's record locked "create") or the task half-made."""
         ctx = TaskContext(self, rec)
         ctx._chunk = len(self.store.range(f"tasklog/{quote(ctx.upid, safe=':@!')}/"))
-        ctx.log("node restarted while this task ran")
+        if exitstatus == INTERRUPTED:
+            ctx.log("node restarted while this task ran")
         recover = RECOVERERS.get(rec["type"])
         if recover is not None:
             try:
@@ -367,8 +370,8 @@ class TaskWorker:
             except Exception as err:  # noqa: BLE001 - the task must end all the same
                 log.exception("recovery of task %s failed", rec["upid"])
                 ctx.log(f"recovery failed: {type(err).__name__}: {err}")
-        ctx.log(f"TASK ERROR: {INTERRUPTED}")
-        self._finish(rec, INTERRUPTED, ctx)
+        ctx.log(f"TASK ERROR: {exitstatus}")
+        self._finish(rec, exitstatus, ctx)
 
     def stop(self) -> None:
         self.stopped = True
@@ -393,7 +396,7 @@ class TaskWorker:
                 ctx.aborted.set()
             elif rec["status"] == "queued":
                 self._drop_queued(upid)
-                self._finish(rec, ABORTED)
+                self._recover(rec, ABORTED)  # never ran: quick (nothing built yet)
             return
         if rec["status"] == "queued":
             self._accept(rec, revision)
@@ -453,7 +456,7 @@ class TaskWorker:
             if current is None or current.get("status") != "queued" or current.get("abort"):
                 self._running.pop(rec["upid"], None)
                 if current is not None and current.get("status") == "queued":
-                    self._finish(current, ABORTED)
+                    self._recover(current, ABORTED)
                 return
             self.set_fields(rec, status="running")
         if PAUSE_AT and PAUSE_AT == f"task {rec['type']}":
