@@ -57,6 +57,17 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
+def assert_golden(got: str, expected: Path) -> None:
+    """`got` must equal the golden file. `CORRAL_REGEN_GOLDEN=1` rewrites it (review the
+    diff); a missing one is written out and the test fails so that it gets reviewed."""
+    if os.environ.get("CORRAL_REGEN_GOLDEN") == "1" or not expected.exists():
+        existed = expected.exists()
+        expected.write_text(got)
+        if not existed:
+            raise AssertionError(f"wrote missing {expected}; review and commit it")
+    assert got == expected.read_text()
+
+
 class Corrald:
     """A real corrald subprocess with its private etcd, on free loopback ports."""
 
@@ -164,6 +175,16 @@ class Corrald:
 
     def anonymous(self) -> ApiSession:
         return ApiSession(self.url, self.ca)
+
+    # -- what several suites ask of a node -------------------------------------
+    def build_template(self, name: str = "busybox", timeout: float = 180) -> str:
+        """`corral template build NAME` as an operator runs it; the template's volid."""
+        env = {**os.environ, "CORRAL_DATA_DIR": str(self.data_dir)}
+        argv = [str(VENV_BIN / "corral"), "--data-dir", str(self.data_dir), "template", "build",
+                name]  # fmt: skip
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+        assert proc.returncode == 0, f"{argv}: {proc.stdout}{proc.stderr}"
+        return proc.stdout.strip()
 
 
 class ApiSession:

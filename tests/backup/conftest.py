@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,10 +17,10 @@ from proxmoxer.tools import Tasks
 
 from corral.cluster import keys
 from corral.cluster.store import Store
-from tests.kvm.conftest import kill_qemus_under, short_tmp, virsh_cleanup
 from tests.lxc.helpers import cleanup_lxcpath
+from tests.nodes import node_store, vm_node
 from tests.storage import loopfs
-from tests.util import VENV_BIN, Corrald
+from tests.util import Corrald
 
 NODE = "node1"
 BTRFS = "crlbkbtrfs"
@@ -41,32 +40,14 @@ def new_vmid() -> int:
 def node(guest_files: dict[str, str]) -> Iterator[Corrald]:
     """corrald with the LXC driver and the QEMU driver on its own embed root; the
     tiny test guest's kernel and initramfs in `local:snippets/`."""
-    base = short_tmp("crlbk")  # QEMU's UNIX sockets need short paths
-    os.chmod(base, 0o755)
-    root = f"{base}/lv"
-    uri = f"qemu:///embed?root={root}"
-    daemon = Corrald(Path(base) / "node", node=NODE, extra=["--libvirt-uri", uri])
-    try:
-        daemon.start()
-        snippets = daemon.data_dir / "local" / "snippets"
-        shutil.copy(guest_files["kernel"], snippets / "vmlinuz")
-        shutil.copy(guest_files["initrd"], snippets / "initrd.img")
+    with vm_node("crlbk", guest_files, node=NODE) as (daemon, _):
         yield daemon
-    finally:
-        daemon.stop()
-        cleanup_lxcpath(str(daemon.data_dir / "lxc"))
-        try:
-            virsh_cleanup(uri)
-        finally:
-            kill_qemus_under(root)
-            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="package")
 def store(node: Corrald) -> Iterator[Store]:
-    s = Store([f"http://127.0.0.1:{node.etcd_port}"])
-    yield s
-    s.close()
+    with node_store(node) as s:
+        yield s
 
 
 @pytest.fixture(scope="package")
@@ -91,12 +72,7 @@ def btrfs(node: Corrald, store: Store) -> Iterator[str]:
 
 @pytest.fixture(scope="package")
 def template(node: Corrald) -> str:
-    env = {**os.environ, "CORRAL_DATA_DIR": str(node.data_dir)}
-    argv = [str(VENV_BIN / "corral"), "--data-dir", str(node.data_dir), "template", "build",
-            "busybox"]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
+    return node.build_template(timeout=120)
 
 
 @pytest.fixture(scope="package")

@@ -8,7 +8,6 @@ already holds the session's).
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,8 @@ from proxmoxer.tools import Tasks
 
 from corral.cluster import bridges, hostinfo
 from tests.assets import guest
-from tests.kvm.conftest import kill_qemus_under, new_vmid, short_tmp, virsh_cleanup
+from tests.kvm.conftest import new_vmid
+from tests.nodes import vm_node
 from tests.util import Corrald, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -28,23 +28,8 @@ NODE = "node1"
 
 @pytest.fixture(scope="module")
 def node(guest_files: dict[str, str]) -> Iterator[tuple[Corrald, str]]:
-    base = short_tmp("crlkvm-api")
-    root = f"{base}/lv"
-    uri = f"qemu:///embed?root={root}"
-    daemon = Corrald(Path(base) / "node", node=NODE, extra=["--libvirt-uri", uri])
-    try:
-        daemon.start()
-        snippets = daemon.data_dir / "local" / "snippets"
-        shutil.copy(guest_files["kernel"], snippets / "vmlinuz")
-        shutil.copy(guest_files["initrd"], snippets / "initrd.img")
-        yield daemon, uri
-    finally:
-        daemon.stop()
-        try:
-            virsh_cleanup(uri)
-        finally:
-            kill_qemus_under(root)
-            shutil.rmtree(base, ignore_errors=True)
+    with vm_node("crlkvm-api", guest_files, node=NODE) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ test embed root, so the files pin XML that libvirt really accepts.
 from __future__ import annotations
 
 import json
-import os
 import re
 import uuid
 from pathlib import Path
@@ -24,6 +23,7 @@ from corral.kvm.libvirt_conn import Libvirt
 from corral.kvm.xml_base import Facts, letters
 from corral.kvm.xml_domain import render
 from tests.kvm.conftest import PREFIX
+from tests.util import assert_golden
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "kvm"
 CASES = sorted(p.stem for p in GOLDEN.glob("*.json"))
@@ -47,12 +47,7 @@ def test_golden(name: str) -> None:
     case = json.loads((GOLDEN / f"{name}.json").read_text())
     got = _render(case)
     expected = GOLDEN / f"{name}.xml"
-    if os.environ.get("CORRAL_REGEN_GOLDEN") == "1" or not expected.exists():
-        existed = expected.exists()
-        expected.write_text(got)
-        if not existed:
-            pytest.fail(f"wrote missing {expected}; review and commit it")
-    assert got == expected.read_text()
+    assert_golden(got, expected)
 
 
 def test_libvirt_accepts_every_golden_xml(embed_uri: str) -> None:

@@ -26,6 +26,7 @@ from corral.cluster import bridges, keys
 from corral.cluster.store import Store
 from corral.lxc import cgroups
 from tests.lxc.helpers import cleanup_lxcpath, layer, make_oci_layout
+from tests.nodes import ct_node, node_store
 from tests.util import VENV_BIN, ApiSession, Corrald, wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -45,21 +46,15 @@ def new_vmid() -> int:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corrald]:
-    daemon = Corrald(tmp_path_factory.mktemp("ctapi") / "node", node=NODE)
-    daemon.start()
-    try:
+    with ct_node(tmp_path_factory.mktemp("ctapi") / "node", node=NODE) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        cleanup_lxcpath(str(daemon.data_dir / "lxc"))
 
 
 @pytest.fixture(scope="module")
 def store(node: Corrald) -> Iterator[Store]:
     """The daemon's own etcd, for what the API does not offer (yet) and for checks."""
-    s = Store([f"http://127.0.0.1:{node.etcd_port}"])
-    yield s
-    s.close()
+    with node_store(node) as s:
+        yield s
 
 
 def corral(
@@ -75,8 +70,7 @@ def corral(
 
 @pytest.fixture(scope="module")
 def template(node: Corrald) -> str:
-    out = corral(node, "corral", "--data-dir", str(node.data_dir), "template", "build", "busybox")
-    return out.stdout.strip()
+    return node.build_template(timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,7 @@ from proxmoxer import ProxmoxAPI
 from proxmoxer.tools import Tasks
 
 from corral.cluster import keys
-from corral.cluster.store import Store
-from tests.lxc.helpers import cleanup_lxcpath
-from tests.lxc.test_api import corral
+from tests.nodes import ct_node, node_store
 from tests.util import Corrald
 
 pytestmark = pytest.mark.timeout(600)
@@ -30,19 +28,13 @@ NODE = "node1"
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corrald]:
-    daemon = Corrald(tmp_path_factory.mktemp("par") / "node", node=NODE)
-    daemon.start()
-    try:
+    with ct_node(tmp_path_factory.mktemp("par") / "node", node=NODE) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        cleanup_lxcpath(str(daemon.data_dir / "lxc"))
 
 
 @pytest.fixture(scope="module")
 def template(node: Corrald) -> str:
-    out = corral(node, "corral", "--data-dir", str(node.data_dir), "template", "build", "busybox")
-    return out.stdout.strip()
+    return node.build_template(timeout=120)
 
 
 def _prox(node: Corrald) -> ProxmoxAPI:
@@ -104,13 +96,10 @@ def test_parallel_nextid_then_create_has_no_errors(
         assert result["errors"] == []
         assert len(result["vmids"]) == clients * creates
         assert len(set(result["vmids"])) == clients * creates  # every client its own IDs
-        store = Store([f"http://127.0.0.1:{node.etcd_port}"])
-        try:
+        with node_store(node) as store:
             for vmid in result["vmids"]:
                 assert store.get_value(keys.guest(vmid))["lock"] is None
                 assert store.get(keys.vmid_reservation(vmid)) is None  # the create used it
-        finally:
-            store.close()
     finally:
         destroy_all(node, result["vmids"])
     assert not any(Path(node.data_dir / "local" / "private").glob("subvol-*"))

@@ -7,13 +7,13 @@ missing expected file is written out and the test fails so it gets reviewed.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from corral.cluster.errors import ParamError
 from corral.lxc.render import Facts, render
+from tests.util import assert_golden
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "lxc"
 CASES = sorted(p.stem for p in GOLDEN.glob("*.json"))
@@ -35,12 +35,7 @@ def test_golden(name: str) -> None:
     case = json.loads((GOLDEN / f"{name}.json").read_text())
     got = _render(case)
     expected = GOLDEN / f"{name}.conf"
-    if os.environ.get("CORRAL_REGEN_GOLDEN") == "1" or not expected.exists():
-        existed = expected.exists()
-        expected.write_text(got)
-        if not existed:
-            pytest.fail(f"wrote missing {expected}; review and commit it")
-    assert got == expected.read_text()
+    assert_golden(got, expected)
 
 
 def test_vlan_tag_refused_without_filtering() -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +17,9 @@ from typing import Any
 import pytest
 
 from tests.assets import guest
-from tests.kvm.conftest import kill_qemus_under, short_tmp, virsh_cleanup
 from tests.kvm.serial import Serial, wait_ready
-from tests.lxc.helpers import cleanup_lxcpath
-from tests.util import VENV_BIN, Corrald, wait_for
+from tests.nodes import vm_node
+from tests.util import Corrald, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
@@ -33,38 +30,20 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def node(guest_files: dict[str, str]) -> Iterator[Corrald]:
-    base = short_tmp("crlbrowser")  # QEMU's sockets need a short path
-    uri = f"qemu:///embed?root={base}/lv"
-    daemon = Corrald(Path(base) / "node", node="node1", extra=["--libvirt-uri", uri])
-    try:
-        daemon.start()
-        snippets = daemon.data_dir / "local" / "snippets"
-        shutil.copy(guest_files["kernel"], snippets / "vmlinuz")
-        shutil.copy(guest_files["initrd"], snippets / "initrd.img")
-        yield daemon
-    finally:
+    with vm_node("crlbrowser", guest_files) as (daemon, _):
         try:
+            yield daemon
+        finally:
             api = daemon.session()
             for row in api.data("GET", "/cluster/resources", params={"type": "vm"}):
                 path = f"/nodes/{row['node']}/{row['type']}/{row['vmid']}"
                 if row["status"] == "running":
                     api.post(f"{path}/status/stop")
-        finally:
-            daemon.stop()
-            cleanup_lxcpath(str(daemon.data_dir / "lxc"))
-            try:
-                virsh_cleanup(uri)
-            finally:
-                kill_qemus_under(base)
-                shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def template(node: Corrald) -> str:
-    argv = [str(VENV_BIN / "corral"), "--data-dir", str(node.data_dir), "template", "build",
-            "busybox"]  # fmt: skip
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=True)
-    return out.stdout.strip()
+    return node.build_template()
 
 
 @pytest.fixture(scope="module")

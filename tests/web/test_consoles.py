@@ -23,7 +23,7 @@ from corral.cluster.etcd_embed import EmbeddedEtcd
 from tests.assets import guest
 from tests.kvm.conftest import kill_qemus_under, new_vmid, short_tmp, virsh_cleanup
 from tests.lxc.helpers import cleanup_lxcpath
-from tests.util import VENV_BIN, ApiSession, Corrald, free_ports, wait_for
+from tests.util import ApiSession, Corrald, free_ports, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -60,13 +60,8 @@ def nodes(guest_files: dict[str, str]) -> Iterator[tuple[Corrald, Corrald]]:
 @pytest.fixture(scope="module")
 def ct(nodes: tuple[Corrald, Corrald]) -> Iterator[int]:
     """A running busybox CT on node1 (no network: the console needs none)."""
-    import subprocess
-
     one, _ = nodes
-    argv = [str(VENV_BIN / "corral"), "--data-dir", str(one.data_dir), "template", "build",
-            "busybox"]  # fmt: skip
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=True)
-    template = out.stdout.strip()
+    template = one.build_template()
     api = one.session()
     vmid = new_vmid()
     api.run_task("POST", "/nodes/node1/lxc", data={

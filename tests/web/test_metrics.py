@@ -31,7 +31,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from corral.lxc import cgroups
-from tests.lxc.helpers import cleanup_lxcpath
+from tests.nodes import ct_node
 from tests.util import VENV_BIN, ApiSession, Corrald, free_ports, wait_for
 
 pytestmark = pytest.mark.timeout(420)
@@ -50,13 +50,8 @@ def scrape_port() -> int:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, scrape_port: int) -> Iterator[Corrald]:
     extra = ["--metrics-listen", f"127.0.0.1:{scrape_port}"]
-    daemon = Corrald(tmp_path_factory.mktemp("metrics") / "node", node=NODE, extra=extra)
-    daemon.start()
-    try:
+    with ct_node(tmp_path_factory.mktemp("metrics") / "node", node=NODE, extra=extra) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        cleanup_lxcpath(str(daemon.data_dir / "lxc"))
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +68,11 @@ def token(api: ApiSession) -> str:
 @pytest.fixture(scope="module")
 def ct(node: Corrald, api: ApiSession) -> Iterator[int]:
     """A running busybox CT (no network: only its CPU and memory matter here)."""
-    env = {**os.environ, "CORRAL_DATA_DIR": str(node.data_dir)}
-    argv = [str(VENV_BIN / "corral"), "--data-dir", str(node.data_dir), "template", "build",
-            "busybox"]  # fmt: skip
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=env, check=True)
+    template = node.build_template()
     vmid = random.randint(60000, 69999)
     api.run_task(
         "POST", f"/nodes/{NODE}/lxc",
-        data={"vmid": vmid, "ostemplate": out.stdout.strip(), "rootfs": "local:1",
+        data={"vmid": vmid, "ostemplate": template, "rootfs": "local:1",
               "memory": 128, "hostname": "metered", "onboot": 1, "start": 1},
     )  # fmt: skip
     yield vmid

@@ -10,12 +10,12 @@ CORRAL_REGEN_GOLDEN=1 rewrites the expected logs (review the diff).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from corral.cluster.ha.sim import Simulator, load
+from tests.util import assert_golden
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 CASES = sorted(p.name for p in SCENARIOS.iterdir() if (p / "scenario.json").exists())
@@ -32,12 +32,7 @@ def test_scenario(name: str) -> None:
     sim = Simulator(scenario)
     got = "\n".join(sim.run()) + "\n"
     expected = d / "log.expect"
-    if os.environ.get("CORRAL_REGEN_GOLDEN") == "1" or not expected.exists():
-        existed = expected.exists()
-        expected.write_text(got)
-        if not existed:
-            pytest.fail(f"wrote missing {expected}; review and commit it")
-    assert got == expected.read_text()
+    assert_golden(got, expected)
     expect = scenario.get("expect", {})
     for sid, node in expect.get("final", {}).items():
         where = ",".join(sorted(sim.running[sid])) or "-"
