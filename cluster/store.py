@@ -270,16 +270,6 @@ class Store(StoreAPI):
                 pass
             raise NotQuorate("cluster not quorate - writes are refused until quorum returns")
 
-    @property
-    def last_read_stale(self) -> bool:
-        return bool(getattr(self._local, "stale", False))
-
-    def reset_stale(self) -> None:
-        self._local.stale = False
-
-    def mark_stale(self) -> None:
-        self._local.stale = True
-
     def _serializable(self) -> bool:
         if self.quorate is False:
             self._local.stale = True

@@ -176,17 +176,21 @@ class StoreAPI(abc.ABC):
         (exclusive) when given, else from now."""
 
     # -- staleness ------------------------------------------------------------------
+    # Per thread: each request's answer says whether *its* reads were stale. Every
+    # implementation sets `self._local = threading.local()`; the flag is kept there.
+    _local: threading.local
+
     @property
-    @abc.abstractmethod
     def last_read_stale(self) -> bool:
         """Whether this thread's last read was served without quorum."""
+        return bool(getattr(self._local, "stale", False))
 
-    @abc.abstractmethod
-    def reset_stale(self) -> None: ...
+    def reset_stale(self) -> None:
+        self._local.stale = False
 
-    @abc.abstractmethod
     def mark_stale(self) -> None:
         """Flag this thread's answer as stale (a cached view that could not catch up)."""
+        self._local.stale = True
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -121,16 +121,6 @@ class MemoryStore(StoreAPI):
         if self.quorate is False:
             self._local.stale = True
 
-    @property
-    def last_read_stale(self) -> bool:
-        return bool(getattr(self._local, "stale", False))
-
-    def reset_stale(self) -> None:
-        self._local.stale = False
-
-    def mark_stale(self) -> None:
-        self._local.stale = True
-
     def _kv(self, key: str, raw: _Raw) -> KV:
         return KV(
             key, _decode(raw.data), raw.mod_revision, raw.create_revision, raw.version, raw.lease
