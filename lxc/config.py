@@ -80,6 +80,9 @@ FORMATS.setdefault("corral-lxc-volume", schema.check_volume_or_new)
 
 _BOOL = Param("boolean", optional=True)
 _SIZE = Param("string", "Volume size (read only).", optional=True, pattern=schema.SIZE_PATTERN)
+# rootfs and mpN describe a volume the same way
+_VOLUME = Param("string", "Volume, or STORAGE:SIZE_IN_GiB to allocate.", format="corral-lxc-volume")
+_MOUNT_OPTIONS = Param("string", optional=True, pattern=MOUNT_OPTIONS)
 
 NET = PropertyFormat(
     {
@@ -113,38 +116,30 @@ NET = PropertyFormat(
 
 ROOTFS = PropertyFormat(
     {
-        "volume": Param(
-            "string", "Volume, or STORAGE:SIZE_IN_GiB to allocate.", format="corral-lxc-volume"
-        ),
-        "size": Param(
-            "string", "Volume size (read only).", optional=True, pattern=schema.SIZE_PATTERN
-        ),
+        "volume": _VOLUME,
+        "size": _SIZE,
         "ro": _BOOL,
         "acl": _BOOL,
         "quota": _BOOL,
         "replicate": _BOOL,
         "shared": _BOOL,
-        "mountoptions": Param("string", optional=True, pattern=MOUNT_OPTIONS),
+        "mountoptions": _MOUNT_OPTIONS,
     },
     default_key="volume",
 )
 
 MP = PropertyFormat(
     {
-        "volume": Param(
-            "string", "Volume, or STORAGE:SIZE_IN_GiB to allocate.", format="corral-lxc-volume"
-        ),
+        "volume": _VOLUME,
         "mp": Param("string", "Path inside the container.", format="corral-mp-path"),
-        "size": Param(
-            "string", "Volume size (read only).", optional=True, pattern=schema.SIZE_PATTERN
-        ),
+        "size": _SIZE,
         "ro": _BOOL,
         "backup": _BOOL,
         "acl": _BOOL,
         "quota": _BOOL,
         "replicate": _BOOL,
         "shared": _BOOL,
-        "mountoptions": Param("string", optional=True, pattern=MOUNT_OPTIONS),
+        "mountoptions": _MOUNT_OPTIONS,
     },
     default_key="volume",
 )
