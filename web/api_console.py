@@ -484,13 +484,11 @@ def _end(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-# -- a VM's serial port (termproxy protocol over the serial socket) --------------------
+# -- a guest's socket relayed to the browser (serial and VNC) ----------------------------
 
 
-def _serial(ws: WebSocket, session: Session, backend: socket.socket) -> None:
-    rest = _authenticate(ws, session)
-    if rest is None:
-        return
+def _pump_backend(backend: socket.socket, ws: WebSocket) -> threading.Thread:
+    """Copy what the guest's socket says to the browser, in a thread, until either ends."""
     backend.settimeout(None)
 
     def pump() -> None:
@@ -506,6 +504,26 @@ def _serial(ws: WebSocket, session: Session, backend: socket.socket) -> None:
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
+    return reader
+
+
+def _close_backend(ws: WebSocket, backend: socket.socket, reader: threading.Thread) -> None:
+    ws.close()
+    try:
+        backend.shutdown(socket.SHUT_RDWR)  # wakes the pump's recv()
+    except OSError:
+        pass
+    reader.join(5)
+
+
+# -- a VM's serial port (termproxy protocol over the serial socket) --------------------
+
+
+def _serial(ws: WebSocket, session: Session, backend: socket.socket) -> None:
+    rest = _authenticate(ws, session)
+    if rest is None:
+        return
+    reader = _pump_backend(backend, ws)
     parser = TermInput()
     try:
         for message in _chain([rest] if rest else [], ws):
@@ -520,45 +538,21 @@ def _serial(ws: WebSocket, session: Session, backend: socket.socket) -> None:
     except OSError:
         pass
     finally:
-        ws.close()
-        try:
-            backend.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        reader.join(5)
+        _close_backend(ws, backend, reader)
 
 
 # -- the VM's VNC stream ------------------------------------------------------------
 
 
 def _vnc(ws: WebSocket, backend: socket.socket) -> None:
-    backend.settimeout(None)
-
-    def pump() -> None:
-        while not ws.closed.is_set():
-            try:
-                data = backend.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                break
-            ws.send(data)
-        ws.close()
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
+    reader = _pump_backend(backend, ws)
     try:
         for message in ws.messages():
             backend.sendall(message)
     except OSError:
         pass
     finally:
-        ws.close()
-        try:
-            backend.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        reader.join(5)
+        _close_backend(ws, backend, reader)
 
 
 # -- from another node: relay the upgrade to the owner -----------------------------------
