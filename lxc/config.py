@@ -82,7 +82,6 @@ _BOOL = Param("boolean", optional=True)
 _SIZE = Param("string", "Volume size (read only).", optional=True, pattern=schema.SIZE_PATTERN)
 # rootfs and mpN describe a volume the same way
 _VOLUME = Param("string", "Volume, or STORAGE:SIZE_IN_GiB to allocate.", format="corral-lxc-volume")
-_MOUNT_OPTIONS = Param("string", optional=True, pattern=MOUNT_OPTIONS)
 
 NET = PropertyFormat(
     {
@@ -114,17 +113,17 @@ NET = PropertyFormat(
     }
 )
 
+# rootfs and mpN end with the same mount flags (the keys' order is kept as declared)
+_MOUNT_TAIL = {
+    "acl": _BOOL,
+    "quota": _BOOL,
+    "replicate": _BOOL,
+    "shared": _BOOL,
+    "mountoptions": Param("string", optional=True, pattern=MOUNT_OPTIONS),
+}
+
 ROOTFS = PropertyFormat(
-    {
-        "volume": _VOLUME,
-        "size": _SIZE,
-        "ro": _BOOL,
-        "acl": _BOOL,
-        "quota": _BOOL,
-        "replicate": _BOOL,
-        "shared": _BOOL,
-        "mountoptions": _MOUNT_OPTIONS,
-    },
+    {"volume": _VOLUME, "size": _SIZE, "ro": _BOOL, **_MOUNT_TAIL},
     default_key="volume",
 )
 
@@ -135,11 +134,7 @@ MP = PropertyFormat(
         "size": _SIZE,
         "ro": _BOOL,
         "backup": _BOOL,
-        "acl": _BOOL,
-        "quota": _BOOL,
-        "replicate": _BOOL,
-        "shared": _BOOL,
-        "mountoptions": _MOUNT_OPTIONS,
+        **_MOUNT_TAIL,
     },
     default_key="volume",
 )
