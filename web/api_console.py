@@ -99,6 +99,14 @@ class Sessions:
                 return port
         raise Unavailable(f"too many pending consoles for {KIND[type]} {vmid}")
 
+    def issue(self, type: str, vmid: int, user: str, *, serial: str | None = None) -> dict:
+        """A termproxy answer: a free port and a one-time ticket for `user`'s WebSocket."""
+        port = self.free_port(type, vmid)
+        ticket = secrets.token_urlsafe(24)
+        expires = time.monotonic() + SESSION_TTL
+        self.add(Session(type, vmid, port, ticket, user, expires, serial=serial))
+        return {"port": port, "ticket": ticket, "upid": "", "user": user}
+
     def take(self, type: str, vmid: int, port: int, ticket: str, user: str) -> Session:
         """The session for this WebSocket, used up (a ticket opens one connection)."""
         with self.lock:
@@ -157,10 +165,7 @@ def termproxy(ctx: Ctx, node: str, vmid: int) -> dict[str, Any]:
     require_node(ctx, node)
     rec = guests.get_record(ctx.store, vmid, type="lxc", node=node)
     _driver(ctx, "lxc").terminal(vmid, rec["config"])  # refuses a stopped CT now, not later
-    port = SESSIONS.free_port("lxc", vmid)
-    ticket = secrets.token_urlsafe(24)
-    SESSIONS.add(Session("lxc", vmid, port, ticket, ctx.user, time.monotonic() + SESSION_TTL))
-    return {"port": port, "ticket": ticket, "upid": "", "user": ctx.user}
+    return SESSIONS.issue("lxc", vmid, ctx.user)
 
 
 @endpoint(
@@ -188,12 +193,8 @@ def qemu_termproxy(ctx: Ctx, node: str, vmid: int, serial: str | None = None) ->
     paths = getattr(driver, "serial_paths", None)
     if paths is None:
         raise Unavailable("this node's VM driver has no serial consoles")
-    port = SESSIONS.free_port("qemu", vmid)
-    ticket = secrets.token_urlsafe(24)
     sock_path, _log = paths(vmid, int(key[-1]))
-    SESSIONS.add(Session("qemu", vmid, port, ticket, ctx.user,
-                         time.monotonic() + SESSION_TTL, serial=sock_path))  # fmt: skip
-    return {"port": port, "ticket": ticket, "upid": "", "user": ctx.user}
+    return SESSIONS.issue("qemu", vmid, ctx.user, serial=sock_path)
 
 
 def _register_websocket(type: str) -> None:
@@ -295,10 +296,7 @@ def _host_login(user: str) -> list[str]:
 )
 def node_termproxy(ctx: Ctx, node: str) -> dict[str, Any]:
     require_node(ctx, node)
-    port = SESSIONS.free_port("node", 0)
-    ticket = secrets.token_urlsafe(24)
-    SESSIONS.add(Session("node", 0, port, ticket, ctx.user, time.monotonic() + SESSION_TTL))
-    return {"port": port, "ticket": ticket, "upid": "", "user": ctx.user}
+    return SESSIONS.issue("node", 0, ctx.user)
 
 
 @endpoint(
