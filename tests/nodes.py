@@ -30,6 +30,13 @@ def ct_node(
         cleanup_lxcpath(str(daemon.data_dir / "lxc"))
 
 
+def install_guest_files(daemon: Corrald, guest_files: dict[str, str]) -> None:
+    """The tiny test guest's kernel and initramfs, as `local:snippets/vmlinuz|initrd.img`."""
+    snippets = daemon.data_dir / "local" / "snippets"
+    shutil.copy(guest_files["kernel"], snippets / "vmlinuz")
+    shutil.copy(guest_files["initrd"], snippets / "initrd.img")
+
+
 @contextmanager
 def vm_node(
     prefix: str, guest_files: dict[str, str], *, node: str = "node1"
@@ -45,9 +52,7 @@ def vm_node(
     daemon = Corrald(Path(base) / "node", node=node, extra=["--libvirt-uri", uri])
     try:
         daemon.start()
-        snippets = daemon.data_dir / "local" / "snippets"
-        shutil.copy(guest_files["kernel"], snippets / "vmlinuz")
-        shutil.copy(guest_files["initrd"], snippets / "initrd.img")
+        install_guest_files(daemon, guest_files)
         yield daemon, uri
     finally:
         daemon.stop()

@@ -23,6 +23,7 @@ from corral.cluster.etcd_embed import EmbeddedEtcd
 from tests.assets import guest
 from tests.kvm.conftest import kill_qemus_under, new_vmid, short_tmp, virsh_cleanup
 from tests.lxc.helpers import cleanup_lxcpath
+from tests.nodes import install_guest_files
 from tests.util import ApiSession, Corrald, free_ports, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -41,9 +42,7 @@ def nodes(guest_files: dict[str, str]) -> Iterator[tuple[Corrald, Corrald]]:
         one.start()
         two.start()
         two.password = one.password
-        snippets = one.data_dir / "local" / "snippets"
-        shutil.copy(guest_files["kernel"], snippets / "vmlinuz")
-        shutil.copy(guest_files["initrd"], snippets / "initrd.img")
+        install_guest_files(one, guest_files)
         yield one, two
     finally:
         two.stop()
