@@ -19,8 +19,8 @@ from corral.cluster.guest_driver import DriverInfo
 from corral.cluster.guest_service import GuestService, privilege_for
 from corral.cluster.migration import decide
 from corral.cluster.store import Store
-from corral.cluster.tasks import Tasks, TaskWorker
-from tests.web.fake_driver import FakeDriver
+from corral.cluster.tasks import Tasks
+from tests.web.fake_driver import FakeDriver, fake_node
 
 USER = "root@pam"
 
@@ -30,13 +30,7 @@ def svc(store: Store) -> Iterator[tuple[GuestService, dict[str, FakeDriver]]]:
     drivers: dict[str, FakeDriver] = {}
     workers = []
     for name in ("node1", "node2"):
-        drivers[name] = FakeDriver(node=name, data_dir="/nonexistent")
-        store.put(keys.node_info(name), {"node": name, "address": "127.0.0.1"})
-        store.put(keys.node_alive(name), {"since": 0})
-        store.put(keys.node_status(name), {"maxmem": 16 << 30, "mem": 1 << 30, "cpu": 0.1})
-        worker = TaskWorker(store, name)
-        worker.context = {"drivers": {"lxc": drivers[name]}, "volumes": object()}
-        worker.start()
+        drivers[name], worker = fake_node(store, name)
         workers.append(worker)
     store.put(keys.storage("shared"), {"storage": "shared", "type": "dir", "path": "/srv/x",
                                        "shared": 1})  # fmt: skip

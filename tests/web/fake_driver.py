@@ -10,9 +10,12 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from corral.cluster import keys
 from corral.cluster.errors import CommandFailed, Conflict
 from corral.cluster.guest_driver import DriverInfo, GuestDriver, LogFn, VolumeAccess
 from corral.cluster.schema import Param, PropertyFormat, Schema
+from corral.cluster.store_api import StoreAPI
+from corral.cluster.tasks import TaskWorker
 
 NET = PropertyFormat({"name": Param("string"), "bridge": Param("string", optional=True)})
 
@@ -145,3 +148,19 @@ class FakeDriver(GuestDriver):
     ) -> None:
         self.calls.append(("release", vmid))
         del self.guests[vmid]
+
+
+def fake_node(
+    store: StoreAPI, name: str, *, address: str = "127.0.0.1", free_gib: int = 15
+) -> tuple[FakeDriver, TaskWorker]:
+    """A live node as placement sees it (info, alive and status records, 16 GiB with
+    `free_gib` free) with its fake driver and a started task worker: stop the worker."""
+    driver = FakeDriver(node=name, data_dir="/nonexistent")
+    store.put(keys.node_info(name), {"node": name, "address": address})
+    store.put(keys.node_alive(name), {"since": 0})
+    status = {"maxmem": 16 << 30, "mem": (16 - free_gib) << 30, "cpu": 0.1}
+    store.put(keys.node_status(name), status)
+    worker = TaskWorker(store, name)
+    worker.context = {"drivers": {"lxc": driver}, "volumes": object()}
+    worker.start()
+    return driver, worker

@@ -16,12 +16,10 @@ import pytest
 from corral.cluster import keys
 from corral.cluster.access import Access
 from corral.cluster.store import Store
-from corral.cluster.tasks import Tasks, TaskWorker
+from corral.cluster.tasks import Tasks
 from corral.web.app import NodeContext, create_app
-from tests.web.fake_driver import FakeDriver
+from tests.web.fake_driver import FakeDriver, fake_node
 from tests.web.test_guest_flow import Api
-
-GIB = 1 << 30
 
 
 @pytest.fixture
@@ -29,17 +27,9 @@ def lab(store: Store) -> Iterator[tuple[Api, dict[str, FakeDriver], Store]]:
     drivers: dict[str, FakeDriver] = {}
     workers = []
     for i, name in enumerate(("node1", "node2", "node3")):
-        drivers[name] = FakeDriver(node=name, data_dir="/nonexistent")
-        store.put(keys.node_info(name), {"node": name, "address": f"10.0.0.{i + 1}"})
-        store.put(keys.node_alive(name), {"since": 0})
         # node2 has the most free memory, node3 the least.
         free = {"node1": 8, "node2": 12, "node3": 2}[name]
-        store.put(
-            keys.node_status(name), {"maxmem": 16 * GIB, "mem": (16 - free) * GIB, "cpu": 0.1}
-        )
-        worker = TaskWorker(store, name)
-        worker.context = {"drivers": {"lxc": drivers[name]}, "volumes": object()}
-        worker.start()
+        drivers[name], worker = fake_node(store, name, address=f"10.0.0.{i + 1}", free_gib=free)
         workers.append(worker)
     store.put(keys.storage("shared"), {"storage": "shared", "type": "dir", "path": "/srv/x",
                                        "shared": 1})  # fmt: skip
