@@ -515,6 +515,10 @@ SIZE = Param(
 # A volume size in a guest's disk or mount point options (`size=8G`).
 SIZE_PATTERN = r"\d+(\.\d+)?[KMGT]?"
 
+# A guest NIC's VLAN tag and rate limit, the same for VMs (netN) and containers (netN).
+NIC_TAG = Param("integer", "VLAN tag.", optional=True, minimum=1, maximum=4094)
+NIC_RATE = Param("number", "Rate limit in MB/s.", optional=True, minimum=0)
+
 
 def cidr_or(version: int, *keywords: str) -> Callable[[str], None]:
     """A validator for an interface address of IP `version` with its prefix

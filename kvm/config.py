@@ -19,6 +19,8 @@ from typing import Any
 from corral.cluster.errors import ParamError
 from corral.cluster.schema import (
     FORMATS,
+    NIC_RATE,
+    NIC_TAG,
     SIZE_PATTERN,
     Param,
     PropertyFormat,
@@ -199,8 +201,8 @@ NET = PropertyFormat(
             optional=True,
             pattern=r"[A-Za-z0-9][-_.A-Za-z0-9]{0,14}",
         ),
-        "tag": Param("integer", "VLAN tag.", optional=True, minimum=1, maximum=4094),
-        "rate": Param("number", "Rate limit in MB/s.", optional=True, minimum=0),
+        "tag": NIC_TAG,
+        "rate": NIC_RATE,
         "mtu": Param("integer", "MTU (1: the bridge's).", optional=True, minimum=1, maximum=65520),
         "link_down": Param("boolean", "Whether the link is disconnected.", optional=True),
         "firewall": Param("boolean", "Proxmox firewall (not on corral nodes).", optional=True),
