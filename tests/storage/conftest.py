@@ -125,20 +125,25 @@ def ceph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         cluster.stop()
 
 
+def rbd_config(ceph: Any, content: str = "images") -> dict[str, Any]:
+    """An rbd storage's config on the test cluster's pool."""
+    return {
+        "type": "rbd",
+        "pool": f"{RUN}pool",
+        "monhost": ceph.monhost,
+        "username": "admin",
+        "keyring": ceph.keyring_path,
+        "conf": ceph.conf_path,
+        "content": content,
+    }
+
+
 @contextlib.contextmanager
 def rbd_backend(ceph: Any) -> Iterator[Backend]:
     yield Backend(
         "rbd",
         f"{RUN}rbd",
-        {
-            "type": "rbd",
-            "pool": f"{RUN}pool",
-            "monhost": ceph.monhost,
-            "username": "admin",
-            "keyring": ceph.keyring_path,
-            "conf": ceph.conf_path,
-            "content": "images",
-        },
+        rbd_config(ceph),
         image_fmt="raw",
         rootdir=False,
         formats=("raw",),

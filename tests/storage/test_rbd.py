@@ -12,22 +12,14 @@ from corral.storage import rbd as rbd_mod
 from corral.storage.rbd import RbdPlugin
 from corral.storage.volumes import Volumes
 from tests.storage import blockio
-from tests.storage.conftest import RUN
+from tests.storage.conftest import RUN, rbd_config
 
 MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
 def rbd_cfg(ceph: Any) -> Iterator[dict[str, Any]]:
-    cfg = {
-        "type": "rbd",
-        "pool": f"{RUN}pool",
-        "monhost": ceph.monhost,
-        "username": "admin",
-        "keyring": ceph.keyring_path,
-        "conf": ceph.conf_path,
-        "content": "images,rootdir",
-    }
+    cfg = rbd_config(ceph, "images,rootdir")
     yield cfg
     RbdPlugin().deactivate(cfg)
 

@@ -26,7 +26,7 @@ from tests.kvm.conftest import (  # noqa: F401 - node_dir is a fixture
     storage_configs,
 )
 from tests.kvm.serial import Serial, wait_ready
-from tests.storage.conftest import RUN
+from tests.storage.conftest import RUN, rbd_config
 
 pytestmark = pytest.mark.timeout(300)
 RBD = f"{RUN}vmrbd"
@@ -36,15 +36,7 @@ MARK = b"corral-rbd-boot"
 @pytest.fixture(scope="module")
 def rbd_volumes(ceph: Any, node_dir: str) -> Volumes:  # noqa: F811
     configs = storage_configs(node_dir)
-    configs[RBD] = {
-        "type": "rbd",
-        "pool": f"{RUN}pool",
-        "monhost": ceph.monhost,
-        "username": "admin",
-        "keyring": ceph.keyring_path,
-        "conf": ceph.conf_path,
-        "content": "images",
-    }
+    configs[RBD] = rbd_config(ceph)
     return Volumes(lambda: configs, node="n1")
 
 
