@@ -33,6 +33,7 @@ import subprocess
 import termios
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
@@ -416,20 +417,12 @@ def _terminal(ws: WebSocket, session: Session, argv: list[str]) -> None:
     os.close(slave)
     reader = threading.Thread(target=_pump_output, args=(master, ws), daemon=True)
     reader.start()
-    parser = TermInput()
     try:
-        messages = [rest] if rest else []
-        for message in _chain(messages, ws):
-            try:
-                actions = parser.feed(message)
-            except ValueError as err:
-                ws.close(1003, str(err))
-                break
-            for kind, value in actions:
-                if kind == "data":
-                    _write_all(master, value)
-                elif kind == "resize":
-                    _resize(master, *value)
+        for kind, value in _term_actions(ws, rest):
+            if kind == "data":
+                _write_all(master, value)
+            elif kind == "resize":
+                _resize(master, *value)
     finally:
         ws.close()
         _end(proc)
@@ -438,6 +431,19 @@ def _terminal(ws: WebSocket, session: Session, argv: list[str]) -> None:
             os.close(master)
         except OSError:
             pass
+
+
+def _term_actions(ws: WebSocket, first: bytes | None) -> Iterator[tuple[str, Any]]:
+    """The termproxy protocol's actions ("data", "resize") from the browser: `first` is
+    what came with the ticket. A malformed message closes the socket (1003) and ends them."""
+    parser = TermInput()
+    for message in _chain([first] if first else [], ws):
+        try:
+            actions = parser.feed(message)
+        except ValueError as err:
+            ws.close(1003, str(err))
+            return
+        yield from actions
 
 
 def _chain(first: list[bytes], ws: WebSocket) -> Any:
@@ -522,17 +528,10 @@ def _serial(ws: WebSocket, session: Session, backend: socket.socket) -> None:
     if rest is None:
         return
     reader = _pump_backend(backend, ws)
-    parser = TermInput()
     try:
-        for message in _chain([rest] if rest else [], ws):
-            try:
-                actions = parser.feed(message)
-            except ValueError as err:
-                ws.close(1003, str(err))
-                break
-            for kind, value in actions:
-                if kind == "data":
-                    backend.sendall(value)  # a serial line has no size to resize
+        for kind, value in _term_actions(ws, rest):
+            if kind == "data":
+                backend.sendall(value)  # a serial line has no size to resize
     except OSError:
         pass
     finally:
