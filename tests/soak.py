@@ -121,7 +121,16 @@ class Soak:
             tasks = s.data("GET", f"/nodes/{NODE}/tasks", params={"source": "active"})
             return not tasks
 
-        wait_for(settled, 120, 0.5, what="no active task")
+        stuck: list[dict[str, Any]] = []
+        try:
+            wait_for(settled, 60, 0.5, what="no active task")
+        except AssertionError:  # reported with what those tasks logged last
+            active = s.data("GET", f"/nodes/{NODE}/tasks", params={"source": "active"})
+            stuck = [
+                {**t, "log": s.data("GET", f"/nodes/{NODE}/tasks/{t['upid']}/log")[-5:]}
+                for t in active
+            ]
+        out["no task active 60 s after the clients stopped"] = stuck == []
         rows = [g for g in fresh_resources(s) if g.get("type") == "lxc"]
         api = {int(g["vmid"]) for g in rows}
         api_running = {int(g["vmid"]) for g in rows if g.get("status") == "running"}
@@ -146,7 +155,7 @@ class Soak:
         out["detail"] = {"api": sorted(api), "etcd": sorted(etcd), "lxc": sorted(defined),
                          "volumes": sorted(on_disk), "running_api": sorted(api_running),
                          "running_lxc": sorted(active), "locked": locked,
-                         "unfinished": unfinished}  # fmt: skip
+                         "unfinished": unfinished, "stuck": stuck}  # fmt: skip
         return out
 
 
