@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,21 @@ def wait_for(
             last = err
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+def vmid_picker(low: int, high: int) -> Callable[[], int]:
+    """A suite's own VMID range: each call a random ID in [low, high] not handed out before
+    in this process, so suites that share a daemon or an etcd never collide."""
+    used: set[int] = set()
+
+    def pick() -> int:
+        while True:
+            vmid = random.randint(low, high)
+            if vmid not in used:
+                used.add(vmid)
+                return vmid
+
+    return pick
 
 
 def assert_golden(got: str, expected: Path) -> None:

@@ -5,7 +5,6 @@ storage on a loop-mounted file. Everything is removed even when a test fails."""
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,20 +19,14 @@ from corral.cluster.store import Store
 from tests.lxc.helpers import cleanup_lxcpath
 from tests.nodes import node_store, vm_node
 from tests.storage import loopfs
-from tests.util import Corrald
+from tests.util import Corrald, vmid_picker
 
 NODE = "node1"
 BTRFS = "crlbkbtrfs"
 MiB = 1 << 20
-_USED: set[int] = set()
 
 
-def new_vmid() -> int:
-    while True:
-        vmid = random.randint(60000, 69999)
-        if vmid not in _USED:
-            _USED.add(vmid)
-            return vmid
+new_vmid = vmid_picker(60000, 69999)
 
 
 @pytest.fixture(scope="package")

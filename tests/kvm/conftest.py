@@ -24,19 +24,14 @@ from corral.cluster import bridges
 from corral.kvm.driver import QemuDriver
 from corral.kvm.libvirt_conn import Libvirt
 from corral.storage.volumes import Volumes
+from tests.util import vmid_picker
 
 PREFIX = "crlkvm-"
 STORAGE = "crlkvm"
 NOIMAGES = "crlkvmiso"  # a storage that takes no disk images
-_USED: set[int] = set()
 
 
-def new_vmid() -> int:
-    while True:
-        vmid = random.randint(80000, 89999)
-        if vmid not in _USED:
-            _USED.add(vmid)
-            return vmid
+new_vmid = vmid_picker(80000, 89999)
 
 
 def short_tmp(prefix: str) -> str:

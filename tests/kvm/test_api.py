@@ -16,7 +16,7 @@ import pytest
 from proxmoxer import ProxmoxAPI, ResourceException
 from proxmoxer.tools import Tasks
 
-from corral.cluster import bridges, hostinfo
+from corral.cluster import hostinfo
 from tests.assets import guest
 from tests.kvm.conftest import new_vmid
 from tests.nodes import vm_node
@@ -30,14 +30,6 @@ NODE = "node1"
 def node(guest_files: dict[str, str]) -> Iterator[tuple[Corrald, str]]:
     with vm_node("crlkvm-api", guest_files, node=NODE) as started:
         yield started
-
-
-@pytest.fixture(scope="module")
-def bridge() -> Iterator[str]:
-    name = f"crlkb{new_vmid() % 10000}"
-    bridges.ensure_bridge(name)
-    yield name
-    bridges.delete_bridge(name)
 
 
 def test_proxmoxer_create_start_status_stop_delete(

@@ -27,21 +27,15 @@ from corral.cluster.store import Store
 from corral.lxc import cgroups
 from tests.lxc.helpers import cleanup_lxcpath, layer, make_oci_layout
 from tests.nodes import ct_node, node_store
-from tests.util import VENV_BIN, ApiSession, Corrald, wait_for
+from tests.util import VENV_BIN, ApiSession, Corrald, vmid_picker, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 NODE = "node1"
 SUBNET = "10.251.78"
 ISO_ONLY = "crlisoonly"  # a storage that takes neither container roots nor templates
-_USED: set[int] = set()
 
 
-def new_vmid() -> int:
-    while True:
-        vmid = random.randint(70000, 79999)
-        if vmid not in _USED:
-            _USED.add(vmid)
-            return vmid
+new_vmid = vmid_picker(70000, 79999)
 
 
 @pytest.fixture(scope="module")
