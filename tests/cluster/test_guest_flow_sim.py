@@ -70,14 +70,17 @@ def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sim]:
     def no_sleep(seconds: float) -> None:
         raise AssertionError(f"slept {seconds} s of real time")
 
-    threads = threading.active_count()
+    # Compare thread sets, not counts: threads of earlier test modules may still be
+    # exiting while this runs, which changes the count without this test starting any.
+    before = set(threading.enumerate())
     monkeypatch.setattr(time, "sleep", no_sleep)
     s = Sim()
     yield s
     for w in s.workers:
         w.stop()
     s.store.close()
-    assert threading.active_count() == threads, "something started a thread"
+    started = [t.name for t in threading.enumerate() if t not in before]
+    assert not started, f"something started a thread: {started}"
     assert s.clock.errors == []
 
 
