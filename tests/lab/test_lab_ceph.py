@@ -11,6 +11,7 @@ import pytest
 
 from corral.cluster import lab as labmod
 from corral.cluster.client import Client
+from tests.util import wait_for
 
 PREFIX = "crlq"
 SUBNET = "10.249.82.0/24"
@@ -36,11 +37,25 @@ def _node(lab: labmod.Lab, name: str) -> Client:
     return Client(socket_path=str(Path(lab.node(name).data_dir, "corrald.sock")), timeout=30)
 
 
+def _ceph_row(lab: labmod.Lab, n: str) -> dict:
+    rows = _node(lab, n).call("GET", f"/nodes/{n}/storage")
+    return {r["storage"]: r for r in rows}[labmod.CEPH_STORAGE]
+
+
 def test_every_node_sees_one_shared_rbd_storage(lab: labmod.Lab) -> None:
-    rows = {n: {r["storage"]: r for r in _node(lab, n).call("GET", f"/nodes/{n}/storage")}
-            for n in ("node1", "node2")}  # fmt: skip
+    # A freshly started Ceph can fail a node's first `ceph df` (the mgr has not yet
+    # reported pool stats, or a monitor session is still being set up): the row is
+    # then inactive with the reason in "error", and active at the next status call.
+    rows = {
+        n: wait_for(
+            lambda n=n: (r := _ceph_row(lab, n))["active"] == 1 and r,
+            60,
+            what=f"{labmod.CEPH_STORAGE} active on {n}",
+        )
+        for n in ("node1", "node2")
+    }
     for n in ("node1", "node2"):
-        ceph = rows[n][labmod.CEPH_STORAGE]
+        ceph = rows[n]
         assert ceph["type"] == "rbd" and ceph["active"] == 1 and ceph["shared"] == 1
         assert ceph["total"] > 1 << 30
     volid = _node(lab, "node2").call(
