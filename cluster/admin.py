@@ -108,6 +108,15 @@ def _print_access(data_dir: str) -> int:
     return 0
 
 
+def _gone(pid: int) -> bool:
+    """True once `pid` has exited (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def cmd_stop(args: argparse.Namespace, _: list[str]) -> int:
     pid = _pid(args.data_dir)
     if pid is None:
@@ -116,7 +125,9 @@ def cmd_stop(args: argparse.Namespace, _: list[str]) -> int:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists() or _pid(args.data_dir) is None:
+        # Wait for the process itself, not its pid file: the daemon removes the file
+        # before it has finished exiting, and a restart must not overlap the old one.
+        if _gone(pid):
             print("corral: corrald stopped")
             return 0
         time.sleep(0.1)
