@@ -439,7 +439,7 @@ class LxcDriver(GuestDriver):
             pid = orphans.orphan_pid(self._dir(vmid)) or 0  # running without its monitor?
             state = "RUNNING" if pid else state
         if pid > 0:
-            self._inits[vmid] = (pid, _start_ticks(pid))
+            self._inits[vmid] = (pid, orphans.start_ticks(pid))
         return self._status(vmid, config, state, pid, ct)
 
     def status_many(self, items: list[tuple[int, dict[str, Any]]]) -> dict[int, dict[str, Any]]:
@@ -458,7 +458,7 @@ class LxcDriver(GuestDriver):
                 out[vmid] = self._status(vmid, config, "STOPPED", 0, None)
                 continue
             pid, ticks = self._inits.get(vmid, (0, None))
-            if pid <= 0 or ticks is None or _start_ticks(pid) != ticks:
+            if pid <= 0 or ticks is None or orphans.start_ticks(pid) != ticks:
                 out[vmid] = self.status(vmid, config)
                 continue
             state = cgroups.freezer_state(pid)
@@ -659,16 +659,6 @@ class LxcDriver(GuestDriver):
         with self._lock(vmid):
             self._thaw(vmid)
         log(f"CT {vmid} thawed")
-
-
-def _start_ticks(pid: int) -> int | None:
-    """When process `pid` started (clock ticks since boot): a pid and its start
-    name one process, even once the pid number is reused."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _lxc_memory(ct: Any) -> int | None:

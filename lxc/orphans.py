@@ -22,7 +22,7 @@ from corral.lxc import cgroups
 INIT_FILE = "init.pid"  # in the container's lxc folder: "PID START_TICKS"
 
 
-def _start_ticks(pid: int) -> int | None:
+def start_ticks(pid: int) -> int | None:
     """When `pid` started (clock ticks since boot): a PID reused later differs."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
@@ -33,7 +33,7 @@ def _start_ticks(pid: int) -> int | None:
 
 def record(ct_dir: str, pid: int) -> None:
     """Remember the init process of a container that just started."""
-    ticks = _start_ticks(pid)
+    ticks = start_ticks(pid)
     if pid <= 0 or ticks is None:
         return
     tmp = os.path.join(ct_dir, f".{INIT_FILE}.tmp")
@@ -50,7 +50,7 @@ def orphan_pid(ct_dir: str) -> int | None:
             pid, ticks = (int(x) for x in fh.read().split())
     except (OSError, ValueError):
         return None
-    if _start_ticks(pid) != ticks:
+    if start_ticks(pid) != ticks:
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(ct_dir, INIT_FILE))  # it stopped: forget it
         return None
@@ -69,9 +69,9 @@ def _payload(group: str | None) -> str | None:
 def kill(pid: int, timeout: float = 10.0) -> bool:
     """SIGKILL every process of `pid`'s cgroup (the whole container), then wait
     for `pid` to go. True when it is gone."""
-    ticks = _start_ticks(pid)
+    ticks = start_ticks(pid)
     deadline = time.monotonic() + timeout
-    while _start_ticks(pid) == ticks and ticks is not None:
+    while start_ticks(pid) == ticks and ticks is not None:
         try:
             found = cgroups.paths(pid)
             group = _payload(found.get("") or found.get("pids") or found.get("freezer"))
