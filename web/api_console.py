@@ -49,6 +49,7 @@ from corral.cluster.errors import (
     Unavailable,
 )
 from corral.cluster.schema import NODE, VMID, Param
+from corral.cluster.session_tasks import SessionTask
 from corral.web.api import Ctx, endpoint
 from corral.web.api_core import require_node
 from corral.web.app import dispatch, on_app
@@ -71,6 +72,7 @@ class Session:
     expires: float
     target: tuple[str, int] | None = None  # a VM's VNC server
     serial: str | None = None  # a VM's serial socket (termproxy on serialN)
+    task: SessionTask | None = None  # its `vncproxy`/`termproxy` task, running while open
 
 
 class Sessions:
@@ -83,12 +85,27 @@ class Sessions:
     def _expire(self) -> None:
         now = time.monotonic()
         for key in [k for k, s in self.open.items() if s.expires < now]:
-            del self.open[key]
+            session = self.open.pop(key)
+            if session.task is not None:
+                # The task's end is written outside the lock (an etcd call).
+                threading.Thread(
+                    target=session.task.end,
+                    args=(f"no connection within {SESSION_TTL:.0f} s", "ticket expired"),
+                    daemon=True,
+                ).start()
+
+    def expire(self) -> None:
+        with self.lock:
+            self._expire()
 
     def add(self, session: Session) -> Session:
         with self.lock:
             self._expire()
             self.open[(session.type, session.vmid, session.port)] = session
+        # An unused ticket ends its task even if no other console is opened meanwhile.
+        timer = threading.Timer(SESSION_TTL + 0.5, self.expire)
+        timer.daemon = True
+        timer.start()
         return session
 
     def free_port(self, type: str, vmid: int) -> int:
@@ -100,13 +117,17 @@ class Sessions:
                 return port
         raise Unavailable(f"too many pending consoles for {KIND[type]} {vmid}")
 
-    def issue(self, type: str, vmid: int, user: str, *, serial: str | None = None) -> dict:
-        """A termproxy answer: a free port and a one-time ticket for `user`'s WebSocket."""
+    def issue(self, ctx: Ctx, type: str, vmid: int, *, serial: str | None = None) -> dict:
+        """A termproxy answer: a free port and a one-time ticket for the caller's
+        WebSocket, and the UPID of the `termproxy` task the session runs as."""
         port = self.free_port(type, vmid)
         ticket = secrets.token_urlsafe(24)
         expires = time.monotonic() + SESSION_TTL
-        self.add(Session(type, vmid, port, ticket, user, expires, serial=serial))
-        return {"port": port, "ticket": ticket, "upid": "", "user": user}
+        task = session_task(ctx, "termproxy", vmid if type != "node" else None)
+        what = f"{KIND[type]} {vmid}" if type != "node" else f"node {ctx.node}"
+        upid = task.begin(f"terminal of {what}{f' ({serial})' if serial else ''}, port {port}")
+        self.add(Session(type, vmid, port, ticket, ctx.user, expires, serial=serial, task=task))
+        return {"port": port, "ticket": ticket, "upid": upid, "user": ctx.user}
 
     def take(self, type: str, vmid: int, port: int, ticket: str, user: str) -> Session:
         """The session for this WebSocket, used up (a ticket opens one connection)."""
@@ -124,19 +145,28 @@ class Sessions:
 SESSIONS = Sessions()
 
 
-def register_vnc(type: str, vmid: int, user: str, info: dict[str, Any]) -> None:
-    """Remember a VM's vncproxy answer so its vncwebsocket may connect (called by vncproxy)."""
+def session_task(ctx: Ctx, type: str, vmid: int | None) -> SessionTask:
+    return SessionTask(ctx.tasks, node=ctx.node, type=type, id=str(vmid or ""), user=ctx.user)
+
+
+def register_vnc(ctx: Ctx, type: str, vmid: int, info: dict[str, Any]) -> str:
+    """Remember a VM's vncproxy answer so its vncwebsocket may connect (called by
+    vncproxy); returns the UPID of the `vncproxy` task that runs while it is open."""
+    task = session_task(ctx, "vncproxy", vmid)
+    upid = task.begin(f"VNC console of {KIND[type]} {vmid}, port {info['port']}")
     SESSIONS.add(
         Session(
             type,
             vmid,
             int(info["port"]),
             str(info["ticket"]),
-            user,
+            ctx.user,
             time.monotonic() + SESSION_TTL,
             (str(info.get("host") or "127.0.0.1"), int(info["port"])),
+            task=task,
         )
     )
+    return upid
 
 
 def _driver(ctx: Ctx, type: str) -> Any:
@@ -166,7 +196,7 @@ def termproxy(ctx: Ctx, node: str, vmid: int) -> dict[str, Any]:
     require_node(ctx, node)
     rec = guests.get_record(ctx.store, vmid, type="lxc", node=node)
     _driver(ctx, "lxc").terminal(vmid, rec["config"])  # refuses a stopped CT now, not later
-    return SESSIONS.issue("lxc", vmid, ctx.user)
+    return SESSIONS.issue(ctx, "lxc", vmid)
 
 
 @endpoint(
@@ -195,7 +225,7 @@ def qemu_termproxy(ctx: Ctx, node: str, vmid: int, serial: str | None = None) ->
     if paths is None:
         raise Unavailable("this node's VM driver has no serial consoles")
     sock_path, _log = paths(vmid, int(key[-1]))
-    return SESSIONS.issue("qemu", vmid, ctx.user, serial=sock_path)
+    return SESSIONS.issue(ctx, "qemu", vmid, serial=sock_path)
 
 
 def _register_websocket(type: str) -> None:
@@ -238,6 +268,20 @@ def _serve(ctx: Ctx, node: str, type: str, vmid: int, port: int, vncticket: str)
     if type != "node":
         guests.get_record(ctx.store, vmid, type=type, node=node)
     session = SESSIONS.take(type, vmid, port, vncticket, ctx.user)
+    try:
+        answer = _open(ctx, node, type, vmid, session)
+    except CorralError as err:
+        if session.task is not None:
+            session.task.end(err.message)
+        raise
+    if session.task is not None:
+        session.task.end("OK", "console closed")
+    return answer
+
+
+def _open(ctx: Ctx, node: str, type: str, vmid: int, session: Session) -> Any:
+    """Serve one taken session until its WebSocket closes."""
+    environ = ctx.request.environ
     argv = None
     if type == "lxc":
         rec = guests.get_record(ctx.store, vmid, type=type, node=node)
@@ -297,7 +341,7 @@ def _host_login(user: str) -> list[str]:
 )
 def node_termproxy(ctx: Ctx, node: str) -> dict[str, Any]:
     require_node(ctx, node)
-    return SESSIONS.issue("node", 0, ctx.user)
+    return SESSIONS.issue(ctx, "node", 0)
 
 
 @endpoint(
@@ -387,6 +431,8 @@ def _authenticate(ws: WebSocket, session: Session) -> bytes | None:
     user, _, ticket = line.decode(errors="replace").rpartition(":")
     if user != session.user or not secrets.compare_digest(ticket, session.ticket):
         ws.close(1008, "authentication failed")
+        if session.task is not None:
+            session.task.end("authentication failed")
         return None
     ws.send(b"OK")
     return rest

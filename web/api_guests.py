@@ -462,8 +462,8 @@ def _register_disks(type: str) -> None:
             info = driver_for(ctx, type).console(vmid, rec["config"])
             from corral.web.api_console import register_vnc  # vncwebsocket's session
 
-            register_vnc(type, vmid, ctx.user, info)
-            return {"user": ctx.user, "upid": "", **info}
+            upid = register_vnc(ctx, type, vmid, info)  # a running `vncproxy` task
+            return {"user": ctx.user, **info, "upid": upid}
 
 
 def register(type: str) -> None:

@@ -111,6 +111,9 @@ def test_a_command_typed_into_a_ct_terminal_answers(
     path = f"/nodes/node1/lxc/{ct}"
     proxy = api.data("POST", f"{path}/termproxy")
     assert 5900 <= proxy["port"] < 6000 and proxy["user"] == "admin@pve"
+    # The session is a task, as in Proxmox: running while it is open.
+    upid = proxy["upid"]
+    assert upid.startswith("UPID:node1:") and f":termproxy:{ct}:admin@pve:" in upid
     ws = connect(node, api, path, proxy["port"], proxy["ticket"])
     try:
         assert ws.subprotocol == "binary"
@@ -125,6 +128,10 @@ def test_a_command_typed_into_a_ct_terminal_answers(
         ws.send(b"2", opcode=websocket.ABNF.OPCODE_BINARY)  # keep-alive
         type_line(ws, "stty size\n")
         read_until(ws, r"\b37 100\b")
+        status = api.data("GET", f"/nodes/node1/tasks/{quote(upid, safe='')}/status")
+        assert status["status"] == "running" and status["type"] == "termproxy"
+        listed = api.data("GET", "/cluster/tasks")
+        assert any(t["upid"] == upid and not t.get("endtime") for t in listed)
         type_line(ws, "exit\n")
         ws.settimeout(10)
         with pytest.raises(websocket.WebSocketConnectionClosedException):
@@ -132,6 +139,11 @@ def test_a_command_typed_into_a_ct_terminal_answers(
                 ws.recv()
     finally:
         ws.close()
+    # Closed: the task ended OK, with its log.
+    status = api.wait_task(upid, timeout=20)
+    assert status["exitstatus"] == "OK", status
+    log = [r["t"] for r in api.data("GET", f"/nodes/node1/tasks/{quote(upid, safe='')}/log")]
+    assert log[0].startswith(f"terminal of CT {ct}") and log[-1] == "TASK OK", log
 
 
 def test_console_tickets_are_single_use_and_checked(
@@ -140,6 +152,8 @@ def test_console_tickets_are_single_use_and_checked(
     one, _ = nodes
     api = one.session()
     path = f"/nodes/node1/lxc/{ct}"
+    unused = api.data("POST", f"{path}/termproxy")
+    issued = time.monotonic()
     proxy = api.data("POST", f"{path}/termproxy")
     with pytest.raises(websocket.WebSocketBadStatusException) as err:
         connect(one, api, path, proxy["port"], "wrong")
@@ -167,6 +181,12 @@ def test_console_tickets_are_single_use_and_checked(
     with pytest.raises(websocket.WebSocketBadStatusException) as err:
         connect(one, anon, path, 5900, "x")
     assert err.value.status_code == 401
+    # Its session's task ended in error: a wrong first message.
+    status = api.wait_task(proxy["upid"], timeout=20)
+    assert status["exitstatus"] == "authentication failed", status
+    # A ticket never used ends its task when it expires (30 s).
+    status = api.wait_task(unused["upid"], timeout=45 - (time.monotonic() - issued))
+    assert status["exitstatus"] == "no connection within 30 s", status
 
 
 def test_termproxy_of_a_stopped_or_missing_ct_is_refused(
@@ -214,8 +234,13 @@ def test_a_vm_vnc_console_through_vncwebsocket(
             types = ws.recv()
             # Security types offered: VNC authentication (2) since the VM has a password.
             assert types[0] >= 1 and 2 in types[1:], types
+            # The session runs as a `vncproxy` task on the VM's node while it is open.
+            assert f":vncproxy:{vmid}:admin@pve:" in vnc["upid"]
+            status = session.data("GET", f"/nodes/node1/tasks/{quote(vnc['upid'], safe='')}/status")
+            assert status["status"] == "running"
         finally:
             ws.close()
+        assert session.wait_task(vnc["upid"], timeout=20)["exitstatus"] == "OK"
         # Its serial port through termproxy (the guest runs a shell on ttyS0).
         log = one.data_dir / "qemu" / f"{vmid}.serial0.log"
         wait_for(lambda: guest.MARKER_READY in log.read_text(errors="replace"), 180, 0.2, "boot")

@@ -13,6 +13,9 @@ const LABELS = {
   vzdump: "Backup", imgcopy: "Upload to", download: "Download to", vztemplate: "Convert CT to template", qmtemplate: "Convert VM to template", resize: "Resize disk of",
 };
 
+// Console sessions (running while open) and node services.
+Object.assign(LABELS, { vncproxy: "Console", termproxy: "Terminal", srvrestart: "Restart service", srvreload: "Reload service" });
+
 export function describe(t) {
   const what = LABELS[t.type] || t.type;
   return t.id ? `${what} ${t.id}` : what;
