@@ -11,7 +11,7 @@ root@pam ticket. Every forward has a timeout.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from flask import Request, Response
 
@@ -35,7 +35,9 @@ def forward(
     if local_root:
         headers.update(client.auth_headers(request.method))
     elif "PVEAuthCookie" in request.cookies:
-        headers["Cookie"] = f"PVEAuthCookie={quote(request.cookies['PVEAuthCookie'])}"
+        # Browsers send the ticket %-encoded (the console does), scripts raw: encode once.
+        ticket = unquote(request.cookies["PVEAuthCookie"])
+        headers["Cookie"] = f"PVEAuthCookie={quote(ticket)}"
     path = request.full_path if request.query_string else request.path
     body: Any = None
     if request.content_length:

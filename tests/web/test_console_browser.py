@@ -8,7 +8,6 @@ in $CORRAL_SCREENSHOTS when set.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +16,13 @@ from typing import Any
 import pytest
 
 from tests.assets import guest
+from tests.browser import NEEDS_CHROMIUM, chromium, screenshot_dir
 from tests.kvm.serial import Serial, wait_ready
 from tests.nodes import vm_node
 from tests.util import Corrald, wait_for
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed"),
+    NEEDS_CHROMIUM,
     pytest.mark.timeout(300),
 ]
 
@@ -48,32 +47,13 @@ def template(node: Corrald) -> str:
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # pytest keeps only its last few tmp dirs: CORRAL_SCREENSHOTS keeps them elsewhere.
-    keep = os.environ.get("CORRAL_SCREENSHOTS")
-    path = Path(keep) if keep else tmp_path_factory.mktemp("screenshots")
-    path.mkdir(parents=True, exist_ok=True)
-    print(f"\nscreenshots: {path}")
-    return path
+    return screenshot_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture

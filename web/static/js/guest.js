@@ -6,6 +6,7 @@ import { follow } from "./tasks.js";
 import { rrdCharts } from "./chart.js";
 import { terminalConsole } from "./term.js";
 import { vncConsole } from "./vnc.js";
+import { migrateDialog } from "./migrate.js";
 
 const KIND = { lxc: "CT", qemu: "VM" };
 const OPS = {
@@ -60,14 +61,6 @@ function act(method, path, params) {
   return attempt(async () => { follow(await call(method, path, params)); poke(); });
 }
 
-function migrate(type, vmid, r) {
-  const others = state.resources.filter((n) => n.type === "node" && n.status === "online" && n.node !== r.node).map((n) => n.node);
-  const target = prompt(`Migrate ${type === "lxc" ? "CT" : "VM"} ${vmid} from ${r.node} to which node?${others.length ? ` (${others.join(", ")})` : " (no other node is online)"}`, others[0] || "");
-  if (!target) return;
-  const live = r.status === "running" ? (type === "qemu" ? { online: 1 } : { restart: 1 }) : {};
-  act("POST", `/nodes/${encodeURIComponent(r.node)}/${type}/${vmid}/migrate`, { target, ...live });
-}
-
 async function clone(type, vmid) {
   const next = await call("GET", "/cluster/nextid").catch(() => "");
   const newid = prompt(`Clone ${vmid} as which ID?`, String(next));
@@ -100,7 +93,7 @@ function summaryTab(body, type, vmid) {
           op[0].toUpperCase() + op.slice(1))),
         el("button", { onclick: () => { location.hash = `#/guest/${type}/${vmid}/console`; }, disabled: r.status !== "running" }, "Console"),
         el("span", { class: "spacer" }),
-        el("button", { id: "act-migrate", onclick: () => migrate(type, vmid, r) }, "Migrate"),
+        el("button", { id: "act-migrate", onclick: () => migrateDialog(type, vmid, state.find(`${type}/${vmid}`) || r, act) }, "Migrate"),
         el("button", { id: "act-clone", onclick: () => clone(type, vmid) }, "Clone"),
         el("button", { id: "act-backup", onclick: () => backup(type, vmid) }, "Back up"),
         r.template ? null : el("button", { id: "act-template", disabled: r.status === "running", onclick: () => template(type, vmid) }, "Convert to template"));
