@@ -25,7 +25,7 @@ import tempfile
 import time
 from typing import Any
 
-from corral.cluster import archive, backup_jobs, guests, keys, prune, snapshots
+from corral.cluster import archive, backup_jobs, ct_archive, guests, keys, prune, snapshots
 from corral.cluster.errors import Conflict, CorralError, ParamError
 from corral.cluster.guest_driver import GuestDriver, VolumeAccess
 from corral.cluster.tasks import TaskContext, task_handler
@@ -83,38 +83,55 @@ def _backup_ct(
 ) -> None:  # fmt: skip
     vmid, config = rec["vmid"], rec["config"]
     vols = snapshots.snapshot_volumes(driver, config)
-    for key in sorted(vols):
+    paths, excluded = ct_archive.plan(ct_archive.mount_points(config))
+    paths = {key: path for key, path in paths.items() if key in vols}
+    for key, why in sorted(excluded.items()):
+        ctx.log(f"excluding mount point {key} ('{config.get(key)}') from backup ({why})")
+    for key in sorted(paths):
         if key != "rootfs":
-            ctx.log(f"excluding volume mount point {key} ('{vols[key]}') from backup")
-    rootfs = vols["rootfs"]
+            ctx.log(f"including mount point {key} ('/{paths[key]}') in backup")
     sink.write(archive.small_member(archive.CT_CONF, archive.config_text(config).encode()))
-    if mode == "snapshot" and running and not volumes.has_feature(rootfs, "snapshot"):
+    if (
+        mode == "snapshot"
+        and running
+        and not all(volumes.has_feature(vols[key], "snapshot") for key in paths)
+    ):
         ctx.log("mode failure - some volumes do not support snapshots, falling back to suspend")
         mode = "suspend"
     if mode == "snapshot" and running:
+        taken: list[str] = []
         try:
-            volumes.snapshot_delete(rootfs, TEMP_SNAP)  # left by a crashed run
-        except CorralError:
-            pass
-        frozen = driver.freeze(vmid, config, log=ctx.log)
+            for key in paths:
+                try:
+                    volumes.snapshot_delete(vols[key], TEMP_SNAP)  # left by a crashed run
+                except CorralError:
+                    pass
+            frozen = driver.freeze(vmid, config, log=ctx.log)
+            try:
+                for key in paths:
+                    volumes.snapshot(vols[key], TEMP_SNAP)
+                    taken.append(vols[key])
+            finally:
+                if frozen:
+                    driver.thaw(vmid, config, log=ctx.log)
+            for key, path in paths.items():
+                ctx.check_abort()
+                ctx.log(f"creating archive from snapshot '{TEMP_SNAP}' of {vols[key]}")
+                ct_archive.append_volume(sink, volumes, vols[key], path, snap=TEMP_SNAP)
+        finally:
+            for volid in taken:
+                volumes.snapshot_delete(volid, TEMP_SNAP)
+    else:
+        frozen = running and mode == "suspend" and driver.freeze(vmid, config, log=ctx.log)
         try:
-            volumes.snapshot(rootfs, TEMP_SNAP)
+            for key, path in paths.items():
+                ctx.check_abort()
+                ctx.log(f"creating archive from {vols[key]}")
+                ct_archive.append_volume(sink, volumes, vols[key], path)
         finally:
             if frozen:
                 driver.thaw(vmid, config, log=ctx.log)
-        try:
-            ctx.log(f"creating archive from snapshot '{TEMP_SNAP}' of {rootfs}")
-            volumes.export(rootfs, fmt="tar", out=sink, snap=TEMP_SNAP)  # type: ignore[arg-type]
-        finally:
-            volumes.snapshot_delete(rootfs, TEMP_SNAP)
-        return
-    frozen = running and mode == "suspend" and driver.freeze(vmid, config, log=ctx.log)
-    try:
-        ctx.log(f"creating archive from {rootfs}")
-        volumes.export(rootfs, fmt="tar", out=sink)  # type: ignore[arg-type]
-    finally:
-        if frozen:
-            driver.thaw(vmid, config, log=ctx.log)
+    sink.write(archive.END)
 
 
 def _backup_vm(

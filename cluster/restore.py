@@ -22,7 +22,7 @@ from __future__ import annotations
 import tarfile
 from typing import Any
 
-from corral.cluster import archive, clones, guests, keys, snapshots
+from corral.cluster import archive, clones, ct_archive, guests, keys, schema, snapshots
 from corral.cluster.errors import CorralError, ParamError
 from corral.cluster.guest_driver import GuestDriver
 from corral.cluster.tasks import TaskContext, task_handler
@@ -58,20 +58,34 @@ def _restore_ct(
     vols = driver.volumes_of(config)
     if "rootfs" not in vols:
         raise ParamError.one("ostemplate", "the archive's config has no rootfs")
-    for key in sorted(vols):
-        if key != "rootfs":
-            ctx.log(f"{key} ({vols[key]}) is not in the archive: left out of the config")
-            config.pop(key, None)
-    target = storage or vols["rootfs"].partition(":")[0]
-    ctx.log(f"restoring the root filesystem onto storage '{target}'")
-    stream, proc = archive.open_archive(path)
-    try:
-        new = volumes.import_(target, stream=stream, fmt="tar", content="rootdir", vmid=vmid)
-    finally:
-        archive.close_archive(stream, proc)
-    undo.add(lambda: volumes.free(new))
-    ctx.log(f"rootfs is now {new}")
-    return clones.replace_volumes(driver, config, {vols["rootfs"]: new})
+    mps = ct_archive.mount_points(config)
+    paths, excluded = ct_archive.plan(mps)
+    mapping: dict[str, str] = {}
+    for key, mpath in paths.items():
+        ctx.check_abort()
+        target = storage or vols[key].partition(":")[0]
+        where = "the root filesystem" if key == "rootfs" else f"{key} (/{mpath})"
+        ctx.log(f"restoring {where} onto storage '{target}'")
+        stream = ct_archive.volume_stream(path, key, paths)
+        try:
+            new = volumes.import_(target, stream=stream, fmt="tar", content="rootdir", vmid=vmid)
+        finally:
+            stream.close()
+        undo.add(lambda v=new: volumes.free(v))  # type: ignore[misc]
+        mapping[vols[key]] = new
+        ctx.log(f"{key} is now {new}")
+    for key, why in sorted(excluded.items()):
+        if key not in vols or not ct_archive.is_volume(vols[key]):
+            ctx.log(f"{key} ({config[key]}) is a {why}: kept as it is")
+            continue
+        # Proxmox makes a left-out volume mount point again, empty.
+        target = storage or vols[key].partition(":")[0]
+        size = schema.parse_size(mps[key].get("size") or "0")
+        new = volumes.alloc(target, vmid, size=size, content="rootdir")
+        undo.add(lambda v=new: volumes.free(v))  # type: ignore[misc]
+        mapping[vols[key]] = new
+        ctx.log(f"{key} was not in the backup ({why}): made again, empty, as {new}")
+    return clones.replace_volumes(driver, config, mapping)
 
 
 def _restore_vm(
