@@ -39,7 +39,7 @@ from corral.cluster.cluster_view import shared_view
 from corral.cluster.errors import Unavailable
 from corral.cluster.etcd_embed import EmbeddedEtcd, PortInUse
 from corral.cluster.guest_service import GuestService
-from corral.cluster.logfmt import setup_logging
+from corral.cluster.logfmt import add_file_log, setup_logging
 from corral.cluster.node_services import LOCAL_ROOT, NodeContext, NodeServices
 from corral.cluster.store import KeptLease, Store
 from corral.cluster.tasks import Tasks, TaskWorker
@@ -593,6 +593,7 @@ def main(argv: list[str] | None = None) -> None:
     # its root filesystem under local/ (as /var/lib/vz is on Proxmox); the secrets
     # below (ssl/, etcd/, the admin password) keep their own 0700/0600 modes.
     os.chmod(data_dir, 0o711)
+    add_file_log(data_dir / "log" / "corrald.log")  # read by /nodes/{node}/syslog
     conf = load_config(data_dir, args)
     node = Node(data_dir, conf)
     done = threading.Event()

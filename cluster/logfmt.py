@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
 import time
+from pathlib import Path
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -30,3 +32,12 @@ def setup_logging(level: str = "info") -> None:
     # grpc and cheroot are chatty at info.
     for noisy in ("cheroot", "grpc", "aetcd"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def add_file_log(path: Path, *, max_bytes: int = 8 << 20, keep: int = 2) -> None:
+    """Also write the log to `path` (rotated): the node's own log file, which
+    /nodes/{node}/syslog reads whoever started the daemon and wherever its stderr goes."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=keep)
+    handler.setFormatter(LogfmtFormatter())
+    logging.getLogger().addHandler(handler)

@@ -52,6 +52,7 @@ ENDPOINT_MODULES = [
     "corral.web.api_metrics",
     "corral.web.api_rrd",
     "corral.web.api_metric_servers",
+    "corral.web.api_node_system",
 ]
 
 WRITE_METHODS = {"POST", "PUT", "DELETE"}

@@ -46,7 +46,9 @@ def test_schemathesis_finds_no_conformance_failures(vm_node: Corrald, tmp_path: 
         "--no-color",
         "--checks", "all",
         "--exclude-checks", "positive_data_acceptance",
-        "--exclude-path-regex", "^/api2/json/cluster/config",
+        # (restarting the node's etcd member while fuzzing would make later calls 503)
+        "--exclude-path-regex",
+        "^/api2/json/(cluster/config|nodes/[^/]+/services/[^/]+/(restart|reload)$)",
         "--generation-database", "none",
         "--report-dir", str(tmp_path / "report"),
     ]  # fmt: skip

@@ -33,6 +33,7 @@ CHECKED_MODULES = {
     "corral.web.api_backup_info",
     "corral.web.api_rrd",
     "corral.web.api_metric_servers",
+    "corral.web.api_node_system",
 }
 # Methods outside the guest API whose Proxmox options corral does not take yet.
 KNOWN_GAPS = {

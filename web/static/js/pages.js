@@ -6,6 +6,7 @@ import { state } from "./main.js";
 import { href } from "./tree.js";
 import { rrdCharts } from "./chart.js";
 import { terminalConsole } from "./term.js";
+import { nodeTabs, servicesTab, networkTab, syslogTab } from "./node.js";
 
 function stat(label, value, ratio) {
   return el("div", { class: "stat" }, el("div", { class: "label" }, label), el("div", { class: "value" }, value),
@@ -82,11 +83,17 @@ export function nodePage(main, node, tab) {
     main.append(el("h1", {}, el("span", { class: "kind" }, "node"), node, el("a", { href: `#/node/${encodeURIComponent(node)}` }, "back to summary")));
     return terminalConsole(main, node, null);
   }
+  const other = { services: servicesTab, network: networkTab, syslog: syslogTab }[tab];
+  if (other) {
+    const body = el("div");
+    main.append(el("h1", {}, el("span", { class: "kind" }, "node"), node), nodeTabs(node, tab), body);
+    return other(body, node);
+  }
   const body = el("div");
   const guests = el("div");
   const graphs = el("div", { class: "charts" });
   const tasks = el("div");
-  main.append(el("h1", {}, el("span", { class: "kind" }, "node"), node),
+  main.append(el("h1", {}, el("span", { class: "kind" }, "node"), node), nodeTabs(node, "summary"),
     el("div", { class: "toolbar" }, el("button", { id: "node-shell", onclick: () => { location.hash = `#/node/${encodeURIComponent(node)}/shell`; } }, "Shell")),
     body, el("h2", {}, "Graphs (hour)"), graphs,
     el("h2", {}, "Guests"), guests, el("h2", {}, "Tasks on this node"), tasks);
