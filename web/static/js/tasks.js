@@ -98,10 +98,13 @@ export const tasks = {
       if (atEnd) pre.scrollTop = pre.scrollHeight;
       title.textContent = `${describe(st)} · ${st.status === "stopped" ? st.exitstatus : "running"}`;
       title.dataset.state = st.status === "stopped" ? st.exitstatus : "running";
-      if (st.status !== "stopped") this.logTimer = setTimeout(() => poll().catch(() => {}), 700);
+      if (st.status !== "stopped") this.logTimer = setTimeout(() => poll().catch(retry), 700);
       else this.load().catch(() => {});
     };
-    await poll().catch(() => {});
+    // A failed read (a node restarting its etcd answers 503 for a moment) is retried,
+    // or the log would stop following the task.
+    const retry = () => { if (this.shown === upid) this.logTimer = setTimeout(() => poll().catch(retry), 1500); };
+    await poll().catch(retry);
   },
 
   closeLog() {

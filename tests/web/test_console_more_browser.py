@@ -1,0 +1,94 @@
+"""More of the web console in headless Chromium against a real corrald: a node's
+services, network and log pages, console sessions in the task panel, the VM wizard's
+cloud-init step and a storage's "download from URL". Screenshots as in
+test_console_browser (CORRAL_SCREENSHOTS keeps them)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser import NEEDS_CHROMIUM, chromium, screenshot_dir
+from tests.nodes import vm_node
+from tests.util import Corrald, wait_for
+
+pytestmark = [NEEDS_CHROMIUM, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def node(guest_files: dict[str, str]) -> Iterator[Corrald]:
+    with vm_node("crlbrmore", guest_files) as (daemon, _):
+        yield daemon
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return screenshot_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def page(browser: Any, node: Corrald) -> Iterator[Any]:
+    ctx = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 860})
+    pg = ctx.new_page()
+    pg.set_default_timeout(30000)
+    errors: list[str] = []
+    pg.on("pageerror", lambda err: errors.append(str(err)))
+    yield pg
+    ctx.close()
+    assert not errors, errors  # no uncaught script error on any page
+
+
+def log_in(page: Any, node: Corrald) -> None:
+    page.goto(node.url + "/")
+    page.fill("input[name=password]", node.password)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#tree a[data-id='node/node1']", state="attached")
+
+
+def shot(page: Any, shots: Path, name: str) -> None:
+    page.screenshot(path=str(shots / f"{name}.png"), full_page=False)
+
+
+def test_node_services_network_and_syslog_pages(node: Corrald, page: Any, shots: Path) -> None:
+    log_in(page, node)
+    page.click("#tree a[data-id='node/node1']")
+    page.click("#node-tab-services")
+    row = page.wait_for_selector("#services tr[data-service=corrald]")
+    assert "running" in row.inner_text()
+    page.wait_for_selector("#services tr[data-service=corral-etcd] td:has-text('running')")
+    # Only what the API offers is a button: the private etcd member's restart.
+    assert page.locator("#services button").count() == 1
+    shot(page, shots, "30-node-services")
+    page.click("button[aria-label='restart corral-etcd']")
+    page.wait_for_selector("#tasklist td:has-text('Restart service corral-etcd')")
+    page.wait_for_selector("#tasklog-title[data-state='OK']", timeout=60000)
+
+    page.click("#node-tab-network")
+    page.wait_for_selector("#network tr[data-iface]")
+    assert page.locator("#network tr[data-iface=lo]").count() == 0
+    shot(page, shots, "31-node-network")
+
+    page.click("#node-tab-syslog")
+    page.wait_for_selector("#syslog:has-text('node ready')")
+    # Follow: a new line (an audited change) appears without reloading.
+    marker = f"probe{random.randint(1000, 9999)}@pve"
+    node.session().delete(f"/access/users/{marker}")  # audited with its path, even a 404
+    page.wait_for_selector(f"#syslog:has-text('{marker}')", timeout=15000)
+    shot(page, shots, "32-node-syslog")
+    page.select_option("#syslog-filter select[name=service]", "etcd")
+    page.click("#syslog-filter button[type=submit]")
+    wait_for(lambda: "corrald:" not in page.inner_text("#syslog"), 10, 0.2, "only etcd lines")
+    # The keyboard reaches every tab.
+    page.focus("#node-tab-services")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#services tr[data-service=corrald]")
