@@ -2,8 +2,9 @@
 
 liblxc answers a container's state through its monitor process ("[lxc
 monitor] PATH NAME"). When that process is killed, the container's init
-(reparented to PID 1) and everything under it keep running, yet liblxc says
-STOPPED: a status would lie, a second start would boot the same root file
+(reparented to PID 1) and everything under it keep running (render.py sets
+`lxc.monitor.signal.pdeath = 0`; liblxc's default SIGKILLs them), yet liblxc
+says STOPPED: a status would lie, a second start would boot the same root file
 system twice, and `lxc-stop` has nobody to ask. So the driver records the init
 process at start (`record`), asks `orphan_pid` when liblxc says STOPPED, and
 stops such a container by killing its cgroup (`kill`), as Proxmox's
@@ -23,10 +24,13 @@ INIT_FILE = "init.pid"  # in the container's lxc folder: "PID START_TICKS"
 
 
 def start_ticks(pid: int) -> int | None:
-    """When `pid` started (clock ticks since boot): a PID reused later differs."""
+    """When `pid` started (clock ticks since boot): a PID reused later differs.
+    None once it has exited, also while it is a zombie that nobody reaped yet
+    (a container's dead init waits so under a PID 1 that does not reap)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[19])
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else int(fields[19])
     except (OSError, IndexError, ValueError):
         return None
 

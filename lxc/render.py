@@ -68,6 +68,11 @@ def common(config: dict[str, Any], facts: Facts) -> Lines:
         ("lxc.cap.drop", "mac_admin mac_override sys_time sys_module sys_rawio"),
         ("lxc.mount.auto", "proc:mixed sys:mixed cgroup:mixed"),
         ("lxc.autodev", "1"),
+        # liblxc SIGKILLs the container's init when its monitor dies (default
+        # SIGKILL): a crashed or killed monitor would take the guest with it. The
+        # guest keeps running instead, as a VM outlives libvirtd; orphans.py finds,
+        # reports and stops it.
+        ("lxc.monitor.signal.pdeath", "0"),
     ]
     key = "lxc.cgroup2" if facts.cgroup == "v2" else "lxc.cgroup"
     lines.append((f"{key}.devices.deny", "a"))
