@@ -89,6 +89,15 @@ elif [ -c /dev/kvm ]; then
         chmod ug+rw /dev/kvm
     fi
 fi
+# POSIX shared memory (sem_open/shm_open: Python's multiprocessing, which Ansible
+# uses, and Chromium) lives in /dev/shm, a tmpfs that every Debian boot mounts. A
+# container run with a bare init (tini, lxc.autodev) has none: mount it as the
+# boot would (it lasts until that container restarts).
+if ! mountpoint -q /dev/shm 2>/dev/null; then
+    log "mounting a tmpfs on /dev/shm (POSIX shared memory; this system's init did not)"
+    { mkdir -p /dev/shm && mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm; } ||
+        log "WARNING: could not mount /dev/shm: Python multiprocessing (Ansible) will fail"
+fi
 mkdir -p /var/log/libvirt/qemu /var/run/libvirt /var/lib/libvirt/images /var/cache/libvirt
 if ! pgrep -x virtlogd >/dev/null; then virtlogd -d; fi
 if ! pgrep -x libvirtd >/dev/null; then libvirtd -d; fi
