@@ -49,6 +49,7 @@ TEST_PACKAGES=(
     chromium
     prometheus
     python3-matplotlib
+    slapd
 )
 
 export DEBIAN_FRONTEND=noninteractive

@@ -28,6 +28,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from corral.cluster import realms
 from corral.cluster.errors import Conflict, Forbidden, NotFound, ParamError, Unauthorized
 from corral.cluster.schema import FORMATS
 from corral.cluster.store_api import StoreAPI
@@ -148,7 +149,7 @@ class Access:
         self, userid: str, *, password: str | None = None, **fields: Any
     ) -> dict[str, Any]:
         _, realm = split_userid(userid)
-        if realm not in ("pve", "pam"):
+        if not realms.exists(self.store, realm):
             raise ParamError.one("userid", f"unknown realm '{realm}'")
         record: dict[str, Any] = {
             "userid": userid,
@@ -159,7 +160,10 @@ class Access:
         }
         if password is not None:
             if realm != "pve":
-                raise ParamError.one("password", "passwords are kept by PAM for realm 'pam'")
+                keeper = "PAM" if realm == "pam" else "the directory"
+                raise ParamError.one(
+                    "password", f"passwords are kept by {keeper} for realm '{realm}'"
+                )
             record["password_hash"] = _hasher.hash(password)
         if not self.store.create(f"access/users/{userid}", record):
             raise Conflict(f"user '{userid}' already exists")
@@ -222,6 +226,12 @@ class Access:
             if rec is not None and (not rec.get("enable", 1) or _expired(rec.get("expire", 0))):
                 return False
             return _pam_authenticate(userid.rpartition("@")[0], password)
+        if realm != "pve":
+            # An LDAP realm: the user must exist here (as in Proxmox), the directory
+            # checks the password; a directory that cannot be reached raises Unavailable.
+            if rec is None or not rec.get("enable", 1) or _expired(rec.get("expire", 0)):
+                return False
+            return realms.authenticate(self.store, realm, userid.rpartition("@")[0], password)
         if rec is None or not rec.get("enable", 1) or _expired(rec.get("expire", 0)):
             return False
         try:

@@ -3,8 +3,7 @@
 - A group is `access/groups/{groupid}` (its comment); membership is kept on
   the users (`groups` in their records), so a user's privileges come from one
   read. A group's `members` are found from the users.
-- Realms: `pam` (the host's accounts) and `pve` (corral's own) are built in;
-  other realm types (LDAP, AD, OpenID) are not implemented.
+- Realms (`pam`, `pve` and LDAP directories) are in `cluster/realms.py`.
 - A pool is `access/pools/{poolid}`: a comment and its member guests (`vms`)
   and storages. A guest belongs to one pool at most, as in Proxmox. ACLs on
   `/pool/{poolid}` are resolved by the ACL code like any path.
@@ -21,10 +20,6 @@ from corral.cluster.store_api import StoreAPI
 
 GROUP_ID = re.compile(r"^[A-Za-z0-9\.\-_]{1,64}$")
 POOL_ID = re.compile(r"^[A-Za-z0-9\.\-_]{1,64}$")
-REALMS = {
-    "pam": {"realm": "pam", "type": "pam", "comment": "Linux PAM standard authentication"},
-    "pve": {"realm": "pve", "type": "pve", "comment": "corral authentication server"},
-}
 
 
 # -- groups ---------------------------------------------------------------------------
@@ -94,19 +89,6 @@ def delete_group(store: StoreAPI, groupid: str) -> None:
             e for e in entries or [] if not (e["type"] == "group" and e["ugid"] == groupid)
         ],
     )
-
-
-# -- realms ---------------------------------------------------------------------------
-
-
-def realms() -> list[dict[str, Any]]:
-    return [dict(r) for r in REALMS.values()]
-
-
-def realm(name: str) -> dict[str, Any]:
-    if name not in REALMS:
-        raise NotFound(f"domain '{name}' does not exist")
-    return dict(REALMS[name])
 
 
 # -- pools ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from corral.cluster import access_groups as ag
-from corral.cluster import access_tfa, keys, totp
+from corral.cluster import access_tfa, keys, realms, totp
 from corral.cluster.errors import Forbidden, NotFound, ParamError
 from corral.cluster.schema import Param
 from corral.web.api import Ctx, endpoint
@@ -77,7 +77,7 @@ def delete_group(ctx: Ctx, groupid: str) -> None:
 
 @endpoint("GET", "/access/domains", public=True, description="Authentication domain index.")
 def list_domains(ctx: Ctx) -> list[dict[str, Any]]:
-    return ag.realms()
+    return realms.realms(ctx.store)
 
 
 @endpoint(
@@ -88,7 +88,7 @@ def list_domains(ctx: Ctx) -> list[dict[str, Any]]:
     description="Get auth server configuration.",
 )
 def get_domain(ctx: Ctx, realm: str) -> dict[str, Any]:
-    return ag.realm(realm)
+    return realms.realm(ctx.store, realm)
 
 
 # -- pools ----------------------------------------------------------------------------

@@ -43,6 +43,7 @@ ENDPOINT_MODULES = [
     "corral.web.api_clones",
     "corral.web.api_console",
     "corral.web.api_access_more",
+    "corral.web.api_realms",
     "corral.web.api_feed",
     "corral.web.api_backup_info",
     "corral.web.api_node_info",

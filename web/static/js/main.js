@@ -128,6 +128,17 @@ function showLogin() {
   document.getElementById("cluster").textContent = "";
   document.getElementById("login").hidden = false;
   document.querySelector("#login input[name=password]").focus();
+  loadRealms();
+}
+
+// The realms a user may log in to (a public call, as in Proxmox), the default one chosen.
+async function loadRealms() {
+  const select = document.querySelector("#login select[name=realm]");
+  const realms = await call("GET", "/access/domains").catch(() => null);
+  if (!realms) return;
+  const chosen = (realms.find((r) => r.default) || {}).realm || select.value || "pve";
+  select.replaceChildren(...realms.map((r) => el("option", { value: r.realm }, r.comment ? `${r.comment} (${r.realm})` : r.realm)));
+  select.value = chosen;
 }
 
 async function start() {
@@ -156,13 +167,15 @@ function setup() {
   document.getElementById("login").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const form = new FormData(ev.target);
+    // "name" logs in to the realm chosen below, "name@realm" to the realm it names.
+    const user = String(form.get("username")).includes("@") ? form.get("username") : `${form.get("username")}@${form.get("realm")}`;
     const error = document.getElementById("login-error");
     const otpRow = document.getElementById("otp-row");
     try {
       if (challenge) {
-        await loginTfa(form.get("username"), challenge, form.get("otp"));
+        await loginTfa(user, challenge, form.get("otp"));
       } else {
-        const answer = await login(form.get("username"), form.get("password"));
+        const answer = await login(user, form.get("password"));
         if (answer.NeedTFA) {
           challenge = answer.ticket;
           otpRow.hidden = false;
