@@ -21,6 +21,7 @@ from corral.storage.volid import check_content, check_storage_id, split_volid
 
 # The storage task handlers (upload moves, deletions) run on this node's worker.
 from corral.storage import tasks as _tasks  # noqa: F401, E402  isort: skip
+from corral.storage import download as _download  # noqa: F401, E402  isort: skip
 
 log = logging.getLogger(__name__)
 

@@ -54,6 +54,7 @@ ENDPOINT_MODULES = [
     "corral.web.api_rrd",
     "corral.web.api_metric_servers",
     "corral.web.api_node_system",
+    "corral.web.api_storage_download",
 ]
 
 WRITE_METHODS = {"POST", "PUT", "DELETE"}

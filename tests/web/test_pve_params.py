@@ -34,6 +34,7 @@ CHECKED_MODULES = {
     "corral.web.api_rrd",
     "corral.web.api_metric_servers",
     "corral.web.api_node_system",
+    "corral.web.api_storage_download",
 }
 # Methods outside the guest API whose Proxmox options corral does not take yet.
 KNOWN_GAPS = {

@@ -94,3 +94,44 @@ export function syslogTab(body, node) {
   const timer = setInterval(poll, 2000);
   return { dispose: () => clearInterval(timer) };
 }
+
+// A storage's "Download from URL": POST .../download-url, then its task's progress.
+export function downloadForm(base, done) {
+  const progress = el("progress", { max: "100", value: "0", hidden: true, id: "download-progress", "aria-label": "Download progress" });
+  const form = el("form", { class: "toolbar", id: "download-url" },
+    el("input", { name: "url", type: "url", placeholder: "https://…/image.iso", "aria-label": "URL to download", required: true, size: "34" }),
+    el("input", { name: "filename", placeholder: "file name", "aria-label": "File name", required: true }),
+    el("select", { name: "content", "aria-label": "Content type" }, el("option", { value: "iso" }, "ISO image"), el("option", { value: "vztmpl" }, "Container template")),
+    el("select", { name: "checksum-algorithm", "aria-label": "Checksum algorithm" }, el("option", { value: "" }, "no checksum"),
+      ["sha256", "sha512", "sha1", "md5"].map((a) => el("option", { value: a }, a))),
+    el("input", { name: "checksum", placeholder: "checksum", "aria-label": "Expected checksum" }),
+    el("button", { type: "submit" }, "Download from URL"), progress);
+  // The file name follows the URL's last part until the user types one.
+  const name = form.querySelector("input[name=filename]");
+  form.querySelector("input[name=url]").addEventListener("input", (ev) => {
+    if (!name.dataset.typed) name.value = decodeURIComponent(ev.target.value.split(/[?#]/)[0].split("/").pop() || "");
+  });
+  name.addEventListener("input", () => { name.dataset.typed = "1"; });
+  form.addEventListener("submit", (ev) => attempt(async () => {
+    ev.preventDefault();
+    const params = Object.fromEntries([...new FormData(form)].filter(([, v]) => v !== ""));
+    const upid = await call("POST", `${base}/download-url`, params);
+    follow(upid);
+    progress.hidden = false;
+    progress.value = "0";
+    const node = upid.split(":")[1];
+    const watch = async () => {
+      const st = await call("GET", `/nodes/${node}/tasks/${encodeURIComponent(upid)}/status`).catch(() => null);
+      if (st && st.progress !== undefined) progress.value = String(Math.round(100 * st.progress));
+      if (st && st.status === "stopped") {
+        progress.hidden = true;
+        if (st.exitstatus === "OK") { form.reset(); delete name.dataset.typed; }
+        done();
+        return;
+      }
+      setTimeout(watch, 500);
+    };
+    watch();
+  }));
+  return form;
+}

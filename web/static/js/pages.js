@@ -6,7 +6,7 @@ import { state } from "./main.js";
 import { href } from "./tree.js";
 import { rrdCharts } from "./chart.js";
 import { terminalConsole } from "./term.js";
-import { nodeTabs, servicesTab, networkTab, syslogTab } from "./node.js";
+import { nodeTabs, servicesTab, networkTab, syslogTab, downloadForm } from "./node.js";
 
 function stat(label, value, ratio) {
   return el("div", { class: "stat" }, el("div", { class: "label" }, label), el("div", { class: "value" }, value),
@@ -80,7 +80,7 @@ function virt(d) {
 
 export function nodePage(main, node, tab) {
   if (tab === "shell") {
-    main.append(el("h1", {}, el("span", { class: "kind" }, "node"), node, el("a", { href: `#/node/${encodeURIComponent(node)}` }, "back to summary")));
+    main.append(el("h1", {}, el("span", { class: "kind" }, "node"), node, el("a", { href: `#/node/${encodeURIComponent(node)}` }, "back to summary")), nodeTabs(node, tab));
     return terminalConsole(main, node, null);
   }
   const other = { services: servicesTab, network: networkTab, syslog: syslogTab }[tab];
@@ -157,7 +157,7 @@ export function storagePage(main, node, storage) {
     progress.value = "0";
     xhr.send(new FormData(upload));
   });
-  main.append(el("h1", {}, el("span", { class: "kind" }, "storage"), `${storage} on ${node}`), body, el("h2", {}, "Content"), upload, content);
+  main.append(el("h1", {}, el("span", { class: "kind" }, "storage"), `${storage} on ${node}`), body, el("h2", {}, "Content"), upload, downloadForm(base, () => load()), content);
   const update = () => {
     const s = state.find(`storage/${node}/${storage}`);
     if (!s) { body.replaceChildren(el("p", { class: "error" }, `No storage '${storage}' on '${node}'.`)); return; }
