@@ -75,9 +75,11 @@ def kill(pid: int, timeout: float = 10.0) -> bool:
     for `pid` to go. True when it is gone."""
     ticks = start_ticks(pid)
     deadline = time.monotonic() + timeout
+    groups: set[str] = set()  # the container's group in every hierarchy
     while start_ticks(pid) == ticks and ticks is not None:
         try:
             found = cgroups.paths(pid)
+            groups.update(g for g in map(_payload, found.values()) if g)
             group = _payload(found.get("") or found.get("pids") or found.get("freezer"))
         except OSError:
             group = None
@@ -97,4 +99,28 @@ def kill(pid: int, timeout: float = 10.0) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
+    _remove_groups(groups)
     return True
+
+
+def _remove_groups(groups: set[str], timeout: float = 5.0) -> None:
+    """Remove a dead container's cgroups and its dead monitor's ("lxc.monitor.NAME"
+    beside them): the monitor removes both when a container stops, so left here they
+    would pile up and the next start would get "lxc.payload.NAME-1". rmdir only
+    removes an empty group; one whose killed processes are still exiting is retried."""
+    deadline = time.monotonic() + timeout
+    for group in groups:
+        name = os.path.basename(group).removeprefix("lxc.payload.")
+        for top in (group, os.path.join(os.path.dirname(group), f"lxc.monitor.{name}")):
+            while True:
+                busy = False
+                for root, _dirs, _files in os.walk(top, topdown=False):
+                    try:
+                        os.rmdir(root)
+                    except FileNotFoundError:
+                        pass
+                    except OSError:
+                        busy = True
+                if not busy or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)

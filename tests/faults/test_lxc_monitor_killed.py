@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.lxc import cgroups
 from tests.faults.conftest import install_template
 from tests.faults.world import NODE, assert_clean, guest_gone, lxc_names, start
 from tests.util import Corrald, wait_for
@@ -54,6 +55,8 @@ def test_lxc_monitor_killed_while_running(node: Corrald, vmid: int) -> None:
     )
     s.run_task("POST", f"{base}/status/start")
     init = s.data("GET", f"{base}/status/current")["pid"]
+    groups = {d for d in cgroups.paths(init).values() if "lxc.payload" in d}
+    assert groups
     monitors = _procs(f"[lxc monitor] {node.data_dir / 'lxc'} {vmid}")
     assert len(monitors) == 1, monitors
     os.kill(monitors[0], signal.SIGKILL)
@@ -72,6 +75,8 @@ def test_lxc_monitor_killed_while_running(node: Corrald, vmid: int) -> None:
     wait_for(lambda: not _alive(init), 20, 0.1, what="init gone")
     assert s.data("GET", f"{base}/status/current")["status"] == "stopped"
     assert lxc_names(node, active=True) == set()
+    # Its cgroups went with it (the monitor that would remove them is dead).
+    assert not [d for d in groups if os.path.isdir(d)]
     # It starts again cleanly (the dead monitor's veth and records are not in the way).
     s.run_task("POST", f"{base}/status/start")
     assert s.data("GET", f"{base}/status/current")["status"] == "running"
