@@ -194,6 +194,8 @@ def test_create_a_vm_with_the_wizard(node: Corrald, page: Any, shots: Path) -> N
     shot(page, shots, "22-vm-wizard-cpu")
     page.click("#wizard-next")
     page.click("#wizard-next")
+    page.wait_for_selector("input[name=ci]")  # cloud-init: left off here
+    page.click("#wizard-next")
     summary = page.wait_for_selector("#wizard-summary").inner_text()
     assert "kvm\t0" in summary and "local:1" in summary
     page.click("#wizard-create")

@@ -6,7 +6,7 @@ import { follow } from "./tasks.js";
 
 const STEPS = {
   lxc: ["General", "Template", "Root disk", "CPU & memory", "Network", "Confirm"],
-  qemu: ["General", "OS", "Disk", "CPU & memory", "Network", "Confirm"],
+  qemu: ["General", "OS", "Disk", "CPU & memory", "Network", "Cloud-Init", "Confirm"],
 };
 
 function field(label, input) {
@@ -16,7 +16,8 @@ function field(label, input) {
 export function wizardPage(main, type = "lxc") {
   const nodes = state.resources.filter((r) => r.type === "node" && r.status === "online").map((r) => r.node).sort();
   const v = { node: nodes[0] || "", vmid: "", hostname: "", name: "", password: "", ostemplate: "", iso: "", storage: "", size: type === "lxc" ? "1" : "8",
-    cores: "1", memory: type === "lxc" ? "256" : "1024", swap: "0", bridge: "", ip: "dhcp", kvm: true, start: type === "lxc" };
+    cores: "1", memory: type === "lxc" ? "256" : "1024", swap: "0", bridge: "", ip: "dhcp", kvm: true, start: type === "lxc",
+    ci: false, ciuser: "", cipassword: "", sshkeys: "", ciip: "dhcp", cigw: "", nameserver: "", searchdomain: "" };
   const STEPS_ = STEPS[type];
   const kindName = type === "lxc" ? "container" : "virtual machine";
   let step = 0;
@@ -102,11 +103,46 @@ export function wizardPage(main, type = "lxc") {
           field(hvm ? "Hardware virtualisation (KVM)" : "KVM (not on this node: TCG emulation)", input("kvm", { type: "checkbox", disabled: !hvm }))];
       }
       case 4: return [field("Bridge", input("bridge", { placeholder: "none (no network)" }))];
+      case 5: return cloudInitPage();
       default: return [
-        el("table", { id: "wizard-summary" }, el("tbody", {}, Object.entries(params()).map(([k, val]) => el("tr", {}, el("th", {}, k), el("td", {}, String(val)))))),
+        el("table", { id: "wizard-summary" }, el("tbody", {}, Object.entries(params()).map(([k, val]) => el("tr", {}, el("th", {}, k),
+          el("td", {}, k === "cipassword" ? "••••" : k === "sshkeys" ? `${decodeURIComponent(val).split("\n").filter((l) => l.trim()).length} key(s)` : String(val)))))),
         field("Start after created", input("start", { type: "checkbox" })),
       ];
     }
+  }
+
+  // cloud-init (kvm/cloudinit.py builds the NoCloud seed from these keys at each start):
+  // a user, a password and/or SSH keys, the first NIC's address and DNS.
+  function cloudInitPage() {
+    const keys = el("textarea", { name: "sshkeys", rows: "3", placeholder: "ssh-ed25519 AAAA… (one per line)" }, v.sshkeys);
+    keys.addEventListener("input", () => { v.sshkeys = keys.value; });
+    const rows = [
+      field("Add a cloud-init drive", input("ci", { type: "checkbox" })),
+      field("User", input("ciuser", { placeholder: "default user of the image", autocomplete: "off" })),
+      field("Password", input("cipassword", { type: "password", autocomplete: "new-password", placeholder: "optional" })),
+      field("SSH public keys", keys),
+      field("DNS servers", input("nameserver", { placeholder: "e.g. 10.0.0.1 10.0.0.2" })),
+      field("DNS search domain", input("searchdomain", { placeholder: "optional" })),
+    ];
+    if (v.bridge) {
+      rows.splice(4, 0, field("IPv4 of net0", input("ciip", { placeholder: "dhcp or 10.0.0.5/24" })),
+        field("IPv4 gateway", input("cigw", { placeholder: "optional, e.g. 10.0.0.1" })));
+    } else {
+      rows.splice(4, 0, el("p", { class: "muted" }, "No network device (step 5): no IP configuration."));
+    }
+    return rows;
+  }
+
+  function cloudInitParams(p) {
+    if (!v.ci) return;
+    p[v.iso ? "ide0" : "ide2"] = `${v.storage}:cloudinit`;
+    if (v.ciuser) p.ciuser = v.ciuser;
+    if (v.cipassword) p.cipassword = v.cipassword;
+    if (v.sshkeys.trim()) p.sshkeys = encodeURIComponent(v.sshkeys.trim()); // URL-encoded, as Proxmox
+    if (v.bridge && v.ciip) p.ipconfig0 = v.ciip === "dhcp" ? "ip=dhcp" : `ip=${v.ciip}${v.cigw ? `,gw=${v.cigw}` : ""}`;
+    if (v.nameserver) p.nameserver = v.nameserver;
+    if (v.searchdomain) p.searchdomain = v.searchdomain;
   }
 
   function vmParams() {
@@ -114,6 +150,7 @@ export function wizardPage(main, type = "lxc") {
     if (v.name) p.name = v.name;
     if (v.iso) p.ide2 = `${v.iso},media=cdrom`;
     if (v.bridge) p.net0 = `virtio,bridge=${v.bridge}`;
+    cloudInitParams(p);
     return p;
   }
 
