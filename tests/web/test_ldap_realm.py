@@ -270,6 +270,19 @@ def test_the_login_page_offers_the_realm(
             page.click("button[type=submit]")
             page.wait_for_selector("#app:not([hidden])")
             assert page.inner_text("#who") == "alice@web"
+            # An administrator syncs the realm from Permissions → Realms (a task).
+            page.click("#logout")
+            page.fill("input[name=username]", "admin@pve")
+            page.fill("input[name=password]", corrald.password)
+            page.click("button[type=submit]")
+            page.wait_for_selector("#app:not([hidden])")
+            page.goto(corrald.url + "/#/access/realms")
+            row = page.wait_for_selector("#realms tr[data-realm=web]")
+            assert f"ldap://127.0.0.1:{slapd.port}" in row.inner_text()
+            page.click("button[aria-label='Sync web']")
+            page.wait_for_selector("#tasklog-title[data-state='OK']:has-text('Sync realm web')")
+            page.screenshot(path=str(shots / "26-realms-synced.png"))
+            assert "builders-web" in admin.access.users("alice@web").get()["groups"]
             ctx.close()
     finally:
         admin.access.domains("web").delete()

@@ -1,10 +1,11 @@
 // Permissions: users, groups, pools, ACL entries and API tokens, through /access and /pools.
 "use strict";
 import { call, el, attempt, toast, fmtTime, session } from "./api.js";
+import { realmsTab } from "./access_realms.js";
 
 let lastSecret = ""; // a new token's secret stays shown until the page is left
 
-const TABS = { users: "Users", groups: "Groups", pools: "Pools", acl: "Permissions", tokens: "API tokens", tfa: "My second factor" };
+const TABS = { users: "Users", groups: "Groups", pools: "Pools", acl: "Permissions", tokens: "API tokens", realms: "Realms", tfa: "My second factor" };
 
 function table(headers, rows) {
   return el("table", {}, el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
@@ -43,6 +44,7 @@ export function accessPage(main, tab) {
 }
 
 const RENDER = {
+  realms: realmsTab,
   // The signed-in user's own TOTP: a fresh secret to put in an authenticator app, confirmed
   // by its current code and the account password (as Proxmox asks).
   async tfa(body, again) {

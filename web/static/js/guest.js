@@ -7,6 +7,7 @@ import { rrdCharts } from "./chart.js";
 import { terminalConsole } from "./term.js";
 import { vncConsole } from "./vnc.js";
 import { migrateDialog } from "./migrate.js";
+import { backupTab } from "./guest_backup.js";
 
 const KIND = { lxc: "CT", qemu: "VM" };
 const OPS = {
@@ -27,12 +28,12 @@ export function guestPage(main, type, vmid, tab) {
   const base = `/nodes/${encodeURIComponent(r.node)}/${type}/${vmid}`;
   const title = el("h1", {}, el("span", { class: "kind" }, KIND[type]), `${vmid} (${r.name || ""})`, el("span", { class: "muted", id: "guest-node" }, `on ${r.node}`));
   const tabs = el("nav", { class: "tabs", "aria-label": "Guest pages" },
-    ["summary", "console", "config", "snapshots"].map((t) => el("a", { href: `#/guest/${type}/${vmid}/${t}`, "aria-current": t === tab ? "page" : null },
-      { summary: "Summary", console: "Console", config: type === "lxc" ? "Resources & options" : "Hardware & options", snapshots: "Snapshots" }[t])));
+    ["summary", "console", "config", "snapshots", "backup"].map((t) => el("a", { href: `#/guest/${type}/${vmid}/${t}`, "aria-current": t === tab ? "page" : null },
+      { summary: "Summary", console: "Console", config: type === "lxc" ? "Resources & options" : "Hardware & options", snapshots: "Snapshots", backup: "Backup" }[t])));
   const body = el("div");
   main.append(title, tabs, body);
   const page = tab === "console" ? consoleTab(body, type, vmid) : tab === "config" ? configTab(body, type, vmid)
-    : tab === "snapshots" ? snapshotsTab(body, type, vmid) : summaryTab(body, type, vmid);
+    : tab === "snapshots" ? snapshotsTab(body, type, vmid) : tab === "backup" ? backupTab(body, type, vmid) : summaryTab(body, type, vmid);
   return {
     update() {
       const now = state.find(id);

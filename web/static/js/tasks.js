@@ -12,6 +12,7 @@ const LABELS = {
   qmsnapshot: "Snapshot VM", qmrollback: "Rollback VM", qmdelsnapshot: "Delete snapshot of VM", vzclone: "Clone CT", qmclone: "Clone VM",
   vzdump: "Backup", imgcopy: "Upload to", download: "Download to", vztemplate: "Convert CT to template", qmtemplate: "Convert VM to template", resize: "Resize disk of",
 };
+Object.assign(LABELS, { "auth-realm-sync": "Sync realm", vzrestore: "Restore CT", qmrestore: "Restore VM", imgdel: "Delete volume on" });
 
 // Console sessions (running while open) and node services.
 Object.assign(LABELS, { vncproxy: "Console", termproxy: "Terminal", srvrestart: "Restart service", srvreload: "Reload service" });
