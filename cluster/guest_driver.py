@@ -234,9 +234,14 @@ class GuestDriver:
         cpu, mem, maxmem, disk, maxdisk, netin, netout, uptime, pid..."""
         raise NotImplementedError
 
-    def status_many(self, items: list[tuple[int, dict[str, Any]]]) -> dict[int, dict[str, Any]]:
-        """status() of many guests (vmid, config) at once, for the node's periodic
-        round; drivers override it to measure in one pass."""
+    def status_many(
+        self, items: list[tuple[int, dict[str, Any]]], *, cached: bool = False
+    ) -> dict[int, dict[str, Any]]:
+        """status() of many guests (vmid, config) at once; drivers override it to
+        measure in one pass. `cached` (the node's periodic round): a driver may
+        answer a guest's last figures while they are not due, but must report a
+        change of state (running, stopped) within the round. Callers must not
+        modify the entries."""
         return {vmid: self.status(vmid, config) for vmid, config in items}
 
     def running(self) -> set[int]:

@@ -21,14 +21,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 from corral.cluster import keys, migration, volume_moves
 from corral.cluster.clock import REAL
 from corral.cluster.errors import Conflict, CorralError, NotFound, ParamError, Unavailable
 from corral.cluster.guest_driver import GuestDriver
+from corral.cluster.guest_status import (  # noqa: F401 - re-exported: the flow's live status
+    live_status,
+    local_guests,
+    publish_status_for,
+    status_hook,
+)
 from corral.cluster.store_api import StoreAPI
 from corral.cluster.tasks import TaskContext, task_handler
 
@@ -552,128 +557,3 @@ def _forget_status(ctx: TaskContext, vmid: int) -> None:
         publish_status_for(ctx.store, ctx.node, ctx.worker.context, only=vmid)
     except (Unavailable, CorralError):
         pass
-
-
-def local_guests(store: StoreAPI, node: str) -> list[dict[str, Any]]:
-    return [kv.value for kv in store.range(keys.GUESTS) if kv.value.get("node") == node]
-
-
-def _measure(driver: GuestDriver | None, rec: dict[str, Any], now: float) -> dict[str, Any]:
-    entry: dict[str, Any] = {"status": "unknown"}
-    if driver is not None and rec.get("lock") != "create":
-        try:
-            entry = driver.status(rec["vmid"], rec["config"])
-        except CorralError as err:
-            entry = {"status": "unknown", "error": str(err)}
-        except Exception as err:  # noqa: BLE001 - one broken guest must not hide the rest
-            log.warning("status of %s failed: %s", rec["vmid"], err)
-            entry = {"status": "unknown", "error": str(err)}
-    elif rec.get("lock") == "create":
-        entry = {"status": "stopped"}
-    entry["time"] = now
-    return entry
-
-
-def _local_records(
-    store: StoreAPI, node: str, services: MutableMapping[str, Any]
-) -> list[dict[str, Any]]:
-    """This node's guest records for the 2 s round: from the node's cluster view
-    (in memory, fed by its watch) when it has loaded, not a range read and
-    decode of every guest of the cluster each round. A guest a task just
-    created or moved is published by that task from its record."""
-    view = services.get("cluster_view")
-    if (
-        view is not None
-        and view.store is store
-        and view.revision > 0
-        and store.quorate is not False
-    ):
-        return [r for r in view.guests() if r.get("node") == node]
-    return local_guests(store, node)
-
-
-def _measure_many(
-    drivers: Mapping[str, GuestDriver], recs: list[dict[str, Any]], now: float
-) -> dict[str, dict[str, Any]]:
-    """Each driver measures its built guests in one pass (cgroup files, no handle
-    per guest); a failing pass leaves them to _measure one by one."""
-    out: dict[str, dict[str, Any]] = {}
-    for type_, driver in drivers.items():
-        mine = [r for r in recs if r["type"] == type_ and r.get("lock") != "create"]
-        if not mine:
-            continue
-        try:
-            figures = driver.status_many([(r["vmid"], r["config"]) for r in mine])
-        except Exception as err:  # noqa: BLE001 - measured one by one instead
-            log.warning("status of %s guests in one pass failed: %s", type_, err)
-            continue
-        for vmid, entry in figures.items():
-            out[str(vmid)] = {**entry, "time": now}
-    return out
-
-
-def publish_status_for(
-    store: StoreAPI,
-    node: str,
-    services: MutableMapping[str, Any],
-    *,
-    only: int | None = None,
-    rec: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """One document per node with every local guest's live figures.
-
-    With `only` (a task changed that guest), only that guest is measured again
-    and the others keep the figures of the last round: measuring every guest
-    after every task made N starts cost O(N^2). The node's last document is
-    kept in `services` under a lock, so concurrent publishers lose no update.
-    """
-    drivers = services.get("drivers") or {}
-    lock = services.setdefault("status_lock", threading.Lock())
-    if only is not None and services.get("status_doc") is not None:
-        # One guest changed: read its record only, not every guest's (O(1) per task).
-        if rec is None or rec.get("vmid") != only:
-            rec = store.get_value(keys.guest(only))
-        with lock:
-            one: dict[str, Any] = dict(services.get("status_doc") or {})
-            if rec is not None and rec.get("node") == node:
-                one[str(only)] = _measure(drivers.get(rec["type"]), rec, store.clock.time())
-            else:
-                one.pop(str(only), None)
-            store.put(keys.guest_status(node), one, lease=services.get("lease_id"))
-            services["status_doc"] = one
-        return one
-    recs = _local_records(store, node, services)
-    with lock:
-        last: dict[str, Any] = services.get("status_doc") or {}
-        doc: dict[str, Any] = {}
-        todo = [r for r in recs if only is None or r["vmid"] == only or str(r["vmid"]) not in last]
-        batch = _measure_many(drivers, todo, store.clock.time())
-        for rec in recs:
-            key = str(rec["vmid"])
-            if key in batch:
-                doc[key] = batch[key]
-            elif only is not None and rec["vmid"] != only and key in last:
-                doc[key] = last[key]
-            else:
-                doc[key] = _measure(drivers.get(rec["type"]), rec, store.clock.time())
-        store.put(keys.guest_status(node), doc, lease=services.get("lease_id"))
-        services["status_doc"] = doc
-    return doc
-
-
-def status_hook(node: Any) -> None:
-    """Registered with the daemon's status loop (every 2 s)."""
-    publish_status_for(node.store, node.name, node.services)
-
-
-def live_status(store: StoreAPI) -> dict[str, dict[str, Any]]:
-    """vmid -> live figures, for the whole cluster in one range read."""
-    out: dict[str, dict[str, Any]] = {}
-    for kv in store.range(keys.GUEST_STATUS):
-        out.update(kv.value or {})
-    return out
-
-
-def require_param(params: dict[str, Any], name: str, reason: str) -> None:
-    if params.get(name) in (None, ""):
-        raise ParamError.one(name, reason)

@@ -95,6 +95,19 @@ RRD_UPDATE_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30),
     registry=REGISTRY,
 )
+STATUS_ROUND_SECONDS = Histogram(
+    "corral_status_round_duration_seconds",
+    "Time one round of measuring this node's guests (and publishing them) took.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+STATUS_ROUNDS = Counter(
+    "corral_status_rounds",
+    "Rounds of this node's guest figures, by outcome: written (something moved, or the "
+    "periodic refresh) or unchanged (nothing written to etcd).",
+    ["result"],
+    registry=REGISTRY,
+)
 METRIC_PUSHES = Counter(
     "corral_metric_server_pushes",
     "Pushes to external metric servers, by server id and result.",

@@ -226,6 +226,10 @@ def record_round(rrd: RrdStore, store: Any, now: float | None = None) -> int:
             for vmid, entry in (kv.value or {}).items():
                 if str(vmid).isdigit() and isinstance(entry, dict):
                     when = entry.get("time", now)
+                    # A node re-publishes an entry only when its figures move, and all
+                    # of them every guest_status.REFRESH s: one that recent holds now.
+                    if now - GUEST_MAX_AGE <= when < now:
+                        when = now
                     count += rrd.update("pve2-vm", str(vmid), guest_sample(entry), when)
         for kv in store.range(keys.STORAGE_STATUS):
             node = kv.key.split("/", 1)[1]
@@ -253,6 +257,7 @@ def prune(rrd: RrdStore, store: Any) -> int:
     return gone
 
 
+GUEST_MAX_AGE = 75.0  # s: 2.5 x guest_status.REFRESH
 PRUNE_EVERY = 15  # rounds (5 minutes)
 _busy = threading.Lock()
 

@@ -307,6 +307,135 @@ def freezer_state(pid: int) -> str:
         return "THAWED"
 
 
+def read_raw(path: str) -> bytes:
+    """A cgroup or /proc file's bytes through a raw descriptor: the node's round
+    reads several per container, and text I/O costs about twice as much."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class GroupFiles:
+    """The figure files of one process's groups, resolved once: a container's init
+    stays in its groups for life, so the round re-reads the same files without
+    parsing /proc/PID/cgroup or mountinfo again. None: no mount here reaches it
+    (the figure is then unknown)."""
+
+    pid: int
+    v2: bool
+    mem: str | None  # memory.usage_in_bytes (v1) / memory.current (v2)
+    mem_stat: str | None  # memory.stat
+    swap: str | None  # memory.memsw.usage_in_bytes (v1) / memory.swap.current (v2)
+    cpu: str | None  # cpuacct.usage (v1) / cpu.stat (v2)
+    freezer: str | None  # freezer.state (v1) / cgroup.freeze (v2)
+
+
+def group_files(pid: int, where: dict[str, str] | None = None) -> GroupFiles:
+    """Resolve `pid`'s figure files (FileNotFoundError when it is gone)."""
+    where = paths(pid) if where is None else where
+    v2 = layout() == "v2"
+
+    def find(name: str) -> str | None:
+        try:
+            return file_for(pid, name, where)
+        except CgroupNotFound as err:
+            _once(pid, name, str(err))
+            return None
+
+    if v2:
+        names = ("memory.current", "memory.stat", "memory.swap.current", "cpu.stat",
+                 "cgroup.freeze")  # fmt: skip
+    else:
+        names = ("memory.usage_in_bytes", "memory.stat", "memory.memsw.usage_in_bytes",
+                 "cpuacct.usage", "freezer.state")  # fmt: skip
+    return GroupFiles(pid, v2, *(find(n) for n in names))
+
+
+@dataclass(frozen=True)
+class Figures:
+    mem: int | None  # bytes in use, page cache excluded (None: unknown)
+    swap: int | None
+    cpu_ns: int | None  # total CPU time of the group
+    freezer: str  # "THAWED", "FREEZING", "FROZEN"
+
+
+def read_figures(files: GroupFiles) -> Figures:
+    """Memory, swap, CPU time and freezer state of one group from its resolved files,
+    with the semantics of memory(), cpu_usage_ns() and freezer_state()."""
+    pid = files.pid
+    mem = swap = cpu = None
+    try:
+        if files.mem is None or files.mem_stat is None:
+            raise CgroupNotFound(errno.ENOENT, "memory cgroup not reachable")
+        usage = int(read_raw(files.mem))
+        cache = _stat_field(read_raw(files.mem_stat), b"file" if files.v2 else b"total_cache")
+        mem = max(0, usage - cache)
+        try:
+            if files.swap is None:
+                raise CgroupNotFound(errno.ENOENT, "no swap accounting")
+            raw = int(read_raw(files.swap))
+            swap = raw if files.v2 else max(0, raw - usage)
+        except (OSError, ValueError):
+            swap = 0  # no swap accounting on this kernel: none is used through it
+    except (OSError, ValueError) as err:
+        _once(pid, "memory", str(err))
+    try:
+        if files.cpu is None:
+            raise CgroupNotFound(errno.ENOENT, "cpu cgroup not reachable")
+        data = read_raw(files.cpu)
+        cpu = _stat_field(data, b"usage_usec") * 1000 if files.v2 else int(data)
+    except (OSError, ValueError) as err:
+        _once(pid, "cpu", str(err))
+    state = "THAWED"
+    try:
+        if files.freezer is not None:
+            data = read_raw(files.freezer).strip()
+            state = ("FROZEN" if data == b"1" else "THAWED") if files.v2 else data.decode()
+    except OSError as err:
+        _once(pid, "freezer", str(err))
+    return Figures(mem, swap, cpu, state)
+
+
+def _stat_field(data: bytes, key: bytes) -> int:
+    """One "key value" line of memory.stat / cpu.stat (0 when absent)."""
+    buf = b"\n" + data
+    at = buf.find(b"\n" + key + b" ")
+    if at < 0:
+        return 0
+    start = at + len(key) + 2
+    end = buf.find(b"\n", start)
+    return int(buf[start : end if end >= 0 else None])
+
+
+def proc_start(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (None when it is gone)."""
+    try:
+        return int(read_raw(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def host_uptime() -> float:
+    with open("/proc/uptime") as fh:
+        return float(fh.read().split()[0])
+
+
+def uptime_since(ticks: int | None, now: float) -> int:
+    """Seconds since a process that started at `ticks` (host uptime `now`)."""
+    if ticks is None:
+        return 0
+    return max(0, int(now - ticks / _CLK_TCK))
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
 def parse_kv(text: str) -> dict[str, int]:
     """ "key value" lines (memory.stat, cpu.stat) → {key: int}."""
     return _kv(text)
@@ -359,15 +488,34 @@ def parse_ip_addr(text: str) -> list[dict[str, Any]]:
 
 
 class CpuMeter:
-    """CPU fraction between two status reads (Proxmox's `cpu`: 1.0 = one full host)."""
+    """CPU fraction between two status reads (Proxmox's `cpu`: 1.0 = one full host).
+
+    The node's round samples (`keep`); an on-demand read (status/current) measures
+    against the round's last sample without moving it, so asking often does not
+    shrink the round's window. Windows shorter than MIN_WINDOW repeat the last figure.
+    """
+
+    MIN_WINDOW = 0.5
 
     def __init__(self) -> None:
         self._last: dict[int, tuple[float, int]] = {}
+        self._frac: dict[int, float] = {}
 
-    def sample(self, key: int, usage_ns: int, cpus: int) -> float:
+    def sample(self, key: int, usage_ns: int, cpus: int, *, keep: bool = True) -> float:
         now = time.monotonic()
         prev = self._last.get(key)
-        self._last[key] = (now, usage_ns)
         if prev is None or now <= prev[0] or usage_ns < prev[1]:
+            self._last[key] = (now, usage_ns)
+            self._frac.pop(key, None)
             return 0.0
-        return max(0.0, (usage_ns - prev[1]) / 1e9 / (now - prev[0]) / max(1, cpus))
+        if now - prev[0] < self.MIN_WINDOW and key in self._frac:
+            return self._frac[key]
+        frac = max(0.0, (usage_ns - prev[1]) / 1e9 / (now - prev[0]) / max(1, cpus))
+        if keep:
+            self._last[key] = (now, usage_ns)
+            self._frac[key] = frac
+        return frac
+
+    def forget(self, key: int) -> None:
+        self._last.pop(key, None)
+        self._frac.pop(key, None)

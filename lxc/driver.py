@@ -38,7 +38,7 @@ from corral.cluster.errors import (
 from corral.cluster.guest_driver import DriverInfo, GuestDriver, LogFn, Probe, VolumeAccess
 from corral.cluster.schema import Schema, format_size, new_volume_size, parse_size
 from corral.cluster.undo import Reverter
-from corral.lxc import cgroups, credentials, nesting, orphans, rootfs, usage
+from corral.lxc import cgroups, credentials, nesting, orphans, rootfs, status
 from corral.lxc import config as cfg
 from corral.lxc.render import IDMAP_BASE, IDMAP_SIZE, Facts, cgroup_values, render, veth_name
 
@@ -87,10 +87,9 @@ class LxcDriver(GuestDriver):
         self.lxcpath = os.path.join(data_dir, "lxc")
         os.makedirs(self.lxcpath, mode=0o755, exist_ok=True)
         self.mac_seed = str(self.options.get("mac_seed", ""))
-        self._cpu = cgroups.CpuMeter()
         self._locks: dict[int, threading.Lock] = {}
         self._guard = threading.Lock()
-        self._inits: dict[int, tuple[int, int | None]] = {}  # vmid -> (init pid, its start)
+        self._figures = status.Collector(self.lxcpath)  # live figures, cached per init
 
     # -- declarations ------------------------------------------------------------
     def config_schema(self) -> Schema:
@@ -431,87 +430,14 @@ class LxcDriver(GuestDriver):
         return {int(n) for n in names if n.isdigit()}
 
     def status(self, vmid: int, config: dict[str, Any]) -> dict[str, Any]:
-        # One liblxc handle for state and pid: each handle parses the lxc config.
-        ct = self._ct(vmid) if os.path.isdir(self._dir(vmid)) else None
-        state = "STOPPED" if ct is None else str(ct.state)
-        pid = 0 if ct is None or state == "STOPPED" else int(ct.init_pid)
-        if ct is not None and state == "STOPPED":
-            pid = orphans.orphan_pid(self._dir(vmid)) or 0  # running without its monitor?
-            state = "RUNNING" if pid else state
-        if pid > 0:
-            self._inits[vmid] = (pid, orphans.start_ticks(pid))
-        return self._status(vmid, config, state, pid, ct)
+        return self._figures.one(vmid, config)
 
-    def status_many(self, items: list[tuple[int, dict[str, Any]]]) -> dict[int, dict[str, Any]]:
-        """status() of many CTs in one pass (the node's 2 s round): one listing of
-        the running CTs, no liblxc handle per CT (each parses the config and asks
-        the monitor twice) while its init is the process seen last time."""
-        active = set(_lxc.list_containers(active=True, defined=False, config_path=self.lxcpath))
-        out: dict[int, dict[str, Any]] = {}
-        for vmid, config in items:
-            if self._name(vmid) not in active:
-                orphan = orphans.orphan_pid(self._dir(vmid))  # its lxc monitor died?
-                if orphan:
-                    out[vmid] = self._status(vmid, config, "RUNNING", orphan)
-                    continue
-                self._inits.pop(vmid, None)
-                out[vmid] = self._status(vmid, config, "STOPPED", 0, None)
-                continue
-            pid, ticks = self._inits.get(vmid, (0, None))
-            if pid <= 0 or ticks is None or orphans.start_ticks(pid) != ticks:
-                out[vmid] = self.status(vmid, config)
-                continue
-            state = cgroups.freezer_state(pid)
-            out[vmid] = self._status(vmid, config, "RUNNING" if state == "THAWED" else state, pid)
-        return out
-
-    def _status(
-        self, vmid: int, config: dict[str, Any], state: str, pid: int, ct: Any = None
-    ) -> dict[str, Any]:
-        mem_max = int(cfg.value(config, "memory")) << 20
-        swap_max = int(cfg.value(config, "swap")) << 20
-        vols = cfg.parse_mps(config)
-        maxdisk = parse_size(vols["rootfs"].get("size") or "0") if "rootfs" in vols else 0
-        out: dict[str, Any] = {
-            "vmid": vmid, "name": config.get("hostname") or f"CT{vmid}", "type": "lxc",
-            "status": "stopped", "cpus": int(config.get("cores") or os.cpu_count() or 1),
-            "maxmem": mem_max, "maxswap": swap_max, "maxdisk": maxdisk, "cpu": 0, "mem": 0,
-            "swap": 0, "disk": 0, "netin": 0, "netout": 0, "uptime": 0, "diskread": 0,
-            "diskwrite": 0,
-        }  # fmt: skip
-        if state == "STOPPED" or pid <= 0:
-            return out
-        out["status"] = "running"
-        out["pid"] = pid
-        if state in ("FROZEN", "FREEZING"):
-            out["frozen"] = 1  # Proxmox keeps status "running" for a frozen container
-        try:
-            where = cgroups.paths(pid)
-        except OSError:
-            return {**out, "status": "stopped"}  # it exited just now
-        # A figure that cannot be read is left out (unknown), never shown as 0.
-        mem, swap = cgroups.memory(pid, where)
-        if mem is None:
-            # No cgroup mount of ours reaches it: ask liblxc, which asks the monitor.
-            mem = _lxc_memory(ct if ct is not None else self._ct(vmid))
-        for key, value in (("mem", mem), ("swap", swap)):
-            if value is None:
-                del out[key]
-            else:
-                out[key] = value
-        used_ns = cgroups.cpu_usage_ns(pid, where)
-        if used_ns is None:
-            del out["cpu"]
-        else:
-            out["cpu"] = round(self._cpu.sample(vmid, used_ns, os.cpu_count() or 1), 4)
-        out["uptime"] = cgroups.uptime(pid)
-        out["disk"] = usage.root_used_bytes(pid)
-        for index in cfg.parse_net(config):
-            # The host side transmits what the container receives.
-            rx, tx = _link_stats(veth_name(vmid, index))
-            out["netin"] += tx
-            out["netout"] += rx
-        return out
+    def status_many(
+        self, items: list[tuple[int, dict[str, Any]]], *, cached: bool = False
+    ) -> dict[int, dict[str, Any]]:
+        """status() of many CTs in one pass; `cached` for the node's round (see
+        corral.lxc.status: state every round, figures when due)."""
+        return self._figures.many(items, cached=cached)
 
     def apply_live(
         self,
@@ -661,25 +587,6 @@ class LxcDriver(GuestDriver):
         log(f"CT {vmid} thawed")
 
 
-def _lxc_memory(ct: Any) -> int | None:
-    """Memory in use (page cache excluded) as liblxc reads it, or None."""
-    try:
-        if cgroups.layout() == "v2":
-            used, stat, cache = ct.get_cgroup_item("memory.current"), "memory.stat", "file"
-        else:
-            used, stat, cache = (
-                ct.get_cgroup_item("memory.usage_in_bytes"),
-                "memory.stat",
-                "total_cache",
-            )
-        if not str(used).strip().isdigit():
-            return None
-        counts = cgroups.parse_kv(str(ct.get_cgroup_item(stat) or ""))
-        return max(0, int(used) - counts.get(cache, 0))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
 def check_subids(user: str = "root") -> None:
     """liblxc maps ids through newuidmap, which needs root's range in /etc/sub[ug]id
     (Proxmox's packages add `root:100000:65536`); say so instead of liblxc's riddle."""
@@ -698,17 +605,6 @@ def check_subids(user: str = "root") -> None:
             raise Unavailable(
                 f"unprivileged containers need '{user}:{IDMAP_BASE}:{IDMAP_SIZE}' in {path}"
             )
-
-
-def _link_stats(name: str) -> tuple[int, int]:
-    """(rx, tx) bytes of a host veth: two sysfs reads (status runs for every CT
-    every 2 s and after each task; a netlink round trip costs ~100x more)."""
-    base = f"/sys/class/net/{name}/statistics"
-    try:
-        with open(f"{base}/rx_bytes") as rx, open(f"{base}/tx_bytes") as tx:
-            return int(rx.read()), int(tx.read())
-    except (OSError, ValueError):
-        return bridges.link_stats(name)  # sysfs of another netns, or gone: ask netlink
 
 
 @contextmanager

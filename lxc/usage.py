@@ -21,6 +21,13 @@ _cache: dict[int, tuple[float, int]] = {}
 _lock = threading.Lock()
 
 
+class Budget:
+    """Seconds of tree walking one round may still spend on stale figures."""
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+
+
 def root_mounts(pid: int) -> tuple[str, set[str]]:
     """(the root mount's source root within its filesystem, the other mount points)."""
     root = "/"
@@ -84,13 +91,16 @@ def tree_bytes(top: str, skip: set[str]) -> int:
     return total + first.st_blocks * 512
 
 
-def root_used_bytes(pid: int) -> int:
-    """Bytes used on the root volume of the container whose init is `pid`."""
+def root_used_bytes(pid: int, budget: Budget | None = None) -> int:
+    """Bytes used on the root volume of the container whose init is `pid`. With a
+    spent `budget`, a stale count is answered as it is (a first one is always made)."""
     top = f"/proc/{pid}/root"
     now = time.monotonic()
     with _lock:
         hit = _cache.get(pid)
-        if hit is not None and now - hit[0] < CACHE_SECONDS:
+        if hit is not None and (
+            now - hit[0] < CACHE_SECONDS or (budget is not None and budget.left <= 0)
+        ):
             return hit[1]  # a counted tree: not even its mountinfo read again
     try:
         source_root, others = root_mounts(pid)
@@ -104,8 +114,11 @@ def root_used_bytes(pid: int) -> int:
         return (st.f_blocks - st.f_bfree) * st.f_frsize
     skip = {top + p for p in others}
     used = tree_bytes(top, skip)
+    done = time.monotonic()
+    if budget is not None:
+        budget.left -= done - now
     with _lock:
-        for old in [p for p, (t, _) in _cache.items() if now - t > CACHE_SECONDS]:
+        for old in [p for p, (t, _) in _cache.items() if done - t > 10 * CACHE_SECONDS]:
             del _cache[old]
-        _cache[pid] = (now, used)
+        _cache[pid] = (done, used)
     return used

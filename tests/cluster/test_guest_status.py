@@ -1,0 +1,152 @@
+"""The node's guest-status round writes etcd only when figures move (issue 16 item 4).
+
+In-memory store and a virtual clock; a driver whose figures the test sets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from corral.cluster import guest_status, keys, metrics_rrd
+from corral.cluster.clock import VirtualClock
+from corral.cluster.guest_driver import GuestDriver
+from corral.cluster.store_memory import MemoryStore
+
+NODE = "node1"
+
+
+class Figures(GuestDriver):
+    """Answers what `self.now` holds; records how it was asked."""
+
+    def __init__(self) -> None:
+        super().__init__(node=NODE, data_dir="/nonexistent")
+        self.now: dict[int, dict[str, Any]] = {}
+        self.cached: list[bool] = []
+
+    def status(self, vmid: int, config: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.now.get(vmid, {"status": "stopped"}))
+
+    def status_many(
+        self, items: list[tuple[int, dict[str, Any]]], *, cached: bool = False
+    ) -> dict[int, dict[str, Any]]:
+        self.cached.append(cached)
+        return {vmid: self.status(vmid, config) for vmid, config in items}
+
+
+def _idle(vmid: int, **over: Any) -> dict[str, Any]:
+    return {"vmid": vmid, "status": "running", "cpu": 0.001, "mem": 200_000,
+            "maxmem": 64 << 20, "disk": 2 << 20, "netin": 0, "netout": 0,
+            "uptime": 10, "pid": 4000 + vmid, **over}  # fmt: skip
+
+
+@pytest.fixture
+def node() -> tuple[MemoryStore, Figures, dict[str, Any]]:
+    store = MemoryStore(clock=VirtualClock())
+    drv = Figures()
+    for vmid in range(100, 110):
+        store.put(keys.guest(vmid), {"vmid": vmid, "type": "lxc", "node": NODE, "config": {}})
+        drv.now[vmid] = _idle(vmid)
+    return store, drv, {"drivers": {"lxc": drv}}
+
+
+def _revision(store: MemoryStore) -> int:
+    kv = store.get(keys.guest_status(NODE))
+    assert kv is not None
+    return kv.mod_revision
+
+
+def _round(store: MemoryStore, services: dict[str, Any], after: float = 2.0) -> dict[str, Any]:
+    assert isinstance(store.clock, VirtualClock)
+    store.clock.advance(after)
+    return guest_status.publish_status_for(store, NODE, services)
+
+
+def test_idle_guests_are_not_rewritten_every_round(node: Any) -> None:
+    store, drv, services = node
+    first = _round(store, services)
+    assert set(first) == {str(v) for v in range(100, 110)} and drv.cached[-1] is True
+    rev = _revision(store)
+    # Idle: uptime ticks, cpu and memory wobble below their thresholds.
+    for i in range(10):
+        for vmid in drv.now:
+            drv.now[vmid] = _idle(vmid, uptime=12 + 2 * i, cpu=0.001 + 0.001 * (i % 2),
+                                  mem=200_000 + 4096 * i)  # fmt: skip
+        _round(store, services)
+    assert _revision(store) == rev, "an idle node rewrote its status document"
+    assert store.get_value(keys.guest_status(NODE)) == first  # times of the figures kept
+
+
+def test_a_state_change_is_written_in_its_round(node: Any) -> None:
+    store, drv, services = node
+    _round(store, services)
+    rev = _revision(store)
+    drv.now[105] = {"vmid": 105, "status": "stopped", "cpu": 0, "mem": 0}
+    doc = _round(store, services)
+    assert _revision(store) > rev
+    assert doc["105"]["status"] == "stopped" and doc["105"]["time"] == store.clock.time()
+    assert doc["104"]["time"] < store.clock.time()  # the others were not re-timed
+    drv.now[106] = _idle(106, frozen=1)
+    assert _round(store, services)["106"]["frozen"] == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "written"),
+    [
+        ("cpu", 0.004, False),
+        ("cpu", 0.2, True),
+        ("mem", 200_000 + (1 << 20) - 1, False),
+        ("mem", 200_000 + (2 << 20), True),
+        ("netin", 5 << 20, True),
+        ("maxmem", 128 << 20, True),  # a config-derived field: any change
+        ("mem", None, True),  # a figure turning unknown is news
+    ],
+)
+def test_thresholds(node: Any, field: str, value: Any, written: bool) -> None:
+    store, drv, services = node
+    _round(store, services)
+    rev = _revision(store)
+    entry = _idle(101, **{field: value})
+    if value is None:
+        del entry[field]
+    drv.now[101] = entry
+    _round(store, services)
+    assert (_revision(store) > rev) is written
+
+
+def test_everything_is_refreshed_periodically(node: Any) -> None:
+    store, drv, services = node
+    _round(store, services)
+    rev = _revision(store)
+    for vmid in drv.now:
+        drv.now[vmid] = _idle(vmid, uptime=40)
+    doc = _round(store, services, after=guest_status.REFRESH)
+    assert _revision(store) > rev
+    assert {e["uptime"] for e in doc.values()} == {40}
+    assert {e["time"] for e in doc.values()} == {store.clock.time()}
+
+
+def test_guests_coming_and_going_are_written(node: Any) -> None:
+    store, drv, services = node
+    _round(store, services)
+    store.delete(keys.guest(109))
+    assert "109" not in _round(store, services)
+    store.put(keys.guest(120), {"vmid": 120, "type": "lxc", "node": NODE, "config": {}})
+    drv.now[120] = _idle(120)
+    assert _round(store, services)["120"]["status"] == "running"
+    assert store.get_value(keys.guest_status(NODE))["120"]["pid"] == 4120
+
+
+def test_history_records_an_unchanged_entry_every_round(tmp_path: Any) -> None:
+    """An entry kept (not re-timed) still holds now: the history gets a sample."""
+    if metrics_rrd.available() is not None:
+        pytest.skip(metrics_rrd.available())
+    store = MemoryStore(clock=VirtualClock())
+    rrd = metrics_rrd.RrdStore(tmp_path)
+    now = 1_800_000_000
+    store.put(keys.guest_status(NODE), {"300": {"cpu": 0.5, "cpus": 1, "time": now - 10}})
+    assert metrics_rrd.record_round(rrd, store, now=now) == 1
+    assert metrics_rrd.record_round(rrd, store, now=now + 20) == 1
+    # Older than a node re-publishes everything: left to its own time (not recorded again).
+    assert metrics_rrd.record_round(rrd, store, now=now + 200) == 0
