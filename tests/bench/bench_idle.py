@@ -2,7 +2,7 @@
 latency with N idle busybox containers on one node (not collected by pytest).
 
     /opt/corral/venv/bin/python tests/bench/bench_idle.py [--counts 10 100 300] [--idle 20]
-                                                          [--json out.json]
+                                                          [--before REV] [--json out.json]
 
 One corrald (own etcd). For each count in turn, containers are created and
 started through the API (8 tasks at a time, as the node runs them) until that
@@ -12,6 +12,12 @@ the host's MemAvailable drop per container since none ran, and the medians and
 p95 of `GET /cluster/resources` and `GET .../status/current` (20 each). The
 raw reference for memory is LXC's own processes (monitor + init) per container.
 The issue's goal: 1,000 idle CTs cost no more than 10 (corrald's idle CPU flat).
+Also read from corrald's /metrics over the window: the mean time of one status
+round and how many rounds wrote the node's status document.
+
+`--before REV` measures each count twice on the same running containers: with
+this checkout's corrald, then restarted on the code of git revision REV (put
+first on PYTHONPATH; the containers outlive the restart), then back.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,13 +70,29 @@ def _grow(api: ApiSession, tid: str, have: int, want: int) -> None:
         _wait_tasks(api, upids, timeout=1800)
 
 
+def _round_metrics(api: ApiSession) -> dict[str, float]:
+    """corrald's status-round figures from /metrics ({} where it has none)."""
+    r = api.http.get(f"{api.base}/metrics", verify=api.ca, timeout=60)
+    out: dict[str, float] = {}
+    for line in r.text.splitlines():
+        for name in ("corral_status_round_duration_seconds_sum",
+                     "corral_status_round_duration_seconds_count"):  # fmt: skip
+            if line.startswith(name + " "):
+                out[name.rsplit("_", 1)[1]] = float(line.split()[1])
+        if line.startswith('corral_status_rounds_total{result="written"}'):
+            out["written"] = float(line.split()[1])
+    return out
+
+
 def measure(node: Corrald, api: ApiSession, count: int, idle: float, mem0: int) -> dict[str, Any]:
     pid = int((node.data_dir / "corrald.pid").read_text())
     etcd = node.etcd_pid()
-    time.sleep(5)  # the start tasks' follow-ups and the inits settle
+    time.sleep(5 + count / 100)  # the start tasks' follow-ups, the inits, a first round settle
+    m0 = _round_metrics(api)
     c0, e0, t0 = _cpu_seconds(pid), _cpu_seconds(etcd) if etcd else 0.0, time.monotonic()
     time.sleep(idle)
     wall = time.monotonic() - t0
+    m1 = _round_metrics(api)
     cpu = (_cpu_seconds(pid) - c0) / wall * 100
     etcd_cpu = ((_cpu_seconds(etcd) - e0) / wall * 100) if etcd else float("nan")
     lxcpath = str(node.data_dir / "lxc")
@@ -78,8 +101,12 @@ def measure(node: Corrald, api: ApiSession, count: int, idle: float, mem0: int) 
     rows = api.data("GET", "/cluster/resources", params={"type": "vm"})
     mems = [r.get("mem", 0) for r in rows if r["vmid"] >= FIRST and r["status"] == "running"]
     cur = _latency(api, f"/nodes/{NODE}/lxc/{FIRST}/status/current")
+    rounds = m1.get("count", 0) - m0.get("count", 0)
     return {
         "containers": count,
+        "load_avg_1m": os.getloadavg()[0],
+        "status_round_ms": round((m1["sum"] - m0["sum"]) / rounds * 1000, 2) if rounds else None,
+        "status_rounds_written": f"{m1.get('written', 0) - m0.get('written', 0):.0f}/{rounds:.0f}",
         "corrald_cpu_percent": round(cpu, 2),
         "etcd_cpu_percent": round(etcd_cpu, 2),
         "corrald_rss_mib": round(_rss(pid) / 2**20, 1),
@@ -93,11 +120,41 @@ def measure(node: Corrald, api: ApiSession, count: int, idle: float, mem0: int) 
     }
 
 
+def _before_code(rev: str, base: str) -> str:
+    """A PYTHONPATH entry whose corral.* packages are revision `rev` of this repo."""
+    root = Path(__file__).resolve().parents[2]
+    src, shim = Path(base) / "before" / "src", Path(base) / "before" / "shim"
+    src.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev], check=True,
+                             capture_output=True, timeout=120).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True, timeout=120)
+    (shim / "corral").mkdir(parents=True)
+    for pkg in ("cluster", "kvm", "lxc", "storage", "web"):
+        (shim / "corral" / pkg).symlink_to(src / pkg)
+    return str(shim)
+
+
+def _restart(node: Corrald, pythonpath: str | None) -> ApiSession:
+    """corrald again on the same data (the containers keep running), on other code."""
+    node.stop()
+    saved = os.environ.pop("PYTHONPATH", None)
+    if pythonpath:
+        os.environ["PYTHONPATH"] = pythonpath
+    try:
+        node.start()
+    finally:
+        os.environ.pop("PYTHONPATH", None)
+        if saved is not None:
+            os.environ["PYTHONPATH"] = saved
+    return node.session()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--counts", type=int, nargs="*", default=[10, 100])
     ap.add_argument("--idle", type=float, default=20.0, help="seconds measured at each count")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--before", help="git revision to measure beside this checkout")
     args = ap.parse_args()
     base = tempfile.mkdtemp(prefix="crl-idle-", dir="/var/tmp")
     os.chmod(base, 0o755)
@@ -109,24 +166,36 @@ def main() -> None:
         shutil.copy(template, node.data_dir / "local/template/cache" / os.path.basename(template))
         tid = f"local:vztmpl/{os.path.basename(template)}"
         api = node.session()
+        before = _before_code(args.before, base) if args.before else None
         mem0 = _mem_available()
         print("CTs  corrald CPU  etcd CPU  corrald RSS  host mem/CT  CT cgroup  LXC own/CT"
-              "  resources med/p95  status/current med/p95")  # fmt: skip
+              "  resources med/p95  status/current med/p95"
+              "  round  written  running  load  code")  # fmt: skip
         for count in sorted(args.counts):
             _grow(api, tid, have, count)
             have = count
             row = measure(node, api, count, args.idle, mem0)
+            if before:
+                api = _restart(node, before)
+                row["before"] = measure(node, api, count, args.idle, mem0)
+                api = _restart(node, None)
             rows.append(row)
             figures = {k: v for k, v in row.items() if k != "containers"}
             record("idle", f"corrald CPU, {count} idle CTs", ours=row["corrald_cpu_percent"],
                    raw=None, unit="% of a core", **figures)  # fmt: skip
-            r, s = row["resources_ms"], row["status_current_ms"]
-            print(f"{count:4d} {row['corrald_cpu_percent']:9.1f} % {row['etcd_cpu_percent']:7.1f} %"
-                  f" {row['corrald_rss_mib']:8.0f} MiB {row['host_mem_per_ct_kib']:8d} KiB"
-                  f" {row['ct_cgroup_mem_kib']:6d} KiB"
-                  f" {row['lxc_monitor_rss_per_ct_kib']:7d} KiB"
-                  f" {r['median']:8.1f}/{r['p95']:.1f} ms {s['median']:10.1f}/{s['p95']:.1f} ms",
-                  flush=True)  # fmt: skip
+            for label, r in (("now", row), (f"{args.before}", row.get("before"))):
+                if r is None:
+                    continue
+                res, cur = r["resources_ms"], r["status_current_ms"]
+                print(f"{count:4d} {r['corrald_cpu_percent']:9.1f} % {r['etcd_cpu_percent']:7.1f} %"
+                      f" {r['corrald_rss_mib']:8.0f} MiB {r['host_mem_per_ct_kib']:8d} KiB"
+                      f" {r['ct_cgroup_mem_kib']:6d} KiB"
+                      f" {r['lxc_monitor_rss_per_ct_kib']:7d} KiB"
+                      f" {res['median']:8.1f}/{res['p95']:.1f} ms"
+                      f" {cur['median']:10.1f}/{cur['p95']:.1f} ms"
+                      f"  {r['status_round_ms'] or '-'} ms {r['status_rounds_written']:>6}"
+                      f"  {r['running']:4d} {r['load_avg_1m']:5.1f}  {label}",
+                      flush=True)  # fmt: skip
         if args.json:
             Path(args.json).write_text(json.dumps({"node_idle": rows}, indent=1) + "\n")
     finally:
