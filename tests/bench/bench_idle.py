@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -156,6 +157,8 @@ def main() -> None:
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--before", help="git revision to measure beside this checkout")
     args = ap.parse_args()
+    # Stopped (report.py's timeout, kill): still remove every container below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     base = tempfile.mkdtemp(prefix="crl-idle-", dir="/var/tmp")
     os.chmod(base, 0o755)
     node = Corrald(Path(base) / "corrald", node=NODE).start()

@@ -33,7 +33,13 @@ BENCHES: dict[str, tuple[str, list[str], int]] = {
     "resources": ("bench_resources.py", ["--nodes", "100", "--guests", "10000"], 900),
     "parallel_create": ("bench_parallel_create.py", ["--clients", "10", "--creates", "3"], 900),
     "kvm": ("bench_kvm.py", ["--rounds", "3"], 900),
-    "idle": ("bench_idle.py", ["--counts", "10", "100", "300", "--idle", "15"], 2400),
+    # 1,000 CTs is issue 16's headline; 71e553c is the code before the status round
+    # was batched and made change-driven, measured on the same containers.
+    "idle": (
+        "bench_idle.py",
+        ["--counts", "10", "100", "300", "1000", "--idle", "15", "--before", "71e553c"],
+        3600,
+    ),
 }
 
 
@@ -47,14 +53,21 @@ def run(names: list[str], out: Path) -> dict[str, Any]:
         env = {**os.environ, "CORRAL_BENCH_JSON": sink}
         print(f"==> {name}: {script} {' '.join(argv)}", flush=True)
         t0 = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / script), *argv], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+        )  # fmt: skip
         try:
-            proc = subprocess.run(
-                [sys.executable, str(HERE / script), *argv],
-                capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
-            )  # fmt: skip
-            text, code = proc.stdout + proc.stderr, proc.returncode
-        except subprocess.TimeoutExpired as exc:
-            text, code = f"{exc.stdout or ''}\ntimed out after {timeout} s", -1
+            text, code = proc.communicate(timeout=timeout)[0], proc.returncode
+        except subprocess.TimeoutExpired:
+            # SIGTERM first: the benchmark then removes what it made (1,000 containers).
+            proc.terminate()
+            try:
+                text = proc.communicate(timeout=300)[0]
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                text = proc.communicate()[0]
+            text, code = f"{text or ''}\ntimed out after {timeout} s", -1
         (out / f"{name}.txt").write_text(text if isinstance(text, str) else text.decode())
         print(text[-1500:] if isinstance(text, str) else "", flush=True)
         with open(sink) as fh:
@@ -114,6 +127,11 @@ def plot(report: dict[str, Any], previous: dict[str, Any] | None, out: Path) -> 
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.plot(counts, [r["ours"] for r in idle], "o-", label="corrald CPU (% of a core)")
         ax.plot(counts, [r["etcd_cpu_percent"] for r in idle], "s-", label="etcd CPU (%)")
+        if all(isinstance(r.get("before"), dict) for r in idle):
+            ax.plot(counts, [r["before"]["corrald_cpu_percent"] for r in idle], "o:",
+                    color="C0", alpha=0.5, label="corrald CPU, code before")  # fmt: skip
+            ax.plot(counts, [r["before"]["etcd_cpu_percent"] for r in idle], "s:",
+                    color="C1", alpha=0.5, label="etcd CPU, code before")  # fmt: skip
         ax.set_xlabel("idle busybox CTs on the node")
         ax.set_ylabel("% of one core")
         ax2 = ax.twinx()
