@@ -152,6 +152,9 @@ def publish_status_for(
         last: dict[str, Any] = services.get("status_doc") or {}
         refresh = now - services.get("status_refreshed", float("-inf")) >= REFRESH
         batch = _measure_many(drivers, recs)
+        # The driver's entry each published one was compared with: a cached entry
+        # handed again (figures not due) is the same object, and needs no compare.
+        seen: dict[str, Any] = services.get("status_seen") or {}
         doc: dict[str, Any] = {}
         changed = len(recs) != len(last)
         for rec in recs:
@@ -160,11 +163,12 @@ def publish_status_for(
             new = batch.get(key)
             if new is None:
                 new = _measure(drivers.get(rec["type"]), rec, now)
-            if old is not None and not refresh and not moved(old, new):
+            if old is not None and not refresh and (seen.get(key) is new or not moved(old, new)):
                 doc[key] = old  # as published, with the time of its figures
                 continue
             doc[key] = {**new, "time": now}
             changed = True
+        services["status_seen"] = {k: v for k, v in batch.items() if k in doc}
         if changed or refresh:
             store.put(keys.guest_status(node), doc, lease=services.get("lease_id"))
             services["status_doc"] = doc

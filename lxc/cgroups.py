@@ -508,8 +508,8 @@ class CpuMeter:
             self._last[key] = (now, usage_ns)
             self._frac.pop(key, None)
             return 0.0
-        if now - prev[0] < self.MIN_WINDOW and key in self._frac:
-            return self._frac[key]
+        if now - prev[0] < self.MIN_WINDOW:
+            return self._frac.get(key, 0.0)  # too short to say: the last figure
         frac = max(0.0, (usage_ns - prev[1]) / 1e9 / (now - prev[0]) / max(1, cpus))
         if keep:
             self._last[key] = (now, usage_ns)

@@ -9,9 +9,10 @@ does per container only what changed or is due:
   from it is looked up as an orphan (running without its monitor). Freezing
   and thawing through corral publish at once (the task measures its guest);
   done behind corral's back, they are seen at the container's next figures read.
-- **Figures** (cpu, mem, swap, disk, net, uptime) of a running container are
-  re-read every FIGURES_EVERY rounds (10 s, as Proxmox's pvestatd), containers
-  spread over the rounds by VMID, through its group files resolved once per
+- **Figures** (cpu, mem, swap, disk, net, uptime) of an idle running container
+  are re-read every FIGURES_EVERY rounds (10 s, as Proxmox's pvestatd),
+  containers spread over the rounds by VMID; a busy one (BUSY_CPU at its last
+  read) every round. Both through its group files resolved once per
   init process (`cgroups.GroupFiles`; a new init, told by its start time,
   resolves them again). Between reads the round answers the last figures.
 - **Config-derived fields** (name, cpus, maxmem, maxswap, maxdisk, the veths)
@@ -38,7 +39,8 @@ from corral.lxc import cgroups, orphans, usage
 from corral.lxc import config as cfg
 from corral.lxc.render import veth_name
 
-FIGURES_EVERY = 5  # rounds between two figure reads of one running container
+FIGURES_EVERY = 5  # rounds between two figure reads of one idle running container
+BUSY_CPU = 0.005  # a container using this much of the host is read every round
 WALK_BUDGET = 0.01  # s of disk-usage tree walking per round
 
 
@@ -145,6 +147,7 @@ class Collector:
                 and init.pid == pid
                 and init.entry is not None
                 and init.static is static
+                and init.entry.get("cpu", 0) < BUSY_CPU
                 and (vmid + self._round) % FIGURES_EVERY
             ):
                 out[vmid] = init.entry

@@ -252,7 +252,9 @@ def test_prometheus_and_rrddata_follow_a_busy_ct(
     burner = Burner(node, ct)
     try:
         pid = ct_pid(node, ct)
-        time.sleep(6)  # two status rounds and two scrapes into the burn
+        # An idle CT's figures are read every 10 s (a busy one's every 2 s round):
+        # by 14 s into the burn two reads and scrapes have seen it.
+        time.sleep(14)
         t0, u0 = time.monotonic(), cgroups.cpu_usage_ns(pid)
         time.sleep(4)
         t1, u1 = time.monotonic(), cgroups.cpu_usage_ns(pid)
