@@ -109,6 +109,14 @@ def translate(err: libvirt.libvirtError, what: str) -> CorralError:
     return CommandFailed(cmd=what, stderr=err.get_error_message() or str(err))
 
 
+def lost_message(what: str, err: libvirt.libvirtError) -> str:
+    return (
+        f"{what}: the connection to libvirt was lost (the libvirt daemon stopped or "
+        f"restarted: {err.get_error_message() or err}); whether it took effect shows in "
+        "the VM's status once libvirt is back"
+    )
+
+
 class Libvirt:
     """A lazily opened, self-healing connection with deadlines on every call."""
 
@@ -130,7 +138,8 @@ class Libvirt:
             conn = libvirt.open(self.uri)
         except libvirt.libvirtError as err:
             raise Unavailable(
-                f"cannot open libvirt at {self.uri}: {err.get_error_message()}"
+                f"cannot open libvirt at {self.uri} (is the libvirt daemon running?): "
+                f"{err.get_error_message()}"
             ) from err
         if self.root is not None:
             self._settle(conn)
@@ -165,6 +174,8 @@ class Libvirt:
             try:
                 return fn(*args)
             except libvirt.libvirtError as err:
+                if self._lost():
+                    raise Unavailable(lost_message(what, err)) from err
                 raise translate(err, what) from err
 
         future = self._pool.submit(call)
@@ -173,6 +184,17 @@ class Libvirt:
             return future.result(timeout=limit)
         except concurrent.futures.TimeoutError:
             raise Unavailable(f"{what}: libvirt did not answer within {limit:g} s") from None
+
+    def _lost(self) -> bool:
+        """The connection died under a call (libvirtd killed or restarted): its
+        error says only "End of file while reading data"."""
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            return not conn.isAlive()
+        except libvirt.libvirtError:
+            return True
 
     def open(self, timeout: float = OPEN_TIMEOUT) -> libvirt.virConnect:
         return self.run(f"open {self.uri}", self.conn, timeout=timeout)
