@@ -326,6 +326,11 @@ class TaskContext:
 class TaskWorker:
     """Runs the tasks addressed to one node."""
 
+    # A task's write waits this many times 0.5 s through an etcd restart in line;
+    # a task's end that still could not be written is retried every END_RETRY_SECONDS.
+    WRITE_ATTEMPTS = 50
+    END_RETRY_SECONDS = 2.0
+
     def __init__(self, store: StoreAPI, node: str, *, workers: int = 8) -> None:
         self.store = store
         self.clock = store.clock
@@ -489,15 +494,16 @@ class TaskWorker:
 
     def set_fields(
         self, rec: dict[str, Any], ctx: TaskContext | None = None, **fields: Any
-    ) -> None:
+    ) -> bool:
         """Change fields of the task's record; with `ctx`, its unwritten log lines
-        go in the same transaction (a short task's log and end cost one write)."""
+        go in the same transaction (a short task's log and end cost one write).
+        False when the store stayed unavailable through every attempt."""
         key = record_key(self.node, rec["upid"])
         unavailable: Unavailable | None = None
-        for _ in range(50):
+        for _ in range(self.WRITE_ATTEMPTS):
             try:
                 if self._write_fields(key, rec, ctx, fields):
-                    return
+                    return True
                 unavailable = None
             except Unavailable as err:
                 unavailable = err
@@ -506,7 +512,7 @@ class TaskWorker:
                 self.clock.sleep(0.5)  # etcd is restarting; the task's outcome must not be lost
         if unavailable is not None:
             log.warning("task %s: record not updated: %s", rec["upid"], unavailable)
-            return
+            return False
         raise Conflict(f"too much contention on {key}")
 
     def _write_fields(
@@ -529,6 +535,23 @@ class TaskWorker:
             return True
 
     def _finish(self, rec: dict[str, Any], exitstatus: str, ctx: TaskContext | None = None) -> None:
-        self.set_fields(
-            rec, ctx, status="stopped", exitstatus=exitstatus, endtime=int(self.clock.time())
-        )
+        fields = {"status": "stopped", "exitstatus": exitstatus, "endtime": int(self.clock.time())}
+        if not self.set_fields(rec, ctx, **fields) and not self.stopped:
+            # A long etcd outage: the task must not read "running" until the node
+            # restarts, so its end (and last log lines) is written once etcd is back.
+            log.warning("task %s: its end is not written yet; retrying in the background",
+                        rec["upid"])  # fmt: skip
+            self.clock.call_later(self.END_RETRY_SECONDS, lambda: self._retry_end(rec, ctx, fields))
+
+    def _retry_end(
+        self, rec: dict[str, Any], ctx: TaskContext | None, fields: dict[str, Any]
+    ) -> None:
+        if self.stopped:
+            return  # the node's restart ends the task as interrupted
+        try:
+            if self._write_fields(record_key(self.node, rec["upid"]), rec, ctx, fields):
+                log.info("task %s: its end is written, the store is back", rec["upid"])
+                return
+        except Unavailable:
+            pass
+        self.clock.call_later(self.END_RETRY_SECONDS, lambda: self._retry_end(rec, ctx, fields))

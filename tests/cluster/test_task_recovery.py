@@ -5,6 +5,7 @@ In-memory store, one task worker kept busy so the create stays queued."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from corral.cluster import keys
@@ -55,5 +56,39 @@ def test_aborted_queued_create_leaves_no_locked_record() -> None:
         assert "CT 901 was not created" in "\n".join(tasks.log_lines(upid))
     finally:
         release.set()
+        worker.stop()
+        store.close()
+
+
+@task_handler("faulttest-outage")
+def _outage(ctx: Any, args: dict[str, Any]) -> None:
+    ctx.log("before the outage")
+    ctx.flush()
+    ctx.store.set_available(False)  # etcd gone for longer than a task's end waits
+    ctx.log("done during the outage")
+
+
+def test_task_end_lands_after_a_long_store_outage() -> None:
+    """The end of a task that could not be written through its in-line retries
+    is written in the background once the store is back: the task does not read
+    "running" until the node restarts. Fails without the background retry."""
+    store = MemoryStore()
+    tasks = Tasks(store)
+    worker = TaskWorker(store, "node1", workers=1)
+    worker.WRITE_ATTEMPTS = 2  # gives up in-line after ~1 s instead of 25 s
+    worker.END_RETRY_SECONDS = 0.2
+    worker.start()
+    try:
+        upid = tasks.submit(node="node1", type="faulttest-outage", id="", user="root@pam", args={})
+        deadline = time.monotonic() + 10
+        while store._available and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(2.5)  # past the in-line retries: the worker has moved on
+        store.set_available(True)
+        st = tasks.wait(upid, timeout=10)
+        assert (st["status"], st["exitstatus"]) == ("stopped", "OK")
+        assert tasks.log_lines(upid)[-2:] == ["done during the outage", "TASK OK"]
+    finally:
+        store.set_available(True)
         worker.stop()
         store.close()
