@@ -33,6 +33,7 @@ class SessionTask:
         self._chunk = 0
         self._lock = threading.Lock()
         self._ended = False
+        self.aborted = False  # stopped through the task (DELETE .../tasks/UPID)
         self.record: dict[str, Any] = {
             **Upid.parse(self.upid).fields(),
             "status": "running",

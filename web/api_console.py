@@ -33,7 +33,7 @@ import subprocess
 import termios
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
@@ -50,6 +50,7 @@ from corral.cluster.errors import (
 )
 from corral.cluster.schema import NODE, VMID, Param
 from corral.cluster.session_tasks import SessionTask
+from corral.cluster.tasks import ABORTED
 from corral.web.api import Ctx, endpoint
 from corral.web.api_core import require_node
 from corral.web.app import dispatch, on_app
@@ -275,7 +276,10 @@ def _serve(ctx: Ctx, node: str, type: str, vmid: int, port: int, vncticket: str)
             session.task.end(err.message)
         raise
     if session.task is not None:
-        session.task.end("OK", "console closed")
+        if session.task.aborted:
+            session.task.end(ABORTED, "console stopped through its task")
+        else:
+            session.task.end("OK", "console closed")
     return answer
 
 
@@ -309,6 +313,7 @@ def _open(ctx: Ctx, node: str, type: str, vmid: int, session: Session) -> Any:
             ws.accept(environ)
         except CorralError:
             return Response(b"", status=400)
+        _stoppable(ctx, session, ws, conn)
         if argv is not None:
             _terminal(ws, session, argv)
         elif backend is not None and session.serial is not None:
@@ -316,10 +321,53 @@ def _open(ctx: Ctx, node: str, type: str, vmid: int, session: Session) -> Any:
         elif backend is not None:
             _vnc(ws, backend)
     finally:
+        if session.task is not None:
+            _LIVE.pop(session.task.upid, None)
         if backend is not None:
             backend.close()
         conn.release()
     return Response(b"", status=101)
+
+
+# -- stopping a console's task closes the console (as Proxmox's task "Stop") ----------
+
+_LIVE: dict[str, Callable[[], None]] = {}  # the UPID of an open console -> how to close it
+_WATCHES: dict[str, Any] = {}  # node -> its watch on tasks/{node}/ (one per node process)
+_WATCH_LOCK = threading.Lock()
+
+
+def _stoppable(ctx: Ctx, session: Session, ws: WebSocket, conn: Any) -> None:
+    task = session.task
+    if task is None:
+        return
+
+    def stop() -> None:
+        task.aborted = True
+        ws.close(1000, "console stopped")
+        try:
+            conn.sock.shutdown(socket.SHUT_RD)  # wakes the loop reading the browser
+        except OSError:
+            pass
+
+    _LIVE[task.upid] = stop
+    with _WATCH_LOCK:
+        if ctx.node not in _WATCHES:
+            # DELETE /nodes/N/tasks/UPID marks the record aborted (from any node).
+            _WATCHES[ctx.node] = ctx.store.watch(f"tasks/{ctx.node}/", _on_task_change)
+
+
+def _on_task_change(event: Any) -> None:
+    if event.kind == "put":
+        records = [event.value]
+    elif event.kind == "resync":
+        records = [kv.value for kv in event.value]
+    else:
+        return
+    for rec in records:
+        if isinstance(rec, dict) and rec.get("abort") and rec.get("status") == "running":
+            stop = _LIVE.get(str(rec.get("upid")))
+            if stop is not None:
+                stop()
 
 
 # -- the node's own shell (Proxmox's node "Shell") --------------------------------------

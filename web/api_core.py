@@ -63,7 +63,9 @@ def require_node(ctx: Ctx, node: str) -> dict[str, Any]:
 @endpoint("GET", "/nodes/{node}", params={"node": NODE}, description="Node index.")
 def node_index(ctx: Ctx, node: str) -> list[dict[str, str]]:
     require_node(ctx, node)
-    return [{"name": n} for n in ("status", "tasks", "storage", "lxc", "qemu", "version")]
+    names = ("status", "tasks", "storage", "lxc", "qemu", "version", "services", "network",
+             "syslog", "journal")  # fmt: skip
+    return [{"name": n} for n in names]
 
 
 @endpoint(

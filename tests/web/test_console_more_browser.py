@@ -112,6 +112,16 @@ def test_a_console_session_is_a_task_in_the_panel(node: Corrald, page: Any, shot
     page.click("#node-tab-summary")
     page.locator(f"#tasklist tr[data-upid='{upid}'] td.OK").wait_for(timeout=20000)
     shot(page, shots, "34-console-task-ended")
+    # Stop on a console's task closes the console, as in Proxmox.
+    page.click("#node-tab-shell")
+    page.locator("#terminal .xterm-rows").filter(has_text="login:").wait_for()
+    row = page.locator("#tasklist tr", has=page.locator("td.running"), has_text="Terminal").first
+    row.wait_for()
+    row.click()
+    page.click("#tasklog-stop")
+    page.wait_for_selector("#tasklog-title[data-state='aborted by user']", timeout=20000)
+    page.wait_for_selector("#console-state:text-is('Disconnected')")
+    shot(page, shots, "34b-console-task-stopped")
 
 
 class _Files(http.server.BaseHTTPRequestHandler):
@@ -221,3 +231,20 @@ def test_the_vm_wizard_cloud_init_step(node: Corrald, page: Any, shots: Path) ->
         )
     finally:
         api.run_task("DELETE", f"/nodes/node1/qemu/{vmid}", params={"purge": 1})
+
+
+def test_node_pages_at_phone_width_in_dark(node: Corrald, page: Any, shots: Path) -> None:
+    page.set_viewport_size({"width": 390, "height": 844})
+    log_in(page, node)
+    if page.evaluate("document.documentElement.dataset.theme") != "dark":
+        page.click("#theme")
+    for tab, ready, name in (
+        ("services", "#services tr[data-service=corrald]", "39-phone-services-dark"),
+        ("network", "#network tr[data-iface]", "40-phone-network-dark"),
+        ("syslog", "#syslog:has-text('corrald')", "41-phone-syslog-dark"),
+    ):
+        page.goto(f"{node.url}/#/node/node1/{tab}")
+        page.wait_for_selector(ready)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 400, f"{tab} scrolls sideways at phone width ({width} px)"
+        shot(page, shots, name)

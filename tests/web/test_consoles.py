@@ -303,3 +303,44 @@ def test_the_node_shell(nodes: tuple[Corrald, Corrald], via: str) -> None:
         read_until(ws, r"login: ")
     finally:
         ws.close()
+
+
+def test_a_nodes_services_and_log_answer_from_any_node(nodes: tuple[Corrald, Corrald]) -> None:
+    """Services, network and log are the node's own: node1 forwards the calls to node2."""
+    one, two = nodes
+    api = one.session()
+    assert two.proc is not None
+    rows = {r["service"]: r for r in api.data("GET", "/nodes/node2/services")}
+    assert rows["corrald"]["pid"] == two.proc.pid
+    assert (
+        rows["corral-etcd"]["state"] == "unknown" and "external etcd" in rows["corral-etcd"]["desc"]
+    )
+    r = api.post("/nodes/node2/services/corral-etcd/restart")
+    assert r.status_code == 400 and "external etcd" in r.json()["errors"]["service"]
+    log = "\n".join(x["t"] for x in api.data("GET", "/nodes/node2/syslog", params={"limit": 500}))
+    assert "node ready node=node2" in log and "node=node1" not in log
+    assert api.data("GET", "/nodes/node2/network")
+
+
+def test_stopping_a_console_task_closes_the_console(
+    nodes: tuple[Corrald, Corrald], ct: int
+) -> None:
+    """As Proxmox's "Stop" on a vncproxy/termproxy task: the session ends, aborted."""
+    one, two = nodes
+    api = one.session()
+    path = f"/nodes/node1/lxc/{ct}"
+    proxy = api.data("POST", f"{path}/termproxy")
+    ws = connect(one, api, path, proxy["port"], proxy["ticket"])
+    try:
+        ws.send(f"admin@pve:{proxy['ticket']}\n")
+        read_until(ws, r"[#$] ")
+        # Stopped through the other node: the record's abort mark reaches node1.
+        two.session().delete(f"/nodes/node1/tasks/{quote(proxy['upid'], safe='')}")
+        ws.settimeout(10)
+        with pytest.raises(websocket.WebSocketConnectionClosedException):
+            for _ in range(100):
+                ws.recv()
+    finally:
+        ws.close()
+    status = api.wait_task(proxy["upid"], timeout=20)
+    assert status["exitstatus"] == "aborted by user", status

@@ -98,6 +98,7 @@ export const tasks = {
       pre.textContent = lines.map((l) => l.t).join("\n");
       if (atEnd) pre.scrollTop = pre.scrollHeight;
       title.textContent = `${describe(st)} · ${st.status === "stopped" ? st.exitstatus : "running"}`;
+      stopButton(upid, st.status !== "stopped");
       title.dataset.state = st.status === "stopped" ? st.exitstatus : "running";
       if (st.status !== "stopped") this.logTimer = setTimeout(() => poll().catch(retry), 700);
       else this.load().catch(() => {});
@@ -115,6 +116,18 @@ export const tasks = {
     document.getElementById("tasklist-wrap").classList.remove("with-log");
   },
 };
+
+// Stop for the running task whose log is shown (DELETE .../tasks/UPID, as Proxmox's
+// Stop: a console's task then closes the console).
+function stopButton(upid, running) {
+  let b = document.getElementById("tasklog-stop");
+  if (!b) {
+    b = el("button", { id: "tasklog-stop", class: "link danger", type: "button" }, "Stop");
+    document.getElementById("tasklog-close").before(b);
+  }
+  b.hidden = !running;
+  b.onclick = () => call("DELETE", `/nodes/${upid.split(":")[1]}/tasks/${encodeURIComponent(upid)}`).catch(() => {});
+}
 
 // Shows a task the user just started, and refreshes the list at once.
 export function follow(upid) {
