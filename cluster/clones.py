@@ -105,6 +105,27 @@ def replace_volumes(
 # -- checks the API runs before queueing ------------------------------------------------
 
 
+def check_target_storage(
+    store: Any, driver: GuestDriver, config: dict[str, Any], *, kind: str, target: str,
+    storage: str | None,
+) -> None:  # fmt: skip
+    """A clone onto another node must land on storage that node sees: every copied
+    disk's storage (or `storage`, where they all go) must be shared, as Proxmox
+    asks ("can't clone VM to node ... (VM uses local storage)")."""
+    local = []
+    for key, volid in sorted(snapshots.snapshot_volumes(driver, config).items()):
+        sid = storage or volid.partition(":")[0]
+        conf = store.get_value(keys.storage(sid)) or {}
+        if not int(conf.get("shared") or 0):
+            local.append(f"{key} on '{sid}'")
+    if local:
+        raise ParamError.one(
+            "target",
+            f"can't clone {kind} to node '{target}' ({kind} uses local storage: "
+            f"{', '.join(local)}); clone onto a shared storage or migrate the clone",
+        )
+
+
 def check_clone(
     rec: dict[str, Any], newid: int, *, full: bool | None, snapname: str | None
 ) -> bool:
@@ -165,6 +186,9 @@ def _clone(ctx: TaskContext, args: dict[str, Any]) -> None:
     running = driver.status(vmid, rec["config"]).get("status") in ("running", "paused")
     target = args.get("target") or ctx.node
     kind = guests._kind(rec)
+    if target != ctx.node:
+        check_target_storage(ctx.store, driver, config, kind=kind, target=target,
+                             storage=args.get("storage"))  # fmt: skip
     lock_source = not rec["config"].get("template")
     if lock_source:
         snapshots._lock(ctx, vmid, "clone")

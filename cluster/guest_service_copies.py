@@ -150,6 +150,11 @@ class CopyOperations:
             raise ParamError.one("storage", "a target storage needs a full clone (full=1)")
         if storage and self.store.get_value(keys.storage(storage)) is None:
             raise ParamError.one("storage", f"storage '{storage}' does not exist")
+        driver = self.drivers.get(rec["type"])
+        if target != rec["node"] and driver is not None:
+            config = snapshots.get_snapshot(rec, snapname)["config"] if snapname else rec["config"]
+            clones.check_target_storage(self.store, driver, config, kind=guests._kind(rec),
+                                        target=target, storage=storage)  # fmt: skip
         name_key = "hostname" if rec["type"] == "lxc" else "name"
         placeholder = {k: v for k, v in rec["config"].items() if k == name_key}
         guests.claim(self.store, guests.new_record(rec["type"], newid, target, placeholder),
