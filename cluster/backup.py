@@ -25,7 +25,17 @@ import tempfile
 import time
 from typing import Any
 
-from corral.cluster import archive, backup_jobs, ct_archive, guests, keys, prune, snapshots
+from corral.cluster import (
+    archive,
+    backup_jobs,
+    backup_recovery,
+    backup_volumes,
+    ct_archive,
+    guests,
+    keys,
+    prune,
+    snapshots,
+)
 from corral.cluster.errors import Conflict, CorralError, ParamError
 from corral.cluster.guest_driver import GuestDriver, VolumeAccess
 from corral.cluster.tasks import TaskContext, task_handler
@@ -48,33 +58,25 @@ def notes(template: str | None, rec: dict[str, Any], node: str, cluster: str = "
     return out.replace("\\n", "\n")
 
 
-class _Counted:
-    """Counts what a volume export writes, so the tar member can be checked."""
-
-    def __init__(self, out: Any) -> None:
-        self.out, self.bytes = out, 0
-
-    def write(self, data: Any) -> int:
-        n = self.out.write(data)
-        self.bytes += len(data)
-        return n if n is not None else len(data)
-
-    def flush(self) -> None:
-        pass
+def _disk_member(
+    ctx: TaskContext, sink: archive.Sink, key: str, path: str,
+    extents: list[tuple[int, int]] | None = None,
+) -> None:  # fmt: skip
+    size, stored = archive.sparse_member(sink, f"disk-drive-{key}.raw", path, extents)
+    ctx.log(f"'{key}': {size} bytes, {stored} of them stored (zeros are holes)")
 
 
-def _disk_member(sink: archive.Sink, key: str, size: int, fill: Any) -> None:
-    sink.write(archive.member_header(f"disk-drive-{key}.raw", size))
-    counted = _Counted(sink)
-    fill(counted)
-    if counted.bytes != size:
-        raise CorralError(f"disk {key}: wrote {counted.bytes} bytes, expected {size}")
-    sink.write(archive.padding(size))
-
-
-def _copy_file(path: str, out: Any) -> None:
-    with open(path, "rb") as fh:
-        shutil.copyfileobj(fh, out, 1 << 20)
+def _spool_volume(volumes: VolumeAccess, volid: str, path: str) -> list[tuple[int, int]]:
+    """Export `volid` as raw into a sparse file at `path`; its data extents."""
+    spool = archive.SparseSpool(path)
+    try:
+        volumes.export(volid, fmt="raw", out=spool)  # type: ignore[arg-type]
+    finally:
+        spool.close()
+    expected = int(volumes.size(volid))
+    if spool.pos != expected:
+        raise CorralError(f"{volid}: exported {spool.pos} bytes, expected {expected}")
+    return spool.extents
 
 
 def _backup_ct(
@@ -140,14 +142,17 @@ def _backup_vm(
 ) -> None:  # fmt: skip
     vmid, config = rec["vmid"], rec["config"]
     disks = snapshots.snapshot_volumes(driver, config)
+    for vol in backup_volumes.volumes(driver, "qemu", config):
+        if not vol["included"]:
+            ctx.log(f"exclude disk '{vol['id']}' '{vol['name']}' (backup=no)")
+            disks.pop(vol["id"], None)
     sink.write(archive.small_member(archive.VM_CONF, archive.config_text(config).encode()))
     if running and mode == "snapshot":
         files = driver.backup_live(vmid, config, disks, workdir, log=ctx.log)
         for key in sorted(disks):
-            path = files[key]
             ctx.log(f"adding '{key}' ({disks[key]}) from the backup job's copy")
-            _disk_member(sink, key, os.path.getsize(path), lambda out, p=path: _copy_file(p, out))
-            os.unlink(path)
+            _disk_member(ctx, sink, key, files[key])
+            os.unlink(files[key])
     else:
         paused = running and mode == "suspend"
         if paused:
@@ -156,10 +161,10 @@ def _backup_vm(
             for key, volid in sorted(disks.items()):
                 ctx.check_abort()
                 ctx.log(f"adding '{key}' ({volid})")
-                _disk_member(
-                    sink, key, int(volumes.size(volid)),
-                    lambda out, v=volid: volumes.export(v, fmt="raw", out=out),
-                )  # fmt: skip
+                spool = os.path.join(workdir, f"{key}.raw")
+                extents = _spool_volume(volumes, volid, spool)
+                _disk_member(ctx, sink, key, spool, extents)
+                os.unlink(spool)
         finally:
             if paused:
                 driver.resume(vmid, config, log=ctx.log)
@@ -243,7 +248,7 @@ def _vzdump(ctx: TaskContext, args: dict[str, Any]) -> None:
         try:
             backup_guest(ctx, vmid, opts)
             ctx.log(f"Finished Backup of VM {vmid}")
-            keep = prune.parse(opts.get("prune-backups"))
+            keep = prune.for_storage(ctx.store, opts["storage"], opts.get("prune-backups"))
             if keep and int(opts.get("remove", 1)):
                 rec = ctx.store.get_value(keys.guest(vmid)) or {}
                 backup_jobs.prune_group(ctx.store, volumes, opts["storage"], vmid,
@@ -252,8 +257,11 @@ def _vzdump(ctx: TaskContext, args: dict[str, Any]) -> None:
         except (CorralError, OSError, Conflict) as err:
             ctx.log(f"ERROR: Backup of VM {vmid} failed - {err}")
             failed.append(vmid)
+        # What a restart that interrupts this run must not do again (backup_recovery).
+        ctx.worker.set_fields(ctx.record, done=list(args["vmids"][: done + 1]))
     if failed:
         raise CorralError(f"job errors: backup of {', '.join(map(str, failed))} failed")
 
 
 task_handler("vzdump")(_vzdump)
+backup_recovery.register()

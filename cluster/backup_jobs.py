@@ -7,12 +7,15 @@ prune-backups...). Every node's daemon looks at the jobs on each status
 round (`status_hook`) and backs up the guests *it owns*; a guest that
 migrates is backed up by its new node.
 
-Never twice: each node keeps its last run of each job in
+Never twice, never lost: each node keeps its last run of each job in
 `backupjobstate/{id}/{node}` and claims a due run with a compare-and-swap on
-that key before queueing it, so two daemons of one node (or a restart in the
-middle) cannot both start it; the state survives restarts. A run missed
-while the node was down is skipped (Proxmox's default) unless the job sets
-`repeat-missed`.
+that key *in the same transaction* that queues the run's vzdump task, so two
+daemons of one node cannot both start it, and a daemon killed between the
+two leaves neither. A queued task survives a restart (the task worker takes
+it up again). A run the node's restart interrupts is ended "interrupted" and
+its recovery (corral.cluster.backup_recovery) queues the guests it had not
+finished, once. A run missed while the node was down is skipped (Proxmox's
+default) unless the job sets `repeat-missed`.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ MISSED_AFTER = 120.0  # s after its time a run counts as missed
 # Job keys that are vzdump options, handed to the vzdump task as they are.
 VZDUMP_OPTIONS = ("storage", "mode", "compress", "notes-template", "bwlimit", "protected",
                   "prune-backups", "remove")  # fmt: skip
-Submit = Callable[[list[int], dict[str, Any], str], str]
+# (vmids, vzdump options, job id) -> (UPID, task key, queued task record)
+Submit = Callable[[list[int], dict[str, Any], str], tuple[str, str, dict[str, Any]]]
 POOLS = "access/pools/"  # corral.cluster.access_groups' pool records ({"poolid", "vms"})
 
 
@@ -93,8 +97,9 @@ def next_run(store: StoreAPI, job: dict[str, Any], node: str) -> float | None:
 
 
 def run_due(store: StoreAPI, node: str, now: float, submit: Submit) -> list[str]:
-    """Queue (through `submit`) every job run of `node` that is due at `now`;
-    returns their UPIDs. Claims each run with a compare-and-swap first."""
+    """Queue every job run of `node` that is due at `now` (`submit` makes the task
+    record); returns their UPIDs. Each run is claimed with a compare-and-swap in
+    the transaction that queues it."""
     upids = []
     local = [kv.value for kv in store.range(keys.GUESTS) if kv.value.get("node") == node]
     for job in jobs(store):
@@ -114,18 +119,22 @@ def run_due(store: StoreAPI, node: str, now: float, submit: Submit) -> list[str]
         compare = (
             [("version", key, "==", 0)] if st is None else [("mod", key, "==", st.mod_revision)]
         )
-        if not store.txn(compare, [("put", key, {"last": now, "due": due, "missed": missed})]):
-            continue  # another run of this node's scheduler claimed it
+        state: dict[str, Any] = {"last": now, "due": due, "missed": missed}
+        ops: list[tuple[Any, ...]] = []
         vmids = selected(job, local, pool_members(store) if job.get("pool") else None)
+        if not missed and vmids:
+            opts = {k: job[k] for k in VZDUMP_OPTIONS if job.get(k) is not None}
+            opts.setdefault("storage", "local")
+            opts.setdefault("compress", "zstd")
+            upid, task_key, record = submit(vmids, opts, job["id"])
+            state["upid"] = upid
+            ops.append(("put", task_key, record))
+        if not store.txn(compare, [("put", key, state), *ops]):
+            continue  # another run of this node's scheduler claimed it
         if missed:
             log.info("backup job %s: run of %s was missed; next one by schedule", job["id"], due)
-            continue
-        if not vmids:
-            continue
-        opts = {k: job[k] for k in VZDUMP_OPTIONS if job.get(k) is not None}
-        opts.setdefault("storage", "local")
-        opts.setdefault("compress", "zstd")
-        upids.append(submit(vmids, opts, job["id"]))
+        elif ops:
+            upids.append(state["upid"])
     return upids
 
 
@@ -133,8 +142,8 @@ def status_hook(node: Any) -> None:
     """Called by the node daemon every status round (2 s)."""
     from corral.cluster.tasks import Tasks
 
-    def submit(vmids: list[int], opts: dict[str, Any], job: str) -> str:
-        return Tasks(node.store).submit(
+    def submit(vmids: list[int], opts: dict[str, Any], job: str) -> tuple[str, str, dict[str, Any]]:
+        return Tasks(node.store).prepare(
             node=node.name, type="vzdump", id=str(vmids[0]) if len(vmids) == 1 else "",
             user="root@pam", args={"vmids": vmids, "opts": opts, "job": job},
             serial=f"vzdump:{node.name}",

@@ -82,3 +82,14 @@ def mark(backups: list[dict[str, Any]], keep: dict[str, int]) -> list[dict[str, 
             row["mark"] = "protected"
         row.setdefault("mark", "remove")
     return rows
+
+
+def for_storage(store: Any, storage: str, given: str | None) -> dict[str, int]:
+    """The retention to apply: the one given (job or call), else the storage's
+    `prune-backups` (Proxmox's order); {} keeps everything."""
+    if given:
+        return parse(given)
+    from corral.cluster import keys
+
+    conf = store.get_value(keys.storage(storage)) or {}
+    return parse(conf.get("prune-backups"), param=f"prune-backups of storage '{storage}'")

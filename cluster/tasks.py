@@ -168,6 +168,25 @@ class Tasks:
     ) -> str:
         """`notes`: lines the task's log starts with. The Proxmox parameters that the API
         request starting this task gave without effect are always among them."""
+        upid, key, record = self.prepare(
+            node=node, type=type, id=id, user=user, args=args, serial=serial, notes=notes
+        )
+        self.store.put(key, record)
+        return upid
+
+    def prepare(
+        self,
+        *,
+        node: str,
+        type: str,
+        id: str,
+        user: str,
+        args: dict[str, Any] | None = None,
+        serial: str | None = None,
+        notes: list[str] | None = None,
+    ) -> tuple[str, str, dict[str, Any]]:
+        """(UPID, key, record) of a queued task, for a caller that writes it in a
+        transaction of its own (a backup job claims its run and queues it at once)."""
         notes = [*(notes or ()), *ignored_notes()]
         upid = Upid.new(node, type, id, user, clock=self.clock)
         record = {
@@ -179,8 +198,7 @@ class Tasks:
         }
         if notes:
             record["notes"] = list(notes)
-        self.store.put(record_key(node, str(upid)), record)
-        return str(upid)
+        return str(upid), record_key(node, str(upid)), record
 
     def get(self, upid: str) -> dict[str, Any]:
         parsed = Upid.parse(upid)

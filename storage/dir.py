@@ -474,7 +474,7 @@ class DirPlugin(StoragePlugin):
             else:
                 try:
                     with open(dst, "wb") as f:
-                        shutil.copyfileobj(stream, f, CHUNK)
+                        copy_sparse(stream, f)
                 except OSError as exc:
                     if nospace(exc):
                         raise StorageFull(detail=f"import of {new}") from exc
@@ -483,6 +483,9 @@ class DirPlugin(StoragePlugin):
                     qemu_img.info(dst, fmt="qcow2")  # refuse a stream that is not a qcow2
             undo.success()
         return new
+
+
+SPARSE_PIECE = 64 << 10
 
 
 def extract_tar(tar: tarfile.TarFile, dst: str) -> None:
@@ -501,6 +504,25 @@ def extract_tar(tar: tarfile.TarFile, dst: str) -> None:
             if where != root and not where.startswith(root + os.sep):
                 raise ParamError.one("stream", f"archive member '{member.name}' leaves the root")
         tar.extract(member, root, numeric_owner=True)
+
+
+def copy_sparse(stream: IO[bytes], out: IO[bytes]) -> int:
+    """Copy `stream` into the new file `out`, leaving zero blocks as holes (a
+    restored disk image takes the space its data takes); returns the size."""
+    size = 0
+    while True:
+        data = stream.read(CHUNK)
+        if not data:
+            break
+        for i in range(0, len(data), SPARSE_PIECE):
+            piece = data[i : i + SPARSE_PIECE]
+            if piece.count(0) == len(piece):
+                out.seek(len(piece), os.SEEK_CUR)
+            else:
+                out.write(piece)
+        size += len(data)
+    out.truncate(size)
+    return size
 
 
 def _copy_file(path: str, out: IO[bytes]) -> None:

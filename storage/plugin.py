@@ -58,6 +58,14 @@ COMMON_OPTIONS: dict[str, Param] = {
     ),
     "disable": Param("boolean", "Flag to disable the storage.", optional=True, default=0),
     "shared": Param("boolean", "Mark the storage as shared by all nodes.", optional=True),
+    # The retention a backup onto this storage applies when its job or call sets none.
+    "prune-backups": Param(
+        "string",
+        "The retention options with shorter intervals are processed first.",
+        optional=True,
+        pattern=r"keep-(?:all|last|hourly|daily|weekly|monthly|yearly)=\d{1,6}"
+        r"(?:,keep-(?:all|last|hourly|daily|weekly|monthly|yearly)=\d{1,6})*",
+    ),
 }
 PATH = Param("string", "File system path.", pattern=r"/[A-Za-z0-9_./\-]*", max_length=255)
 POOL = Param("string", "Pool.", pattern=r"[A-Za-z0-9_][A-Za-z0-9_.\-/]*", max_length=200)

@@ -11,7 +11,7 @@ import dataclasses
 import time
 from typing import Any
 
-from corral.cluster import backup_jobs, calendar, keys, prune
+from corral.cluster import backup_jobs, backup_volumes, calendar, keys, prune
 from corral.cluster.backup_requests import check_options
 from corral.cluster.errors import Conflict, NotFound, ParamError
 from corral.cluster.schema import NODE, STORAGE_ID, Param
@@ -134,6 +134,26 @@ def delete_job(ctx: Ctx, id: str) -> None:
         ctx.store.delete(kv.key)
 
 
+@endpoint("GET", "/cluster/backup/{id}/included_volumes", params={"id": JOB_ID}, perm=AUDIT,
+          description="Returns included guests and the backup status of their disks.")  # fmt: skip
+def included_volumes(ctx: Ctx, id: str) -> dict[str, Any]:
+    job = _get(ctx, id)
+    recs = {kv.value["vmid"]: kv.value for kv in ctx.store.range(keys.GUESTS)}
+    pools = backup_jobs.pool_members(ctx.store) if job.get("pool") else None
+    drivers = ctx.services.get("drivers") or {}
+    children = []
+    for vmid in backup_jobs.selected(job, list(recs.values()), pools):
+        rec = recs[vmid]
+        cfg = rec.get("config") or {}
+        row: dict[str, Any] = {"id": vmid, "type": rec["type"],
+                               "name": cfg.get("hostname") or cfg.get("name") or ""}  # fmt: skip
+        driver = drivers.get(rec["type"])
+        if driver is not None:
+            row["children"] = backup_volumes.volumes(driver, rec["type"], cfg)
+        children.append(row)
+    return {"children": children}
+
+
 # -- prunebackups ------------------------------------------------------------------------
 
 PRUNE_PARAMS = {
@@ -165,7 +185,7 @@ def _groups(ctx: Ctx, storage: str, vmid: int | None, keep: dict[str, int], type
 def prune_info(ctx: Ctx, node: str, storage: str, vmid: int | None = None,
                type: str | None = None, **params: Any) -> list[dict[str, Any]]:  # fmt: skip
     require_node(ctx, node)
-    keep = prune.parse(params.get("prune-backups"))
+    keep = prune.for_storage(ctx.store, storage, params.get("prune-backups"))
     rows = _groups(ctx, storage, vmid, keep, type, dry_run=True)
     return [{k: r[k] for k in ("volid", "ctime", "mark", "type", "vmid")} for r in rows]
 
@@ -176,7 +196,7 @@ def prune_info(ctx: Ctx, node: str, storage: str, vmid: int | None = None,
 def prune_backups(ctx: Ctx, node: str, storage: str, vmid: int | None = None,
                   type: str | None = None, **params: Any) -> None:  # fmt: skip
     require_node(ctx, node)
-    keep = prune.parse(params.get("prune-backups"))
+    keep = prune.for_storage(ctx.store, storage, params.get("prune-backups"))
     if not keep:
         raise ParamError.one("prune-backups", "no retention options given")
     _groups(ctx, storage, vmid, keep, type, dry_run=False)

@@ -94,3 +94,47 @@ def test_prunebackups_and_job_refusals(prox: ProxmoxAPI, make_ct: Callable[..., 
         with pytest.raises(ResourceException) as err:
             prox.cluster.backup.post(**params)
         assert err.value.status_code == 400 and word in str(err.value), (params, err.value)
+
+
+def test_included_volumes(prox: ProxmoxAPI, btrfs: str, make_ct: Callable[..., int]) -> None:
+    vmid = make_ct("local", mp0="local:0.1,mp=/mnt/a,backup=1", mp1="local:0.1,mp=/mnt/b")
+    job = f"crlinc{vmid}"
+    prox.cluster.backup.post(id=job, schedule="daily", vmid=str(vmid), storage="local")
+    try:
+        tree = prox.cluster.backup(job).included_volumes.get()
+        (guest,) = tree["children"]
+        assert guest["id"] == vmid and guest["type"] == "lxc" and guest["name"] == f"ct{vmid}"
+        got = {v["id"]: (bool(int(v["included"])), v["reason"]) for v in guest["children"]}
+        assert got == {"rootfs": (True, "rootfs"), "mp0": (True, "enabled"),
+                       "mp1": (False, "disabled")}, got  # fmt: skip
+        assert all(v["name"].startswith("local:") for v in guest["children"])
+    finally:
+        prox.cluster.backup(job).delete()
+
+
+def test_storage_prune_backups_applies_when_none_given(
+    prox: ProxmoxAPI, make_ct: Callable[..., int]
+) -> None:
+    vmid = make_ct("local")
+    n = prox.nodes(NODE)
+    with pytest.raises(ResourceException) as err:
+        prox.storage("local").put(**{"prune-backups": "keep-often=1"})
+    assert err.value.status_code == 400 and "prune-backups" in str(err.value)
+    prox.storage("local").put(**{"prune-backups": "keep-last=2"})
+    try:
+        assert prox.storage("local").get()["prune-backups"] == "keep-last=2"
+        for _ in range(3):
+            task_ok(prox, n.vzdump.post(vmid=vmid, storage="local", compress="0"))
+            time.sleep(1.1)
+        assert len(_backups(prox, vmid)) == 2  # the storage's retention, after each backup
+        marks = n.storage("local").prunebackups.get(vmid=vmid)
+        assert sorted(m["mark"] for m in marks) == ["keep", "keep"]
+        # One given to the call wins over the storage's.
+        task_ok(prox, n.vzdump.post(vmid=vmid, storage="local", compress="0",
+                                    **{"prune-backups": "keep-last=1"}))  # fmt: skip
+        assert len(_backups(prox, vmid)) == 1
+    finally:
+        prox.storage("local").put(delete="prune-backups")
+        for volid in _backups(prox, vmid):
+            n.storage("local").content(volid).delete()
+    assert "prune-backups" not in prox.storage("local").get()

@@ -94,13 +94,24 @@ def test_scheduler_runs_each_due_job_once_per_node() -> None:
     store.put(keys.backup_job("j1"), job)
     calls: list[tuple[list[int], dict, str]] = []
 
-    def submit(vmids: list[int], opts: dict, job_id: str) -> str:
+    def submit(vmids: list[int], opts: dict, job_id: str) -> tuple[str, str, dict]:
         calls.append((vmids, opts, job_id))
-        return f"UPID{len(calls)}"
+        return f"UPID{len(calls)}", f"tasks/x/UPID{len(calls)}", {"queued": vmids}
 
+    # A daemon that dies while it queues a due run (here: making the task record)
+    # has claimed nothing: the run is not lost, the next look queues it.
+    def dies(vmids: list[int], opts: dict, job_id: str) -> tuple[str, str, dict]:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        backup_jobs.run_due(store, "n1", now, dies)
+    assert store.get(keys.backup_job_state("j1", "n1")) is None
     # Two schedulers of node n1 (a restart racing the old one) see the run due:
     # only the first claim wins; n2 backs up its own guest.
     assert backup_jobs.run_due(store, "n1", now, submit) == ["UPID1"]
+    # The claim and the queued task are one write.
+    assert store.get_value("tasks/x/UPID1") == {"queued": [101]}
+    assert store.get_value(keys.backup_job_state("j1", "n1"))["upid"] == "UPID1"
     assert backup_jobs.run_due(store, "n1", now, submit) == []
     assert backup_jobs.run_due(store, "n2", now, submit) == ["UPID2"]
     assert [c[0] for c in calls] == [[101], [102]]  # the template is never backed up
@@ -116,3 +127,32 @@ def test_scheduler_runs_each_due_job_once_per_node() -> None:
     store.put(keys.backup_job("j1"), {**job, "all": 0, "pool": "p1", "repeat-missed": 1})
     assert backup_jobs.run_due(store, "n2", now + 6 * 3600 + 60, submit) == ["UPID5"]
     assert calls[-1][0] == [102] and backup_jobs.covered(store) == {102}
+
+
+def test_interrupted_job_run_is_queued_again_once() -> None:
+    from corral.cluster import backup  # noqa: F401 - registers vzdump's recovery
+    from corral.cluster.tasks import INTERRUPTED, TaskWorker, Upid, record_key
+
+    store = MemoryStore()
+    for vmid in (101, 102):
+        lock = "backup" if vmid == 102 else None
+        store.put(keys.guest(vmid), {"vmid": vmid, "type": "lxc", "node": "n1", "config": {},
+                                     "lock": lock})  # fmt: skip
+    upid = str(Upid.new("n1", "vzdump", "", "root@pam", clock=store.clock))
+    args = {"vmids": [101, 102], "opts": {}, "job": "j1"}
+    rec = {**Upid.parse(upid).fields(), "status": "running", "args": args, "serial": "vzdump:n1",
+           "abort": False, "done": [101]}  # fmt: skip
+    store.put(record_key("n1", upid), rec)
+    store.put(keys.backup_job_state("j1", "n1"), {"last": 1.0, "due": 1.0, "upid": upid})
+    worker = TaskWorker(store, "n1")
+    try:
+        worker._recover(rec)  # what start() does for a task its node died running
+        worker._recover(rec)  # killed again during that recovery: nothing queued twice
+    finally:
+        worker.stop()
+    assert store.get_value(record_key("n1", upid))["exitstatus"] == INTERRUPTED
+    assert store.get_value(keys.guest(102))["lock"] is None
+    queued = [kv.value for kv in store.range("tasks/n1/") if kv.value["upid"] != upid]
+    assert len(queued) == 1 and queued[0]["status"] == "queued", queued
+    assert queued[0]["args"]["vmids"] == [102] and queued[0]["args"]["resumes"] == upid
+    assert store.get_value(keys.backup_job_state("j1", "n1"))["upid"] == queued[0]["upid"]
