@@ -195,6 +195,8 @@ def _check(rec: dict[str, Any]) -> None:
         parse_sync_attributes(rec["sync_attributes"])
     if rec.get("sync-defaults-options"):
         parse_sync_options(rec["sync-defaults-options"])
+    if rec.get("case-sensitive") == 0:
+        raise ParamError.one("case-sensitive", "corral's user IDs are case-sensitive: only 1")
     if rec.get("capath") and not str(rec["capath"]).startswith("/"):
         raise ParamError.one("capath", "an absolute path to a CA file or directory")
 

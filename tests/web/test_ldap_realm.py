@@ -87,6 +87,8 @@ def test_bad_realm_settings_are_400_naming_the_parameter(
         ({"filter": "(uid=x"}, "filter"),
         ({"sync_attributes": "phone=mobile"}, "sync_attributes"),
         ({"sync-defaults-options": "scope=all"}, "sync-defaults-options"),
+        ({"case-sensitive": 0}, "case-sensitive"),
+        ({"capath": "relative/ca.pem"}, "capath"),
         ({"type": "ad"}, "type"),
         ({"type": "pve"}, "type"),
         ({"password": "wrong", "check-connection": 1}, "check-connection"),
@@ -214,6 +216,20 @@ def test_modes_and_certificate_checks(
             assert name in r.json()["message"] and "certificate" in r.json()["message"].lower()
     finally:
         admin.access.domains(name).delete()
+
+
+def test_server2_answers_when_server1_does_not(
+    corrald: Corrald, slapd: Slapd, admin: ProxmoxAPI
+) -> None:
+    # slapd listens on 127.0.0.1 only: 127.0.0.2 (loopback too) refuses the connection.
+    admin.access.domains.post(realm="twoserv", **realm_settings(slapd, server1="127.0.0.2",
+                                                                server2="127.0.0.1"))  # fmt: skip
+    try:
+        admin.access.users.post(userid="alice@twoserv")
+        assert login(corrald, "alice@twoserv", ALICE.password).status_code == 200
+        assert login(corrald, "alice@twoserv", "wrong").status_code == 401
+    finally:
+        admin.access.domains("twoserv").delete()
 
 
 def test_a_directory_down_or_hanging_is_a_clear_error_in_bounded_time(
