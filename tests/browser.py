@@ -47,3 +47,29 @@ def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     print(f"\nscreenshots: {path}")
     return path
+
+
+@contextmanager
+def new_page(browser: Any, width: int = 1280, height: int = 860) -> Iterator[Any]:
+    """A fresh context and page; asserts afterwards that no script error went uncaught."""
+    ctx = browser.new_context(ignore_https_errors=True, viewport={"width": width, "height": height})
+    page = ctx.new_page()
+    page.set_default_timeout(30000)
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    try:
+        yield page
+    finally:
+        ctx.close()
+    assert not errors, errors
+
+
+def log_in(page: Any, url: str, password: str, node: str = "node1") -> None:
+    page.goto(url + "/")
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_selector(f"#tree a[data-id='node/{node}']", state="attached")
+
+
+def shot(page: Any, shots: Path, name: str) -> None:
+    page.screenshot(path=str(shots / f"{name}.png"), full_page=False)

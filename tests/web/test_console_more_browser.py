@@ -8,14 +8,15 @@ from __future__ import annotations
 import hashlib
 import http.server
 import random
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.browser import NEEDS_CHROMIUM, chromium, screenshot_dir
+from tests.browser import NEEDS_CHROMIUM, chromium, new_page, screenshot_dir, shot
+from tests.browser import log_in as browser_log_in
+from tests.loopback_http import serve
 from tests.nodes import vm_node
 from tests.util import Corrald, wait_for
 
@@ -41,25 +42,12 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, node: Corrald) -> Iterator[Any]:
-    ctx = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 860})
-    pg = ctx.new_page()
-    pg.set_default_timeout(30000)
-    errors: list[str] = []
-    pg.on("pageerror", lambda err: errors.append(str(err)))
-    yield pg
-    ctx.close()
-    assert not errors, errors  # no uncaught script error on any page
+    with new_page(browser) as pg:
+        yield pg
 
 
 def log_in(page: Any, node: Corrald) -> None:
-    page.goto(node.url + "/")
-    page.fill("input[name=password]", node.password)
-    page.click("button[type=submit]")
-    page.wait_for_selector("#tree a[data-id='node/node1']", state="attached")
-
-
-def shot(page: Any, shots: Path, name: str) -> None:
-    page.screenshot(path=str(shots / f"{name}.png"), full_page=False)
+    browser_log_in(page, node.url, node.password)
 
 
 def test_node_services_network_and_syslog_pages(node: Corrald, page: Any, shots: Path) -> None:
@@ -139,14 +127,8 @@ class _Files(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def files() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve(_Files) as url:
+        yield url
 
 
 def test_download_from_url_into_a_storage(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 from proxmoxer import ProxmoxAPI
 
+from tests.loopback_http import serve
 from tests.util import Corrald
 
 pytestmark = pytest.mark.timeout(180)
@@ -53,14 +53,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve(Handler) as url:
+        yield url
 
 
 def iso_dir(node: Corrald) -> Path:
