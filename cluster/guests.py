@@ -462,6 +462,9 @@ def _migrate(ctx: TaskContext, args: dict[str, Any]) -> None:
             copied[volid] = volume_moves.copy(
                 ctx.store, data_dir, _volumes(ctx), volid, target, vmid=vmid, log=ctx.log
             )
+            # In the task's record: a restart after a kill removes them (recovery.py).
+            ctx.worker.set_fields(ctx.record, copies=dict(copied))
+            ctx.log(f"copied {volid} to '{target}' as {copied[volid]}")
         driver.release(vmid, config, volumes=_volumes(ctx), log=ctx.log)
 
         def move(r: dict[str, Any]) -> dict[str, Any]:

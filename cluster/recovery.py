@@ -11,7 +11,10 @@ task's type, so nothing stays half-made and no lock stays stuck:
 - destroy: the user asked for it gone (and did not abort), and the record says
   "destroyed": the destroy is finished (drivers' destroy is idempotent).
 - migrate: the guest has not moved (the record still names this node): it
-  stays here, unlocked; the status loop reports whether it runs.
+  stays here, unlocked, and the copies of its local volumes already made on
+  the target (listed in the task's record as they are made) are removed there;
+  the status loop reports whether it runs. Had it moved (the hand-over was
+  written), its source volumes that were copied are freed here instead.
 
 Start, stop and the other power tasks need nothing: the driver's state is the
 truth and the status loop publishes it.
@@ -22,8 +25,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from corral.cluster import keys
-from corral.cluster.errors import CorralError
+from corral.cluster import keys, volume_moves
+from corral.cluster.errors import CorralError, NotFound
 from corral.cluster.guests import (
     TASK_TYPES,
     _destroy,
@@ -94,11 +97,33 @@ def recover_destroy(ctx: TaskContext, args: dict[str, Any]) -> None:
 
 
 def recover_migrate(ctx: TaskContext, args: dict[str, Any]) -> None:
+    vmid, target = int(args["vmid"]), str(args.get("target") or "")
+    copies: dict[str, str] = dict(ctx.record.get("copies") or {})  # source -> target copy
+    rec = ctx.store.get_value(keys.guest(vmid))
+    if copies and rec is not None and rec.get("node") == target:
+        _free_moved_sources(ctx, copies)
+        return
     if _own_record(ctx, args, "migrate") is None:
         return
-    set_lock(ctx.store, int(args["vmid"]), None, expect="migrate")
+    data_dir = str(ctx.worker.context.get("data_dir") or "")
+    for new in sorted(copies.values()):
+        volume_moves.remove_remote(ctx.store, data_dir, target, new, log=ctx.log)
+    set_lock(ctx.store, vmid, None, expect="migrate")
     _forget_status(ctx, int(args["vmid"]))
     ctx.log(f"guest {args['vmid']} stays on node '{ctx.node}', unlocked")
+
+
+def _free_moved_sources(ctx: TaskContext, copies: dict[str, str]) -> None:
+    """The guest moved before the kill: the volumes it was copied from are leftovers."""
+    volumes = _volumes(ctx)
+    for old in sorted(copies):  # on this node's own storage, as the migration does
+        try:
+            volumes.free(old)
+            ctx.log(f"removed the source volume {old}: the guest runs from {copies[old]}")
+        except NotFound:
+            pass  # the migration had freed it before the node died
+        except CorralError as err:
+            ctx.log(f"WARNING: could not remove the source volume {old}: {err}")
 
 
 for _names in TASK_TYPES.values():

@@ -122,8 +122,7 @@ def copy(
         # The target may have taken a truncated stream for a whole volume: drop it.
         remove_remote(store, data_dir, target, new, log=log)
         raise failure[0]
-    log(f"copied {volid} to '{target}' as {new}")
-    return new
+    return new  # the caller logs it once it has recorded the copy
 
 
 def remove_remote(store: StoreAPI, data_dir: str, target: str, volid: str, *, log: LogFn) -> None:

@@ -95,3 +95,93 @@ def test_source_killed_mid_restart_migration(
     assert not (shared / "images" / str(vmid)).exists() or not any(
         (shared / "images" / str(vmid)).iterdir()
     )
+
+
+def test_source_killed_after_copying_a_local_volume(
+    pair: tuple[Corrald, Corrald, EmbeddedEtcd, Path], vmid: int
+) -> None:
+    """`local` is not shared: a restart migration streams the root filesystem to the
+    target. The source is killed right after the copy landed there; at its restart
+    the copy is removed from the target (it would be an orphan: the guest stays on
+    the source, on its own volume). (Both nodes of this pair keep `local` in one
+    directory, so the target's copy lands beside the original under another name.)"""
+    one, two, etcd, _ = pair
+    start(one, pause_at="copied local:")
+    two.start()
+    two.password = one.password
+    template = install_template(one)
+    s = one.session()
+    s.run_task("POST", "/nodes/node1/lxc", data={"vmid": vmid, "ostemplate": template,
+                                                 "rootfs": "local:1", "start": 1})  # fmt: skip
+    images = one.data_dir / "local" / "images" / str(vmid)
+    original = f"subvol-{vmid}-disk-0.subvol"
+    assert sorted(p.name for p in images.iterdir()) == [original]
+    upid = s.data(
+        "POST", f"/nodes/node1/lxc/{vmid}/migrate", data={"target": "node2", "restart": 1}
+    )
+    wait_log(s, upid, "copied local:")
+    copy = sorted(p.name for p in images.iterdir() if p.name != original)
+    assert len(copy) == 1, copy  # made by node2
+    assert one.proc is not None
+    os.kill(one.proc.pid, 9)
+    one.proc.wait(10)
+    one.proc = None
+
+    start(one)
+    s = one.session()
+    st = s.wait_task(upid)
+    assert st["exitstatus"] == INTERRUPTED, st
+    text = log_text(s, upid)
+    assert f"removed local:{vmid}/{copy[0]} from 'node2'" in text, text
+    assert "stays on node 'node1', unlocked" in text
+    wait_for(lambda: sorted(p.name for p in images.iterdir()) == [original], 40, 0.2,
+             what="the copy removed from the target")  # fmt: skip
+    store = Store([etcd.endpoint])
+    try:
+        rec = store.get_value(keys.guest(vmid))
+        assert (rec["node"], rec["lock"]) == ("node1", None)
+        assert rec["config"]["rootfs"].startswith(f"local:{vmid}/{original}")
+    finally:
+        store.close()
+    assert lxc_names(one, active=True) == set() and lxc_names(two, active=True) == set()
+    s.run_task("DELETE", f"/nodes/node1/lxc/{vmid}")
+    assert not images.exists() or list(images.iterdir()) == []
+
+
+def test_source_killed_after_the_hand_over(
+    pair: tuple[Corrald, Corrald, EmbeddedEtcd, Path], vmid: int
+) -> None:
+    """Killed once the guest belongs to the target, before its source volume was
+    freed: at the restart the source volume goes (the guest runs from the copy)."""
+    one, two, etcd, _ = pair
+    start(one, pause_at="now belongs to node node2")
+    two.start()
+    two.password = one.password
+    template = install_template(one)
+    s = one.session()
+    s.run_task("POST", "/nodes/node1/lxc", data={"vmid": vmid, "ostemplate": template,
+                                                 "rootfs": "local:1"})  # fmt: skip
+    images = one.data_dir / "local" / "images" / str(vmid)
+    original = f"subvol-{vmid}-disk-0.subvol"
+    upid = s.data("POST", f"/nodes/node1/lxc/{vmid}/migrate", data={"target": "node2"})
+    wait_log(s, upid, "now belongs to node node2")
+    assert len(list(images.iterdir())) == 2  # the source volume and the copy
+    assert one.proc is not None
+    os.kill(one.proc.pid, 9)
+    one.proc.wait(10)
+    one.proc = None
+
+    start(one)
+    s = one.session()
+    assert s.wait_task(upid)["exitstatus"] == INTERRUPTED
+    assert f"removed the source volume local:{vmid}/{original}" in log_text(s, upid)
+    [copy] = [p.name for p in images.iterdir()]
+    s2 = two.session()
+    assert s2.data("GET", f"/nodes/node2/lxc/{vmid}/config")["rootfs"].startswith(
+        f"local:{vmid}/{copy}"
+    )
+    s2.run_task("POST", f"/nodes/node2/lxc/{vmid}/status/start")
+    assert lxc_names(two, active=True) == {str(vmid)} and lxc_names(one, active=True) == set()
+    s2.run_task("POST", f"/nodes/node2/lxc/{vmid}/status/stop")
+    s2.run_task("DELETE", f"/nodes/node2/lxc/{vmid}")
+    assert not images.exists() or list(images.iterdir()) == []
