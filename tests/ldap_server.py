@@ -105,10 +105,10 @@ class Slapd:
         subprocess.run([SLAPADD, "-f", str(conf), "-l", str(self.root / "data.ldif")],
                        check=True, capture_output=True, timeout=60)  # fmt: skip
         urls = f"ldap://127.0.0.1:{self.port}/ ldaps://127.0.0.1:{self.tls_port}/"
-        log = open(self.root / "slapd.log", "wb")  # noqa: SIM115 (kept open for slapd)
         # -d keeps slapd in the foreground, so this process owns it and stops it.
-        self.proc = subprocess.Popen([SLAPD, "-f", str(conf), "-h", urls, "-d", "0"],
-                                     stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        with open(self.root / "slapd.log", "wb") as log:
+            self.proc = subprocess.Popen([SLAPD, "-f", str(conf), "-h", urls, "-d", "0"],
+                                         stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
