@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import orjson
+
 from corral.cluster import metrics_core
 from corral.cluster.clock import REAL, Clock
 from corral.cluster.errors import Conflict, CorralError, NotFound, ParamError, Unavailable
@@ -44,6 +46,15 @@ ABORTED = "aborted by user"
 # is claimed, before its handler). Unset in production; read once at import.
 PAUSE_AT = os.environ.get("CORRAL_TEST_PAUSE_AT", "")
 PAUSE_SECONDS = float(os.environ.get("CORRAL_TEST_PAUSE_SECONDS") or 120)
+# How long an API request that queued a task on its own node may wait for that
+# task's end before answering with the UPID (Tasks.settle). Clients poll task
+# status once a second (proxmoxer, Ansible): a task that ends within this is OK
+# at their first poll instead of one poll later. Bounded, so a slow task holds
+# the request thread no longer than this.
+SETTLE_SECONDS = 1.0
+# Each node's running TaskWorker in this process, by (store, node): a task
+# submitted here for this node is handed to it at once (see TaskWorker.offer).
+_LOCAL: dict[tuple[int, str], TaskWorker] = {}
 
 
 def task_handler(task_type: str) -> Callable[[Handler], Handler]:
@@ -145,6 +156,13 @@ def record_key(node: str, upid: str) -> str:
     return f"tasks/{node}/{quote(upid, safe=':@!')}"
 
 
+def _local_worker(store: StoreAPI, node: str) -> TaskWorker | None:
+    worker = _LOCAL.get((id(store), node))
+    if worker is None or worker.store is not store or worker.stopped:
+        return None
+    return worker
+
+
 # -- submitting and reading ---------------------------------------------------
 
 
@@ -171,7 +189,13 @@ class Tasks:
         upid, key, record = self.prepare(
             node=node, type=type, id=id, user=user, args=args, serial=serial, notes=notes
         )
-        self.store.put(key, record)
+        worker = _local_worker(self.store, node)
+        if worker is not None:
+            worker.expect(upid, serial)  # before the put: its watch event may come first
+        revision = self.store.put(key, record)
+        if worker is not None:
+            # Recorded first (durable); the watch delivers the same put later, ignored.
+            worker.offer(orjson.loads(orjson.dumps(record)), revision)
         return upid
 
     def prepare(
@@ -199,6 +223,16 @@ class Tasks:
         if notes:
             record["notes"] = list(notes)
         return str(upid), record_key(node, str(upid)), record
+
+    def settle(self, upid: str, timeout: float = SETTLE_SECONDS) -> bool:
+        """Wait up to `timeout` s for a task this process submitted to its own node to
+        end; True when it has. Returns at once (False) for any other task, or when
+        the node was busy as it was submitted: a wait would then mostly time out."""
+        node = upid.split(":", 2)[1] if upid.startswith("UPID:") else ""
+        worker = _local_worker(self.store, node)
+        if worker is None:
+            return False
+        return worker.wait_ended(upid, timeout)
 
     def get(self, upid: str) -> dict[str, Any]:
         parsed = Upid.parse(upid)
@@ -359,6 +393,10 @@ class TaskWorker:
         self._running: dict[str, TaskContext] = {}
         self._seen: set[str] = set()
         self._revisions: dict[str, int] = {}  # upid -> record revision when queued
+        self._workers = workers
+        # upid -> set when that task has ended, for tasks offered while the node was
+        # quiet; Tasks.settle waits on them. Bounded: unwaited ones are dropped.
+        self._ended: dict[str, threading.Event] = {}
         self.stopped = False
         self._watch: Any = None
         self.context: MutableMapping[str, Any] = {}  # the node's services (NodeServices)
@@ -376,6 +414,7 @@ class TaskWorker:
         self._watch = self.store.watch(
             f"tasks/{self.node}/", self._on_event, start_revision=revision
         )
+        _LOCAL[(id(self.store), self.node)] = self
 
     def _recover(self, rec: dict[str, Any], exitstatus: str = INTERRUPTED) -> None:
         """End a task that will not run its handler — this node died while it ran
@@ -395,9 +434,12 @@ class TaskWorker:
                 ctx.log(f"recovery failed: {type(err).__name__}: {err}")
         ctx.log(f"TASK ERROR: {exitstatus}")
         self._finish(rec, exitstatus, ctx)
+        self._mark_ended(rec["upid"])
 
     def stop(self) -> None:
         self.stopped = True
+        if _LOCAL.get((id(self.store), self.node)) is self:
+            del _LOCAL[(id(self.store), self.node)]
         if self._watch is not None:
             self._watch.cancel()
         for ctx in list(self._running.values()):
@@ -423,6 +465,40 @@ class TaskWorker:
             return
         if rec["status"] == "queued":
             self._accept(rec, revision)
+
+    def expect(self, upid: str, serial: str | None) -> None:
+        """A task this process is about to record for this node. While the node is
+        quiet (nothing queued for its guest, a free worker) its end can be waited
+        for (wait_ended); when busy a wait would mostly time out, so none is kept."""
+        with self._lock:
+            if (serial or upid) not in self._queues and len(self._queues) < self._workers:
+                self._ended[upid] = threading.Event()
+                while len(self._ended) > 256:  # expected but never waited for
+                    self._ended.pop(next(iter(self._ended)))
+
+    def offer(self, rec: dict[str, Any], revision: int) -> None:
+        """A task this process has just recorded for this node, at `revision`: queue
+        it now rather than when the watch delivers the put (one hop less; the watch
+        event that follows is ignored as already seen)."""
+        self._accept(rec, revision)
+
+    def wait_ended(self, upid: str, timeout: float) -> bool:
+        """Wait for the end of a task expected while the node was quiet (see expect)."""
+        with self._lock:
+            ended = self._ended.get(upid)
+        if ended is None:
+            return False
+        try:
+            return self.clock.wait(ended, timeout)
+        finally:
+            with self._lock:
+                self._ended.pop(upid, None)
+
+    def _mark_ended(self, upid: str) -> None:
+        with self._lock:
+            ended = self._ended.get(upid)
+        if ended is not None:
+            ended.set()
 
     def _accept(self, rec: dict[str, Any], revision: int = 0) -> None:
         """Queue a task; `revision` is its record's mod revision as seen (0: unknown)."""
@@ -456,6 +532,8 @@ class TaskWorker:
                 self._run_one(rec)
             except Exception:  # noqa: BLE001 - the next task of this guest must still run
                 log.exception("task %s could not be run", rec["upid"])
+            finally:
+                self._mark_ended(rec["upid"])
             with self._lock:
                 q.popleft()
                 if not q:

@@ -114,7 +114,7 @@ def _register_lifecycle(type: str) -> None:
         # corral extension: POST /nodes/auto/{lxc,qemu} places the guest by free resources.
         if node != AUTO_NODE:
             require_node(ctx, node)
-        return service(ctx).create(
+        upid = service(ctx).create(
             type,
             vmid,
             raw,
@@ -123,6 +123,7 @@ def _register_lifecycle(type: str) -> None:
             start=bool(start),
             authorize=_authorize(ctx, vmid),
         )
+        return _settled(ctx, upid)
 
     @endpoint(
         "GET",
@@ -165,7 +166,8 @@ def _register_lifecycle(type: str) -> None:
     )
     def destroy(ctx: Ctx, node: str, vmid: int, force: int = 0, **_: Any) -> str:
         require_node(ctx, node)
-        return service(ctx).destroy(vmid, user=ctx.user, force=bool(force), type=type, node=node)
+        upid = service(ctx).destroy(vmid, user=ctx.user, force=bool(force), type=type, node=node)
+        return _settled(ctx, upid)
 
 
 def _register_config(type: str) -> None:
@@ -472,6 +474,14 @@ def register(type: str) -> None:
         part(type)
 
 
+def _settled(ctx: Ctx, upid: str) -> str:
+    """The UPID, answered once its task has ended when that is quick (Tasks.settle):
+    clients that poll once a second (Ansible, proxmoxer) then see OK at their first
+    poll. The task is recorded and runs the same either way."""
+    ctx.tasks.settle(upid)
+    return upid
+
+
 def _register_op(type: str, one: str, op: str, extra: dict[str, Param]) -> None:
     kind = KIND[type]
 
@@ -485,9 +495,10 @@ def _register_op(type: str, one: str, op: str, extra: dict[str, Param]) -> None:
     def run(ctx: Ctx, node: str, vmid: int, **params: Any) -> str:
         require_node(ctx, node)
         skiplock = bool(params.pop("skiplock", 0))
-        return service(ctx).power(
+        upid = service(ctx).power(
             op, vmid, user=ctx.user, type=type, node=node, skiplock=skiplock, **params
         )
+        return _settled(ctx, upid)
 
     run.__name__ = f"{type}_{op}"
 

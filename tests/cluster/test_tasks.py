@@ -190,3 +190,52 @@ def test_virtual_clock_worker_writes_little_and_honours_an_early_abort() -> None
     assert "line 0" not in tasks.log_lines(early)
     worker.stop()
     assert clock.errors == []
+
+
+RUNS: list[str] = []
+
+
+@task_handler("t_count")
+def _count(ctx: TaskContext, args: dict[str, Any]) -> None:
+    RUNS.append(ctx.upid)
+
+
+def test_local_submit_runs_once_and_settle_waits_for_the_end(
+    store: StoreAPI, worker: TaskWorker
+) -> None:
+    """A task submitted in the worker's own process is handed to it at once (and its
+    watch event ignored: it runs once); settle() returns when it has ended."""
+    RUNS.clear()
+    tasks = Tasks(store)
+    upids = [
+        tasks.submit(node="n1", type="t_count", id=str(i), user="u@pve", serial=f"vm:{i}")
+        for i in range(3)
+    ]
+    assert tasks.settle(upids[0], 20) is True  # quiet node, nothing queued before it
+    assert tasks.status(upids[0])["exitstatus"] == "OK"
+    assert tasks.settle(upids[0], 0.01) is False  # waited for once: nothing kept
+    for upid in upids:
+        assert tasks.wait(upid)["exitstatus"] == "OK"
+    time.sleep(0.2)  # the watch events of all three have arrived by now
+    assert sorted(RUNS) == sorted(upids)
+    # Another node's task, or a UPID this process never submitted: no wait at all.
+    other = tasks.submit(node="n2", type="t_count", id="9", user="u@pve")
+    assert tasks.settle(other, 20) is False
+    assert tasks.status(other)["status"] == "running"  # n2 has no worker here
+
+
+def test_settle_is_bounded_and_skipped_behind_a_busy_guest(
+    store: StoreAPI, worker: TaskWorker
+) -> None:
+    GATE.clear()
+    tasks = Tasks(store)
+    slow = tasks.submit(node="n1", type="t_wait", id="7", user="u@pve", serial="vm:7")
+    assert tasks.settle(slow, 0.05) is False  # bounded: the task still runs
+    assert tasks.status(slow)["status"] == "running"
+    behind = tasks.submit(node="n1", type="t_ok", id="7", user="u@pve", serial="vm:7")
+    # Queued behind the slow task: settle does not wait (it would only time out),
+    # even though the slow task ends meanwhile.
+    threading.Timer(0.3, GATE.set).start()
+    assert tasks.settle(behind, 20) is False
+    assert tasks.wait(behind)["exitstatus"] == "OK"
+    assert tasks.wait(slow)["exitstatus"] == "OK"

@@ -252,3 +252,22 @@ def test_a_locked_guest_refuses_changes(env: tuple[Api, FakeDriver, Store]) -> N
     assert api.ok("GET", "/nodes/node1/lxc/212/config")["lock"] == "backup"
     time.sleep(0)  # keep the lock visible in the summary too
     assert api.ok("GET", "/nodes/node1/lxc")[0]["lock"] == "backup"
+
+
+def test_quick_tasks_have_ended_when_their_post_answers(
+    env: tuple[Api, FakeDriver, Store],
+) -> None:
+    """On a quiet node the POST answers once its task has ended (Tasks.settle), so a
+    client polling once a second sees OK at its first poll. The answer is the UPID."""
+    api, _driver, _store = env
+    create = api.ok("POST", "/nodes/node1/lxc", vmid=210, ostemplate="local:vztmpl/x.tar.gz")
+    for method, path in [
+        ("POST", "/nodes/node1/lxc/210/status/start"),
+        ("POST", "/nodes/node1/lxc/210/status/stop"),
+        ("DELETE", "/nodes/node1/lxc/210"),
+    ]:
+        upid = api.ok(method, path)
+        assert upid.startswith("UPID:node1:")
+        status = api.ok("GET", f"/nodes/node1/tasks/{upid}/status")
+        assert (status["status"], status.get("exitstatus")) == ("stopped", "OK"), path
+    assert api.ok("GET", f"/nodes/node1/tasks/{create}/status")["exitstatus"] == "OK"
