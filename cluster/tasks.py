@@ -48,10 +48,10 @@ PAUSE_AT = os.environ.get("CORRAL_TEST_PAUSE_AT", "")
 PAUSE_SECONDS = float(os.environ.get("CORRAL_TEST_PAUSE_SECONDS") or 120)
 # How long an API request that queued a task on its own node may wait for that
 # task's end before answering with the UPID (Tasks.settle). Clients poll task
-# status once a second (proxmoxer, Ansible): a task that ends within this is OK
-# at their first poll instead of one poll later. Bounded, so a slow task holds
-# the request thread no longer than this.
-SETTLE_SECONDS = 1.0
+# status once a second (proxmoxer, Ansible): a task that ends within this (a CT
+# start/stop, a VM start) is OK at their first poll instead of one poll later.
+# Bounded, so a slow task holds the request thread no longer than this.
+SETTLE_SECONDS = 0.5
 # Each node's running TaskWorker in this process, by (store, node): a task
 # submitted here for this node is handed to it at once (see TaskWorker.offer).
 _LOCAL: dict[tuple[int, str], TaskWorker] = {}

@@ -114,7 +114,7 @@ def _register_lifecycle(type: str) -> None:
         # corral extension: POST /nodes/auto/{lxc,qemu} places the guest by free resources.
         if node != AUTO_NODE:
             require_node(ctx, node)
-        upid = service(ctx).create(
+        return service(ctx).create(
             type,
             vmid,
             raw,
@@ -123,7 +123,6 @@ def _register_lifecycle(type: str) -> None:
             start=bool(start),
             authorize=_authorize(ctx, vmid),
         )
-        return _settled(ctx, upid)
 
     @endpoint(
         "GET",
@@ -477,7 +476,8 @@ def register(type: str) -> None:
 def _settled(ctx: Ctx, upid: str) -> str:
     """The UPID, answered once its task has ended when that is quick (Tasks.settle):
     clients that poll once a second (Ansible, proxmoxer) then see OK at their first
-    poll. The task is recorded and runs the same either way."""
+    poll. The task is recorded and runs the same either way. Power operations and
+    destroy only: a create unpacks a template or allocates disks (seldom quick)."""
     ctx.tasks.settle(upid)
     return upid
 
