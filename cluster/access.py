@@ -20,8 +20,11 @@ import hmac
 import logging
 import re
 import secrets
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +122,27 @@ class Access:
     def __init__(self, store: StoreAPI) -> None:
         self.store = store
         self._keys: dict[str, bytes] | None = None
+        self._request = threading.local()  # see request_scope()
+
+    @contextmanager
+    def request_scope(self) -> Iterator[None]:
+        """Within one API request (this thread), the caller's user record is read from
+        the store once, not again by each of ticket/token check, "is it enabled" and
+        the privilege check (each read is an etcd round trip on every request)."""
+        self._request.users = {}
+        try:
+            yield
+        finally:
+            self._request.users = None
+
+    def _caller(self, userid: str) -> dict[str, Any] | None:
+        """user(userid), read once per request_scope()."""
+        users = getattr(self._request, "users", None)
+        if users is None:
+            return self.user(userid)
+        if userid not in users:
+            users[userid] = self.user(userid)
+        return users[userid]
 
     # -- keys ---------------------------------------------------------------
     def _key(self, which: str) -> bytes:
@@ -301,7 +325,7 @@ class Access:
 
     def _require_active(self, userid: str) -> None:
         _, realm = split_userid(userid)
-        rec = self.user(userid)
+        rec = self._caller(userid)
         if rec is None:
             if realm == "pam" and userid == "root@pam":
                 return
@@ -365,7 +389,7 @@ class Access:
         userid, bang, tokenid = full.partition("!")
         if not sep or not bang or not secret:
             raise Unauthorized("invalid API token format")
-        rec = self.user(userid)
+        rec = self._caller(userid)
         entry = (rec or {}).get("tokens", {}).get(tokenid)
         if rec is None or entry is None:
             raise Unauthorized("invalid token value")
@@ -420,7 +444,7 @@ class Access:
             for kv in self.store.range("access/pools/"):
                 for vmid in kv.value.get("vms", []):
                     pools[int(vmid)] = kv.value["poolid"]
-        return entries, self.user(ident.userid) or {}, pools
+        return entries, self._caller(ident.userid) or {}, pools
 
     def privileges(
         self,

@@ -140,7 +140,8 @@ audit = logging.getLogger("corral.audit")
 
 def dispatch(node: NodeContext, path: str) -> Response:
     node.store.reset_stale()
-    response = _dispatch(node, path)
+    with node.access.request_scope():  # the caller's user record: one read per request
+        response = _dispatch(node, path)
     response.headers.setdefault("X-Corral-Node", node.node)  # who answered
     if node.store.last_read_stale:
         # Without quorum, reads come from the local member and may be stale.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -92,3 +93,33 @@ def test_privilege_separated_token_gets_the_intersection(access: Access) -> None
 
 def test_root_pam_is_superuser(access: Access) -> None:
     assert "Sys.Modify" in access.privileges(Identity("root@pam"), "/nodes/x")
+
+
+def test_one_request_reads_the_callers_record_once(access: Access, store: StoreAPI) -> None:
+    """Token check, "enabled?" and the privilege check share one read per request;
+    the next request reads again (a user disabled meanwhile is refused)."""
+    tok = access.create_token("alice@pve", "ci")
+    access.add_acl("/vms", "alice@pve", "PVEVMUser")
+    access.add_acl("/vms", "alice@pve!ci", "PVEVMUser", kind="token")
+    reads: list[str] = []
+    real_get = store.get
+
+    def counting_get(key: str) -> Any:
+        reads.append(key)
+        return real_get(key)
+
+    store.get = counting_get  # type: ignore[method-assign]
+    try:
+        with access.request_scope():
+            ident = access.verify_token(f"alice@pve!ci={tok['value']}")
+            access.check(ident, "/vms/100", ["VM.PowerMgmt"])
+        assert reads.count("access/users/alice@pve") == 1
+        store.update("access/users/alice@pve", lambda r: {**r, "enable": 0})
+        with access.request_scope(), pytest.raises(Unauthorized, match="disabled"):
+            access.verify_token(f"alice@pve!ci={tok['value']}")
+        reads.clear()
+        with pytest.raises(Unauthorized):  # outside a request: read each time, as before
+            access.verify_token(f"alice@pve!ci={tok['value']}")
+        assert reads.count("access/users/alice@pve") == 2
+    finally:
+        del store.get
