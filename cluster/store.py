@@ -328,6 +328,19 @@ class Store(StoreAPI):
         compare: ("version"|"mod"|"create"|"value", key, "=="|"!="|"<"|">", operand)
         ops: ("put", key, value[, lease]) | ("delete", key) | ("delete_prefix", prefix)
         """
+        return self._txn(compare, success, failure, None) != 0
+
+    def txn_revision(self, compare: list[Compare], success: list[Op]) -> int:
+        # The revision comes from reading the first written key inside the same
+        # transaction (etcd runs a transaction's operations in order).
+        probe = next((op[1] for op in success if op[0] == "put"), None)
+        return self._txn(compare, success, None, probe)
+
+    def _txn(
+        self, compare: list[Compare], success: list[Op], failure: list[Op] | None, probe: str | None
+    ) -> int:
+        """0 when a compare failed; else the revision of `probe` after the transaction
+        (-1 without a probe)."""
         self._writable()
 
         async def run(c: aetcd.Client) -> bool:
@@ -363,8 +376,15 @@ class Store(StoreAPI):
                         raise ValueError(f"unknown txn op {item[0]}")
                 return out
 
-            succeeded, _ = await c.transaction(cmps, ops(success), ops(failure))
-            return bool(succeeded)
+            todo = ops(success)
+            if probe is not None:
+                todo.append(t.get(self._k(probe)))
+            succeeded, responses = await c.transaction(cmps, todo, ops(failure))
+            if not succeeded:
+                return 0
+            if probe is None or not responses or not responses[-1]:
+                return -1
+            return int(responses[-1][0][1].mod_revision)
 
         return self.call(run)
 

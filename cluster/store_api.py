@@ -135,6 +135,12 @@ class StoreAPI(abc.ABC):
     ) -> bool:
         """One atomic transaction; True when every compare held (success ran)."""
 
+    def txn_revision(self, compare: list[Compare], success: list[Op]) -> int:
+        """txn() that also says the revision it wrote: 0 when a compare failed, else
+        the new mod revision of the first key `success` puts (-1: not known), so a
+        caller that keeps writing one key needs no read to learn its revision."""
+        return -1 if self.txn(compare, success) else 0
+
     def update(self, key: str, fn: Callable[[Any], Any], *, retries: int = 20) -> Any:
         """Read-modify-write with CAS, retried on concurrent change."""
         for _ in range(retries):

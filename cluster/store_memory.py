@@ -264,6 +264,13 @@ class MemoryStore(StoreAPI):
     def txn(
         self, compare: list[Compare], success: list[Op], failure: list[Op] | None = None
     ) -> bool:
+        return self._txn(compare, success, failure) != 0
+
+    def txn_revision(self, compare: list[Compare], success: list[Op]) -> int:
+        return self._txn(compare, success, None)
+
+    def _txn(self, compare: list[Compare], success: list[Op], failure: list[Op] | None) -> int:
+        """0 when a compare failed, else the revision written (-1: nothing written)."""
         with self._lock:
             self._writable()
             ok = all(self._compare(c) for c in compare)
@@ -291,7 +298,9 @@ class MemoryStore(StoreAPI):
             if changes:
                 self._rev = rev
                 self._commit(changes)
-            return ok
+            if not ok:
+                return 0
+            return rev if changes else -1
 
     def compact(self, revision: int) -> None:
         with self._lock:

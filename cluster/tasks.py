@@ -14,6 +14,7 @@ Keys:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -393,6 +394,9 @@ class TaskWorker:
         self._running: dict[str, TaskContext] = {}
         self._seen: set[str] = set()
         self._revisions: dict[str, int] = {}  # upid -> record revision when queued
+        # upid -> (mod revision, value) of the record as this worker last wrote it
+        # while the task runs (claim, progress): the task's end needs no read first.
+        self._written: dict[str, tuple[int, dict[str, Any]]] = {}
         self._workers = workers
         # upid -> set when that task has ended, for tasks offered while the node was
         # quiet; Tasks.settle waits on them. Bounded: unwaited ones are dropped.
@@ -548,11 +552,7 @@ class TaskWorker:
         self._running[rec["upid"]] = ctx  # an abort seen from here on reaches the handler
         # Claim it with one compare-and-swap on the revision it was queued at; only
         # when the record changed since (an abort, a restart) is it read again.
-        if not (
-            revision
-            and not rec.get("abort")
-            and self.store.replace(key, {**rec, "status": "running"}, mod_revision=revision)
-        ):
+        if not (revision and not rec.get("abort") and self._claim(key, rec, revision)):
             current = self.store.get_value(key)
             if current is None or current.get("status") != "queued" or current.get("abort"):
                 self._running.pop(rec["upid"], None)
@@ -611,24 +611,43 @@ class TaskWorker:
             return False
         raise Conflict(f"too much contention on {key}")
 
+    def _claim(self, key: str, rec: dict[str, Any], revision: int) -> bool:
+        """Compare-and-swap queued -> running; remembers what it wrote (_written)."""
+        claimed = {**rec, "status": "running"}
+        written = self.store.txn_revision([("mod", key, "==", revision)], [("put", key, claimed)])
+        if written > 0:
+            with self._lock:
+                self._written[rec["upid"]] = (written, claimed)
+        return written != 0
+
     def _write_fields(
         self, key: str, rec: dict[str, Any], ctx: TaskContext | None, fields: dict[str, Any]
     ) -> bool:
-        kv = self.store.get(key)
-        new = {**(rec if kv is None else kv.value), **fields}
-        revision = 0 if kv is None else kv.mod_revision
-        if ctx is None:
-            return self.store.replace(key, new, mod_revision=revision)
-        with ctx._lock:
-            chunk = ctx._chunk_op()
+        # The record as this worker last wrote it, at that revision: no read first.
+        # Anyone else's change since (an abort) fails the compare; the retry reads.
+        with self._lock:
+            known = self._written.pop(rec["upid"], None)
+        if known is not None:
+            revision, current = known
+        else:
+            kv = self.store.get(key)
+            current = rec if kv is None else kv.value
+            revision = 0 if kv is None else kv.mod_revision
+        new = {**current, **fields}
+        with ctx._lock if ctx is not None else contextlib.nullcontext():
+            chunk = None if ctx is None else ctx._chunk_op()
             ops: list[tuple[Any, ...]] = [("put", key, new)]
             if chunk is not None:
                 ops.append(chunk)
-            if not self.store.txn([("mod", key, "==", revision)], ops):
+            written = self.store.txn_revision([("mod", key, "==", revision)], ops)
+            if not written:
                 return False
-            if chunk is not None:
+            if chunk is not None and ctx is not None:
                 ctx._flushed()
-            return True
+        if written > 0 and new.get("status") != "stopped":
+            with self._lock:
+                self._written[rec["upid"]] = (written, new)
+        return True
 
     def _finish(self, rec: dict[str, Any], exitstatus: str, ctx: TaskContext | None = None) -> None:
         fields = {"status": "stopped", "exitstatus": exitstatus, "endtime": int(self.clock.time())}

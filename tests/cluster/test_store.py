@@ -403,3 +403,16 @@ def _scenario() -> list[tuple[str, str, int]]:
 def test_virtual_runs_are_identical() -> None:
     first = _scenario()
     assert first == _scenario() and len(first) == 9
+
+
+def test_txn_revision_says_what_it_wrote(store: StoreAPI) -> None:
+    """Both stores: the new mod revision of the first key put, 0 when a compare fails."""
+    first = store.put("tr/a", 1)
+    rev = store.txn_revision(
+        [("mod", "tr/a", "==", first)], [("put", "tr/a", 2), ("put", "tr/b", 3)]
+    )
+    kv = store.get("tr/a")
+    assert kv is not None and rev == kv.mod_revision > first and kv.value == 2
+    assert store.txn_revision([("mod", "tr/a", "==", first)], [("put", "tr/a", 9)]) == 0
+    assert store.get_value("tr/a") == 2
+    assert store.txn_revision([("mod", "tr/a", "==", rev)], [("put", "tr/a", 4)]) > rev

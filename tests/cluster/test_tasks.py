@@ -239,3 +239,28 @@ def test_settle_is_bounded_and_skipped_behind_a_busy_guest(
     assert tasks.settle(behind, 20) is False
     assert tasks.wait(behind)["exitstatus"] == "OK"
     assert tasks.wait(slow)["exitstatus"] == "OK"
+
+
+def test_a_running_task_writes_its_record_without_reading_it(
+    store: StoreAPI, worker: TaskWorker
+) -> None:
+    """Claim, progress and end: each write knows the revision of the one before, so
+    the worker reads the record only when someone else changed it (an abort)."""
+    reads: list[str] = []
+    real_get = store.get
+
+    def counting_get(key: str) -> Any:
+        if threading.current_thread().name.startswith("task"):
+            reads.append(key)
+        return real_get(key)
+
+    store.get = counting_get  # type: ignore[method-assign]
+    try:
+        tasks = Tasks(store)
+        upid = tasks.submit(node="n1", type="t_ok", id="5", user="u@pve", args={"lines": 2})
+        status = tasks.wait(upid)
+        assert status["exitstatus"] == "OK" and status.get("progress") == 1.0
+        assert tasks.log_lines(upid) == ["line 0", "line 1", "TASK OK"]
+        assert [k for k in reads if k.startswith("tasks/")] == []
+    finally:
+        del store.get
