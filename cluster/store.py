@@ -343,7 +343,7 @@ class Store(StoreAPI):
         (-1 without a probe)."""
         self._writable()
 
-        async def run(c: aetcd.Client) -> bool:
+        async def run(c: aetcd.Client) -> int:
             t = c.transactions
             cmps = []
             for kind, key, op, operand in compare:
