@@ -66,6 +66,21 @@ def _disk_member(
     ctx.log(f"'{key}': {size} bytes, {stored} of them stored (zeros are holes)")
 
 
+def _raw_file(volumes: VolumeAccess, volid: str) -> str | None:
+    """The local raw image file of `volid`, if it is one (dir, btrfs): a stopped or
+    paused guest's image is read in place instead of exported."""
+    try:
+        disk = volumes.qemu_disk(volid)
+    except CorralError:
+        return None
+    path = disk.get("path")
+    if disk.get("kind") != "file" or disk.get("format") != "raw" or not path:
+        return None
+    if not os.path.isfile(path) or os.path.getsize(path) != int(volumes.size(volid)):
+        return None
+    return str(path)
+
+
 def _spool_volume(volumes: VolumeAccess, volid: str, path: str) -> list[tuple[int, int]]:
     """Export `volid` as raw into a sparse file at `path`; its data extents."""
     spool = archive.SparseSpool(path)
@@ -161,6 +176,10 @@ def _backup_vm(
             for key, volid in sorted(disks.items()):
                 ctx.check_abort()
                 ctx.log(f"adding '{key}' ({volid})")
+                image = _raw_file(volumes, volid)
+                if image is not None:  # read in place; its holes are found by SEEK_DATA
+                    _disk_member(ctx, sink, key, image)
+                    continue
                 spool = os.path.join(workdir, f"{key}.raw")
                 extents = _spool_volume(volumes, volid, spool)
                 _disk_member(ctx, sink, key, spool, extents)

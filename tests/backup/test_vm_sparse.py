@@ -63,7 +63,8 @@ def test_mostly_empty_disk_archive_is_sparse_and_restores_identically(
     vmid = new_vmid()
     vms.append(vmid)
     task_ok(prox, n.qemu.create(vmid=vmid, name=f"sp{vmid}", memory=64, kvm=0,
-                                scsi0="local:1,format=raw"))  # fmt: skip
+                                scsi0="local:1,format=raw", scsi1="local:1,format=qcow2",
+                                scsi2="local:0.01,format=raw,backup=0"))  # fmt: skip
     image = _image(store, node, vmid)
     with open(image, "r+b") as fh:  # 5 MiB of data in a 1 GiB disk, at its start and middle
         fh.write(os.urandom(4 * MIB))
@@ -78,7 +79,9 @@ def test_mostly_empty_disk_archive_is_sparse_and_restores_identically(
     print(f"archive of a 1 GiB disk holding 5 MiB, uncompressed: {size / MIB:.1f} MiB")
     assert size < 8 * MIB, size  # a plain tar member took the whole GiB
     log = "\n".join(r["t"] for r in n.tasks(upid).log.get(limit=500))
-    assert f"'scsi0': {1 << 30} bytes" in log, log
+    assert f"'scsi0': {1 << 30} bytes" in log, log  # read in place
+    assert f"'scsi1': {1 << 30} bytes, 0 of them stored" in log, log  # exported (qcow2)
+    assert "exclude disk 'scsi2'" in log and "(backup=no)" in log, log
     # GNU tar extracts the image as it was.
     out = node.data_dir / f"sparse-check-{vmid}"
     out.mkdir()
@@ -99,4 +102,6 @@ def test_mostly_empty_disk_archive_is_sparse_and_restores_identically(
         assert restored.stat().st_size == 1 << 30
         assert _sha(restored) == want, storage
         assert restored.stat().st_blocks * 512 < 16 * MIB, (storage, restored.stat())
+        cfg = n.qemu(newid).config.get()
+        assert "scsi1" in cfg and "scsi2" not in cfg, cfg  # a disk left out is not restored
     task_ok(prox, n.storage("local").content(row["volid"]).delete())

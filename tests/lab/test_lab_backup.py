@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -204,3 +205,40 @@ def test_clone_to_another_node_needs_shared_storage(lab: labmod.Lab, cts: dict[i
                 api.task("DELETE", f"/nodes/{node}/lxc/{vmid}")
             except AssertionError as err:
                 print(f"cleanup of {vmid}: {err}")
+
+
+def test_run_due_while_the_daemon_is_down_runs_once_after_it(
+    lab: labmod.Lab, cts: dict[int, str]
+) -> None:
+    api = LabApi(lab, "node3")
+    node1 = lab.node("node1")
+    # Down from a few seconds before a minute's run until after it: the run is due at
+    # the restart (well within the 120 s a run counts as missed after) and runs once.
+    wait(lambda: 45 <= time.time() % 60 <= 52, 60, "a few seconds before a minute", 0.5)
+    api.call("POST", "/cluster/backup", id="crlbjob3", schedule="*:*", vmid=str(CT1),
+             storage="local", compress="zstd", enabled=1)  # fmt: skip
+    try:
+        known = {r["upid"] for r in _vzdumps(api, "node1")}
+        before = _archives(lab, "node1", CT1)
+        labmod.kill(lab, "node1")
+        minute = (int(time.time()) // 60 + 1) * 60
+        time.sleep(max(0.0, minute + 5 - time.time()))  # the run's time passes while down
+        labmod.start_node(lab, node1)
+        labmod.wait_online(lab, ["node1", "node2", "node3"], timeout=60)
+
+        def ran() -> list[dict[str, Any]] | None:
+            rows = [r for r in _vzdumps(api, "node1") if r["upid"] not in known]
+            done = rows and all(_status(api, r["upid"])["status"] == "stopped" for r in rows)
+            return rows if done else None
+
+        rows = wait(ran, 60, "the due run after the restart")
+        api.call("PUT", "/cluster/backup/crlbjob3", enabled=0)
+        rows = [r for r in _vzdumps(api, "node1") if r["upid"] not in known]
+        # One run for that minute (a later minute's run may have started before the
+        # job was disabled: never two of one minute).
+        minutes = [r["starttime"] // 60 for r in rows]
+        assert minutes.count(minute // 60) == 1 and len(minutes) == len(set(minutes)), rows
+        assert all(_status(api, r["upid"])["exitstatus"] == "OK" for r in rows), rows
+        assert len(_archives(lab, "node1", CT1)) == len(before) + len(rows)
+    finally:
+        api.call("DELETE", "/cluster/backup/crlbjob3")
