@@ -134,7 +134,7 @@ class SparseSpool:
 
     def _piece(self, piece: memoryview) -> None:
         n = len(piece)
-        if piece.tobytes().count(0) == n:
+        if (not piece[0] and not piece[-1]) and not piece.tobytes().lstrip(b"\0"):
             self.fh.seek(n, 1)
         else:
             self.fh.write(piece)
@@ -153,9 +153,9 @@ class SparseSpool:
         self.fh.close()
 
 
-def scan_extents(path: str) -> list[tuple[int, int]]:
-    """Data extents of the file at `path`: its allocated ranges (SEEK_DATA) less
-    the zero pieces in them."""
+def scan_extents(path: str, *, zeros: bool = True) -> list[tuple[int, int]]:
+    """Data extents of the file at `path`: its allocated ranges (SEEK_DATA), less
+    the zero pieces in them when `zeros` (which reads the data once more)."""
     found: list[tuple[int, int]] = []
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
@@ -167,6 +167,10 @@ def scan_extents(path: str) -> list[tuple[int, int]]:
             except OSError:
                 break  # only a hole remains
             end = os.lseek(fd, start, os.SEEK_HOLE)
+            if not zeros:
+                found.append((start, end - start))
+                pos = end
+                continue
             fh.seek(start)
             off = start
             while off < end:
@@ -175,7 +179,7 @@ def scan_extents(path: str) -> list[tuple[int, int]]:
                     break
                 for i in range(0, len(data), PIECE):
                     piece = data[i : i + PIECE]
-                    if piece.count(0) != len(piece):
+                    if piece[0] or piece[-1] or piece.lstrip(b"\0"):
                         at = off + i
                         if found and sum(found[-1]) == at:
                             found[-1] = (found[-1][0], found[-1][1] + len(piece))

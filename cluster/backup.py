@@ -134,7 +134,7 @@ def _backup_ct(
             for key, path in paths.items():
                 ctx.check_abort()
                 ctx.log(f"creating archive from snapshot '{TEMP_SNAP}' of {vols[key]}")
-                ct_archive.append_volume(sink, volumes, vols[key], path, snap=TEMP_SNAP)
+                _add_volume(sink, volumes, vols[key], path, alone=len(paths) == 1, snap=TEMP_SNAP)
         finally:
             for volid in taken:
                 volumes.snapshot_delete(volid, TEMP_SNAP)
@@ -144,11 +144,22 @@ def _backup_ct(
             for key, path in paths.items():
                 ctx.check_abort()
                 ctx.log(f"creating archive from {vols[key]}")
-                ct_archive.append_volume(sink, volumes, vols[key], path)
+                _add_volume(sink, volumes, vols[key], path, alone=len(paths) == 1)
         finally:
             if frozen:
                 driver.thaw(vmid, config, log=ctx.log)
-    sink.write(archive.END)
+    if len(paths) > 1:
+        sink.write(archive.END)  # else the root's own tar stream ended the archive
+
+
+def _add_volume(
+    sink: archive.Sink, volumes: VolumeAccess, volid: str, path: str, *, alone: bool,
+    snap: str | None = None,
+) -> None:  # fmt: skip
+    if alone:  # the root only (no mount point backed up): its tar stream as it comes
+        volumes.export(volid, fmt="tar", out=sink, snap=snap)  # type: ignore[arg-type]
+    else:
+        ct_archive.append_volume(sink, volumes, volid, path, snap=snap)
 
 
 def _backup_vm(
@@ -177,8 +188,8 @@ def _backup_vm(
                 ctx.check_abort()
                 ctx.log(f"adding '{key}' ({volid})")
                 image = _raw_file(volumes, volid)
-                if image is not None:  # read in place; its holes are found by SEEK_DATA
-                    _disk_member(ctx, sink, key, image)
+                if image is not None:  # read in place, its holes found by SEEK_DATA
+                    _disk_member(ctx, sink, key, image, archive.scan_extents(image, zeros=False))
                     continue
                 spool = os.path.join(workdir, f"{key}.raw")
                 extents = _spool_volume(volumes, volid, spool)

@@ -66,11 +66,14 @@ def _restore_ct(
         target = storage or vols[key].partition(":")[0]
         where = "the root filesystem" if key == "rootfs" else f"{key} (/{mpath})"
         ctx.log(f"restoring {where} onto storage '{target}'")
-        stream = ct_archive.volume_stream(path, key, paths)
+        if len(paths) == 1:  # the root only: the archive's tar stream as it is
+            stream, proc = archive.open_archive(path)
+        else:
+            stream, proc = ct_archive.volume_stream(path, key, paths), None
         try:
             new = volumes.import_(target, stream=stream, fmt="tar", content="rootdir", vmid=vmid)
         finally:
-            stream.close()
+            archive.close_archive(stream, proc)
         undo.add(lambda v=new: volumes.free(v))  # type: ignore[misc]
         mapping[vols[key]] = new
         ctx.log(f"{key} is now {new}")
