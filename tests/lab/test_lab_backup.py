@@ -173,7 +173,7 @@ def test_run_interrupted_by_a_restart_finishes_once(lab: labmod.Lab, cts: dict[i
 def test_clone_to_another_node_needs_shared_storage(lab: labmod.Lab, cts: dict[int, str]) -> None:
     api = LabApi(lab, "node3")
     tmpl = template(lab)
-    shared, clone1, clone2 = 9103, 9104, 9105
+    shared, clone1, clone2, vm, vmclone = 9103, 9104, 9105, 9106, 9107
     api.task("POST", "/nodes/node1/lxc", vmid=shared, hostname="bkshared", memory=64,
              ostemplate=tmpl, rootfs=f"{labmod.SHARED_STORAGE}:0.1")  # fmt: skip
     try:
@@ -197,12 +197,28 @@ def test_clone_to_another_node_needs_shared_storage(lab: labmod.Lab, cts: dict[i
         assert cfg["rootfs"].startswith(f"{labmod.SHARED_STORAGE}:"), cfg
         api.task("POST", f"/nodes/node2/lxc/{clone2}/status/start")
         wait(lambda: running_on(lab, clone2) == ["node2"], 30, "the second clone on node2")
+        # A VM the same way: its disk on shared storage, the copy defined on node3.
+        api.task("POST", "/nodes/node1/qemu", vmid=vm, name="bkvm", memory=64, kvm=0,
+                 scsi0=f"{labmod.SHARED_STORAGE}:0.01,format=raw")  # fmt: skip
+        api.task("POST", f"/nodes/node1/qemu/{vm}/clone", newid=vmclone, target="node3",
+                 full=1, name="bkvmclone")  # fmt: skip
+        cfg = api.call("GET", f"/nodes/node3/qemu/{vmclone}/config")
+        assert cfg["scsi0"].startswith(f"{labmod.SHARED_STORAGE}:{vmclone}/vm-{vmclone}-"), cfg
+        assert cfg["name"] == "bkvmclone"
+        row = next(g for g in api.call("GET", "/cluster/resources", type="vm")
+                   if g["vmid"] == vmclone)  # fmt: skip
+        assert row["node"] == "node3", row
     finally:
         for vmid, node in ((clone1, "node2"), (clone2, "node2"), (shared, "node1")):
             try:
                 if running_on(lab, vmid):
                     api.task("POST", f"/nodes/{node}/lxc/{vmid}/status/stop")
                 api.task("DELETE", f"/nodes/{node}/lxc/{vmid}")
+            except AssertionError as err:
+                print(f"cleanup of {vmid}: {err}")
+        for vmid, node in ((vmclone, "node3"), (vm, "node1")):
+            try:
+                api.task("DELETE", f"/nodes/{node}/qemu/{vmid}")
             except AssertionError as err:
                 print(f"cleanup of {vmid}: {err}")
 
