@@ -207,6 +207,7 @@ class GuestService(CopyOperations):
         `digest` (of the current config) makes the change conditional.
         """
         rec = self.record(vmid, type=type, node=node)
+        self._require_online(rec)  # its live state and driver are there
         schema = self.driver(rec["type"]).config_schema()
         valid = schema.validate({k: v for k, v in changes.items() if k != "skiplock"}, partial=True)
         bad_create = sorted(set(valid) & guests.CREATE_ONLY)
@@ -470,6 +471,14 @@ class GuestService(CopyOperations):
         )
 
     # -- internals ------------------------------------------------------------------------
+    def _require_online(self, rec: dict[str, Any]) -> None:
+        """A guest's node that is offline (crashed, cut off) cannot act on it: a task
+        queued for it would fire whenever it comes back, long after its caller gave
+        up. Refused now, as Proxmox's call proxied to that node fails."""
+        if self.store.get(keys.node_alive(rec["node"])) is None:
+            kind = "CT" if rec["type"] == "lxc" else "VM"
+            raise Unavailable(f"node '{rec['node']}' is offline: {kind} {rec['vmid']} is there")
+
     def _submit(
         self,
         rec: dict[str, Any],
@@ -481,6 +490,7 @@ class GuestService(CopyOperations):
     ) -> str:
         """Queue `op` (a name in `table`, the flow's task types) on the guest's node."""
         vmid = int(rec["vmid"])
+        self._require_online(rec)
         return self.tasks.submit(
             node=rec["node"],
             type=table[rec["type"]][op],
