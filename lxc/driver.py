@@ -41,6 +41,7 @@ from corral.cluster.undo import Reverter
 from corral.lxc import cgroups, credentials, nesting, orphans, rootfs, status
 from corral.lxc import config as cfg
 from corral.lxc.render import IDMAP_BASE, IDMAP_SIZE, Facts, cgroup_values, render, veth_name
+from corral.storage.plugin import out_of_space
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
@@ -253,7 +254,9 @@ class LxcDriver(GuestDriver):
                 # Created all the same (it can run on another node); start says it again.
                 log(f"WARNING: CT {vmid} cannot start on node '{self.node}': {problem}")
             log(f"extracting {os.path.basename(archive)}")
-            count = rootfs.unpack_template(archive, root, unprivileged=unpriv, log=log)
+            rootvol = str(cfg.parse_mps(config)["rootfs"]["volume"])
+            with out_of_space(rootvol.partition(":")[0], f"{rootvol} ({template} extracted)"):
+                count = rootfs.unpack_template(archive, root, unprivileged=unpriv, log=log)
             log(f"extracted {count} entries into {root}")
             for index, net in cfg.parse_net(config).items():
                 if not net.get("hwaddr"):

@@ -24,7 +24,9 @@ What must hold after each call:
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO, Any, ClassVar
 
 from corral.cluster.errors import CorralError, NotSupported, ParamError
@@ -37,6 +39,31 @@ class StorageFull(CorralError):
 
     status = 507
     msg_fmt = "not enough space on the storage: %(detail)s"
+
+
+NOSPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def out_of_space(storage: str, what: str) -> Iterator[None]:
+    """A full disk met while `what` was written to `storage` becomes a StorageFull
+    (507) naming both: a backend knows neither, and a bare "[Errno 28] No space
+    left on device" does not say which of a node's disks filled up."""
+    try:
+        yield
+    except StorageFull as err:
+        if err.kwargs.get("named"):
+            raise
+        detail = err.kwargs.get("detail") or err.message
+        raise StorageFull(
+            f"not enough space on storage '{storage}' for {what}: {detail}", named=True
+        ) from err
+    except OSError as err:
+        if err.errno not in NOSPACE:
+            raise
+        raise StorageFull(
+            f"not enough space on storage '{storage}' for {what}: {err.strerror}", named=True
+        ) from err
 
 
 FEATURES = ("snapshot", "clone", "copy", "resize", "sparseinit", "template", "rename")
@@ -272,6 +299,7 @@ __all__ = [
     "POOL",
     "StorageFull",
     "StoragePlugin",
+    "out_of_space",
     "check_size",
     "check_snap",
     "content_set",

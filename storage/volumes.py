@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from corral.cluster import registry
 from corral.cluster.errors import NotFound, NotSupported, ParamError
-from corral.storage.plugin import StoragePlugin, check_snap
+from corral.storage.plugin import StoragePlugin, check_snap, out_of_space
 from corral.storage.volid import check_content, check_storage_id, split_volid
 
 # The storage task handlers (upload moves, deletions) run on this node's worker.
@@ -174,7 +174,8 @@ class Volumes:
     ) -> str:
         plugin, cfg = self.resolve(storage)
         check_content(content, plugin.enabled_content(cfg))
-        volname = plugin.alloc(cfg, vmid=vmid, size=size, fmt=fmt, content=content, name=name)
+        with out_of_space(storage, f"a new volume of {vmid} ({size} bytes)"):
+            volname = plugin.alloc(cfg, vmid=vmid, size=size, fmt=fmt, content=content, name=name)
         return f"{storage}:{volname}"
 
     def free(self, volid: str) -> None:
@@ -183,7 +184,8 @@ class Volumes:
 
     def resize(self, volid: str, size: int) -> None:
         plugin, cfg, volname = self._vol(volid)
-        plugin.resize(cfg, volname=volname, size=size)
+        with out_of_space(volid.partition(":")[0], f"{volid} grown to {size} bytes"):
+            plugin.resize(cfg, volname=volname, size=size)
 
     def size(self, volid: str) -> int:
         plugin, cfg, volname = self._vol(volid)
@@ -261,7 +263,10 @@ class Volumes:
     ) -> str:
         plugin, cfg = self.resolve(storage)
         check_content(content, plugin.enabled_content(cfg))
-        volname = plugin.import_(cfg, stream=stream, fmt=fmt, vmid=vmid, content=content, size=size)
+        with out_of_space(storage, f"a volume of {vmid} imported ({fmt})"):
+            volname = plugin.import_(
+                cfg, stream=stream, fmt=fmt, vmid=vmid, content=content, size=size
+            )
         return f"{storage}:{volname}"
 
     # -- storage-level ----------------------------------------------------------------

@@ -668,6 +668,7 @@ class _HashingFile:
 def upload(ctx: Ctx, node: str, storage: str) -> str:
     from werkzeug.formparser import parse_form_data
 
+    from corral.storage.plugin import out_of_space
     from corral.storage.volid import parse_path_volname
 
     require_node(ctx, node)
@@ -691,9 +692,10 @@ def upload(ctx: Ctx, node: str, storage: str) -> str:
     with Reverter() as undo:
         undo.add(lambda: _remove_staged(files))
         os.makedirs(staging, exist_ok=True)
-        _, form, upload_files = parse_form_data(req.environ, stream_factory=cast(Any, factory))
-        for f in files:
-            f.close()
+        with out_of_space(storage, "the uploaded file"):  # a 507 naming it, not a 500
+            _, form, upload_files = parse_form_data(req.environ, stream_factory=cast(Any, factory))
+            for f in files:
+                f.close()
         fields = {**{k: v for k, v in req.args.items()}, **{k: form[k] for k in form}}
         content = fields.get("content")
         filename = fields.get("filename") or next(
