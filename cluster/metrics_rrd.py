@@ -109,8 +109,12 @@ class RrdStore:
         path = self._paths[(kind, name)] = self.base / kind / f"{name}.rrd"
         return path
 
-    def update(self, kind: str, name: str, values: dict[str, Any], when: float) -> bool:
-        """Record one sample; False when it is not newer than the file's last one."""
+    def update(
+        self, kind: str, name: str, values: dict[str, Any], when: float, *, gap: float = 0
+    ) -> bool:
+        """Record one sample; False when it is not newer than the file's last one
+        (or than the last one + `gap`: for figures that did not move since, a sample
+        per step is as good as three, within the heartbeat)."""
         if rrdtool is None:
             return False
         path = self.path(kind, name)
@@ -126,7 +130,7 @@ class RrdStore:
             else:
                 fields.append(repr(float(v)))
         with self._lock:
-            if self._last.get(key, 0) >= ts:
+            if self._last.get(key, 0) + gap >= ts:
                 return False
             if key not in self._last and not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,10 +231,14 @@ def record_round(rrd: RrdStore, store: Any, now: float | None = None) -> int:
                 if str(vmid).isdigit() and isinstance(entry, dict):
                     when = entry.get("time", now)
                     # A node re-publishes an entry only when its figures move, and all
-                    # of them every guest_status.REFRESH s: one that recent holds now.
-                    if now - GUEST_MAX_AGE <= when < now:
+                    # of them every guest_status.REFRESH s: one that recent holds now,
+                    # recorded once a step (an idle guest: a third of the updates).
+                    gap = 0.0
+                    if now - GUEST_MAX_AGE <= when < now - SAMPLE_INTERVAL:
+                        when, gap = now, STEP - SAMPLE_INTERVAL / 2
+                    elif now - SAMPLE_INTERVAL <= when < now:
                         when = now
-                    count += rrd.update("pve2-vm", str(vmid), guest_sample(entry), when)
+                    count += rrd.update("pve2-vm", str(vmid), guest_sample(entry), when, gap=gap)
         for kv in store.range(keys.STORAGE_STATUS):
             node = kv.key.split("/", 1)[1]
             for sid, entry in (kv.value or {}).items():

@@ -41,7 +41,7 @@ from corral.lxc.render import veth_name
 
 FIGURES_EVERY = 5  # rounds between two figure reads of one idle running container
 BUSY_CPU = 0.005  # a container using this much of the host is read every round
-WALK_BUDGET = 0.01  # s of disk-usage tree walking per round
+WALK_BUDGET = 0.005  # s of disk-usage tree walking per round (0.25 % of a core)
 
 
 @dataclass
@@ -211,7 +211,7 @@ class Collector:
             out["cpu"] = round(frac, 4)
         now_up = cgroups.host_uptime() if now_up is None else now_up
         out["uptime"] = cgroups.uptime_since(ticks, now_up)
-        out["disk"] = usage.root_used_bytes(pid, budget)
+        out["disk"] = usage.root_used_bytes(pid, budget, born=ticks)
         for index in static["nets"]:
             # The host side transmits what the container receives.
             rx, tx = link_stats(veth_name(vmid, index))

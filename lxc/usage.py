@@ -17,8 +17,10 @@ import threading
 import time
 
 CACHE_SECONDS = 30.0
-_cache: dict[int, tuple[float, int]] = {}
+# (init pid, its start ticks) -> (when counted, bytes): a reused PID is another key.
+_cache: dict[tuple[int, int | None], tuple[float, int]] = {}
 _lock = threading.Lock()
+_purged = [float("-inf")]  # when dead containers' counts were last forgotten
 
 
 class Budget:
@@ -91,13 +93,15 @@ def tree_bytes(top: str, skip: set[str]) -> int:
     return total + first.st_blocks * 512
 
 
-def root_used_bytes(pid: int, budget: Budget | None = None) -> int:
-    """Bytes used on the root volume of the container whose init is `pid`. With a
-    spent `budget`, a stale count is answered as it is (a first one is always made)."""
+def root_used_bytes(pid: int, budget: Budget | None = None, *, born: int | None = None) -> int:
+    """Bytes used on the root volume of the container whose init is `pid` (started
+    at `born` ticks). With a spent `budget`, a stale count is answered as it is (a
+    first one is always made): the budget alone bounds the walking."""
     top = f"/proc/{pid}/root"
     now = time.monotonic()
+    key = (pid, born)
     with _lock:
-        hit = _cache.get(pid)
+        hit = _cache.get(key)
         if hit is not None and (
             now - hit[0] < CACHE_SECONDS or (budget is not None and budget.left <= 0)
         ):
@@ -118,7 +122,12 @@ def root_used_bytes(pid: int, budget: Budget | None = None) -> int:
     if budget is not None:
         budget.left -= done - now
     with _lock:
-        for old in [p for p, (t, _) in _cache.items() if done - t > 10 * CACHE_SECONDS]:
-            del _cache[old]
-        _cache[pid] = (done, used)
+        # Forget the counts of containers gone, now and then (an old count of a live
+        # one stays usable).
+        if done - _purged[0] > CACHE_SECONDS:
+            _purged[0] = done
+            for old in [k for k, (t, _) in _cache.items() if done - t > CACHE_SECONDS]:
+                if not os.path.exists(f"/proc/{old[0]}"):
+                    del _cache[old]
+        _cache[key] = (done, used)
     return used

@@ -138,8 +138,9 @@ def test_guests_coming_and_going_are_written(node: Any) -> None:
     assert store.get_value(keys.guest_status(NODE))["120"]["pid"] == 4120
 
 
-def test_history_records_an_unchanged_entry_every_round(tmp_path: Any) -> None:
-    """An entry kept (not re-timed) still holds now: the history gets a sample."""
+def test_history_records_an_unchanged_entry_once_a_step(tmp_path: Any) -> None:
+    """An entry kept (not re-timed) still holds now: the history gets a sample per
+    60 s step from it (not one per 20 s round: its figures did not move)."""
     if metrics_rrd.available() is not None:
         pytest.skip(metrics_rrd.available())
     store = MemoryStore(clock=VirtualClock())
@@ -147,6 +148,11 @@ def test_history_records_an_unchanged_entry_every_round(tmp_path: Any) -> None:
     now = 1_800_000_000
     store.put(keys.guest_status(NODE), {"300": {"cpu": 0.5, "cpus": 1, "time": now - 10}})
     assert metrics_rrd.record_round(rrd, store, now=now) == 1
-    assert metrics_rrd.record_round(rrd, store, now=now + 20) == 1
+    assert metrics_rrd.record_round(rrd, store, now=now + 20) == 0
+    assert metrics_rrd.record_round(rrd, store, now=now + 40) == 0
+    assert metrics_rrd.record_round(rrd, store, now=now + 60) == 1
+    # A moved (re-timed) entry is recorded in its round.
+    store.put(keys.guest_status(NODE), {"300": {"cpu": 0.9, "cpus": 1, "time": now + 75}})
+    assert metrics_rrd.record_round(rrd, store, now=now + 80) == 1
     # Older than a node re-publishes everything: left to its own time (not recorded again).
     assert metrics_rrd.record_round(rrd, store, now=now + 200) == 0
