@@ -474,8 +474,10 @@ class GuestService(CopyOperations):
     def _require_online(self, rec: dict[str, Any]) -> None:
         """A guest's node that is offline (crashed, cut off) cannot act on it: a task
         queued for it would fire whenever it comes back, long after its caller gave
-        up. Refused now, as Proxmox's call proxied to that node fails."""
-        if self.store.get(keys.node_alive(rec["node"])) is None:
+        up. Refused now, as Proxmox's call proxied to that node fails. This node
+        itself is up whatever its lease says (it lapses while etcd is frozen) and
+        its worker runs what is queued."""
+        if rec["node"] != self.node and self.store.get(keys.node_alive(rec["node"])) is None:
             kind = "CT" if rec["type"] == "lxc" else "VM"
             raise Unavailable(f"node '{rec['node']}' is offline: {kind} {rec['vmid']} is there")
 

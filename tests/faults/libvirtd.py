@@ -109,21 +109,6 @@ class PrivateLibvirtd:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def qemu_pids(marker: str) -> list[int]:
-    """QEMU processes whose command line contains `marker` (a path of the test's own)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if cmd.startswith(b"/usr/bin/qemu-system") and marker.encode() in cmd:
-            out.append(int(entry.name))
-    return sorted(out)
-
-
 def _main(root: str) -> None:
     for name, where in DIRS.items():
         os.makedirs(where, exist_ok=True)

@@ -17,7 +17,7 @@ from corral.cluster.etcd_embed import EmbeddedEtcd
 from corral.cluster.store import Store
 from corral.cluster.tasks import INTERRUPTED
 from tests.faults.conftest import install_template
-from tests.faults.world import fresh_resources, log_text, lxc_names, start, wait_log
+from tests.faults.world import fresh_resources, kill9, log_text, lxc_names, start, wait_log
 from tests.lxc.helpers import cleanup_lxcpath
 from tests.util import Corrald, free_ports, wait_for
 
@@ -60,10 +60,7 @@ def test_source_killed_mid_restart_migration(
         "POST", f"/nodes/node1/lxc/{vmid}/migrate", data={"target": "node2", "restart": 1}
     )
     wait_log(s, upid, f"CT {vmid} shut down")  # stopped here, not yet handed over
-    assert one.proc is not None
-    os.kill(one.proc.pid, 9)
-    one.proc.wait(10)
-    one.proc = None
+    kill9(one)
     # While the source is down the other node says the truth: locked for migration.
     s2 = two.session()
     row = [g for g in fresh_resources(s2) if g.get("vmid") == vmid]
@@ -122,10 +119,7 @@ def test_source_killed_after_copying_a_local_volume(
     wait_log(s, upid, "copied local:")
     copy = sorted(p.name for p in images.iterdir() if p.name != original)
     assert len(copy) == 1, copy  # made by node2
-    assert one.proc is not None
-    os.kill(one.proc.pid, 9)
-    one.proc.wait(10)
-    one.proc = None
+    kill9(one)
 
     start(one)
     s = one.session()
@@ -166,10 +160,7 @@ def test_source_killed_after_the_hand_over(
     upid = s.data("POST", f"/nodes/node1/lxc/{vmid}/migrate", data={"target": "node2"})
     wait_log(s, upid, "now belongs to node node2")
     assert len(list(images.iterdir())) == 2  # the source volume and the copy
-    assert one.proc is not None
-    os.kill(one.proc.pid, 9)
-    one.proc.wait(10)
-    one.proc = None
+    kill9(one)
 
     start(one)
     s = one.session()

@@ -5,17 +5,15 @@ processes in /proc, libvirt's domain list, the storage dir, etcd."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.faults.libvirtd import PrivateLibvirtd, qemu_pids
+from tests.faults.libvirtd import PrivateLibvirtd
 from tests.faults.world import NODE, assert_clean, start, store
-from tests.kvm.conftest import short_tmp, virsh_cleanup
+from tests.kvm.conftest import kill_qemus_under, qemu_pids, short_tmp, virsh_cleanup
 from tests.nodes import install_guest_files
 from tests.util import ApiSession, Corrald, wait_for
 
@@ -119,11 +117,7 @@ class VmWorld:
                 pass
             finally:
                 self.libvirtd.stop()
-                for pid in qemu_pids(str(self.base)):
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                kill_qemus_under(str(self.base))
                 shutil.rmtree(self.base, ignore_errors=True)
 
 

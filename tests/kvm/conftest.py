@@ -68,8 +68,9 @@ def virsh_cleanup(uri: str) -> None:
         virsh("undefine", "--nvram", name)
 
 
-def kill_qemus_under(path: str) -> None:
-    """Last resort: QEMU processes whose command line names `path` (our root only)."""
+def qemu_pids(path: str) -> list[int]:
+    """QEMU processes whose command line names `path` (a test's own tree)."""
+    out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -78,10 +79,17 @@ def kill_qemus_under(path: str) -> None:
         except OSError:
             continue
         if b"qemu-system" in cmd and path.encode() in cmd:
-            try:
-                os.kill(int(entry.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            out.append(int(entry.name))
+    return sorted(out)
+
+
+def kill_qemus_under(path: str) -> None:
+    """Last resort: QEMU processes whose command line names `path` (our root only)."""
+    for pid in qemu_pids(path):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def storage_configs(base: str) -> dict[str, dict[str, Any]]:
