@@ -23,18 +23,21 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from corral.cluster import realms
+from corral.cluster.cluster_view import local_value, local_values
 from corral.cluster.errors import Conflict, Forbidden, NotFound, ParamError, Unauthorized
 from corral.cluster.schema import FORMATS
 from corral.cluster.store_api import StoreAPI
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +122,13 @@ def split_userid(userid: str) -> tuple[str, str]:
 
 
 class Access:
-    def __init__(self, store: StoreAPI) -> None:
+    def __init__(self, store: StoreAPI, services: MutableMapping[str, Any] | None = None) -> None:
         self.store = store
+        # The node's services: with its in-memory view started, users and the ACL are
+        # read from memory (cluster_view.local_value) instead of etcd on every request.
+        self.services = services
         self._keys: dict[str, bytes] | None = None
-        self._request = threading.local()  # see request_scope()
+        self._request = threading.local()  # see request_scope() and _authoritative()
 
     @contextmanager
     def request_scope(self) -> Iterator[None]:
@@ -134,6 +140,29 @@ class Access:
             yield
         finally:
             self._request.users = None
+
+    def _read(self, key: str, default: Any = None) -> Any:
+        if getattr(self._request, "authoritative", False):
+            return self.store.get_value(key, default)
+        return local_value(self.services, self.store, key, default)
+
+    def _authoritative(self, fn: Callable[[], T]) -> T:
+        """Run a check; when it refuses, run it again on records read from etcd
+        itself: a user, token or grant made on another node a moment ago may not
+        have reached this node's memory yet, and must not be refused for that."""
+        try:
+            return fn()
+        except (Unauthorized, Forbidden):
+            if self.services is None or getattr(self._request, "authoritative", False):
+                raise
+        users = getattr(self._request, "users", None)
+        self._request.authoritative = True
+        if users is not None:
+            self._request.users = {}
+        try:
+            return fn()
+        finally:
+            self._request.authoritative = False
 
     def _caller(self, userid: str) -> dict[str, Any] | None:
         """user(userid), read once per request_scope()."""
@@ -164,7 +193,7 @@ class Access:
 
     # -- users --------------------------------------------------------------
     def user(self, userid: str) -> dict[str, Any] | None:
-        return self.store.get_value(f"access/users/{userid}")
+        return self._read(f"access/users/{userid}")  # type: ignore[no-any-return]
 
     def users(self) -> list[dict[str, Any]]:
         return [kv.value for kv in self.store.range("access/users/")]
@@ -272,6 +301,9 @@ class Access:
         return ticket, csrf
 
     def verify_ticket(self, ticket: str, now: float | None = None) -> str:
+        return self._authoritative(lambda: self._verify_ticket(ticket, now))
+
+    def _verify_ticket(self, ticket: str, now: float | None) -> str:
         plain, sep, sig = ticket.partition("::")
         parts = plain.split(":")
         if not sep or len(parts) != 3 or parts[0] != "PVE":
@@ -383,6 +415,9 @@ class Access:
 
     def verify_token(self, header_value: str) -> Identity:
         """`USER@REALM!TOKENID=SECRET` (after `PVEAPIToken=`)."""
+        return self._authoritative(lambda: self._verify_token(header_value))
+
+    def _verify_token(self, header_value: str) -> Identity:
         full, sep, secret = header_value.partition("=")
         if not sep:
             full, sep, secret = header_value.partition(":")
@@ -402,7 +437,7 @@ class Access:
 
     # -- ACLs ---------------------------------------------------------------
     def acl(self) -> list[dict[str, Any]]:
-        return self.store.get_value("access/acl", [])
+        return self._read("access/acl", [])  # type: ignore[no-any-return]
 
     def add_acl(
         self, path: str, ugid: str, roleid: str, *, kind: str = "user", propagate: int = 1
@@ -441,9 +476,13 @@ class Access:
         entries = self.acl()
         pools: dict[int, str] = {}
         if any(str(e.get("path", "")).startswith("/pool/") for e in entries):
-            for kv in self.store.range("access/pools/"):
-                for vmid in kv.value.get("vms", []):
-                    pools[int(vmid)] = kv.value["poolid"]
+            if getattr(self._request, "authoritative", False):
+                found = [kv.value for kv in self.store.range("access/pools/")]
+            else:
+                found = local_values(self.services, self.store, "access/pools/")
+            for pool in found:
+                for vmid in pool.get("vms", []):
+                    pools[int(vmid)] = pool["poolid"]
         return entries, self._caller(ident.userid) or {}, pools
 
     def privileges(
@@ -481,10 +520,13 @@ class Access:
         return user_privs & token_privs
 
     def check(self, ident: Identity, path: str, privs: list[str], *, any_of: bool = False) -> None:
-        have = self.privileges(ident, path)
-        ok = any(p in have for p in privs) if any_of else all(p in have for p in privs)
-        if not ok:
-            raise Forbidden(f"Permission check failed ({path}, {', '.join(privs)})")
+        def run() -> None:
+            have = self.privileges(ident, path)
+            ok = any(p in have for p in privs) if any_of else all(p in have for p in privs)
+            if not ok:
+                raise Forbidden(f"Permission check failed ({path}, {', '.join(privs)})")
+
+        self._authoritative(run)
 
 
 def _effective(

@@ -17,6 +17,14 @@ node keeps the records it needs in memory instead:
   most `max_stale` seconds. A client thus reads its own writes, and an answer
   that could not catch up (no quorum, a lagging watch) says so: `sync()`
   returns False and the API sets `X-Corral-Stale: 1`.
+- `caught_up()` is the cheaper promise for reads on a request's hot path (the
+  caller's user record and the ACL, a guest's record before a power operation,
+  a task's record): no round trip, only a wait until the watch has delivered
+  every write THIS process made (StoreAPI.written_revision). Other nodes'
+  writes arrive with the watch's lag, milliseconds, as Proxmox's pmxcfs spreads
+  a change; callers read the store itself before they answer "no" (a refused
+  login, a missing guest), so a change made elsewhere a moment ago is never
+  refused (see `local_value`).
 
 Read API (stable; for the API and the metrics scrape, all thread-safe):
 
@@ -34,6 +42,12 @@ Read API (stable; for the API and the metrics scrape, all thread-safe):
     view.storage_rows() -> [(storage id, Fragment)]
     view.reserved() -> {vmid}                    # VMIDs reserved (vmidres/)
     view.vmids() -> {vmid}                       # VMIDs in use: guests' and reserved
+    view.caught_up(timeout) -> bool              # holds this process's own writes
+    view.wait_revision(revision, timeout) -> bool
+    view.kv(key) -> (mod_revision, value) | None # a key under PREFIXES (shared: do not mutate)
+    view.under(prefix) -> [value]                # keys under a sub-prefix of PREFIXES
+    local_value(services, store, key)            # from the view when caught up, else the store
+    local_items(services, store, prefix), local_values(...)   # the same, for a prefix
 """
 
 from __future__ import annotations
@@ -45,9 +59,13 @@ from typing import Any
 import orjson
 
 from corral.cluster import keys
-from corral.cluster.store_api import KV, Event, StoreAPI, WatchHandle
+from corral.cluster.store_api import KV, WRITE_UNKNOWN, Event, StoreAPI, WatchHandle
 
 MAX_STALE = 2.0
+# How long a hot-path read waits for the watch to deliver this process's own last
+# write (normally it already has: the watch event follows the write by ~1 ms).
+CATCH_UP_SECONDS = 0.25
+ACCESS = "access/"  # users (with their tokens), groups, the ACL, pools, ticket keys
 GUEST_KIND = {"lxc": "CT", "qemu": "VM"}
 _LIVE_FIELDS = (
     "cpu", "cpus", "mem", "maxmem", "disk", "maxdisk", "netin", "netout", "diskread",
@@ -64,6 +82,8 @@ PREFIXES = (
     keys.STORAGE_STATUS,
     keys.VMID_RESERVED,
     keys.CLUSTER,
+    keys.STORAGE,
+    ACCESS,
 )
 
 
@@ -257,6 +277,51 @@ class ClusterView:
             self._synced_at = self.clock.monotonic()
         return ok
 
+    def caught_up(self, timeout: float = CATCH_UP_SECONDS) -> bool:
+        """Wait until the view holds every write this process made through its store;
+        False (read the store instead) without quorum, without a running watch, or
+        when the watch lags more than `timeout`."""
+        if self._watch is None or self.store.quorate is False:
+            return False
+        target = self.store.written_revision
+        if target == WRITE_UNKNOWN:
+            try:
+                target = self.store.revision()
+            except Exception:  # noqa: BLE001 - the store cannot say: read it instead
+                return False
+            self.store.settle_written(target)
+        return self.wait_revision(target, timeout)
+
+    def wait_revision(self, revision: int, timeout: float) -> bool:
+        """Wait until the view has applied `revision`; False after `timeout` s."""
+        with self._lock:
+            if self.revision >= revision:
+                return True
+            ready = threading.Event()
+            self._waiters.append((revision, ready))
+        return self.clock.wait(ready, timeout)
+
+    def kv(self, key: str) -> tuple[int, Any] | None:
+        """(mod revision, value) of a key under one of PREFIXES, None when absent."""
+        prefix = _prefix_of(key)
+        if prefix is None:
+            raise KeyError(f"the view does not keep '{key}'")
+        with self._lock:
+            return self._kv[prefix].get(key)
+
+    def under(self, sub: str) -> list[Any]:
+        """The values of the keys under `sub` (within one of PREFIXES), by key."""
+        return list(self.items(sub).values())
+
+    def items(self, sub: str) -> dict[str, Any]:
+        """{key: value} of the keys under `sub` (within one of PREFIXES), by key."""
+        prefix = _prefix_of(sub)
+        if prefix is None:
+            raise KeyError(f"the view does not keep '{sub}'")
+        with self._lock:
+            table = self._kv[prefix]
+            return {k: table[k][1] for k in sorted(k for k in table if k.startswith(sub))}
+
     def stale_seconds(self) -> float:
         return max(0.0, self.clock.monotonic() - self._synced_at)
 
@@ -386,3 +451,31 @@ def shared_view(services: MutableMapping[str, Any], store: StoreAPI) -> ClusterV
         if view is None or view.store is not store:
             view = services["cluster_view"] = ClusterView(store).start()
         return view  # type: ignore[no-any-return]
+
+
+def local_value(
+    services: MutableMapping[str, Any] | None, store: StoreAPI, key: str, default: Any = None
+) -> Any:
+    """`key`'s value (a copy) from the node's view when that holds this process's own
+    writes (ClusterView.caught_up), else from the store. For hot-path reads whose
+    "no" the caller confirms with the store (see the module's docstring)."""
+    view = (services or {}).get("cluster_view")
+    if view is not None and view.store is store and view.caught_up():
+        item = view.kv(key)
+        return default if item is None else orjson.loads(orjson.dumps(item[1]))
+    return store.get_value(key, default)
+
+
+def local_values(services: MutableMapping[str, Any] | None, store: StoreAPI, sub: str) -> list[Any]:
+    """The values under `sub` (by key, copies), as local_value reads one."""
+    return list(local_items(services, store, sub).values())
+
+
+def local_items(
+    services: MutableMapping[str, Any] | None, store: StoreAPI, sub: str
+) -> dict[str, Any]:
+    """{key: value} under `sub` (by key, copies), as local_value reads one."""
+    view = (services or {}).get("cluster_view")
+    if view is not None and view.store is store and view.caught_up():
+        return dict(orjson.loads(orjson.dumps(view.items(sub))))
+    return {kv.key: kv.value for kv in store.range(sub)}

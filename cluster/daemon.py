@@ -35,7 +35,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 from corral.cluster import keys, registry, tls
 from corral.cluster.access import Access
-from corral.cluster.cluster_view import shared_view
+from corral.cluster.cluster_view import local_items, shared_view
 from corral.cluster.errors import Unavailable
 from corral.cluster.etcd_embed import EmbeddedEtcd, PortInUse
 from corral.cluster.guest_service import GuestService
@@ -152,7 +152,7 @@ class Node:
         # wait is short; without it the API still comes up and answers 503.
         self._wait_member(timeout=3.0)
         self.store.start_quorum_probe()
-        self.access = Access(self.store)
+        self.access = Access(self.store, self.services)
         self._tls()
         self._load_services()
         self.worker = TaskWorker(self.store, self.name)
@@ -388,10 +388,17 @@ class Node:
         store = self.store
         services = registry.load(registry.SERVICES)
         if "volumes" in services:
-            self.services.volumes = services["volumes"](
-                lambda: {kv.key.split("/", 1)[1]: kv.value for kv in store.range(keys.STORAGE)},
-                node=self.name,
-            )
+            n = len(keys.STORAGE)
+
+            def fresh() -> dict[str, dict[str, Any]]:
+                return {kv.key[n:]: kv.value for kv in store.range(keys.STORAGE)}
+
+            def configs() -> dict[str, dict[str, Any]]:  # from memory on a start's path
+                return {
+                    k[n:]: v for k, v in local_items(self.services, store, keys.STORAGE).items()
+                }
+
+            self.services.volumes = services["volumes"](configs, node=self.name, fresh=fresh)
         drivers = {}
         for name, cls in registry.load(registry.GUEST_DRIVERS).items():
             try:
@@ -406,6 +413,7 @@ class Node:
             node=self.name,
             drivers=drivers,
             volumes=self.services.volumes,
+            services=self.services,
         )
         self.services.data_dir = str(self.data_dir)  # node-to-node calls find the CA here
         self.services.probes = {}

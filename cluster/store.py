@@ -44,7 +44,15 @@ import orjson
 from corral.cluster import metrics_core
 from corral.cluster.clock import REAL, Clock
 from corral.cluster.errors import NotQuorate, Unavailable
-from corral.cluster.store_api import KV, Compare, Event, KeptLease, Op, StoreAPI
+from corral.cluster.store_api import (
+    KV,
+    WRITE_UNKNOWN,
+    Compare,
+    Event,
+    KeptLease,
+    Op,
+    StoreAPI,
+)
 
 __all__ = ["KV", "PREFIX", "Event", "KeptLease", "Store", "Watch"]
 
@@ -306,19 +314,27 @@ class Store(StoreAPI):
     def put(self, key: str, value: Any, *, lease: int | None = None) -> int:
         self._writable()
         result = self.call(lambda c: c.put(self._k(key), _encode(value), lease=lease))
-        return int(result.header.revision)
+        revision = int(result.header.revision)
+        self.wrote(revision)
+        return revision
 
     def delete(self, key: str, *, mod_revision: int | None = None) -> bool:
         self._writable()
         if mod_revision is None:
             result = self.call(lambda c: c.delete(self._k(key)))
+            self._wrote_header(result)
             return bool(result and result.deleted)
         return self.txn([("mod", key, "==", mod_revision)], [("delete", key)])
 
     def delete_prefix(self, prefix: str) -> int:
         self._writable()
         result = self.call(lambda c: c.delete_prefix(self._k(prefix)))
+        self._wrote_header(result)
         return int(result.deleted) if result else 0
+
+    def _wrote_header(self, result: Any) -> None:
+        header = getattr(result, "header", None)
+        self.wrote(int(header.revision) if header is not None else WRITE_UNKNOWN)
 
     def txn(
         self, compare: list[Compare], success: list[Op], failure: list[Op] | None = None
@@ -328,7 +344,10 @@ class Store(StoreAPI):
         compare: ("version"|"mod"|"create"|"value", key, "=="|"!="|"<"|">", operand)
         ops: ("put", key, value[, lease]) | ("delete", key) | ("delete_prefix", prefix)
         """
-        return self._txn(compare, success, failure, None) != 0
+        # The first put's key is read back in the transaction: its revision is the
+        # write's (read-your-writes of in-memory views, StoreAPI.wrote).
+        probe = next((op[1] for op in success if op[0] == "put"), None)
+        return self._txn(compare, success, failure, probe) != 0
 
     def txn_revision(self, compare: list[Compare], success: list[Op]) -> int:
         # The revision comes from reading the first written key inside the same
@@ -386,7 +405,12 @@ class Store(StoreAPI):
                 return -1
             return int(responses[-1][0][1].mod_revision)
 
-        return self.call(run)
+        written = self.call(run)
+        if written > 0:
+            self.wrote(written)
+        elif (written == 0 and failure) or (written < 0 and success):
+            self.wrote(WRITE_UNKNOWN)
+        return written
 
     def revision(self) -> int:
         """The store's current revision (a quorum read: it fails without quorum)."""

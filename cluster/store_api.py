@@ -66,6 +66,8 @@ class Event:
     revision: int
 
 
+WRITE_UNKNOWN = -1
+
 # compare: ("version"|"mod"|"create"|"value", key, "=="|"!="|"<"|">", operand)
 Compare = tuple[Any, ...]
 # op: ("put", key, value[, lease]) | ("delete", key) | ("delete_prefix", prefix)
@@ -93,6 +95,25 @@ class StoreAPI(abc.ABC):
     # and reads are served locally and flagged stale (see last_read_stale).
     quorate: bool | None
     last_error: str | None
+    # The newest revision a write through this store object made (read-your-writes for
+    # in-memory views: see ClusterView.caught_up); WRITE_UNKNOWN after a write whose
+    # revision the store could not say (the next caught_up() asks the store once).
+    written_revision: int = 0
+    _written_lock = threading.Lock()
+
+    def wrote(self, revision: int) -> None:
+        """Note a write of this process at `revision` (WRITE_UNKNOWN: unknown)."""
+        with self._written_lock:
+            if revision == WRITE_UNKNOWN or self.written_revision == WRITE_UNKNOWN:
+                self.written_revision = WRITE_UNKNOWN
+            elif revision > self.written_revision:
+                self.written_revision = revision
+
+    def settle_written(self, revision: int) -> None:
+        """An unknown write's revision is now known to be at most `revision`."""
+        with self._written_lock:
+            if self.written_revision == WRITE_UNKNOWN:
+                self.written_revision = revision
 
     # -- key/value ------------------------------------------------------------------
     @abc.abstractmethod

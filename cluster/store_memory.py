@@ -196,6 +196,7 @@ class MemoryStore(StoreAPI):
     def _commit(self, changes: list[tuple[str, str, bytes]]) -> None:
         """Record one revision's changes and hand them to the watches."""
         rev = self._rev
+        self.wrote(rev)
         for kind, key, data in changes:
             self._history.append((rev, kind, key, data))
         while len(self._history) > self.max_history:

@@ -69,8 +69,11 @@ def available_on(cfg: dict[str, Any], node: str) -> bool:
 class Volumes:
     """Volume operations on this node. Thread-safe; plugins are stateless."""
 
-    def __init__(self, configs: Configs, *, node: str) -> None:
+    def __init__(self, configs: Configs, *, node: str, fresh: Configs | None = None) -> None:
         self._configs = configs
+        # `configs` may answer from memory (the node's view); a storage it does not
+        # know is looked up in `fresh` (the store itself) before "no such storage".
+        self._fresh = fresh
         self.node = node
         self._active: dict[str, str] = {}  # storage -> repr of the config it was activated with
         self._lock = threading.Lock()
@@ -82,6 +85,8 @@ class Volumes:
     def config(self, storage: str, *, param: str = "storage") -> dict[str, Any]:
         check_storage_id(storage, param=param)
         cfg = self._configs().get(storage)
+        if cfg is None and self._fresh is not None:
+            cfg = self._fresh().get(storage)
         if cfg is None:
             raise NotFound(what=f"storage '{storage}'")
         return cfg

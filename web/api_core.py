@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from corral.cluster import keys
-from corral.cluster.cluster_view import ClusterView, shared_view
+from corral.cluster.cluster_view import ClusterView, local_value, shared_view
 from corral.cluster.errors import Conflict, NotFound, ParamError, Unavailable
 from corral.cluster.ha import status as ha_status
 from corral.cluster.schema import NODE, Param
@@ -54,7 +54,9 @@ def list_nodes(ctx: Ctx) -> list[dict[str, Any]]:
 
 
 def require_node(ctx: Ctx, node: str) -> dict[str, Any]:
-    info = ctx.store.get_value(keys.node_info(node))
+    info = local_value(ctx.services, ctx.store, keys.node_info(node))
+    if info is None:  # a node that joined a moment ago: ask the store before "no"
+        info = ctx.store.get_value(keys.node_info(node))
     if info is None:
         raise NotFound(f"no such node '{node}'")
     return info
