@@ -191,8 +191,19 @@ class Tasks:
             node=node, type=type, id=id, user=user, args=args, serial=serial, notes=notes
         )
         worker = _local_worker(self.store, node)
-        if worker is not None:
-            worker.expect(upid, serial)  # before the put: its watch event may come first
+        if worker is not None and worker.reserve(upid, serial):
+            # This process's own worker is quiet for this guest and will run the task
+            # at once: it is recorded as running, which saves the worker's claim (a
+            # compare-and-swap, one etcd round trip). Still durable: a node restarted
+            # while it ran finds it running and ends it as interrupted.
+            record["status"] = "running"
+            try:
+                revision = self.store.put(key, record)
+            except BaseException:
+                worker.unreserve(upid)
+                raise
+            worker.run_reserved(orjson.loads(orjson.dumps(record)), revision)
+            return upid
         revision = self.store.put(key, record)
         if worker is not None:
             # Recorded first (durable); the watch delivers the same put later, ignored.
@@ -237,6 +248,11 @@ class Tasks:
 
     def get(self, upid: str) -> dict[str, Any]:
         parsed = Upid.parse(upid)
+        worker = _local_worker(self.store, parsed.node)
+        if worker is not None:
+            ended = worker.ended_record(upid)
+            if ended is not None:
+                return ended  # an ended task's record never changes: no etcd read
         kv = self.store.get(record_key(parsed.node, upid))
         if kv is None:
             raise NotFound(f"no such task '{upid}'")
@@ -321,10 +337,15 @@ class TaskContext:
         self.store = worker.store
         self.clock = worker.clock
         self.record = record
+        # The store revision the task was recorded as running at (0: unknown).
+        self.revision = 0
         self.upid: str = record["upid"]
         self.user: str = record["user"]
         self.node: str = record["node"]
         self.aborted = threading.Event()
+        # Writes that go into the transaction recording the task's end (begin() gives
+        # the ops, end(written) follows; guest_status.StatusAtEnd).
+        self.end_writes: list[Any] = []
         self._buffer: list[str] = []
         self._chunk = 0
         # Short tasks write their log once, with their end (see TaskWorker._finish).
@@ -398,9 +419,17 @@ class TaskWorker:
         # while the task runs (claim, progress): the task's end needs no read first.
         self._written: dict[str, tuple[int, dict[str, Any]]] = {}
         self._workers = workers
-        # upid -> set when that task has ended, for tasks offered while the node was
+        # upid -> set when that task has ended, for tasks reserved while the node was
         # quiet; Tasks.settle waits on them. Bounded: unwaited ones are dropped.
         self._ended: dict[str, threading.Event] = {}
+        # upid -> serial key of tasks reserved to run at once (see reserve), and the
+        # recorded-as-running ones among them not yet begun (an abort seen meanwhile
+        # goes to _early_abort).
+        self._reserved: dict[str, str] = {}
+        self._claimed: set[str] = set()
+        self._early_abort: set[str] = set()
+        # The last records of tasks this worker ended (Tasks.get answers from here).
+        self._finished: dict[str, dict[str, Any]] = {}
         self.stopped = False
         self._watch: Any = None
         self.context: MutableMapping[str, Any] = {}  # the node's services (NodeServices)
@@ -460,7 +489,11 @@ class TaskWorker:
     def _on_record(self, rec: dict[str, Any], revision: int = 0) -> None:
         upid = rec["upid"]
         if rec.get("abort"):
-            ctx = self._running.get(upid)
+            with self._lock:
+                ctx = self._running.get(upid)
+                if ctx is None and upid in self._claimed:
+                    self._early_abort.add(upid)  # recorded as running, not begun yet
+                    return
             if ctx is not None:
                 ctx.aborted.set()
             elif rec["status"] == "queued":
@@ -470,15 +503,54 @@ class TaskWorker:
         if rec["status"] == "queued":
             self._accept(rec, revision)
 
-    def expect(self, upid: str, serial: str | None) -> None:
-        """A task this process is about to record for this node. While the node is
-        quiet (nothing queued for its guest, a free worker) its end can be waited
-        for (wait_ended); when busy a wait would mostly time out, so none is kept."""
+    def reserve(self, upid: str, serial: str | None) -> bool:
+        """While the node is quiet (nothing queued for the task's guest, a free
+        worker), hold the guest's queue for a task this process is about to record:
+        tasks for the guest accepted meanwhile wait behind it. The caller records it
+        as running, then run_reserved(); or unreserve() when the record failed."""
         with self._lock:
-            if (serial or upid) not in self._queues and len(self._queues) < self._workers:
-                self._ended[upid] = threading.Event()
-                while len(self._ended) > 256:  # expected but never waited for
-                    self._ended.pop(next(iter(self._ended)))
+            key = serial or upid
+            if self.stopped or key in self._queues or len(self._queues) >= self._workers:
+                return False
+            self._queues[key] = deque([{"upid": upid, "reserved": True}])
+            self._reserved[upid] = key
+            self._ended[upid] = threading.Event()  # Tasks.settle waits on it
+            while len(self._ended) > 256:  # expected but never waited for
+                self._ended.pop(next(iter(self._ended)))
+            return True
+
+    def unreserve(self, upid: str) -> None:
+        with self._lock:
+            self._ended.pop(upid, None)
+            key = self._reserved.pop(upid, None)
+            if key is None:
+                return
+            q = self._queues.get(key)
+            if q is None:
+                return
+            if q and q[0].get("upid") == upid:
+                q.popleft()
+            if q:
+                self.pool.submit(self._run_serial, key)  # the tasks that waited behind it
+            else:
+                self._queues.pop(key, None)
+
+    def run_reserved(self, rec: dict[str, Any], revision: int) -> None:
+        """Run a reserved task, recorded as running at `revision` (no claim)."""
+        upid = rec["upid"]
+        with self._lock:
+            key = self._reserved.pop(upid)
+            self._seen.add(upid)
+            self._claimed.add(upid)
+            self._written[upid] = (revision, rec)
+            self._queues[key][0] = rec
+        self.pool.submit(self._run_serial, key)
+
+    def ended_record(self, upid: str) -> dict[str, Any] | None:
+        """A copy of the record this worker wrote at the end of task `upid`, if kept."""
+        with self._lock:
+            rec = self._finished.get(upid)
+        return None if rec is None else orjson.loads(orjson.dumps(rec))
 
     def offer(self, rec: dict[str, Any], revision: int) -> None:
         """A task this process has just recorded for this node, at `revision`: queue
@@ -487,7 +559,7 @@ class TaskWorker:
         self._accept(rec, revision)
 
     def wait_ended(self, upid: str, timeout: float) -> bool:
-        """Wait for the end of a task expected while the node was quiet (see expect)."""
+        """Wait for the end of a task reserved while the node was quiet (see reserve)."""
         with self._lock:
             ended = self._ended.get(upid)
         if ended is None:
@@ -549,10 +621,20 @@ class TaskWorker:
         key = record_key(self.node, rec["upid"])
         with self._lock:
             revision = self._revisions.pop(rec["upid"], 0)
-        self._running[rec["upid"]] = ctx  # an abort seen from here on reaches the handler
+            claimed = rec["upid"] in self._claimed  # recorded as running by its submitter
+            self._claimed.discard(rec["upid"])
+            early_abort = rec["upid"] in self._early_abort
+            self._early_abort.discard(rec["upid"])
+            if not early_abort:
+                self._running[rec["upid"]] = ctx  # an abort seen from now reaches the handler
+        if early_abort:  # aborted before it began: its handler never runs
+            self._recover(rec, ABORTED)
+            return
         # Claim it with one compare-and-swap on the revision it was queued at; only
         # when the record changed since (an abort, a restart) is it read again.
-        if not (revision and not rec.get("abort") and self._claim(key, rec, revision)):
+        if claimed:
+            pass
+        elif not (revision and not rec.get("abort") and self._claim(key, rec, revision)):
             current = self.store.get_value(key)
             if current is None or current.get("status") != "queued" or current.get("abort"):
                 self._running.pop(rec["upid"], None)
@@ -560,6 +642,8 @@ class TaskWorker:
                     self._recover(current, ABORTED)
                 return
             self.set_fields(rec, status="running")
+        with self._lock:
+            ctx.revision = self._written.get(rec["upid"], (0, None))[0]
         if PAUSE_AT and PAUSE_AT == f"task {rec['type']}":
             self.clock.sleep(PAUSE_SECONDS)  # test-only: claimed, its handler not yet begun
         exitstatus = "OK"
@@ -634,19 +718,36 @@ class TaskWorker:
             current = rec if kv is None else kv.value
             revision = 0 if kv is None else kv.mod_revision
         new = {**current, **fields}
+        ending = ctx.end_writes if ctx is not None and fields.get("status") == "stopped" else []
         with ctx._lock if ctx is not None else contextlib.nullcontext():
             chunk = None if ctx is None else ctx._chunk_op()
             ops: list[tuple[Any, ...]] = [("put", key, new)]
             if chunk is not None:
                 ops.append(chunk)
-            written = self.store.txn_revision([("mod", key, "==", revision)], ops)
+            begun: list[Any] = []
+            written = 0
+            try:
+                for extra in ending:
+                    ops.extend(extra.begin())
+                    begun.append(extra)
+                written = self.store.txn_revision([("mod", key, "==", revision)], ops)
+            finally:
+                for extra in reversed(begun):
+                    extra.end(bool(written))
             if not written:
                 return False
+            if ctx is not None:
+                ctx.end_writes = []
             if chunk is not None and ctx is not None:
                 ctx._flushed()
         if written > 0 and new.get("status") != "stopped":
             with self._lock:
                 self._written[rec["upid"]] = (written, new)
+        elif new.get("status") == "stopped":
+            with self._lock:
+                self._finished[rec["upid"]] = new
+                while len(self._finished) > 1024:
+                    self._finished.pop(next(iter(self._finished)))
         return True
 
     def _finish(self, rec: dict[str, Any], exitstatus: str, ctx: TaskContext | None = None) -> None:
