@@ -22,7 +22,7 @@ privileges the change needs before anything is written.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from corral.cluster import (
@@ -33,7 +33,8 @@ from corral.cluster import (
     recovery,  # noqa: F401 - registers restart recovery of guest tasks
     registry,
 )
-from corral.cluster.errors import Conflict, NotFound, ParamError, Unavailable
+from corral.cluster.cluster_view import local_value
+from corral.cluster.errors import Conflict, CorralError, NotFound, ParamError, Unavailable
 from corral.cluster.guest_driver import GuestDriver, VolumeAccess
 from corral.cluster.guest_service_copies import CopyOperations
 from corral.cluster.guest_volumes import volumes_in
@@ -95,8 +96,12 @@ class GuestService(CopyOperations):
         drivers: Mapping[str, GuestDriver] | None = None,
         volumes: VolumeAccess | None = None,
         now: Callable[[], float] | None = None,
+        services: MutableMapping[str, Any] | None = None,
     ) -> None:
         self.store = store
+        # The node's services: its in-memory view serves the checks of a power
+        # operation without an etcd read (see checked_record).
+        self.services = services
         self.tasks = tasks
         self.node = node  # the node this service runs on (its drivers are local)
         self.drivers: Mapping[str, GuestDriver] = drivers or {}
@@ -117,6 +122,31 @@ class GuestService(CopyOperations):
     ) -> dict[str, Any]:
         """The guest's record; NotFound if absent or not of that type / on that node."""
         return guests.get_record(self.store, vmid, type=type, node=node)
+
+    def checked_record(
+        self,
+        vmid: int,
+        check: Callable[[dict[str, Any]], None],
+        *,
+        type: str | None = None,
+        node: str | None = None,
+    ) -> dict[str, Any]:
+        """The guest's record, passed through `check` (which raises to refuse), read
+        from the node's in-memory view when that holds this process's writes; a
+        refusal, a missing guest or a moved one is confirmed on etcd's own record
+        first. For checks the task repeats on its node (a power operation's): the
+        request then costs no etcd read."""
+        rec = local_value(self.services, self.store, keys.guest(vmid))
+        if rec is not None and (type is None or rec["type"] == type):
+            if node is None or rec["node"] == node:
+                try:
+                    check(rec)
+                    return rec  # type: ignore[no-any-return]
+                except CorralError:
+                    pass  # said from memory: confirm with the store
+        rec = self.record(vmid, type=type, node=node)
+        check(rec)
+        return rec
 
     def live(self, rec: dict[str, Any]) -> dict[str, Any]:
         """The guest's figures as its node last published them ({} if none)."""
@@ -321,13 +351,16 @@ class GuestService(CopyOperations):
         """
         if op not in POWER_OPS:
             raise ParamError.one("op", f"unknown power operation '{op}'")
-        rec = self.record(vmid, type=type, node=node)
-        if op not in guests.TASK_TYPES[rec["type"]]:
-            raise ParamError.one("op", f"{rec['type']} guests have no '{op}'")
-        if op != "stop" or not skiplock:
-            guests.check_lock(rec)
-        if op == "start" and rec["config"].get("template"):
-            raise Conflict(f"{rec['type']} {vmid} is a template: clone it to run it")
+
+        def check(rec: dict[str, Any]) -> None:
+            if op not in guests.TASK_TYPES[rec["type"]]:
+                raise ParamError.one("op", f"{rec['type']} guests have no '{op}'")
+            if op != "stop" or not skiplock:
+                guests.check_lock(rec)
+            if op == "start" and rec["config"].get("template"):
+                raise Conflict(f"{rec['type']} {vmid} is a template: clone it to run it")
+
+        rec = self.checked_record(vmid, check, type=type, node=node)
         if skiplock and user.partition("!")[0] != ROOT:
             raise ParamError.one("skiplock", "Only root may use this option.")
         args = {k: v for k, v in params.items() if v is not None}

@@ -62,11 +62,14 @@ def moved(old: dict[str, Any], new: dict[str, Any]) -> bool:
     return False
 
 
-def _measure(driver: GuestDriver | None, rec: dict[str, Any], now: float) -> dict[str, Any]:
+def _measure(
+    driver: GuestDriver | None, rec: dict[str, Any], now: float, *, task_end: bool = False
+) -> dict[str, Any]:
     entry: dict[str, Any] = {"status": "unknown"}
     if driver is not None and rec.get("lock") != "create":
         try:
-            entry = driver.status(rec["vmid"], rec["config"])
+            measure = driver.status_now if task_end else driver.status
+            entry = measure(rec["vmid"], rec["config"])
         except CorralError as err:
             entry = {"status": "unknown", "error": str(err)}
         except Exception as err:  # noqa: BLE001 - one broken guest must not hide the rest
@@ -190,3 +193,43 @@ def live_status(store: StoreAPI) -> dict[str, dict[str, Any]]:
     for kv in store.range(keys.GUEST_STATUS):
         out.update(kv.value or {})
     return out
+
+
+class StatusAtEnd:
+    """One guest's new entry in this node's status document, written in the same
+    transaction as the end of the task that changed it (TaskContext.end_writes):
+    whoever sees the task OK reads the new state, at one etcd write, not two.
+    The node's status lock is held from measuring to the write, so the 2 s round
+    never writes an older document over it."""
+
+    def __init__(
+        self, store: StoreAPI, node: str, services: MutableMapping[str, Any], rec: dict[str, Any]
+    ) -> None:
+        self.store, self.node, self.services, self.rec = store, node, services, rec
+        self._lock = services.setdefault("status_lock", threading.Lock())
+        self._doc: dict[str, Any] | None = None
+
+    def begin(self) -> list[tuple[Any, ...]]:
+        self._lock.acquire()
+        try:
+            drivers = self.services.get("drivers") or {}
+            doc = dict(self.services.get("status_doc") or {})
+            vmid = str(self.rec["vmid"])
+            if self.rec.get("node") == self.node:
+                now = self.store.clock.time()
+                doc[vmid] = _measure(drivers.get(self.rec["type"]), self.rec, now, task_end=True)
+            else:
+                doc.pop(vmid, None)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._doc = doc
+        return [("put", keys.guest_status(self.node), doc, self.services.get("lease_id"))]
+
+    def end(self, written: bool) -> None:
+        try:
+            if written and self._doc is not None:
+                self.services["status_doc"] = self._doc
+        finally:
+            self._doc = None
+            self._lock.release()

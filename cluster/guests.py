@@ -26,9 +26,11 @@ from typing import Any
 
 from corral.cluster import keys, migration, volume_moves
 from corral.cluster.clock import REAL
+from corral.cluster.cluster_view import local_value
 from corral.cluster.errors import Conflict, CorralError, NotFound, ParamError, Unavailable
 from corral.cluster.guest_driver import GuestDriver
 from corral.cluster.guest_status import (  # noqa: F401 - re-exported: the flow's live status
+    StatusAtEnd,
     live_status,
     local_guests,
     publish_status_for,
@@ -209,7 +211,12 @@ def _volumes(ctx: TaskContext) -> Any:
 
 
 def _record(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
-    rec = get_record(ctx.store, args["vmid"])
+    # From the node's in-memory view once it holds this process's writes, the task's
+    # own record (or claim) among them: as fresh as a read when the task began. A
+    # missing or moved guest is confirmed on the store itself.
+    rec = local_value(ctx.worker.context, ctx.store, keys.guest(args["vmid"]))
+    if rec is None or rec.get("node") != ctx.node:
+        rec = get_record(ctx.store, args["vmid"])
     if rec["node"] != ctx.node:
         raise Conflict(f"guest {args['vmid']} moved to node '{rec['node']}'")
     return rec
@@ -546,7 +553,13 @@ def _mark(ctx: TaskContext, rec: dict[str, Any], status: str, *, current: bool =
     """Publish a state change at once instead of waiting for the next 2 s round.
     Before the task's end: whoever sees the task OK then reads the new state
     (a delete refused as running, /cluster/resources). `current`: `rec` is the
-    record as it stands (a power task changes no record), so it is not read again."""
+    record as it stands (a power task changes no record), so it is not read again;
+    its entry is then written with the task's end, in one transaction (the
+    handler's last step), once the node has published its first document."""
+    services = ctx.worker.context
+    if current and services.get("status_doc") is not None:
+        ctx.end_writes.append(StatusAtEnd(ctx.store, ctx.node, services, rec))
+        return
     try:
         publish_status_for(
             ctx.store, ctx.node, ctx.worker.context, only=rec["vmid"], rec=rec if current else None

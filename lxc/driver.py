@@ -435,6 +435,9 @@ class LxcDriver(GuestDriver):
     def status(self, vmid: int, config: dict[str, Any]) -> dict[str, Any]:
         return self._figures.one(vmid, config)
 
+    def status_now(self, vmid: int, config: dict[str, Any]) -> dict[str, Any]:
+        return self._figures.one(vmid, config, walk=False)
+
     def status_many(
         self, items: list[tuple[int, dict[str, Any]]], *, cached: bool = False
     ) -> dict[int, dict[str, Any]]:

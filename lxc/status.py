@@ -100,8 +100,10 @@ class Collector:
         return dict(stopped)
 
     # -- on demand -----------------------------------------------------------
-    def one(self, vmid: int, config: dict[str, Any]) -> dict[str, Any]:
-        """Fresh status of one container (liblxc's state, then its files)."""
+    def one(self, vmid: int, config: dict[str, Any], *, walk: bool = True) -> dict[str, Any]:
+        """Fresh status of one container (liblxc's state, then its files). Without
+        `walk`, a disk usage never counted yet is left out (a task's end: the walk of
+        a large root tree would hold it up; the round counts it)."""
         static, stopped = self._derived(vmid, config)
         # One liblxc handle for state and pid: each handle parses the lxc config.
         ct_dir = self._dir(vmid)
@@ -114,7 +116,9 @@ class Collector:
         ticks = cgroups.proc_start(pid) if pid > 0 else None
         if state == "STOPPED" or ticks is None:
             return self._stopped(vmid, stopped)  # stopped, or it exited just now
-        return self._measure(vmid, static, stopped, pid, ticks, ct=ct, state=state, keep=False)
+        return self._measure(
+            vmid, static, stopped, pid, ticks, ct=ct, state=state, keep=False, walk=walk
+        )
 
     # -- the round -----------------------------------------------------------
     def many(
@@ -178,6 +182,7 @@ class Collector:
         now_up: float | None = None,
         budget: usage.Budget | None = None,
         keep: bool,
+        walk: bool = True,
     ) -> dict[str, Any]:
         init = self._inits.get(vmid)
         if init is None or init.pid != pid or init.ticks != ticks:
@@ -211,7 +216,11 @@ class Collector:
             out["cpu"] = round(frac, 4)
         now_up = cgroups.host_uptime() if now_up is None else now_up
         out["uptime"] = cgroups.uptime_since(ticks, now_up)
-        out["disk"] = usage.root_used_bytes(pid, budget, born=ticks)
+        disk = usage.root_used_bytes(pid, budget, born=ticks, first=walk)
+        if disk is None:
+            del out["disk"]  # not counted yet: unknown, not 0
+        else:
+            out["disk"] = disk
         for index in static["nets"]:
             # The host side transmits what the container receives.
             rx, tx = link_stats(veth_name(vmid, index))

@@ -93,10 +93,13 @@ def tree_bytes(top: str, skip: set[str]) -> int:
     return total + first.st_blocks * 512
 
 
-def root_used_bytes(pid: int, budget: Budget | None = None, *, born: int | None = None) -> int:
+def root_used_bytes(
+    pid: int, budget: Budget | None = None, *, born: int | None = None, first: bool = True
+) -> int | None:
     """Bytes used on the root volume of the container whose init is `pid` (started
     at `born` ticks). With a spent `budget`, a stale count is answered as it is (a
-    first one is always made): the budget alone bounds the walking."""
+    first one is made unless `first` is False: then None, not counted yet): the
+    budget alone bounds the walking."""
     top = f"/proc/{pid}/root"
     now = time.monotonic()
     key = (pid, born)
@@ -106,6 +109,8 @@ def root_used_bytes(pid: int, budget: Budget | None = None, *, born: int | None 
             now - hit[0] < CACHE_SECONDS or (budget is not None and budget.left <= 0)
         ):
             return hit[1]  # a counted tree: not even its mountinfo read again
+    if hit is None and not first:
+        return None
     try:
         source_root, others = root_mounts(pid)
     except OSError:

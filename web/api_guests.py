@@ -37,6 +37,7 @@ def service(ctx: Ctx) -> GuestService:
         node=ctx.node,
         drivers=ctx.services.get("drivers") or {},
         volumes=ctx.services.get("volumes"),
+        services=ctx.services,
     )
 
 
