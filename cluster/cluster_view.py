@@ -192,6 +192,7 @@ class ClusterView:
     def stop(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
+            self._watch = None  # caught_up() says no at once: reads go to the store
 
     def _on_event(self, event: Event) -> None:
         with self._lock:
