@@ -479,6 +479,10 @@ class GuestService(CopyOperations):
         if rec["config"].get("protection"):
             raise Conflict(f"can't remove {what} - protection mode enabled")
         running = self.live(rec).get("status") == "running"
+        if running and rec["node"] == self.node:
+            # As published up to a round ago (it may have been stopped outside corral
+            # since): a guest of this node is asked itself before the refusal.
+            running = self.current(rec).get("status") == "running"
         if running and not force:
             raise Conflict(f"{what} is running - destroy failed")
         if running:
