@@ -55,19 +55,23 @@ def run(names: list[str], out: Path) -> dict[str, Any]:
         t0 = time.monotonic()
         proc = subprocess.Popen(
             [sys.executable, str(HERE / script), *argv], stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
         )  # fmt: skip
         try:
-            text, code = proc.communicate(timeout=timeout)[0], proc.returncode
+            text, errors = proc.communicate(timeout=timeout)
+            code = proc.returncode
         except subprocess.TimeoutExpired:
             # SIGTERM first: the benchmark then removes what it made (1,000 containers).
             proc.terminate()
             try:
-                text = proc.communicate(timeout=300)[0]
+                text, errors = proc.communicate(timeout=300)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                text = proc.communicate()[0]
+                text, errors = proc.communicate()
             text, code = f"{text or ''}\ntimed out after {timeout} s", -1
+        if code != 0:
+            # What it printed on stderr (libvirt's own warnings, say) only when it failed.
+            text = f"{text or ''}\n--- stderr ---\n{(errors or '')[-4000:]}"
         (out / f"{name}.txt").write_text(text if isinstance(text, str) else text.decode())
         print(text[-1500:] if isinstance(text, str) else "", flush=True)
         with open(sink) as fh:
