@@ -176,8 +176,17 @@ class Store(StoreAPI):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), 1.0)
 
-    def call(self, fn: Callable[[aetcd.Client], Any], *, timeout: float | None = None) -> Any:
-        """Run `await fn(client)` on the loop, bounded by `timeout` seconds."""
+    def call(
+        self,
+        fn: Callable[[aetcd.Client], Any],
+        *,
+        timeout: float | None = None,
+        resend: bool = False,
+    ) -> Any:
+        """Run `await fn(client)` on the loop, bounded by `timeout` seconds. With
+        `resend` (a read, or a put: the same outcome when sent twice), a call whose
+        connection another call's failure reset under it is sent once more on the
+        new connection instead of failing."""
         if self._closed:
             raise Unavailable("store is closed")
         limit = self.timeout if timeout is None else timeout
@@ -208,7 +217,11 @@ class Store(StoreAPI):
             future.cancel()
             self._fail(f"etcd did not answer within {limit:.1f} s")
         except (asyncio.CancelledError, FutureCancelled):
-            # The connection was dropped under this call (a failed watch resets it).
+            # The connection was dropped under this call (a failed watch or another
+            # call's timeout resets it): seen as a 503 on a task status poll while a
+            # restore loaded the disk.
+            if resend and not self._closed:
+                return self.call(fn, timeout=timeout)
             self._fail("connection to etcd was reset")
         except aetcd.exceptions.ClientError as err:
             if isinstance(err, aetcd.exceptions.PreconditionFailedError):
@@ -297,7 +310,7 @@ class Store(StoreAPI):
 
     def get(self, key: str) -> KV | None:
         serializable = self._serializable()
-        item = self.call(lambda c: c.get(self._k(key), serializable=serializable))
+        item = self.call(lambda c: c.get(self._k(key), serializable=serializable), resend=True)
         return None if item is None else self._kv(item)
 
     def range_rev(self, prefix: str, *, limit: int = 0) -> tuple[list[KV], int]:
@@ -305,7 +318,8 @@ class Store(StoreAPI):
         start = self._k(prefix)
         serializable = self._serializable()
         response = self.call(
-            lambda c: _raw_range(c, start, _range_end(start), limit, serializable=serializable)
+            lambda c: _raw_range(c, start, _range_end(start), limit, serializable=serializable),
+            resend=True,
         )
         return [self._kv(aetcd.rtypes.KeyValue(kv)) for kv in response.kvs], int(
             response.header.revision
@@ -313,7 +327,7 @@ class Store(StoreAPI):
 
     def put(self, key: str, value: Any, *, lease: int | None = None) -> int:
         self._writable()
-        result = self.call(lambda c: c.put(self._k(key), _encode(value), lease=lease))
+        result = self.call(lambda c: c.put(self._k(key), _encode(value), lease=lease), resend=True)
         revision = int(result.header.revision)
         self.wrote(revision)
         return revision
@@ -415,7 +429,7 @@ class Store(StoreAPI):
     def revision(self) -> int:
         """The store's current revision (a quorum read: it fails without quorum)."""
         key = self._k("")
-        response = self.call(lambda c: _raw_range(c, key, None, 1, count_only=True))
+        response = self.call(lambda c: _raw_range(c, key, None, 1, count_only=True), resend=True)
         return int(response.header.revision)
 
     def compact(self, revision: int) -> None:
