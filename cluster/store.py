@@ -186,8 +186,7 @@ class Store(StoreAPI):
         """Run `await fn(client)` on the loop, bounded by `timeout` seconds. With
         `resend` (a read, or a put: the same outcome when sent twice), a call whose
         connection another call's failure reset under it is sent once more on the
-        new connection instead of failing, within what is left of `timeout`: a hung
-        etcd still fails the call in `timeout` seconds, not twice that."""
+        new connection instead of failing."""
         if self._closed:
             raise Unavailable("store is closed")
         limit = self.timeout if timeout is None else timeout
@@ -211,7 +210,6 @@ class Store(StoreAPI):
             finally:
                 metrics_core.record_etcd(time.monotonic() - started, ok)
 
-        begun = time.monotonic()
         future = asyncio.run_coroutine_threadsafe(run(), self._loop)
         try:
             result = future.result(limit + 0.5)
@@ -222,9 +220,8 @@ class Store(StoreAPI):
             # The connection was dropped under this call (a failed watch or another
             # call's timeout resets it): seen as a 503 on a task status poll while a
             # restore loaded the disk.
-            left = limit - (time.monotonic() - begun)
-            if resend and not self._closed and left > 0.1:
-                return self.call(fn, timeout=left)
+            if resend and not self._closed:
+                return self.call(fn, timeout=timeout)
             self._fail("connection to etcd was reset")
         except aetcd.exceptions.ClientError as err:
             if isinstance(err, aetcd.exceptions.PreconditionFailedError):
