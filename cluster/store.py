@@ -176,17 +176,8 @@ class Store(StoreAPI):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), 1.0)
 
-    def call(
-        self,
-        fn: Callable[[aetcd.Client], Any],
-        *,
-        timeout: float | None = None,
-        resend: bool = False,
-    ) -> Any:
-        """Run `await fn(client)` on the loop, bounded by `timeout` seconds. With
-        `resend` (a read, or a put: the same outcome when sent twice), a call whose
-        connection another call's failure reset under it is sent once more on the
-        new connection instead of failing."""
+    def call(self, fn: Callable[[aetcd.Client], Any], *, timeout: float | None = None) -> Any:
+        """Run `await fn(client)` on the loop, bounded by `timeout` seconds."""
         if self._closed:
             raise Unavailable("store is closed")
         limit = self.timeout if timeout is None else timeout
@@ -217,11 +208,7 @@ class Store(StoreAPI):
             future.cancel()
             self._fail(f"etcd did not answer within {limit:.1f} s")
         except (asyncio.CancelledError, FutureCancelled):
-            # The connection was dropped under this call (a failed watch or another
-            # call's timeout resets it): seen as a 503 on a task status poll while a
-            # restore loaded the disk.
-            if resend and not self._closed:
-                return self.call(fn, timeout=timeout)
+            # The connection was dropped under this call (a failed watch resets it).
             self._fail("connection to etcd was reset")
         except aetcd.exceptions.ClientError as err:
             if isinstance(err, aetcd.exceptions.PreconditionFailedError):
@@ -310,7 +297,7 @@ class Store(StoreAPI):
 
     def get(self, key: str) -> KV | None:
         serializable = self._serializable()
-        item = self.call(lambda c: c.get(self._k(key), serializable=serializable), resend=True)
+        item = self.call(lambda c: c.get(self._k(key), serializable=serializable))
         return None if item is None else self._kv(item)
 
     def range_rev(self, prefix: str, *, limit: int = 0) -> tuple[list[KV], int]:
@@ -318,8 +305,7 @@ class Store(StoreAPI):
         start = self._k(prefix)
         serializable = self._serializable()
         response = self.call(
-            lambda c: _raw_range(c, start, _range_end(start), limit, serializable=serializable),
-            resend=True,
+            lambda c: _raw_range(c, start, _range_end(start), limit, serializable=serializable)
         )
         return [self._kv(aetcd.rtypes.KeyValue(kv)) for kv in response.kvs], int(
             response.header.revision
@@ -327,7 +313,7 @@ class Store(StoreAPI):
 
     def put(self, key: str, value: Any, *, lease: int | None = None) -> int:
         self._writable()
-        result = self.call(lambda c: c.put(self._k(key), _encode(value), lease=lease), resend=True)
+        result = self.call(lambda c: c.put(self._k(key), _encode(value), lease=lease))
         revision = int(result.header.revision)
         self.wrote(revision)
         return revision
@@ -429,7 +415,7 @@ class Store(StoreAPI):
     def revision(self) -> int:
         """The store's current revision (a quorum read: it fails without quorum)."""
         key = self._k("")
-        response = self.call(lambda c: _raw_range(c, key, None, 1, count_only=True), resend=True)
+        response = self.call(lambda c: _raw_range(c, key, None, 1, count_only=True))
         return int(response.header.revision)
 
     def compact(self, revision: int) -> None:

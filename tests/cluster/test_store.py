@@ -239,40 +239,6 @@ def test_stopped_etcd_times_out_instead_of_hanging(private_etcd: EmbeddedEtcd) -
         store.close()
 
 
-def test_a_read_reset_under_it_by_another_calls_failure_is_sent_again(
-    private_etcd: EmbeddedEtcd,
-) -> None:
-    """One call's timeout drops the shared connection; a read in flight on it is sent
-    again on the new one instead of failing (a task status poll got a 503 'connection
-    to etcd was reset' while a restore loaded the disk)."""
-    store = Store([private_etcd.endpoint], timeout=10)
-    proc = private_etcd.proc
-    assert proc is not None
-    try:
-        store.put("r", 1)
-        proc.send_signal(19)  # SIGSTOP: calls wait
-        wait_for(lambda: _state(proc.pid) == "T", 5, 0.01, what="etcd stopped")
-        got: dict[str, object] = {}
-
-        def read() -> None:
-            try:
-                got["value"] = store.get_value("r")
-            except Unavailable as err:
-                got["error"] = str(err)
-
-        reader = threading.Thread(target=read)
-        reader.start()
-        time.sleep(0.3)  # the read is in flight
-        with pytest.raises(Unavailable, match="did not answer"):
-            store.call(lambda c: c.get(store._k("other")), timeout=0.3)  # resets the connection
-        proc.send_signal(18)  # SIGCONT
-        reader.join(15)
-        assert got == {"value": 1}
-    finally:
-        proc.send_signal(18)
-        store.close()
-
-
 # -- the in-memory store on a virtual clock: deterministic, no threads, no sleeping --------
 
 
