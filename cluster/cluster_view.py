@@ -45,7 +45,7 @@ Read API (stable; for the API and the metrics scrape, all thread-safe):
     view.caught_up(timeout) -> bool              # holds this process's own writes
     view.wait_revision(revision, timeout) -> bool
     view.kv(key) -> (mod_revision, value) | None # a key under PREFIXES (shared: do not mutate)
-    view.under(prefix) -> [value]                # keys under a sub-prefix of PREFIXES
+    view.items(prefix) -> {key: value}           # keys under a sub-prefix of PREFIXES
     local_value(services, store, key)            # from the view when caught up, else the store
     local_items(services, store, prefix), local_values(...)   # the same, for a prefix
 """
@@ -310,10 +310,6 @@ class ClusterView:
         with self._lock:
             return self._kv[prefix].get(key)
 
-    def under(self, sub: str) -> list[Any]:
-        """The values of the keys under `sub` (within one of PREFIXES), by key."""
-        return list(self.items(sub).values())
-
     def items(self, sub: str) -> dict[str, Any]:
         """{key: value} of the keys under `sub` (within one of PREFIXES), by key."""
         prefix = _prefix_of(sub)
@@ -454,14 +450,24 @@ def shared_view(services: MutableMapping[str, Any], store: StoreAPI) -> ClusterV
         return view  # type: ignore[no-any-return]
 
 
+def _caught_up_view(
+    services: MutableMapping[str, Any] | None, store: StoreAPI
+) -> ClusterView | None:
+    """The node's view of `store` when it holds this process's writes, else None."""
+    view = (services or {}).get("cluster_view")
+    if view is not None and view.store is store and view.caught_up():
+        return view  # type: ignore[no-any-return]
+    return None
+
+
 def local_value(
     services: MutableMapping[str, Any] | None, store: StoreAPI, key: str, default: Any = None
 ) -> Any:
     """`key`'s value (a copy) from the node's view when that holds this process's own
     writes (ClusterView.caught_up), else from the store. For hot-path reads whose
     "no" the caller confirms with the store (see the module's docstring)."""
-    view = (services or {}).get("cluster_view")
-    if view is not None and view.store is store and view.caught_up():
+    view = _caught_up_view(services, store)
+    if view is not None:
         item = view.kv(key)
         return default if item is None else orjson.loads(orjson.dumps(item[1]))
     return store.get_value(key, default)
@@ -476,7 +482,7 @@ def local_items(
     services: MutableMapping[str, Any] | None, store: StoreAPI, sub: str
 ) -> dict[str, Any]:
     """{key: value} under `sub` (by key, copies), as local_value reads one."""
-    view = (services or {}).get("cluster_view")
-    if view is not None and view.store is store and view.caught_up():
+    view = _caught_up_view(services, store)
+    if view is not None:
         return dict(orjson.loads(orjson.dumps(view.items(sub))))
     return {kv.key: kv.value for kv in store.range(sub)}

@@ -337,8 +337,6 @@ class TaskContext:
         self.store = worker.store
         self.clock = worker.clock
         self.record = record
-        # The store revision the task was recorded as running at (0: unknown).
-        self.revision = 0
         self.upid: str = record["upid"]
         self.user: str = record["user"]
         self.node: str = record["node"]
@@ -642,8 +640,6 @@ class TaskWorker:
                     self._recover(current, ABORTED)
                 return
             self.set_fields(rec, status="running")
-        with self._lock:
-            ctx.revision = self._written.get(rec["upid"], (0, None))[0]
         if PAUSE_AT and PAUSE_AT == f"task {rec['type']}":
             self.clock.sleep(PAUSE_SECONDS)  # test-only: claimed, its handler not yet begun
         exitstatus = "OK"
