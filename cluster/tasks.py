@@ -250,9 +250,11 @@ class Tasks:
         parsed = Upid.parse(upid)
         worker = _local_worker(self.store, parsed.node)
         if worker is not None:
-            ended = worker.ended_record(upid)
-            if ended is not None:
-                return ended  # an ended task's record never changes: no etcd read
+            known = worker.known_record(upid)
+            if known is not None:
+                # Its own worker's: an ended task's record never changes, and only this
+                # worker changes a running one's status and progress. No etcd read.
+                return known
         kv = self.store.get(record_key(parsed.node, upid))
         if kv is None:
             raise NotFound(f"no such task '{upid}'")
@@ -426,8 +428,11 @@ class TaskWorker:
         self._reserved: dict[str, str] = {}
         self._claimed: set[str] = set()
         self._early_abort: set[str] = set()
-        # The last records of tasks this worker ended (Tasks.get answers from here).
+        # The last records of tasks this worker ended, and the record of each task it
+        # runs as last written (Tasks.get answers from these: a status poll of a task
+        # of this node reads no etcd, so it still answers while etcd is slow).
         self._finished: dict[str, dict[str, Any]] = {}
+        self._live: dict[str, dict[str, Any]] = {}
         self.stopped = False
         self._watch: Any = None
         self.context: MutableMapping[str, Any] = {}  # the node's services (NodeServices)
@@ -541,13 +546,15 @@ class TaskWorker:
             self._seen.add(upid)
             self._claimed.add(upid)
             self._written[upid] = (revision, rec)
+            self._live[upid] = rec
             self._queues[key][0] = rec
         self.pool.submit(self._run_serial, key)
 
-    def ended_record(self, upid: str) -> dict[str, Any] | None:
-        """A copy of the record this worker wrote at the end of task `upid`, if kept."""
+    def known_record(self, upid: str) -> dict[str, Any] | None:
+        """A copy of task `upid`'s record as this worker last wrote it: running (its
+        claim, its progress) or ended. None for a task it does not run or keep."""
         with self._lock:
-            rec = self._finished.get(upid)
+            rec = self._finished.get(upid) or self._live.get(upid)
         return None if rec is None else orjson.loads(orjson.dumps(rec))
 
     def offer(self, rec: dict[str, Any], revision: int) -> None:
@@ -636,6 +643,7 @@ class TaskWorker:
             current = self.store.get_value(key)
             if current is None or current.get("status") != "queued" or current.get("abort"):
                 self._running.pop(rec["upid"], None)
+                self._live.pop(rec["upid"], None)
                 if current is not None and current.get("status") == "queued":
                     self._recover(current, ABORTED)
                 return
@@ -698,6 +706,7 @@ class TaskWorker:
         if written > 0:
             with self._lock:
                 self._written[rec["upid"]] = (written, claimed)
+                self._live[rec["upid"]] = claimed
         return written != 0
 
     def _write_fields(
@@ -736,11 +745,14 @@ class TaskWorker:
                 ctx.end_writes = []
             if chunk is not None and ctx is not None:
                 ctx._flushed()
-        if written > 0 and new.get("status") != "stopped":
+        if new.get("status") != "stopped":
             with self._lock:
-                self._written[rec["upid"]] = (written, new)
-        elif new.get("status") == "stopped":
+                self._live[rec["upid"]] = new
+                if written > 0:  # its revision known: the next write needs no read
+                    self._written[rec["upid"]] = (written, new)
+        else:
             with self._lock:
+                self._live.pop(rec["upid"], None)
                 self._finished[rec["upid"]] = new
                 while len(self._finished) > 1024:
                     self._finished.pop(next(iter(self._finished)))

@@ -265,3 +265,45 @@ def test_a_running_task_writes_its_record_without_reading_it(
         assert [k for k in reads if k.startswith("tasks/")] == []
     finally:
         del store.get
+
+
+PROGRESS_GATE = threading.Event()
+
+
+@task_handler("t_half")
+def _half(ctx: TaskContext, args: dict[str, Any]) -> None:
+    ctx.progress(0.5)
+    assert PROGRESS_GATE.wait(20)
+
+
+def test_status_of_the_nodes_own_task_reads_no_etcd(store: StoreAPI, worker: TaskWorker) -> None:
+    """A status poll of a task this node's worker runs or ended is answered from the
+    worker's memory: while etcd stalls (a restore's disk load delays its fsyncs for
+    seconds), the poll still answers, with the progress as last written. Another
+    node's task, or one still queued, is read from etcd as before."""
+    from corral.cluster.errors import Unavailable
+
+    PROGRESS_GATE.clear()
+    tasks = Tasks(store)
+    upid = tasks.submit(node="n1", type="t_half", id="8", user="u@pve", serial="vm:8")
+    queued = tasks.submit(node="n1", type="t_ok", id="8", user="u@pve", serial="vm:8")
+    other = tasks.submit(node="n2", type="t_ok", id="9", user="u@pve")
+    wait_for(lambda: tasks.status(upid).get("progress") == 0.5, timeout=10)
+
+    def stalled(key: str) -> Any:
+        raise Unavailable("etcd did not answer within 3.0 s")
+
+    store.get = stalled  # type: ignore[method-assign]
+    try:
+        status = tasks.status(upid)
+        assert (status["status"], status["progress"], status["user"]) == ("running", 0.5, "u@pve")
+        for etcd_only in (queued, other):
+            with pytest.raises(Unavailable):
+                tasks.status(etcd_only)
+        PROGRESS_GATE.set()
+        wait_for(lambda: tasks.status(upid)["status"] == "stopped", timeout=10)
+        assert tasks.status(upid)["exitstatus"] == "OK"
+    finally:
+        PROGRESS_GATE.set()
+        del store.get
+    assert tasks.wait(queued)["exitstatus"] == "OK"
