@@ -18,6 +18,13 @@ from typing import IO, Any, Protocol
 from corral.cluster.errors import NotSupported
 from corral.cluster.schema import Schema
 
+# The node's 2 s status round (status_many with cached=True) re-reads the figures
+# of an idle running guest every FIGURES_EVERY rounds (10 s, as Proxmox's
+# pvestatd), guests spread over the rounds by VMID, and those of a guest using
+# at least BUSY_CPU at its last read every round; its state, every round.
+FIGURES_EVERY = 5
+BUSY_CPU = 0.005
+
 LogFn = Callable[[str], None]
 
 

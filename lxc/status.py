@@ -34,13 +34,12 @@ from typing import Any
 import _lxc
 
 from corral.cluster import bridges
+from corral.cluster.guest_driver import BUSY_CPU, FIGURES_EVERY
 from corral.cluster.schema import parse_size
 from corral.lxc import cgroups, orphans, usage
 from corral.lxc import config as cfg
 from corral.lxc.render import veth_name
 
-FIGURES_EVERY = 5  # rounds between two figure reads of one idle running container
-BUSY_CPU = 0.005  # a container using this much of the host is read every round
 WALK_BUDGET = 0.005  # s of disk-usage tree walking per round (0.25 % of a core)
 
 

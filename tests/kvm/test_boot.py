@@ -137,6 +137,56 @@ def test_status_while_running(vm: VM) -> None:
     assert vm.vmid in vm.driver.running()
 
 
+def test_status_round_reads_states_at_once_and_figures_when_due(
+    vm: VM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's round: every VM's state from one libvirt call, each round; a VM's
+    figures (QEMU monitor queries) once every FIGURES_EVERY rounds while it is
+    idle, the same entry answered between; a pause is seen within the round."""
+    from corral.kvm import driver as kvm_driver
+
+    calls: list[str] = []
+    real_run = vm.driver.lv.run
+
+    def counting(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(what)
+        return real_run(what, fn, *args, **kwargs)
+
+    absent = new_vmid()
+    monkeypatch.setattr(vm.driver.lv, "run", counting)
+    monkeypatch.setattr(kvm_driver, "BUSY_CPU", 2.0)  # a TCG guest's ticks: never "busy"
+    items = [(vm.vmid, vm.config), (absent, vm.config)]
+    fresh = vm.driver.status_many(items)  # not cached (on demand): measured
+    assert calls == ["state of the running VMs", f"status VM {vm.vmid}"]
+    one = vm.driver.status(vm.vmid, vm.config)
+    got = fresh[vm.vmid]
+    assert set(got) == set(one)
+    for key in ("status", "qmpstatus", "pid", "maxmem", "maxdisk", "cpus", "name", "balloon"):
+        assert got[key] == one[key], key
+    assert 0 < got["mem"] <= 192 << 20 and 0 < got["diskread"] <= one["diskread"]
+    assert fresh[absent]["status"] == "stopped" and fresh[absent]["vmid"] == absent
+
+    reads = 0
+    for _ in range(kvm_driver.FIGURES_EVERY):
+        calls.clear()
+        before = vm.driver._last[vm.vmid][2]
+        entry = vm.driver.status_many(items, cached=True)[vm.vmid]
+        assert calls[0] == "state of the running VMs" and len(calls) <= 2
+        if len(calls) == 2:
+            reads += 1
+        else:
+            assert entry is before  # the last figures, not measured again
+    assert reads == 1
+    dom = vm.driver._domain(vm.vmid)
+    real_run("pause", dom.suspend)
+    try:
+        entry = vm.driver.status_many(items, cached=True)[vm.vmid]
+        assert (entry["status"], entry["qmpstatus"]) == ("running", "paused")
+    finally:
+        real_run("resume", dom.resume)
+    assert vm.driver.status_many(items, cached=True)[vm.vmid]["qmpstatus"] == "running"
+
+
 def test_nic_in_the_guest_and_link_down_live(vm: VM, bridge: str) -> None:
     mac = cfg.NET.parse(vm.config["net0"])["macaddr"].lower()
     assert vm.serial.run("cat /sys/class/net/eth0/address") == mac
