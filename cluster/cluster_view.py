@@ -59,6 +59,7 @@ from typing import Any
 import orjson
 
 from corral.cluster import keys
+from corral.cluster.ha import env as ha_env
 from corral.cluster.store_api import KV, WRITE_UNKNOWN, Event, StoreAPI, WatchHandle
 
 MAX_STALE = 2.0
@@ -66,6 +67,9 @@ MAX_STALE = 2.0
 # write (normally it already has: the watch event follows the write by ~1 ms).
 CATCH_UP_SECONDS = 0.25
 ACCESS = "access/"  # users (with their tokens), groups, the ACL, pools, ticket keys
+# The HA resources and the CRM's status: /cluster/resources' `hastate` of each row.
+HA_RESOURCES = ha_env.RESOURCES
+HA_MANAGER_STATUS = ha_env.MANAGER_STATUS
 GUEST_KIND = {"lxc": "CT", "qemu": "VM"}
 _LIVE_FIELDS = (
     "cpu", "cpus", "mem", "maxmem", "disk", "maxdisk", "netin", "netout", "diskread",
@@ -84,6 +88,8 @@ PREFIXES = (
     keys.CLUSTER,
     keys.STORAGE,
     ACCESS,
+    HA_RESOURCES,
+    HA_MANAGER_STATUS,
 )
 
 

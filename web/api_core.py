@@ -7,7 +7,13 @@ import time
 from typing import Any
 
 from corral.cluster import keys
-from corral.cluster.cluster_view import ClusterView, local_value, shared_view
+from corral.cluster.cluster_view import (
+    HA_MANAGER_STATUS,
+    HA_RESOURCES,
+    ClusterView,
+    local_value,
+    shared_view,
+)
 from corral.cluster.errors import Conflict, NotFound, ParamError, Unavailable
 from corral.cluster.ha import status as ha_status
 from corral.cluster.schema import NODE, Param
@@ -236,8 +242,11 @@ def resources(ctx: Ctx, type: str | None = None) -> list[Any]:
     # Rows come from the node's in-memory view, serialized once (orjson Fragments).
     view = cluster_view(ctx)
     out: list[Any] = []
+    # HA states (pve_ha_state reads `hastate` here) from the view too, not etcd.
+    held = view.kv(HA_MANAGER_STATUS)
+    manager: dict[str, Any] = held[1] if held is not None else {}
     if type in (None, "node"):
-        ha_nodes = ha_status.node_states(ctx.store)  # pve_ha_state's node states
+        ha_nodes = manager.get("node_status", {})
         out.extend(
             {**n, "hastate": ha_nodes[n["node"]]} if n["node"] in ha_nodes else n
             for n in view.nodes()
@@ -252,7 +261,7 @@ def resources(ctx: Ctx, type: str | None = None) -> list[Any]:
         )
     if type in (None, "vm"):
         every = ctx.can_each_below("/vms/", ["VM.Audit"])
-        hastates = ha_status.guest_states(ctx.store)  # few guests, read per request
+        hastates = ha_status.guest_states_of(view.items(HA_RESOURCES).values(), manager)
         row: Any
         for vmid, row in view.guest_rows():
             if every or (every is None and ctx.can(f"/vms/{vmid}", ["VM.Audit"])):

@@ -1,15 +1,16 @@
 """HA state as the API, the CLI and the metrics read it (Proxmox's shapes).
 
-`guest_states` is what prometheus-pve-exporter's `pve_ha_state` needs (the
+`guest_states_of` is what prometheus-pve-exporter's `pve_ha_state` needs (the
 `hastate` of /cluster/resources rows); `current` is /cluster/ha/status/current;
 `manager_status` is /cluster/ha/status/manager_status.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from corral.cluster.ha.env import MANAGER_LOCK, HAState, StoreLike
+from corral.cluster.ha.env import MANAGER_LOCK, HAState, StoreLike, resource_from
 from corral.cluster.ha.model import sid_of
 
 # Every state a service can show, as pve-ha-manager names them (for enum metrics).
@@ -36,21 +37,16 @@ def _state(requested: str, crm: dict[str, Any] | None) -> str:
     return "queued" if crm is None else str(crm["state"])
 
 
-def service_states(store: StoreLike) -> dict[str, str]:
-    """sid -> HA state (the CRM's service state, 'queued' before the CRM saw it)."""
-    ha = HAState(store)
-    ss = ha.manager_status().get("service_status", {})
-    return {sid: _state(res.state, ss.get(sid)) for sid, res in ha.resources().items()}
-
-
-def guest_states(store: StoreLike) -> dict[int, str]:
-    """vmid -> HA state, for HA-managed guests only."""
-    return {int(sid.split(":")[1]): state for sid, state in service_states(store).items()}
-
-
-def node_states(store: StoreLike) -> dict[str, str]:
-    """node -> HA node state (online, maintenance, unknown, fence), once HA saw it."""
-    return dict(HAState(store).manager_status().get("node_status", {}))
+def guest_states_of(resources: Iterable[dict[str, Any]], manager: dict[str, Any]) -> dict[int, str]:
+    """vmid -> HA state of the HA-managed guests, from the raw values of the HA
+    resource keys and of the manager status (the node's in-memory view holds
+    both: /cluster/resources reads no etcd for them)."""
+    ss = manager.get("service_status", {})
+    out = {}
+    for raw in resources:
+        res = resource_from(raw)
+        out[int(res.sid.split(":")[1])] = _state(res.state, ss.get(res.sid))
+    return out
 
 
 def guest_ha(store: StoreLike, type: str, vmid: int) -> dict[str, Any]:

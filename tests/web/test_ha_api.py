@@ -3,6 +3,7 @@ service (fake driver, real task worker) on etcd and on the in-memory store."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -150,8 +151,29 @@ def test_ha_starts_and_stops_a_guest_through_the_guest_service(
         "state": "started",
         "request_state": "started",
     }
-    rows = {r["id"]: r for r in api.ok("GET", "/cluster/resources", type="vm")}
-    assert rows["lxc/210"]["hastate"] == "started"
+    # The HA states come from the node's in-memory view (started by the first
+    # request): a request reads no HA key.
+    api.ok("GET", "/cluster/resources", type="node")
+    ha_reads: list[str] = []
+    me = threading.current_thread()
+    real_get, real_range_rev = store.get, store.range_rev
+
+    def get(key: str, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is me and key.startswith("ha/"):
+            ha_reads.append(key)
+        return real_get(key, *args, **kwargs)
+
+    def range_rev(prefix: str, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is me and prefix.startswith("ha/"):
+            ha_reads.append(prefix)
+        return real_range_rev(prefix, *args, **kwargs)
+
+    store.get, store.range_rev = get, range_rev  # type: ignore[method-assign]
+    try:
+        rows = {r["id"]: r for r in api.ok("GET", "/cluster/resources", type="vm")}
+    finally:
+        del store.get, store.range_rev
+    assert rows["lxc/210"]["hastate"] == "started" and ha_reads == []
     # prometheus-pve-exporter's own pve_ha_state metric, fed with these rows
     metric = HighAvailabilityStateMetric()
     for row in api.ok("GET", "/cluster/resources"):
