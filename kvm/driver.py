@@ -546,8 +546,7 @@ class QemuDriver(GuestDriver):
     def _running_entry(
         self, vmid: int, config: dict[str, Any], out: dict[str, Any], raw: dict[str, Any]
     ) -> dict[str, Any]:
-        """`out` (the stopped entry) filled with the figures of stats.collect() or
-        stats.from_bulk()."""
+        """`out` (the stopped entry) filled with the figures of stats.collect()."""
         out["status"] = "running"
         out["qmpstatus"] = stats.QMPSTATUS.get(raw["state"], "running")
         out["cpu"] = round(self._cpu.sample(vmid, raw["cpu_ns"], out["cpus"]), 4)
