@@ -41,6 +41,7 @@ HANDLERS: dict[str, Handler] = {}
 RECOVERERS: dict[str, Handler] = {}
 INTERRUPTED = "interrupted by node restart"
 ABORTED = "aborted by user"
+VOIDED = "not run: its submission failed (the API answered 503)"
 # Test-only (tests/faults): a task that logs a line containing this text stops
 # there for PAUSE_SECONDS, its log flushed, so a test can kill a process at a
 # known step of a real operation ("task TYPE": right after a task of that type
@@ -53,6 +54,10 @@ PAUSE_SECONDS = float(os.environ.get("CORRAL_TEST_PAUSE_SECONDS") or 120)
 # start/stop, a VM start) is OK at their first poll instead of one poll later.
 # Bounded, so a slow task holds the request thread no longer than this.
 SETTLE_SECONDS = 0.5
+# A task whose record put failed with an unknown outcome is voided: another node's
+# task gets its abort flag once etcd answers, tried every VOID_RETRY_SECONDS.
+VOID_RETRY_SECONDS = 1.0
+VOID_ATTEMPTS = 120
 # Each node's running TaskWorker in this process, by (store, node): a task
 # submitted here for this node is handed to it at once (see TaskWorker.offer).
 _LOCAL: dict[tuple[int, str], TaskWorker] = {}
@@ -200,15 +205,40 @@ class Tasks:
             try:
                 revision = self.store.put(key, record)
             except BaseException:
+                worker.void(upid)  # before unreserve: a late put finds it void
                 worker.unreserve(upid)
                 raise
             worker.run_reserved(orjson.loads(orjson.dumps(record)), revision)
             return upid
-        revision = self.store.put(key, record)
+        try:
+            revision = self.store.put(key, record)
+        except Unavailable:
+            self._void(node, upid, key, worker)
+            raise
         if worker is not None:
             # Recorded first (durable); the watch delivers the same put later, ignored.
             worker.offer(orjson.loads(orjson.dumps(record)), revision)
         return upid
+
+    def _void(self, node: str, upid: str, key: str, worker: TaskWorker | None) -> None:
+        """The put of `upid`'s record failed with an unknown outcome (a timeout, a reset
+        connection): a frozen etcd may still apply it when it thaws, after the API
+        answered 503. The task must then never run: the node's worker ends it unrun
+        (void), and for another node's worker an abort flag is set once etcd answers."""
+        if worker is not None:
+            worker.void(upid)
+            return
+
+        def abort_late(attempt: int = 0) -> None:
+            try:
+                self.abort(upid)  # sets the flag unless it never landed or has ended
+            except NotFound:
+                return
+            except Unavailable:
+                if attempt < VOID_ATTEMPTS:
+                    self.clock.call_later(VOID_RETRY_SECONDS, lambda: abort_late(attempt + 1))
+
+        self.clock.call_later(VOID_RETRY_SECONDS, abort_late)
 
     def prepare(
         self,
@@ -433,6 +463,9 @@ class TaskWorker:
         # of this node reads no etcd, so it still answers while etcd is slow).
         self._finished: dict[str, dict[str, Any]] = {}
         self._live: dict[str, dict[str, Any]] = {}
+        # Tasks whose submitter's record put failed with an unknown outcome (the API
+        # answered 503): should the put land late, the task is ended unrun (see void).
+        self._void: dict[str, None] = {}
         self.stopped = False
         self._watch: Any = None
         self.context: MutableMapping[str, Any] = {}  # the node's services (NodeServices)
@@ -491,6 +524,14 @@ class TaskWorker:
 
     def _on_record(self, rec: dict[str, Any], revision: int = 0) -> None:
         upid = rec["upid"]
+        if upid in self._void:
+            with self._lock:
+                self._void.pop(upid, None)
+                fresh = upid not in self._seen and rec["status"] != "stopped"
+                self._seen.add(upid)
+            if fresh:
+                self._end_void(rec)  # landed after its API call failed: never run
+            return
         if rec.get("abort"):
             with self._lock:
                 ctx = self._running.get(upid)
@@ -521,6 +562,25 @@ class TaskWorker:
             while len(self._ended) > 256:  # expected but never waited for
                 self._ended.pop(next(iter(self._ended)))
             return True
+
+    def void(self, upid: str) -> None:
+        """The record of task `upid` could not be written (a timeout or a reset
+        connection: etcd may still apply the put later). Should it appear, it is
+        ended unrun, as VOIDED: its API call answered 503, so it must not happen."""
+        with self._lock:
+            self._void[upid] = None
+            while len(self._void) > 1024:
+                self._void.pop(next(iter(self._void)))
+
+    def _end_void(self, rec: dict[str, Any]) -> None:
+        """End a voided task unrun; retried while etcd is still coming back (its
+        put has just landed: the watch that delivered it is itself reconnecting)."""
+        if self.stopped:
+            return  # the node's restart ends it as interrupted
+        try:
+            self._recover(rec, VOIDED)
+        except Unavailable:
+            self.clock.call_later(self.END_RETRY_SECONDS, lambda: self._end_void(rec))
 
     def unreserve(self, upid: str) -> None:
         with self._lock:

@@ -307,3 +307,49 @@ def test_status_of_the_nodes_own_task_reads_no_etcd(store: StoreAPI, worker: Tas
         PROGRESS_GATE.set()
         del store.get
     assert tasks.wait(queued)["exitstatus"] == "OK"
+
+
+def test_a_task_whose_record_put_failed_never_runs_when_the_put_lands_late(
+    store: StoreAPI, worker: TaskWorker
+) -> None:
+    """A frozen etcd may apply a put after the caller gave up on it (a timeout, a
+    reset connection): the API answered 503, so the task must not happen. Its own
+    node's worker ends it unrun (VOIDED); another node's task gets its abort flag."""
+    from corral.cluster.errors import Unavailable
+    from corral.cluster.tasks import VOIDED
+
+    RUNS.clear()
+    GATE.clear()
+    tasks = Tasks(store)
+    real_put = store.put
+    late: list[threading.Timer] = []
+
+    def put_lands_late(key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        if key.startswith("tasks/") and value.get("type") == "t_count":
+            timer = threading.Timer(0.2, lambda: real_put(key, value, *args, **kwargs))
+            late.append(timer)
+            timer.start()
+            raise Unavailable("connection to etcd was reset")
+        return real_put(key, value, *args, **kwargs)
+
+    busy = tasks.submit(node="n1", type="t_wait", id="6", user="u@pve", serial="vm:6")
+    store.put = put_lands_late  # type: ignore[method-assign]
+    try:
+        # quiet guest: recorded as running at once; busy guest: queued behind `busy`;
+        # another node's task
+        for node, serial in (("n1", "vm:61"), ("n1", "vm:6"), ("n2", "vm:62")):
+            with pytest.raises(Unavailable):
+                tasks.submit(node=node, type="t_count", id="6", user="u@pve", serial=serial)
+        for timer in late:
+            timer.join()
+    finally:
+        del store.put
+    ours = [kv.value for kv in store.range("tasks/n1/") if kv.value["type"] == "t_count"]
+    assert len(ours) == 2
+    for rec in ours:
+        assert tasks.wait(rec["upid"], timeout=10)["exitstatus"] == VOIDED
+    GATE.set()
+    assert tasks.wait(busy)["exitstatus"] == "OK"
+    assert RUNS == []  # neither ran
+    (other,) = [kv for kv in store.range("tasks/n2/")]
+    wait_for(lambda: store.get_value(other.key)["abort"] is True, timeout=10)
