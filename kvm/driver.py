@@ -35,19 +35,12 @@ from corral.cluster.errors import (
     NotSupported,
     ParamError,
 )
-from corral.cluster.guest_driver import (
-    BUSY_CPU,
-    FIGURES_EVERY,
-    DriverInfo,
-    GuestDriver,
-    LogFn,
-    Probe,
-    VolumeAccess,
-)
-from corral.cluster.schema import Schema, format_size, new_volume_size, parse_size
+from corral.cluster.guest_driver import DriverInfo, GuestDriver, LogFn, Probe, VolumeAccess
+from corral.cluster.schema import Schema, format_size, new_volume_size
 from corral.cluster.undo import Reverter
-from corral.kvm import backup_job, cloudinit, snapshot_steps, stats
+from corral.kvm import backup_job, cloudinit, snapshot_steps
 from corral.kvm import config as cfg
+from corral.kvm.figures import Figures
 from corral.kvm.libvirt_conn import Libvirt
 from corral.kvm.xml_base import Facts
 from corral.kvm.xml_chars import serial_log, serial_socket
@@ -55,7 +48,7 @@ from corral.kvm.xml_disks import target_dev
 from corral.kvm.xml_domain import render
 from corral.kvm.xml_firmware import EFI_VARS_SIZE, domain_uuid, vars_template
 from corral.kvm.xml_graphics import has_vnc
-from corral.kvm.xml_nics import interface, tap_name
+from corral.kvm.xml_nics import interface
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +102,7 @@ class QemuDriver(GuestDriver):
         # Exists before any start here: a guest migrating in puts its sockets there.
         os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
         self.lv = Libvirt(self.uri)
-        self._cpu = stats.CpuMeter()
-        # The node's status round: its count, and vmid -> (domain ID, config, entry)
-        # of each VM's last figures (status_many).
-        self._round = 0
-        self._last: dict[int, tuple[int, dict[str, Any], dict[str, Any]]] = {}
+        self._figures = Figures(self.lv, self.uri, self.prefix)
         self._locks: dict[int, threading.Lock] = {}
         self._guard = threading.Lock()
         self._kvm: tuple[bool, str] | None = None
@@ -523,118 +512,14 @@ class QemuDriver(GuestDriver):
                 out.add(int(rest))
         return out
 
-    def _stopped_entry(self, vmid: int, config: dict[str, Any]) -> dict[str, Any]:
-        sockets, cores = int(cfg.value(config, "sockets")), int(cfg.value(config, "cores"))
-        return {
-            "vmid": vmid,
-            "name": config.get("name") or f"VM{vmid}",
-            "status": "stopped",
-            "qmpstatus": "stopped",
-            "cpus": int(config.get("vcpus") or sockets * cores),
-            "maxmem": int(cfg.value(config, "memory")) << 20,
-            "maxdisk": _boot_disk_size(config),
-            "cpu": 0,
-            "mem": 0,
-            "disk": 0,
-            "netin": 0,
-            "netout": 0,
-            "diskread": 0,
-            "diskwrite": 0,
-            "uptime": 0,
-        }
-
-    def _running_entry(
-        self, vmid: int, config: dict[str, Any], out: dict[str, Any], raw: dict[str, Any]
-    ) -> dict[str, Any]:
-        """`out` (the stopped entry) filled with the figures of stats.collect()."""
-        out["status"] = "running"
-        out["qmpstatus"] = stats.QMPSTATUS.get(raw["state"], "running")
-        out["cpu"] = round(self._cpu.sample(vmid, raw["cpu_ns"], out["cpus"]), 4)
-        out["mem"] = stats.memory_used(raw)
-        out["balloon"] = int(raw["cur_kib"]) * 1024
-        out["diskread"], out["diskwrite"] = raw["diskread"], raw["diskwrite"]
-        taps = [tap_name(vmid, i) for i, n in cfg.parse_nets(config).items() if n.get("bridge")]
-        out["netin"], out["netout"] = stats.net_counters(taps)
-        pid = stats.read_pid(stats.pid_file(self.uri, self.lv.root, self._name(vmid)))
-        if pid is not None:
-            out["pid"] = pid
-            out["uptime"] = stats.process_uptime(pid)
-        return out
-
     def status(self, vmid: int, config: dict[str, Any]) -> dict[str, Any]:
-        out = self._stopped_entry(vmid, config)
-        dom = self._domain(vmid)
-        if dom is None:
-            return out
-        devs = [target_dev(k, config) for k in cfg.parse_disks(config)]
-        raw = self.lv.run(f"status VM {vmid}", _collect_if_active, dom, devs)
-        if raw is None:
-            return out
-        return self._running_entry(vmid, config, out, raw)
+        return self._figures.one(vmid, config)
 
     def status_many(
         self, items: list[tuple[int, dict[str, Any]]], *, cached: bool = False
     ) -> dict[int, dict[str, Any]]:
-        """Every VM's state from ONE libvirt call (getAllDomainStats of the running
-        domains, state group only: no QEMU monitor). The figures need the monitor
-        (balloon and block queries, about 2 ms per VM under TCG, more than all the
-        states together; libvirt's bulk balloon and block groups query each VM in
-        turn all the same), so `cached` (the node's round) reads them only when due
-        (FIGURES_EVERY, BUSY_CPU) and answers the last ones between, with this
-        round's state. A VM restarted (new domain ID) or re-configured is read."""
-        if not items:
-            return {}
-        states = self.lv.run("state of the running VMs", self._running_states)
-        with self._guard:
-            self._round += 1
-            round_ = self._round
-            if cached:  # forget VMs gone from the node
-                wanted = {vmid for vmid, _ in items}
-                for gone in [v for v in self._last if v not in wanted]:
-                    del self._last[gone]
-        out: dict[int, dict[str, Any]] = {}
-        for vmid, config in items:
-            found = states.get(self._name(vmid))
-            if found is None:
-                self._last.pop(vmid, None)
-                out[vmid] = self._stopped_entry(vmid, config)
-                continue
-            dom, dom_id, state = found
-            last = self._last.get(vmid)
-            if (
-                cached
-                and last is not None
-                and last[0] == dom_id
-                and last[1] is config
-                and last[2].get("cpu", 0) < BUSY_CPU
-                and (vmid + round_) % FIGURES_EVERY
-            ):
-                entry = last[2]
-                qmpstatus = stats.QMPSTATUS.get(state, "running")
-                if entry["qmpstatus"] != qmpstatus:  # paused or resumed meanwhile
-                    entry = {**entry, "qmpstatus": qmpstatus}
-                    self._last[vmid] = (dom_id, config, entry)
-                out[vmid] = entry
-                continue
-            devs = [target_dev(k, config) for k in cfg.parse_disks(config)]
-            raw = self.lv.run(f"status VM {vmid}", _collect_if_active, dom, devs)
-            entry = self._stopped_entry(vmid, config)
-            if raw is not None:
-                entry = self._running_entry(vmid, config, entry, raw)
-                self._last[vmid] = (dom_id, config, entry)
-            out[vmid] = entry
-        return out
-
-    def _running_states(self) -> dict[str, tuple[libvirt.virDomain, int, int]]:
-        """Domain name -> (domain, its ID, libvirt state) of the running domains."""
-        found = self.lv.conn().getAllDomainStats(
-            libvirt.VIR_DOMAIN_STATS_STATE, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
-        )
-        return {
-            dom.name(): (dom, dom.ID(), int(record.get("state.state", libvirt.VIR_DOMAIN_RUNNING)))
-            for dom, record in found
-            if dom.name().startswith(self.prefix)
-        }
+        """One libvirt call for every state; figures when due (see kvm/figures.py)."""
+        return self._figures.many(items, cached=cached)
 
     def apply_live(
         self,
@@ -930,33 +815,10 @@ class QemuDriver(GuestDriver):
         snapshot_steps.restore_vmstate(self, vmid, path, log=log)
 
 
-def _collect_if_active(dom: libvirt.virDomain, devs: list[str]) -> dict[str, Any] | None:
-    try:
-        if not dom.isActive():
-            return None
-        return stats.collect(dom, devs)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
-            return None  # it stopped between the calls
-        raise
-
-
 def _password() -> str:
     # VNC's authentication uses at most 8 characters.
     alphabet = string.ascii_letters + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(8))
-
-
-def _boot_disk_size(config: dict[str, Any]) -> int:
-    disks = {k: d for k, d in cfg.parse_disks(config).items() if not cfg.is_cdrom(d)}
-    order = [d for d in str(cfg.parse_opt(config, "boot", cfg.BOOT).get("order") or "").split(";")]
-    for key in [*order, *disks]:
-        if key in disks and disks[key].get("size"):
-            try:
-                return parse_size(str(disks[key]["size"]), default_unit="G")
-            except ValueError:
-                return 0
-    return 0
 
 
 __all__ = ["QemuDriver", "check_kvm", "check_memory"]

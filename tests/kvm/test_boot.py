@@ -143,7 +143,7 @@ def test_status_round_reads_states_at_once_and_figures_when_due(
     """The node's round: every VM's state from one libvirt call, each round; a VM's
     figures (QEMU monitor queries) once every FIGURES_EVERY rounds while it is
     idle, the same entry answered between; a pause is seen within the round."""
-    from corral.kvm import driver as kvm_driver
+    from corral.kvm import figures
 
     calls: list[str] = []
     real_run = vm.driver.lv.run
@@ -154,7 +154,7 @@ def test_status_round_reads_states_at_once_and_figures_when_due(
 
     absent = new_vmid()
     monkeypatch.setattr(vm.driver.lv, "run", counting)
-    monkeypatch.setattr(kvm_driver, "BUSY_CPU", 2.0)  # a TCG guest's ticks: never "busy"
+    monkeypatch.setattr(figures, "BUSY_CPU", 2.0)  # a TCG guest's ticks: never "busy"
     items = [(vm.vmid, vm.config), (absent, vm.config)]
     fresh = vm.driver.status_many(items)  # not cached (on demand): measured
     assert calls == ["state of the running VMs", f"status VM {vm.vmid}"]
@@ -167,9 +167,9 @@ def test_status_round_reads_states_at_once_and_figures_when_due(
     assert fresh[absent]["status"] == "stopped" and fresh[absent]["vmid"] == absent
 
     reads = 0
-    for _ in range(kvm_driver.FIGURES_EVERY):
+    for _ in range(figures.FIGURES_EVERY):
         calls.clear()
-        before = vm.driver._last[vm.vmid][2]
+        before = vm.driver._figures._last[vm.vmid][2]
         entry = vm.driver.status_many(items, cached=True)[vm.vmid]
         assert calls[0] == "state of the running VMs" and len(calls) <= 2
         if len(calls) == 2:
