@@ -205,7 +205,7 @@ class Tasks:
             try:
                 revision = self.store.put(key, record)
             except BaseException:
-                worker.void(upid)  # before unreserve: a late put finds it void
+                self._void(node, upid, key, worker)  # before unreserve: a late put is void
                 worker.unreserve(upid)
                 raise
             worker.run_reserved(orjson.loads(orjson.dumps(record)), revision)
