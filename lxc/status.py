@@ -235,19 +235,30 @@ def lxc_memory(ct: Any) -> int | None:
     """Memory in use (page cache excluded) as liblxc reads it, or None."""
     try:
         if cgroups.layout() == "v2":
-            used, stat, cache = ct.get_cgroup_item("memory.current"), "memory.stat", "file"
+            used, stat, cache = _cgroup_item(ct, "memory.current"), "memory.stat", "file"
         else:
             used, stat, cache = (
-                ct.get_cgroup_item("memory.usage_in_bytes"),
+                _cgroup_item(ct, "memory.usage_in_bytes"),
                 "memory.stat",
                 "total_cache",
             )
         if not str(used).strip().isdigit():
             return None
-        counts = cgroups.parse_kv(str(ct.get_cgroup_item(stat) or ""))
+        counts = cgroups.parse_kv(str(_cgroup_item(ct, stat) or ""))
         return max(0, int(used) - counts.get(cache, 0))
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, KeyError):
         return None
+
+
+def _cgroup_item(ct: Any, key: str, tries: int = 5) -> Any:
+    """`ct.get_cgroup_item(key)`, retried: the binding reads the file twice (its length,
+    then its text) and raises ValueError when a live figure changed length between."""
+    for _ in range(tries - 1):
+        try:
+            return ct.get_cgroup_item(key)
+        except ValueError:
+            continue
+    return ct.get_cgroup_item(key)
 
 
 def link_stats(name: str) -> tuple[int, int]:

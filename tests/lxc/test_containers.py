@@ -14,7 +14,7 @@ import pytest
 
 from corral.cluster import bridges
 from corral.cluster.errors import CommandFailed, Conflict, ParamError, Unavailable
-from corral.lxc import cgroups, nesting
+from corral.lxc import cgroups, nesting, status
 from corral.lxc.driver import LxcDriver
 from corral.storage.volumes import Volumes
 from tests.lxc.helpers import (
@@ -417,7 +417,8 @@ def test_memory_through_liblxc_when_no_mount_reaches_the_cgroup(
     driver.start(vmid, config, volumes=volumes, log=_noop)
     try:
         monkeypatch.setattr(cgroups, "MOUNTINFO", os.devnull)  # no cgroup mount visible
-        st = driver.status(vmid, config)
+        # A fresh collector: the driver's knows the init's cgroup files from its start.
+        st = status.Collector(driver.lxcpath).one(vmid, config)
         assert st["status"] == "running"
         assert st["mem"] > 0
         assert "cpu" not in st
