@@ -41,6 +41,7 @@ import aetcd.rpc
 import grpc
 import orjson
 
+from corral.cluster import etcd_unary as unary
 from corral.cluster import metrics_core
 from corral.cluster.clock import REAL, Clock
 from corral.cluster.errors import NotQuorate, Unavailable
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/corral/v1/"
 DEFAULT_TIMEOUT = 3.0
-MAX_REPLY_BYTES = 1 << 30
+MAX_REPLY_BYTES = unary.MAX_REPLY_BYTES
 
 
 def _encode(value: Any) -> bytes:
@@ -73,14 +74,7 @@ def _decode(raw: bytes) -> Any:
     return orjson.loads(raw)
 
 
-def _range_end(prefix: bytes) -> bytes:
-    """The key just past every key that starts with `prefix` (etcd's prefix range)."""
-    end = bytearray(prefix)
-    for i in reversed(range(len(end))):
-        if end[i] < 0xFF:
-            end[i] += 1
-            return bytes(end[: i + 1])
-    return b"\0"
+_range_end = unary.range_end
 
 
 async def _raw_range(
@@ -90,19 +84,10 @@ async def _raw_range(
     limit: int,
     *,
     count_only: bool = False,
-    serializable: bool = False,
 ) -> Any:
-    """A Range RPC built here: aetcd's request builder ignores `limit`."""
-    request = aetcd.rpc.RangeRequest(
-        key=start,
-        limit=limit,
-        count_only=count_only,
-        serializable=serializable,
-        sort_order=aetcd.rpc.RangeRequest.ASCEND,
-        sort_target=aetcd.rpc.RangeRequest.KEY,
-    )
-    if end is not None:
-        request.range_end = end
+    """A Range RPC on the loop (a watch's start and resync): aetcd's request builder
+    ignores `limit`."""
+    request = unary.range_request(start, end, limit, count_only=count_only)
     return await client.kvstub.Range(request, timeout=client._timeout, metadata=client.metadata)
 
 
@@ -124,7 +109,8 @@ class Store(StoreAPI):
         self.prefix = prefix
         self.timeout = timeout
         self._current = 0
-        self._client: aetcd.Client | None = None
+        self._client: aetcd.Client | None = None  # watches, lease keep-alives, admin calls
+        self._channel = unary.Channel()  # the one-shot KV and lease calls
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="etcd-loop", daemon=True)
         self._thread.start()
@@ -222,6 +208,36 @@ class Store(StoreAPI):
         self.last_error = None
         return result
 
+    def _unary(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
+        """One KV ("Range", "Put", "DeleteRange", "Txn") or lease ("LeaseGrant",
+        "LeaseRevoke") RPC from this thread, bounded by `timeout` seconds."""
+        if self._closed:
+            raise Unavailable("store is closed")
+        limit = self.timeout if timeout is None else timeout
+        endpoint = self.endpoints[self._current % len(self.endpoints)]
+        kv, leases, channel = self._channel.stubs(endpoint)
+        stub = leases if method.startswith("Lease") else kv
+        started, ok = time.monotonic(), False
+        try:
+            out = getattr(stub, method)(request, timeout=limit)
+            ok = True
+        except grpc.RpcError as err:
+            code, details = err.code(), err.details()
+            if code in unary.RECONNECT and self._channel.drop(channel):
+                self._current += 1  # the next call dials the next endpoint
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self._fail(f"etcd did not answer within {limit:.1f} s")
+            if code == grpc.StatusCode.UNAVAILABLE:
+                self._fail(f"etcd unreachable: {details}")
+            if code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise aetcd.exceptions.PreconditionFailedError(details) from err
+            self._fail(f"etcd error: {code.name}: {details}")
+        finally:
+            metrics_core.record_etcd(time.monotonic() - started, ok)
+        self.last_ok = time.monotonic()
+        self.last_error = None
+        return out
+
     def _fail(self, reason: str) -> None:
         self.last_error = reason
         raise Unavailable(
@@ -236,6 +252,7 @@ class Store(StoreAPI):
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(self._drop_client(), self._loop).result(2)
         self._closed = True
+        self._channel.drop()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(2)
 
@@ -250,8 +267,9 @@ class Store(StoreAPI):
         def run() -> None:
             while not self._closed:
                 try:
-                    self.call(
-                        lambda c: _raw_range(c, self._k(""), None, 1, count_only=True),
+                    self._unary(
+                        "Range",
+                        unary.range_request(self._k(""), None, 1, count_only=True),
                         timeout=min(1.0, self.timeout),
                     )
                     ok = True
@@ -269,8 +287,8 @@ class Store(StoreAPI):
         if self.quorate is False:
             # The probe may be a second behind: look once more, briefly, before refusing.
             try:
-                self.call(
-                    lambda c: _raw_range(c, self._k(""), None, 1, count_only=True), timeout=0.5
+                self._unary(
+                    "Range", unary.range_request(self._k(""), None, 1, count_only=True), timeout=0.5
                 )
                 self.quorate = True
                 return
@@ -296,41 +314,41 @@ class Store(StoreAPI):
         )
 
     def get(self, key: str) -> KV | None:
-        serializable = self._serializable()
-        item = self.call(lambda c: c.get(self._k(key), serializable=serializable))
-        return None if item is None else self._kv(item)
+        request = unary.range_request(self._k(key), serializable=self._serializable())
+        kvs = self._unary("Range", request).kvs
+        return self._kv(kvs[0]) if kvs else None
 
     def range_rev(self, prefix: str, *, limit: int = 0) -> tuple[list[KV], int]:
         """Every KV under `prefix` (sorted by key) and the store revision of the read."""
         start = self._k(prefix)
-        serializable = self._serializable()
-        response = self.call(
-            lambda c: _raw_range(c, start, _range_end(start), limit, serializable=serializable)
+        request = unary.range_request(
+            start, _range_end(start), limit, serializable=self._serializable()
         )
-        return [self._kv(aetcd.rtypes.KeyValue(kv)) for kv in response.kvs], int(
-            response.header.revision
-        )
+        response = self._unary("Range", request)
+        return [self._kv(kv) for kv in response.kvs], int(response.header.revision)
 
     def put(self, key: str, value: Any, *, lease: int | None = None) -> int:
         self._writable()
-        result = self.call(lambda c: c.put(self._k(key), _encode(value), lease=lease))
-        revision = int(result.header.revision)
+        request = aetcd.rpc.PutRequest(key=self._k(key), value=_encode(value), lease=lease or 0)
+        revision = int(self._unary("Put", request).header.revision)
         self.wrote(revision)
         return revision
 
     def delete(self, key: str, *, mod_revision: int | None = None) -> bool:
         self._writable()
         if mod_revision is None:
-            result = self.call(lambda c: c.delete(self._k(key)))
+            result = self._unary("DeleteRange", aetcd.rpc.DeleteRangeRequest(key=self._k(key)))
             self._wrote_header(result)
-            return bool(result and result.deleted)
+            return bool(result.deleted)
         return self.txn([("mod", key, "==", mod_revision)], [("delete", key)])
 
     def delete_prefix(self, prefix: str) -> int:
         self._writable()
-        result = self.call(lambda c: c.delete_prefix(self._k(prefix)))
+        start = self._k(prefix)
+        request = aetcd.rpc.DeleteRangeRequest(key=start, range_end=_range_end(start))
+        result = self._unary("DeleteRange", request)
         self._wrote_header(result)
-        return int(result.deleted) if result else 0
+        return int(result.deleted)
 
     def _wrote_header(self, result: Any) -> None:
         header = getattr(result, "header", None)
@@ -362,50 +380,36 @@ class Store(StoreAPI):
         (-1 without a probe)."""
         self._writable()
 
-        async def run(c: aetcd.Client) -> int:
-            t = c.transactions
-            cmps = []
-            for kind, key, op, operand in compare:
-                target = {"version": t.version, "mod": t.mod, "create": t.create, "value": t.value}[
-                    kind
-                ](self._k(key))
-                if kind == "value":
-                    operand = _encode(operand)
-                cmps.append(
-                    {
-                        "==": target.__eq__,
-                        "!=": target.__ne__,
-                        "<": target.__lt__,
-                        ">": target.__gt__,
-                    }[op](operand)
-                )
+        def ops(items: list[Op] | None) -> list[Any]:
+            out = []
+            for item in items or []:
+                if item[0] == "put":
+                    lease = item[3] if len(item) > 3 else None
+                    out.append(unary.put_op(self._k(item[1]), _encode(item[2]), lease))
+                elif item[0] == "delete":
+                    out.append(unary.delete_op(self._k(item[1])))
+                elif item[0] == "delete_prefix":
+                    start = self._k(item[1])
+                    out.append(unary.delete_op(start, _range_end(start)))
+                else:
+                    raise ValueError(f"unknown txn op {item[0]}")
+            return out
 
-            def ops(items: list[Op] | None) -> list[Any]:
-                out = []
-                for item in items or []:
-                    if item[0] == "put":
-                        lease = item[3] if len(item) > 3 else None
-                        out.append(t.put(self._k(item[1]), _encode(item[2]), lease=lease))
-                    elif item[0] == "delete":
-                        out.append(t.delete(self._k(item[1])))
-                    elif item[0] == "delete_prefix":
-                        start = self._k(item[1])
-                        out.append(t.delete(start, range_end=_range_end(start)))
-                    else:
-                        raise ValueError(f"unknown txn op {item[0]}")
-                return out
-
-            todo = ops(success)
-            if probe is not None:
-                todo.append(t.get(self._k(probe)))
-            succeeded, responses = await c.transaction(cmps, todo, ops(failure))
-            if not succeeded:
-                return 0
-            if probe is None or not responses or not responses[-1]:
-                return -1
-            return int(responses[-1][0][1].mod_revision)
-
-        written = self.call(run)
+        request = aetcd.rpc.TxnRequest(
+            compare=[
+                unary.compare(kind, self._k(key), op, _encode(arg) if kind == "value" else arg)
+                for kind, key, op, arg in compare
+            ],
+            success=ops(success) + ([unary.get_op(self._k(probe))] if probe is not None else []),
+            failure=ops(failure),
+        )
+        response = self._unary("Txn", request)
+        if not response.succeeded:
+            written = 0
+        elif probe is None or not response.responses[-1].response_range.kvs:
+            written = -1
+        else:
+            written = int(response.responses[-1].response_range.kvs[0].mod_revision)
         if written > 0:
             self.wrote(written)
         elif (written == 0 and failure) or (written < 0 and success):
@@ -414,9 +418,8 @@ class Store(StoreAPI):
 
     def revision(self) -> int:
         """The store's current revision (a quorum read: it fails without quorum)."""
-        key = self._k("")
-        response = self.call(lambda c: _raw_range(c, key, None, 1, count_only=True))
-        return int(response.header.revision)
+        request = unary.range_request(self._k(""), None, 1, count_only=True)
+        return int(self._unary("Range", request).header.revision)
 
     def compact(self, revision: int) -> None:
         self.call(lambda c: c.compact(revision))
@@ -438,8 +441,7 @@ class Store(StoreAPI):
     # -- leases -----------------------------------------------------------
     def lease_grant(self, ttl: int) -> int:
         self._writable()
-        lease = self.call(lambda c: c.lease(ttl))
-        return int(lease.id)
+        return int(self._unary("LeaseGrant", aetcd.rpc.LeaseGrantRequest(TTL=ttl, ID=0)).ID)
 
     def lease_refresh(self, lease_id: int) -> int:
         """Renew; returns the TTL granted, 0 when the lease has expired."""
@@ -448,7 +450,7 @@ class Store(StoreAPI):
 
     def lease_revoke(self, lease_id: int) -> None:
         with contextlib.suppress(Exception):
-            self.call(lambda c: c.revoke_lease(lease_id))
+            self._unary("LeaseRevoke", aetcd.rpc.LeaseRevokeRequest(ID=lease_id))
 
     # -- watches ----------------------------------------------------------
     def watch(
