@@ -34,6 +34,7 @@ BENCHES: dict[str, tuple[str, list[str], int]] = {
     "parallel_create": ("bench_parallel_create.py", ["--clients", "10", "--creates", "3"], 900),
     "kvm": ("bench_kvm.py", ["--rounds", "3"], 900),
     "kvm_status": ("bench_kvm_status.py", ["--vms", "20"], 600),
+    "etcd": ("bench_etcd.py", ["--rounds", "300"], 600),
     # 1,000 CTs is issue 16's headline; 71e553c is the code before the status round
     # was batched and made change-driven, measured on the same containers.
     "idle": (
