@@ -313,8 +313,9 @@ class LxcDriver(GuestDriver):
                 raise CommandFailed(
                     cmd=" ".join(argv), stderr=f"{err.kwargs.get('stderr')}\n{self._log_tail(vmid)}"
                 ) from err
-            self._wait_state(vmid, {"RUNNING"}, START_TIMEOUT)
-            pid = self._ct(vmid).init_pid
+            ct = self._ct(vmid)  # one handle for the wait and the pid: each parses the config
+            self._wait_state(vmid, {"RUNNING"}, START_TIMEOUT, ct=ct)
+            pid = ct.init_pid
             orphans.record(self._dir(vmid), pid)  # found again if its monitor dies
             log(f"CT {vmid} started (pid {pid})")
 
@@ -325,10 +326,10 @@ class LxcDriver(GuestDriver):
         except OSError:
             return ""
 
-    def _state(self, vmid: int) -> str:
+    def _state(self, vmid: int, ct: _lxc.Container | None = None) -> str:
         if not os.path.isdir(self._dir(vmid)):
             return "STOPPED"
-        state = str(self._ct(vmid).state)
+        state = str((ct or self._ct(vmid)).state)
         if state == "STOPPED" and orphans.orphan_pid(self._dir(vmid)):
             return "RUNNING"  # its lxc monitor died; the container did not
         return state
@@ -339,13 +340,15 @@ class LxcDriver(GuestDriver):
             return None
         return orphans.orphan_pid(self._dir(vmid))
 
-    def _wait_state(self, vmid: int, want: set[str], timeout: float) -> bool:
+    def _wait_state(
+        self, vmid: int, want: set[str], timeout: float, *, ct: _lxc.Container | None = None
+    ) -> bool:
         deadline = time.monotonic() + timeout
         # lxc-start -d / lxc-stop -k return about when the state changes: ask again
         # soon (1 ms, doubling), not a fixed 50 ms that the task would wait out.
         pause = 0.001
         while True:
-            if self._state(vmid) in want:
+            if self._state(vmid, ct) in want:
                 return True
             if time.monotonic() > deadline:
                 return False
