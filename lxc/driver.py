@@ -317,6 +317,7 @@ class LxcDriver(GuestDriver):
             self._wait_state(vmid, {"RUNNING"}, START_TIMEOUT, ct=ct)
             pid = ct.init_pid
             orphans.record(self._dir(vmid), pid)  # found again if its monitor dies
+            self._figures.started(vmid, pid)
             log(f"CT {vmid} started (pid {pid})")
 
     def _log_tail(self, vmid: int, lines: int = 15) -> str:

@@ -28,6 +28,7 @@ CPU against the round's last sample without moving it.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,11 @@ from corral.lxc import config as cfg
 from corral.lxc.render import veth_name
 
 WALK_BUDGET = 0.005  # s of disk-usage tree walking per round (0.25 % of a core)
+
+
+# How long a start's own view of the container stands in for liblxc's (one() checks
+# the pid is still that init's all the same).
+STARTED_FRESH = 1.0
 
 
 @dataclass
@@ -65,6 +71,7 @@ class Collector:
         # vmid -> (config object, its static part, its stopped entry)
         self._static: dict[int, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
         self._round = 0
+        self._started: dict[int, tuple[int, float]] = {}  # vmid -> (init pid, when)
 
     def _dir(self, vmid: int) -> str:
         return os.path.join(self.lxcpath, str(vmid))
@@ -98,17 +105,27 @@ class Collector:
         self.cpu.forget(vmid)
         return dict(stopped)
 
+    def started(self, vmid: int, pid: int) -> None:
+        """The driver has just seen `vmid` RUNNING with init `pid`: the next `one()`
+        (its task's end, under the same guest lock) need not ask liblxc again."""
+        self._started[vmid] = (pid, time.monotonic())
+
     # -- on demand -----------------------------------------------------------
     def one(self, vmid: int, config: dict[str, Any], *, walk: bool = True) -> dict[str, Any]:
         """Fresh status of one container (liblxc's state, then its files). Without
         `walk`, a disk usage never counted yet is left out (a task's end: the walk of
         a large root tree would hold it up; the round counts it)."""
         static, stopped = self._derived(vmid, config)
-        # One liblxc handle for state and pid: each handle parses the lxc config.
         ct_dir = self._dir(vmid)
-        ct = _lxc.Container(str(vmid), self.lxcpath) if os.path.isdir(ct_dir) else None
-        state = "STOPPED" if ct is None else str(ct.state)
-        pid = 0 if ct is None or state == "STOPPED" else int(ct.init_pid)
+        hint = self._started.pop(vmid, None)
+        if hint is not None and time.monotonic() - hint[1] < STARTED_FRESH:
+            # Its start just read state and pid: not asked of the monitor again.
+            ct, state, pid = None, "RUNNING", hint[0]
+        else:
+            # One liblxc handle for state and pid: each handle parses the lxc config.
+            ct = _lxc.Container(str(vmid), self.lxcpath) if os.path.isdir(ct_dir) else None
+            state = "STOPPED" if ct is None else str(ct.state)
+            pid = 0 if ct is None or state == "STOPPED" else int(ct.init_pid)
         if ct is not None and state == "STOPPED":
             pid = orphans.orphan_pid(ct_dir) or 0  # running without its monitor?
             state = "RUNNING" if pid else state

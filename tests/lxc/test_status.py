@@ -113,3 +113,33 @@ def test_liblxc_memory_survives_a_figure_that_changed_length_while_read() -> Non
             raise ValueError("Unable to read config value")
 
     assert status.lxc_memory(Broken()) is None  # unknown, never a traceback
+
+
+def test_a_starts_end_measures_without_asking_liblxc_again(
+    driver: LxcDriver, volumes: Volumes, vmid: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start read state and pid a moment ago: its task's end (status_now) uses
+    them, checked against /proc, and only that once."""
+    config = _create(driver, volumes, vmid)
+    driver.start(vmid, config, volumes=volumes, log=_noop)
+    try:
+        pid = int(status._lxc.Container(str(vmid), driver.lxcpath).init_pid)
+        asked: list[str] = []
+        real = status._lxc.Container
+
+        def counting(*args: Any, **kw: Any) -> Any:
+            asked.append(args[0])
+            return real(*args, **kw)
+
+        monkeypatch.setattr(status._lxc, "Container", counting)
+        end = driver.status_now(vmid, config)
+        assert (end["status"], end["pid"], asked) == ("running", pid, [])
+        assert driver.status_now(vmid, config)["pid"] == pid
+        assert asked == [str(vmid)]  # the hint is used once
+
+        driver._figures.started(vmid, pid)  # a hint whose init then dies
+        _lxc(driver, "lxc-stop", vmid, "-k")
+        assert driver.status_now(vmid, config)["status"] == "stopped"
+    finally:
+        monkeypatch.undo()
+        driver.stop(vmid, config, log=_noop)
