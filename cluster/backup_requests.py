@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from corral.cluster import archive, guests, keys, restore
+from corral.cluster import archive, guest_status, guests, keys, restore
 from corral.cluster.errors import ParamError
 from corral.cluster.store_api import StoreAPI
 from corral.cluster.tasks import Tasks
@@ -145,8 +145,7 @@ def request_restore(
         if existing["type"] != type or existing["node"] != node:
             raise ParamError.one("vmid", f"guest {vmid} is a {existing['type']} on "
                                  f"'{existing['node']}'")  # fmt: skip
-        doc = store.get_value(keys.guest_status(node)) or {}
-        if doc.get(str(vmid), {}).get("status") not in (None, "stopped"):
+        if guest_status.guest_live(store, node, vmid).get("status") not in (None, "stopped"):
             raise ParamError.one("vmid", f"guest {vmid} is running - stop it first")
         guests.set_lock(store, vmid, "restore")
     else:

@@ -249,12 +249,10 @@ class ClusterView:
                 self._row_list = None
             self._drop_row(key)
         elif prefix == keys.GUEST_STATUS:
-            self._live = None
-            before = (old[1] if old else None) or {}
-            after = value or {}
-            for vmid in set(before) | set(after):
-                if before.get(vmid) != after.get(vmid):
-                    self._drop_row(keys.guest(int(vmid)))
+            vmid = keys.guest_status_vmid(key)
+            if vmid is not None:
+                self._live = None
+                self._drop_row(keys.guest(int(vmid)))
         elif prefix == keys.STORAGE_STATUS:
             self._storage = None
         elif prefix in (keys.NODE_INFO, keys.NODE_ALIVE, keys.NODE_STATUS):
@@ -373,8 +371,10 @@ class ClusterView:
         with self._lock:
             if self._live is None:
                 merged: dict[str, dict[str, Any]] = {}
-                for _, doc in self._kv[keys.GUEST_STATUS].values():
-                    merged.update(doc or {})
+                for key, (_, entry) in self._kv[keys.GUEST_STATUS].items():
+                    vmid = keys.guest_status_vmid(key)
+                    if vmid is not None and isinstance(entry, dict):
+                        merged[vmid] = entry
                 self._live = merged
             return self._live
 
@@ -392,9 +392,11 @@ class ClusterView:
         row = self._rows.get(key)
         if row is None:
             rec = self._kv[keys.GUESTS][key][1]
-            # A guest's live figures are in its own node's status document.
-            doc = self._kv[keys.GUEST_STATUS].get(keys.guest_status(str(rec.get("node"))))
-            live = ((doc[1] if doc else None) or {}).get(str(rec["vmid"]), {})
+            # A guest's live figures are those its own node published.
+            held = self._kv[keys.GUEST_STATUS].get(
+                keys.guest_status(str(rec.get("node")), rec["vmid"])
+            )
+            live = (held[1] if held else None) or {}
             built = _resource_row(rec, live)
             row = self._rows[key] = (built, orjson.Fragment(orjson.dumps(built)))
         return row

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from corral.cluster import (
+    guest_status,
     guests,
     keys,
     migration,
@@ -150,8 +151,7 @@ class GuestService(CopyOperations):
 
     def live(self, rec: dict[str, Any]) -> dict[str, Any]:
         """The guest's figures as its node last published them ({} if none)."""
-        doc = self.store.get_value(keys.guest_status(rec["node"])) or {}
-        return dict(doc.get(str(rec["vmid"]), {}))
+        return dict(guest_status.guest_live(self.store, rec["node"], rec["vmid"]))
 
     def current(self, rec: dict[str, Any]) -> dict[str, Any]:
         """The guest's live figures, fresh from its driver when it is on this node

@@ -1,21 +1,27 @@
 """A node's live guest figures: measured every round, written to etcd when they move.
 
-Each node publishes one document, gueststatus/{node} = {vmid: live figures},
-bound to its lease. The daemon's round (every 2 s) asks each driver for its
-guests' figures in one pass (`status_many(cached=True)`: state every round,
-figures when due) and writes the document only when something moved:
+Each guest's figures are one key, gueststatus/{node}/{vmid}, bound to its node's
+lease (the node's in-memory copy of all of them is `services["status_doc"]`).
+The daemon's round (every 2 s) asks each driver for its guests' figures in one
+pass (`status_many(cached=True)`: state every round, figures when due) and
+writes only the guests whose entry moved:
 
-- a guest appeared or went, or a field other than the figures changed
-  (status, frozen, pid, name, maxmem...): written in that round;
+- a guest appeared (put) or went (delete), or a field other than the figures
+  changed (status, frozen, pid, name, maxmem...): written in that round;
 - a figure moved beyond its threshold (cpu by half a percent of the host, a
   byte count by 1 MiB and 1 %): written, that guest's entry re-timed;
 - otherwise the entry published last stays as it was, with its `time`; every
-  REFRESH seconds all entries are re-timed and written (uptime, small drift).
+  REFRESH seconds each entry is re-timed and written (uptime, small drift), each
+  guest at its own phase of the period, so a node's guests do not all come at
+  once (1,000 guests: ~67 keys a round, not 1,000 every 15th round).
 
-So 1,000 idle containers cost one document write every REFRESH seconds, not
-one every round, and the cluster view rebuilds only the rows that moved. A
-task that changes a guest publishes that guest at once (`only=`), and the API's
-status/current measures its guest on demand, so neither waits for a round.
+So 1,000 idle containers cost no write but the REFRESH, and the cluster view
+rebuilds only the rows that moved. A task that changes a guest publishes that
+guest's key at once (`only=`, or in its end's transaction: StatusAtEnd), at
+~300 bytes whatever the node holds (the whole node's document at 1,000 guests
+was 300 KB, and its transaction 11 ms against 2.6: tests/bench/bench_etcd.py);
+the API's status/current measures its guest on demand, so neither waits for a
+round.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from corral.cluster.store_api import StoreAPI
 log = logging.getLogger(__name__)
 
 REFRESH = 30.0  # s: every entry re-timed and written at least this often
+TXN_OPS = 100  # keys a round writes per transaction (etcd refuses more than 128 by default)
 CPU_STEP = 0.005  # fraction of the host
 BYTES_STEP = 1 << 20  # and 1 % of the value
 _COUNTED = frozenset({"mem", "swap", "disk", "netin", "netout", "diskread", "diskwrite"})
@@ -41,6 +48,52 @@ _IGNORED = frozenset({"time", "uptime"})  # re-published with the REFRESH
 
 def local_guests(store: StoreAPI, node: str) -> list[dict[str, Any]]:
     return [kv.value for kv in store.range(keys.GUESTS) if kv.value.get("node") == node]
+
+
+def guest_live(store: StoreAPI, node: str, vmid: int | str) -> dict[str, Any]:
+    """One guest's published live status ({} when its node published none)."""
+    return store.get_value(keys.guest_status(node, vmid)) or {}
+
+
+def node_live(store: StoreAPI, node: str) -> dict[str, dict[str, Any]]:
+    """vmid -> published live status of one node's guests (one range read)."""
+    out: dict[str, dict[str, Any]] = {}
+    for kv in store.range(keys.guest_status_prefix(node)):
+        vmid = keys.guest_status_vmid(kv.key)
+        if vmid is not None and isinstance(kv.value, dict):
+            out[vmid] = kv.value
+    return out
+
+
+def _write(
+    store: StoreAPI,
+    node: str,
+    last: Mapping[str, Any],
+    doc: Mapping[str, Any],
+    lease: int | None,
+    *,
+    gone: set[str] | frozenset[str] = frozenset(),
+) -> int:
+    """Write the entries of `doc` that are not the very objects published in `last`,
+    and delete those `last` (or `gone`) has and `doc` has not; keys written."""
+    ops: list[tuple[Any, ...]] = [
+        ("put", keys.guest_status(node, vmid), entry, lease)
+        for vmid, entry in doc.items()
+        if last.get(vmid) is not entry
+    ]
+    ops += [("delete", keys.guest_status(node, vmid)) for vmid in (set(last) | gone) - set(doc)]
+    for i in range(0, len(ops), TXN_OPS):
+        store.txn([], ops[i : i + TXN_OPS])
+    return len(ops)
+
+
+def refresh_due(vmid: str, published: Any, now: float) -> bool:
+    """Whether the entry published at `published` is to be re-timed at `now`: once a
+    REFRESH period, at the guest's own phase of it."""
+    if not isinstance(published, (int, float)):
+        return True
+    phase = (int(vmid) * 7919) % int(REFRESH)  # spreads the guests over the period
+    return (now + phase) // REFRESH != (published + phase) // REFRESH
 
 
 def moved(old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -144,16 +197,16 @@ def publish_status_for(
         with lock:
             one: dict[str, Any] = dict(services.get("status_doc") or {})
             if rec is not None and rec.get("node") == node:
-                one[str(only)] = _measure(drivers.get(rec["type"]), rec, now)
+                entry = one[str(only)] = _measure(drivers.get(rec["type"]), rec, now)
+                store.put(keys.guest_status(node, only), entry, lease=services.get("lease_id"))
             else:
                 one.pop(str(only), None)
-            store.put(keys.guest_status(node), one, lease=services.get("lease_id"))
+                store.delete(keys.guest_status(node, only))
             services["status_doc"] = one
         return one
     recs = _local_records(store, node, services)
     with lock, metrics_core.Timer() as took:
         last: dict[str, Any] = services.get("status_doc") or {}
-        refresh = now - services.get("status_refreshed", float("-inf")) >= REFRESH
         batch = _measure_many(drivers, recs)
         # The driver's entry each published one was compared with: a cached entry
         # handed again (figures not due) is the same object, and needs no compare.
@@ -166,18 +219,25 @@ def publish_status_for(
             new = batch.get(key)
             if new is None:
                 new = _measure(drivers.get(rec["type"]), rec, now)
-            if old is not None and not refresh and (seen.get(key) is new or not moved(old, new)):
+            if (
+                old is not None
+                and not refresh_due(key, old.get("time"), now)
+                and (seen.get(key) is new or not moved(old, new))
+            ):
                 doc[key] = old  # as published, with the time of its figures
                 continue
             doc[key] = {**new, "time": now}
             changed = True
         services["status_seen"] = {k: v for k, v in batch.items() if k in doc}
-        if changed or refresh:
-            store.put(keys.guest_status(node), doc, lease=services.get("lease_id"))
+        if changed or "status_doc" not in services:
+            # The first round of this daemon also deletes what an earlier run of it
+            # published for guests it no longer has (those keys live on with its
+            # old lease until that expires).
+            first = "status_doc" not in services
+            gone = set(node_live(store, node)) if first else set()
+            _write(store, node, {} if first else last, doc, services.get("lease_id"), gone=gone)
             services["status_doc"] = doc
-            if refresh:
-                services["status_refreshed"] = now
-    metrics_core.STATUS_ROUNDS.labels("written" if changed or refresh else "unchanged").inc()
+    metrics_core.STATUS_ROUNDS.labels("written" if changed else "unchanged").inc()
     metrics_core.STATUS_ROUND_SECONDS.observe(took.seconds)
     return services.get("status_doc") or doc
 
@@ -191,16 +251,18 @@ def live_status(store: StoreAPI) -> dict[str, dict[str, Any]]:
     """vmid -> live figures, for the whole cluster in one range read."""
     out: dict[str, dict[str, Any]] = {}
     for kv in store.range(keys.GUEST_STATUS):
-        out.update(kv.value or {})
+        vmid = keys.guest_status_vmid(kv.key)
+        if vmid is not None and isinstance(kv.value, dict):
+            out[vmid] = kv.value
     return out
 
 
 class StatusAtEnd:
-    """One guest's new entry in this node's status document, written in the same
+    """One guest's new entry (its gueststatus key), written in the same
     transaction as the end of the task that changed it (TaskContext.end_writes):
     whoever sees the task OK reads the new state, at one etcd write, not two.
     The node's status lock is held from measuring to the write, so the 2 s round
-    never writes an older document over it."""
+    never writes an older entry over it."""
 
     def __init__(
         self, store: StoreAPI, node: str, services: MutableMapping[str, Any], rec: dict[str, Any]
@@ -224,7 +286,10 @@ class StatusAtEnd:
             self._lock.release()
             raise
         self._doc = doc
-        return [("put", keys.guest_status(self.node), doc, self.services.get("lease_id"))]
+        key = keys.guest_status(self.node, vmid)
+        if vmid in doc:
+            return [("put", key, doc[vmid], self.services.get("lease_id"))]
+        return [("delete", key)]
 
     def end(self, written: bool) -> None:
         try:

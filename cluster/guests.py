@@ -33,6 +33,7 @@ from corral.cluster.guest_status import (  # noqa: F401 - re-exported: the flow'
     StatusAtEnd,
     live_status,
     local_guests,
+    node_live,
     publish_status_for,
     status_hook,
 )

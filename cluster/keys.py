@@ -8,7 +8,9 @@ NODE_INFO = "nodeinfo/"  # nodeinfo/{node}: address, fingerprint, nodeid (persis
 NODE_ALIVE = "nodes/"  # nodes/{node}: present while the node's lease lives
 NODE_STATUS = "nodestatus/"  # nodestatus/{node}: live figures, under the node's lease
 GUESTS = "guests/"  # guests/{vmid}: the guest record (type, node, config...)
-GUEST_STATUS = "gueststatus/"  # gueststatus/{node}: {vmid: live status}, one doc a node
+# gueststatus/{node}/{vmid}: a guest's live status, under its node's lease. One key a
+# guest, not one document a node: a task's end writes ~300 bytes, not the whole node's.
+GUEST_STATUS = "gueststatus/"
 VMID_RESERVED = "vmidres/"  # vmidres/{vmid}: a reservation under a lease
 STORAGE = "storage/"  # storage/{id}: storage configuration
 STORAGE_STATUS = "storagestatus/"  # storagestatus/{node}: {storage: figures}, under the lease
@@ -32,8 +34,18 @@ def guest(vmid: int) -> str:
     return f"{GUESTS}{vmid}"
 
 
-def guest_status(node: str) -> str:
-    return f"{GUEST_STATUS}{node}"
+def guest_status(node: str, vmid: int | str) -> str:
+    return f"{GUEST_STATUS}{node}/{vmid}"
+
+
+def guest_status_prefix(node: str) -> str:
+    return f"{GUEST_STATUS}{node}/"
+
+
+def guest_status_vmid(key: str) -> str | None:
+    """The VMID (a string) of a gueststatus/{node}/{vmid} key; None for another key."""
+    node, sep, vmid = key[len(GUEST_STATUS) :].partition("/")
+    return vmid if sep and node and vmid.isdigit() else None
 
 
 def vmid_reservation(vmid: int) -> str:

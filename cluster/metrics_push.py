@@ -29,7 +29,7 @@ import urllib.request
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from corral.cluster import keys, metrics_core
+from corral.cluster import guest_status, keys, metrics_core
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def push_round(store: Any, node: str, services: dict[str, Any], now: float | Non
         return 0
     ctime = int(time.time() if now is None else now)
     node_status = store.get_value(keys.node_status(node))
-    guests = services.get("status_doc") or store.get_value(keys.guest_status(node)) or {}
+    guests = services.get("status_doc") or guest_status.node_live(store, node)
     storages = store.get_value(keys.storage_status(node)) or {}
     reached = 0
     for cfg in servers:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from corral.cluster import keys, metrics_core
+from corral.cluster import guest_status, keys, metrics_core
 
 log = logging.getLogger(__name__)
 
@@ -226,19 +226,17 @@ def record_round(rrd: RrdStore, store: Any, now: float | None = None) -> int:
             node = kv.key.split("/", 1)[1]
             st = kv.value or {}
             count += rrd.update("pve2-node", node, node_sample(st), st.get("time", now))
-        for kv in store.range(keys.GUEST_STATUS):
-            for vmid, entry in (kv.value or {}).items():
-                if str(vmid).isdigit() and isinstance(entry, dict):
-                    when = entry.get("time", now)
-                    # A node re-publishes an entry only when its figures move, and all
-                    # of them every guest_status.REFRESH s: one that recent holds now,
-                    # recorded once a step (an idle guest: a third of the updates).
-                    gap = 0.0
-                    if now - GUEST_MAX_AGE <= when < now - SAMPLE_INTERVAL:
-                        when, gap = now, STEP - SAMPLE_INTERVAL / 2
-                    elif now - SAMPLE_INTERVAL <= when < now:
-                        when = now
-                    count += rrd.update("pve2-vm", str(vmid), guest_sample(entry), when, gap=gap)
+        for vmid, entry in guest_status.live_status(store).items():
+            when = entry.get("time", now)
+            # A node re-publishes an entry only when its figures move, and all
+            # of them every guest_status.REFRESH s: one that recent holds now,
+            # recorded once a step (an idle guest: a third of the updates).
+            gap = 0.0
+            if now - GUEST_MAX_AGE <= when < now - SAMPLE_INTERVAL:
+                when, gap = now, STEP - SAMPLE_INTERVAL / 2
+            elif now - SAMPLE_INTERVAL <= when < now:
+                when = now
+            count += rrd.update("pve2-vm", vmid, guest_sample(entry), when, gap=gap)
         for kv in store.range(keys.STORAGE_STATUS):
             node = kv.key.split("/", 1)[1]
             for sid, entry in (kv.value or {}).items():

@@ -204,7 +204,7 @@ def del_node(ctx: Ctx, node: str) -> None:
         ctx.store.call(functools.partial(_remove_member, member_id=member_id))
     ctx.store.delete(keys.node_info(node))
     ctx.store.delete(keys.node_status(node))
-    ctx.store.delete(keys.guest_status(node))
+    ctx.store.delete_prefix(keys.guest_status_prefix(node))
 
 
 def _add_member(ctx: Ctx, peer: str, timeout: float = 20.0) -> None:

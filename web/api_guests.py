@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from corral.cluster import guests, keys, snapshots
+from corral.cluster import guests, snapshots
 from corral.cluster.cluster_view import guest_summary
 from corral.cluster.errors import Conflict, Unavailable
 from corral.cluster.guest_driver import GuestDriver
@@ -70,7 +70,7 @@ def _register_lifecycle(type: str) -> None:
     @endpoint("GET", base, params={"node": NODE}, description=f"{kind} index (per node).")
     def list_guests(ctx: Ctx, node: str) -> list[dict[str, Any]]:
         require_node(ctx, node)
-        doc = ctx.store.get_value(keys.guest_status(node)) or {}
+        doc = guests.node_live(ctx.store, node)
         out = []
         for rec in guests.local_guests(ctx.store, node):
             if rec["type"] == type and ctx.can(f"/vms/{rec['vmid']}", ["VM.Audit"]):

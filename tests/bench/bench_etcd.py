@@ -8,7 +8,8 @@ One embedded etcd (its data on /var/tmp, fsync'd as in production) and one
 (the cluster view and the task worker). Rounds interleaved, medians:
 - corral: `Store.get`, `Store.put` of a task record, and the end of a task: one
   transaction of three puts (the record, a log chunk, the node's status
-  document) with the compare and the revision read-back corral makes;
+  document) with the compare and the revision read-back corral makes, on a node
+  of 10 guests and on one of `--big` guests (the whole document is written);
 - the same request through aetcd on the store's asyncio loop, as every call
   went before 8623993 (the loop also delivers the watch events);
 - raw: the same RPC as a bare blocking gRPC call, no corral code around it.
@@ -42,9 +43,19 @@ from tests.util import free_ports  # noqa: E402
 TASK = {"upid": "UPID:n1:0000A1B2:0029F5D9:6B161B32:vzstart:100:root@pam:", "type": "vzstart",
         "status": "running", "node": "n1", "user": "root@pam", "starttime": 1796000000,
         "args": {"vmid": 100}}  # fmt: skip
-DOC = {str(v): {"vmid": v, "status": "running", "name": f"ct{v}", "type": "lxc", "cpu": 0.01,
-                "mem": 1 << 24, "maxmem": 1 << 26, "uptime": 60, "pid": 4000 + v}
-       for v in range(100, 110)}  # fmt: skip
+
+
+def status_doc(guests: int) -> dict[str, Any]:
+    """A node's gueststatus document (~310 bytes a guest, as the round writes it)."""
+    return {str(v): {"vmid": v, "status": "running", "name": f"ct{v}", "type": "lxc",
+                     "cpu": 0.0123, "cpus": 1, "mem": 12345678, "maxmem": 1 << 26, "swap": 0,
+                     "maxswap": 0, "disk": 2345678, "maxdisk": 1 << 30, "netin": 12345,
+                     "netout": 2345, "diskread": 0, "diskwrite": 0, "uptime": 12345,
+                     "pid": 100000 + v, "time": 1796000000.123}
+            for v in range(100, 100 + guests)}  # fmt: skip
+
+
+DOC = status_doc(10)
 LOG = {"lines": ["starting CT 100", "CT 100 started (pid 4100)", "TASK OK"]}
 
 
@@ -52,6 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--watches", type=int, default=2)
+    ap.add_argument("--big", type=int, default=1000, help="guests on the big node")
     args = ap.parse_args()
     base = tempfile.mkdtemp(prefix="crl-bench-etcd-", dir="/var/tmp")
     server = EmbeddedEtcd(Path(base) / "data", name="bench", client_port=free_ports(2))
@@ -63,22 +75,27 @@ def main() -> None:
         watches = [store.watch("", lambda _ev: None) for _ in range(args.watches)]
         k = store._k  # noqa: SLF001 - the very keys corral writes
 
-        def end_ops() -> list[Any]:
-            return [("put", "tasks/n1/t", TASK), ("put", "tasklog/t/0", LOG), ("put", "st", DOC)]
+        big = status_doc(args.big)
 
-        def end_request() -> Any:
+        def end_ops(doc: dict[str, Any]) -> list[Any]:
+            return [("put", "tasks/n1/t", TASK), ("put", "tasklog/t/0", LOG), ("put", "st", doc)]
+
+        def end_request(doc: dict[str, Any]) -> Any:
             return rpc.TxnRequest(
                 compare=[unary.compare("mod", k("tasks/n1/t"), "<", 1 << 62)],
                 success=[
                     unary.put_op(k("tasks/n1/t"), orjson.dumps(TASK)),
                     unary.put_op(k("tasklog/t/0"), orjson.dumps(LOG)),
-                    unary.put_op(k("st"), orjson.dumps(DOC)),
+                    unary.put_op(k("st"), orjson.dumps(doc)),
                     unary.get_op(k("tasks/n1/t")),
                 ],
             )
 
-        async def aetcd_txn(c: Any) -> Any:
-            return await c.kvstub.Txn(end_request(), timeout=3)
+        def aetcd_txn(doc: dict[str, Any]) -> Callable[[Any], Any]:
+            async def run(c: Any) -> Any:
+                return await c.kvstub.Txn(end_request(doc), timeout=3)
+
+            return run
 
         cases: dict[str, dict[str, Callable[[], Any]]] = {
             "get": {
@@ -97,10 +114,17 @@ def main() -> None:
             },
             "txn of 3 puts (a task's end)": {
                 "corral": lambda: store.txn_revision(
-                    [("mod", "tasks/n1/t", "<", 1 << 62)], end_ops()
+                    [("mod", "tasks/n1/t", "<", 1 << 62)], end_ops(DOC)
                 ),
-                "aetcd loop": lambda: store.call(aetcd_txn),
-                "raw": lambda: kv.Txn(end_request(), timeout=3),
+                "aetcd loop": lambda: store.call(aetcd_txn(DOC)),
+                "raw": lambda: kv.Txn(end_request(DOC), timeout=3),
+            },
+            f"the same, node of {args.big} guests": {
+                "corral": lambda: store.txn_revision(
+                    [("mod", "tasks/n1/t", "<", 1 << 62)], end_ops(big)
+                ),
+                "aetcd loop": lambda: store.call(aetcd_txn(big)),
+                "raw": lambda: kv.Txn(end_request(big), timeout=3),
             },
         }
         times: dict[tuple[str, str], list[float]] = {}

@@ -74,7 +74,9 @@ def populate(store: Store, nodes: int, guests: int) -> None:
             }
             vmid += 1
         store.txn([], ops)
-        store.put(keys.guest_status(name), doc)
+        items = [("put", keys.guest_status(name, v), e) for v, e in doc.items()]
+        for i in range(0, len(items), 100):  # etcd takes up to 128 operations a transaction
+            store.txn([], items[i : i + 100])
 
 
 def main() -> None:

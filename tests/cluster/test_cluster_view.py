@@ -34,7 +34,7 @@ def test_view_follows_the_store(store: StoreAPI) -> None:
         store.put(keys.node_alive("n1"), {})
         store.put(keys.node_status("n1"), {"cpu": 0.5, "maxmem": 100, "mem": 10})
         store.put(keys.guest(102), guest(102, hostname="b", template=1))
-        store.put(keys.guest_status("n1"), {"101": {"status": "running", "mem": 7, "time": 1}})
+        store.put(keys.guest_status("n1", 101), {"status": "running", "mem": 7, "time": 1})
         store.put(keys.storage_status("n1"), {"local": {"active": 1, "type": "dir"}})
         store.put(keys.vmid_reservation(150), {"user": "u"})
         store.put("tasks/n1/x", {"unrelated": True})
@@ -76,7 +76,7 @@ def test_rows_are_serialized_once_until_they_change() -> None:
     first = dict(view.guest_rows())
     again = dict(view.guest_rows())
     assert first[101] is again[101] and first[102] is again[102]
-    mem.put(keys.guest_status("n1"), {"102": {"status": "running"}})
+    mem.put(keys.guest_status("n1", 102), {"status": "running"})
     assert view.sync()
     third = dict(view.guest_rows())
     assert third[101] is first[101] and third[102] is not first[102]

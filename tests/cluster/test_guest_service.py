@@ -57,7 +57,7 @@ def test_create_start_migrate_destroy(svc: tuple[GuestService, dict[str, FakeDri
     with pytest.raises(Conflict):
         service.create("lxc", vmid, {"rootfs": "shared:1"}, user=USER, node="node1")
 
-    service.store.put(keys.guest_status("node1"), {str(vmid): {"status": "running"}})
+    service.store.put(keys.guest_status("node1", vmid), {"status": "running"})
     with pytest.raises(ParamError) as err:  # a CT cannot live-migrate: restart mode it is
         service.migrate(vmid, user=USER, target="node2")
     assert "restart" in err.value.errors
@@ -68,7 +68,7 @@ def test_create_start_migrate_destroy(svc: tuple[GuestService, dict[str, FakeDri
         service.start(vmid, user=USER, node="node1")  # the API's path names the old node
 
     _ok(service, service.stop(vmid, user=USER))
-    service.store.put(keys.guest_status("node2"), {str(vmid): {"status": "stopped"}})
+    service.store.put(keys.guest_status("node2", vmid), {"status": "stopped"})
     _ok(service, service.destroy(vmid, user=USER))
     with pytest.raises(NotFound):
         service.record(vmid)

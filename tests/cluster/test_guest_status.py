@@ -52,9 +52,10 @@ def node() -> tuple[MemoryStore, Figures, dict[str, Any]]:
 
 
 def _revision(store: MemoryStore) -> int:
-    kv = store.get(keys.guest_status(NODE))
-    assert kv is not None
-    return kv.mod_revision
+    """The last revision any of the node's status keys was written at."""
+    kvs = store.range(keys.guest_status_prefix(NODE))
+    assert kvs
+    return max(kv.mod_revision for kv in kvs)
 
 
 def _round(store: MemoryStore, services: dict[str, Any], after: float = 2.0) -> dict[str, Any]:
@@ -63,19 +64,38 @@ def _round(store: MemoryStore, services: dict[str, Any], after: float = 2.0) -> 
     return guest_status.publish_status_for(store, NODE, services)
 
 
-def test_idle_guests_are_not_rewritten_every_round(node: Any) -> None:
+def _written(store: MemoryStore, before: dict[str, int]) -> list[str]:
+    """The node's status keys written since `before` (key -> mod_revision); updates it."""
+    now = {kv.key: kv.mod_revision for kv in store.range(keys.guest_status_prefix(NODE))}
+    out = [k for k, rev in now.items() if before.get(k) != rev]
+    before.clear()
+    before.update(now)
+    return out
+
+
+def test_idle_guests_are_written_once_a_refresh_period_each_and_spread(node: Any) -> None:
     store, drv, services = node
     first = _round(store, services)
     assert set(first) == {str(v) for v in range(100, 110)} and drv.cached[-1] is True
-    rev = _revision(store)
-    # Idle: uptime ticks, cpu and memory wobble below their thresholds.
-    for i in range(10):
+    seen: dict[str, int] = {}
+    _written(store, seen)
+    per_guest: dict[str, int] = {}
+    per_round = []
+    # Idle for two periods: uptime ticks, cpu and memory wobble below their thresholds.
+    rounds = int(2 * guest_status.REFRESH / 2.0)
+    for i in range(rounds):
         for vmid in drv.now:
             drv.now[vmid] = _idle(vmid, uptime=12 + 2 * i, cpu=0.001 + 0.001 * (i % 2),
                                   mem=200_000 + 4096 * i)  # fmt: skip
-        _round(store, services)
-    assert _revision(store) == rev, "an idle node rewrote its status document"
-    assert store.get_value(keys.guest_status(NODE)) == first  # times of the figures kept
+        doc = _round(store, services)
+        written = _written(store, seen)
+        per_round.append(len(written))
+        for key in written:
+            per_guest[key] = per_guest.get(key, 0) + 1
+            assert doc[key.rsplit("/", 1)[1]]["time"] == store.clock.time()  # re-timed
+    assert set(per_guest.values()) == {2}, "each guest: once a period, never every round"
+    assert max(per_round) <= 2, f"refreshes came in bursts: {per_round}"
+    assert guest_status.node_live(store, NODE) == services["status_doc"]
 
 
 def test_a_state_change_is_written_in_its_round(node: Any) -> None:
@@ -115,7 +135,7 @@ def test_thresholds(node: Any, field: str, value: Any, written: bool) -> None:
     assert (_revision(store) > rev) is written
 
 
-def test_everything_is_refreshed_periodically(node: Any) -> None:
+def test_everything_is_refreshed_within_a_period(node: Any) -> None:
     store, drv, services = node
     _round(store, services)
     rev = _revision(store)
@@ -135,7 +155,54 @@ def test_guests_coming_and_going_are_written(node: Any) -> None:
     store.put(keys.guest(120), {"vmid": 120, "type": "lxc", "node": NODE, "config": {}})
     drv.now[120] = _idle(120)
     assert _round(store, services)["120"]["status"] == "running"
-    assert store.get_value(keys.guest_status(NODE))["120"]["pid"] == 4120
+    assert guest_status.guest_live(store, NODE, 120)["pid"] == 4120
+    assert store.get(keys.guest_status(NODE, 109)) is None
+
+
+def test_a_round_writes_only_the_guests_that_moved(node: Any) -> None:
+    store, drv, services = node
+    _round(store, services)
+    before = {kv.key: kv.mod_revision for kv in store.range(keys.guest_status_prefix(NODE))}
+    drv.now[103] = _idle(103, cpu=0.3)
+    _round(store, services)
+    after = {kv.key: kv.mod_revision for kv in store.range(keys.guest_status_prefix(NODE))}
+    assert [k for k in after if after[k] != before[k]] == [keys.guest_status(NODE, 103)]
+
+
+def test_the_first_round_deletes_what_an_earlier_run_left(node: Any) -> None:
+    """A guest destroyed while its node was down: its key, left under the node's old
+    lease, is deleted by the node's first round, not kept until that lease expires."""
+    store, _drv, services = node
+    store.put(keys.guest_status(NODE, 555), {"status": "running", "time": 1})
+    store.put(keys.guest_status("other", 556), {"status": "running", "time": 1})
+    assert "555" not in _round(store, services)
+    assert store.get(keys.guest_status(NODE, 555)) is None
+    assert store.get(keys.guest_status("other", 556)) is not None  # another node's
+
+
+def test_a_tasks_end_writes_its_guest_alone(node: Any) -> None:
+    """StatusAtEnd's write is one guest's key, whatever the node holds."""
+    store, drv, services = node
+    _round(store, services)
+    drv.now[104] = _idle(104, status="stopped")
+    rec = {"vmid": 104, "type": "lxc", "node": NODE, "config": {}}
+    end = guest_status.StatusAtEnd(store, NODE, services, rec)
+    ops = end.begin()
+    try:
+        assert [(op[0], op[1]) for op in ops] == [("put", keys.guest_status(NODE, 104))]
+        assert store.txn([], ops)
+    finally:
+        end.end(True)
+    assert guest_status.guest_live(store, NODE, 104)["status"] == "stopped"
+    assert services["status_doc"]["104"]["status"] == "stopped"
+    gone = guest_status.StatusAtEnd(store, NODE, services, {**rec, "node": "elsewhere"})
+    ops = gone.begin()
+    try:
+        assert ops == [("delete", keys.guest_status(NODE, 104))]
+        assert store.txn([], ops)
+    finally:
+        gone.end(True)
+    assert "104" not in services["status_doc"] and guest_status.guest_live(store, NODE, 104) == {}
 
 
 def test_history_records_an_unchanged_entry_once_a_step(tmp_path: Any) -> None:
@@ -146,13 +213,13 @@ def test_history_records_an_unchanged_entry_once_a_step(tmp_path: Any) -> None:
     store = MemoryStore(clock=VirtualClock())
     rrd = metrics_rrd.RrdStore(tmp_path)
     now = 1_800_000_000
-    store.put(keys.guest_status(NODE), {"300": {"cpu": 0.5, "cpus": 1, "time": now - 10}})
+    store.put(keys.guest_status(NODE, 300), {"cpu": 0.5, "cpus": 1, "time": now - 10})
     assert metrics_rrd.record_round(rrd, store, now=now) == 1
     assert metrics_rrd.record_round(rrd, store, now=now + 20) == 0
     assert metrics_rrd.record_round(rrd, store, now=now + 40) == 0
     assert metrics_rrd.record_round(rrd, store, now=now + 60) == 1
     # A moved (re-timed) entry is recorded in its round.
-    store.put(keys.guest_status(NODE), {"300": {"cpu": 0.9, "cpus": 1, "time": now + 75}})
+    store.put(keys.guest_status(NODE, 300), {"cpu": 0.9, "cpus": 1, "time": now + 75})
     assert metrics_rrd.record_round(rrd, store, now=now + 80) == 1
     # Older than a node re-publishes everything: left to its own time (not recorded again).
     assert metrics_rrd.record_round(rrd, store, now=now + 200) == 0

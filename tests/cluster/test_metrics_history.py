@@ -76,11 +76,11 @@ def test_round_records_the_cluster_and_follows_a_migrated_guest(
         for i, node in enumerate(("na", "nb")):
             store.put(keys.node_status(node), {"cpu": 0.2 + i, "maxcpu": 4, "host": host,
                                                "time": t})  # fmt: skip
-        # The guest runs on na, then moves to nb: nb's document carries it from then on.
+        # The guest runs on na, then moves to nb: nb publishes it from then on.
         on, off = ("na", "nb") if t < now - 300 else ("nb", "na")
-        store.put(keys.guest_status(on), {"300": {"cpu": 0.25 if on == "na" else 0.75,
-                                                  "cpus": 1, "time": t}})  # fmt: skip
-        store.put(keys.guest_status(off), {})
+        store.put(keys.guest_status(on, 300), {"cpu": 0.25 if on == "na" else 0.75,
+                                               "cpus": 1, "time": t})  # fmt: skip
+        store.delete(keys.guest_status(off, 300))
         # 2 nodes, a guest, a storage
         assert metrics_rrd.record_round(rrd, store, now=t) == 4
     cpus = [r["cpu"] for r in rrd.fetch("pve2-vm", "300", "hour") if "cpu" in r]

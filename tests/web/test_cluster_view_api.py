@@ -70,7 +70,7 @@ def test_a_write_is_in_the_next_answer(app: tuple[Any, Access, StoreAPI]) -> Non
     assert len(root.ok("GET", "/cluster/resources", type="vm")) == 3
     store.put(keys.guest(104), _guest(104))
     store.delete(keys.guest(101))
-    store.put(keys.guest_status("node1"), {"102": {"status": "running", "uptime": 5}})
+    store.put(keys.guest_status("node1", 102), {"status": "running", "uptime": 5})
     rows = {r["vmid"]: r for r in root.ok("GET", "/cluster/resources", type="vm")}
     assert sorted(rows) == [102, 103, 104] and rows[102]["status"] == "running"
     status = root.ok("GET", "/cluster/status")
