@@ -118,9 +118,15 @@ class Collector:
         static, stopped = self._derived(vmid, config)
         ct_dir = self._dir(vmid)
         hint = self._started.pop(vmid, None)
-        if hint is not None and time.monotonic() - hint[1] < STARTED_FRESH:
-            # Its start just read state and pid: not asked of the monitor again.
-            ct, state, pid = None, "RUNNING", hint[0]
+        state: str | None
+        if (
+            hint is not None
+            and time.monotonic() - hint[1] < STARTED_FRESH
+            and cgroups.proc_start(hint[0]) is not None
+        ):
+            # Its start just read the pid, and the init still lives: the monitor is
+            # not asked again. Frozen or not, its freezer file says (state None).
+            ct, state, pid = None, None, hint[0]
         else:
             # One liblxc handle for state and pid: each handle parses the lxc config.
             ct = _lxc.Container(str(vmid), self.lxcpath) if os.path.isdir(ct_dir) else None

@@ -137,7 +137,13 @@ def test_a_starts_end_measures_without_asking_liblxc_again(
         assert driver.status_now(vmid, config)["pid"] == pid
         assert asked == [str(vmid)]  # the hint is used once
 
-        driver._figures.started(vmid, pid)  # a hint whose init then dies
+        # A hint the container moved on from: frozen since (its freezer file says)...
+        driver.suspend(vmid, config, log=_noop)
+        driver._figures.started(vmid, pid)
+        assert driver.status_now(vmid, config).get("frozen") == 1
+        driver.resume(vmid, config, log=_noop)
+        # ...or its init died (liblxc is asked, as without a hint).
+        driver._figures.started(vmid, pid)
         _lxc(driver, "lxc-stop", vmid, "-k")
         assert driver.status_now(vmid, config)["status"] == "stopped"
     finally:
