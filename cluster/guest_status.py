@@ -34,7 +34,7 @@ from typing import Any
 from corral.cluster import keys, metrics_core
 from corral.cluster.errors import CorralError
 from corral.cluster.guest_driver import GuestDriver
-from corral.cluster.store_api import StoreAPI
+from corral.cluster.store_api import KV, StoreAPI
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,13 @@ def guest_live(store: StoreAPI, node: str, vmid: int | str) -> dict[str, Any]:
 
 def node_live(store: StoreAPI, node: str) -> dict[str, dict[str, Any]]:
     """vmid -> published live status of one node's guests (one range read)."""
+    return _entries(store.range(keys.guest_status_prefix(node)))
+
+
+def _entries(kvs: list[KV]) -> dict[str, dict[str, Any]]:
+    """vmid -> entry of gueststatus keys (keys of another form are left out)."""
     out: dict[str, dict[str, Any]] = {}
-    for kv in store.range(keys.guest_status_prefix(node)):
+    for kv in kvs:
         vmid = keys.guest_status_vmid(kv.key)
         if vmid is not None and isinstance(kv.value, dict):
             out[vmid] = kv.value
@@ -229,11 +234,11 @@ def publish_status_for(
             doc[key] = {**new, "time": now}
             changed = True
         services["status_seen"] = {k: v for k, v in batch.items() if k in doc}
-        if changed or "status_doc" not in services:
+        first = "status_doc" not in services
+        if changed or first:
             # The first round of this daemon also deletes what an earlier run of it
             # published for guests it no longer has (those keys live on with its
             # old lease until that expires).
-            first = "status_doc" not in services
             gone = set(node_live(store, node)) if first else set()
             _write(store, node, {} if first else last, doc, services.get("lease_id"), gone=gone)
             services["status_doc"] = doc
@@ -249,12 +254,7 @@ def status_hook(node: Any) -> None:
 
 def live_status(store: StoreAPI) -> dict[str, dict[str, Any]]:
     """vmid -> live figures, for the whole cluster in one range read."""
-    out: dict[str, dict[str, Any]] = {}
-    for kv in store.range(keys.GUEST_STATUS):
-        vmid = keys.guest_status_vmid(kv.key)
-        if vmid is not None and isinstance(kv.value, dict):
-            out[vmid] = kv.value
-    return out
+    return _entries(store.range(keys.GUEST_STATUS))
 
 
 class StatusAtEnd:

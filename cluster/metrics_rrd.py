@@ -228,8 +228,8 @@ def record_round(rrd: RrdStore, store: Any, now: float | None = None) -> int:
             count += rrd.update("pve2-node", node, node_sample(st), st.get("time", now))
         for vmid, entry in guest_status.live_status(store).items():
             when = entry.get("time", now)
-            # A node re-publishes an entry only when its figures move, and all
-            # of them every guest_status.REFRESH s: one that recent holds now,
+            # A node re-publishes an entry only when its figures move, and each
+            # once every guest_status.REFRESH s: one that recent holds now,
             # recorded once a step (an idle guest: a third of the updates).
             gap = 0.0
             if now - GUEST_MAX_AGE <= when < now - SAMPLE_INTERVAL:

@@ -267,11 +267,7 @@ class Store(StoreAPI):
         def run() -> None:
             while not self._closed:
                 try:
-                    self._unary(
-                        "Range",
-                        unary.range_request(self._k(""), None, 1, count_only=True),
-                        timeout=min(1.0, self.timeout),
-                    )
+                    self.revision(timeout=min(1.0, self.timeout))
                     ok = True
                 except Unavailable:
                     ok = False
@@ -287,9 +283,7 @@ class Store(StoreAPI):
         if self.quorate is False:
             # The probe may be a second behind: look once more, briefly, before refusing.
             try:
-                self._unary(
-                    "Range", unary.range_request(self._k(""), None, 1, count_only=True), timeout=0.5
-                )
+                self.revision(timeout=0.5)
                 self.quorate = True
                 return
             except Unavailable:
@@ -416,10 +410,10 @@ class Store(StoreAPI):
             self.wrote(WRITE_UNKNOWN)
         return written
 
-    def revision(self) -> int:
+    def revision(self, *, timeout: float | None = None) -> int:
         """The store's current revision (a quorum read: it fails without quorum)."""
         request = unary.range_request(self._k(""), None, 1, count_only=True)
-        return int(self._unary("Range", request).header.revision)
+        return int(self._unary("Range", request, timeout=timeout).header.revision)
 
     def compact(self, revision: int) -> None:
         self.call(lambda c: c.compact(revision))

@@ -117,25 +117,21 @@ class Collector:
         a large root tree would hold it up; the round counts it)."""
         static, stopped = self._derived(vmid, config)
         ct_dir = self._dir(vmid)
-        hint = self._started.pop(vmid, None)
-        state: str | None
-        if (
-            hint is not None
-            and time.monotonic() - hint[1] < STARTED_FRESH
-            and cgroups.proc_start(hint[0]) is not None
-        ):
-            # Its start just read the pid, and the init still lives: the monitor is
-            # not asked again. Frozen or not, its freezer file says (state None).
-            ct, state, pid = None, None, hint[0]
-        else:
+        pid, when = self._started.pop(vmid, (0, float("-inf")))
+        ticks = cgroups.proc_start(pid) if time.monotonic() - when < STARTED_FRESH else None
+        state: str | None = None
+        ct = None
+        if ticks is None:
             # One liblxc handle for state and pid: each handle parses the lxc config.
+            # (With a fresh start's pid whose init still lives, the monitor is not asked
+            # again: frozen or not, its freezer file says, as state None.)
             ct = _lxc.Container(str(vmid), self.lxcpath) if os.path.isdir(ct_dir) else None
             state = "STOPPED" if ct is None else str(ct.state)
             pid = 0 if ct is None or state == "STOPPED" else int(ct.init_pid)
-        if ct is not None and state == "STOPPED":
-            pid = orphans.orphan_pid(ct_dir) or 0  # running without its monitor?
-            state = "RUNNING" if pid else state
-        ticks = cgroups.proc_start(pid) if pid > 0 else None
+            if ct is not None and state == "STOPPED":
+                pid = orphans.orphan_pid(ct_dir) or 0  # running without its monitor?
+                state = "RUNNING" if pid else state
+            ticks = cgroups.proc_start(pid) if pid > 0 else None
         if state == "STOPPED" or ticks is None:
             return self._stopped(vmid, stopped)  # stopped, or it exited just now
         return self._measure(

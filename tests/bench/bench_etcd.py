@@ -91,11 +91,17 @@ def main() -> None:
                 ],
             )
 
-        def aetcd_txn(doc: dict[str, Any]) -> Callable[[Any], Any]:
-            async def run(c: Any) -> Any:
-                return await c.kvstub.Txn(end_request(doc), timeout=3)
+        async def aetcd_txn(c: Any, doc: dict[str, Any]) -> Any:
+            return await c.kvstub.Txn(end_request(doc), timeout=3)
 
-            return run
+        def end_case(doc: dict[str, Any]) -> dict[str, Callable[[], Any]]:
+            return {
+                "corral": lambda: store.txn_revision(
+                    [("mod", "tasks/n1/t", "<", 1 << 62)], end_ops(doc)
+                ),
+                "aetcd loop": lambda: store.call(lambda c: aetcd_txn(c, doc)),
+                "raw": lambda: kv.Txn(end_request(doc), timeout=3),
+            }
 
         cases: dict[str, dict[str, Callable[[], Any]]] = {
             "get": {
@@ -112,20 +118,8 @@ def main() -> None:
                     rpc.PutRequest(key=k("tasks/n1/t"), value=orjson.dumps(TASK)), timeout=3
                 ),
             },
-            "txn of 3 puts (a task's end)": {
-                "corral": lambda: store.txn_revision(
-                    [("mod", "tasks/n1/t", "<", 1 << 62)], end_ops(DOC)
-                ),
-                "aetcd loop": lambda: store.call(aetcd_txn(DOC)),
-                "raw": lambda: kv.Txn(end_request(DOC), timeout=3),
-            },
-            f"the same, node of {args.big} guests": {
-                "corral": lambda: store.txn_revision(
-                    [("mod", "tasks/n1/t", "<", 1 << 62)], end_ops(big)
-                ),
-                "aetcd loop": lambda: store.call(aetcd_txn(big)),
-                "raw": lambda: kv.Txn(end_request(big), timeout=3),
-            },
+            "txn of 3 puts (a task's end)": end_case(DOC),
+            f"the same, node of {args.big} guests": end_case(big),
         }
         times: dict[tuple[str, str], list[float]] = {}
         for case, ways in cases.items():

@@ -303,7 +303,8 @@ def main() -> None:
             if api is not None:
                 via_api.append(api_round(api, api_tid, 88500 + i))
         med = statistics.median
-        print(f"medians of {args.rounds} rounds            API       driver    raw lxc-*")
+        if raw:
+            print(f"medians of {args.rounds} rounds            API       driver    raw lxc-*")
         for i, label in enumerate(("create+start", "stop+destroy") if raw else ()):
             cols = [med(o[i] for o in via_api) * 1000 if via_api else float("nan")]
             cols += [med(o[i] for o in ours) * 1000, med(r[i] for r in raw) * 1000]
