@@ -198,10 +198,19 @@ class GuestDriver:
         raise NotImplementedError
 
     def start(
-        self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        *,
+        volumes: VolumeAccess,
+        log: LogFn,
+        ready: Callable[[], None] | None = None,
     ) -> None:
         """After it returns the guest is running (status() says "running").
-        Raises Conflict if it already runs (the start task does not ask first)."""
+        Raises Conflict if it already runs (the start task does not ask first).
+        `ready`, when given, is called once the start is prepared, right before the
+        guest is started (a start task waits there for its record to be durable); if
+        it raises, the guest stays stopped and the error propagates."""
         raise NotImplementedError
 
     def shutdown(

@@ -228,6 +228,7 @@ def _apply_pending(
 ) -> dict[str, Any]:
     if rec is not None and not rec.get("pending") and not rec.get("pending_delete"):
         return rec  # nothing pending: no write on the start path
+    ctx.recorded()  # a start begins before its record has landed (Tasks.submit)
 
     def apply(rec: dict[str, Any]) -> dict[str, Any]:
         rec["config"] = merged_config(rec)
@@ -294,7 +295,7 @@ def _start(ctx: TaskContext, args: dict[str, Any]) -> None:
     rec = _apply_pending(ctx, rec["vmid"], rec)
     # It may have just moved here: the driver writes its local definition.
     driver.adopt(rec["vmid"], rec["config"], volumes=_volumes(ctx), log=ctx.log)
-    driver.start(rec["vmid"], rec["config"], volumes=_volumes(ctx), log=ctx.log)
+    driver.start(rec["vmid"], rec["config"], volumes=_volumes(ctx), log=ctx.log, ready=ctx.recorded)
     _mark(ctx, rec, "running", current=True)
 
 
@@ -544,7 +545,9 @@ HANDLERS: dict[str, Callable[[TaskContext, dict[str, Any]], None]] = {
 }
 for _type, _names in TASK_TYPES.items():
     for _op, _task in _names.items():
-        task_handler(_task)(HANDLERS[_op])
+        # A start prepares while its record is written (Tasks.submit): the driver
+        # calls `ready` (TaskContext.recorded) before the guest starts.
+        task_handler(_task, early=_op == "start")(HANDLERS[_op])
 
 
 # -- live status -----------------------------------------------------------------

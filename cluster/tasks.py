@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 Handler = Callable[["TaskContext", dict[str, Any]], Any]
 HANDLERS: dict[str, Handler] = {}
 RECOVERERS: dict[str, Handler] = {}
+# Task types whose handler may begin while its record's put is still in flight
+# (see Tasks.submit): it reads and prepares, and calls TaskContext.recorded()
+# before its first change.
+EARLY: set[str] = set()
 INTERRUPTED = "interrupted by node restart"
 ABORTED = "aborted by user"
 VOIDED = "not run: its submission failed (the API answered 503)"
@@ -54,6 +58,9 @@ PAUSE_SECONDS = float(os.environ.get("CORRAL_TEST_PAUSE_SECONDS") or 120)
 # start/stop, a VM start) is OK at their first poll instead of one poll later.
 # Bounded, so a slow task holds the request thread no longer than this.
 SETTLE_SECONDS = 0.5
+# A task begun before its record landed waits at most this long for its submitter's
+# put (which has a timeout of its own and always reports).
+RECORD_WAIT_SECONDS = 120.0
 # A task whose record put failed with an unknown outcome is voided: another node's
 # task gets its abort flag once etcd answers, tried every VOID_RETRY_SECONDS.
 VOID_RETRY_SECONDS = 1.0
@@ -63,11 +70,17 @@ VOID_ATTEMPTS = 120
 _LOCAL: dict[tuple[int, str], TaskWorker] = {}
 
 
-def task_handler(task_type: str) -> Callable[[Handler], Handler]:
-    """Register the function that runs tasks of `task_type` on their node."""
+def task_handler(task_type: str, *, early: bool = False) -> Callable[[Handler], Handler]:
+    """Register the function that runs tasks of `task_type` on their node. `early`:
+    it may begin before its record is durable, and calls TaskContext.recorded()
+    before it changes anything (its preparation then overlaps the record's put)."""
 
     def register(fn: Handler) -> Handler:
         HANDLERS[task_type] = fn
+        if early:
+            EARLY.add(task_type)
+        else:
+            EARLY.discard(task_type)
         return fn
 
     return register
@@ -200,15 +213,18 @@ class Tasks:
             # This process's own worker is quiet for this guest and will run the task
             # at once: it is recorded as running, which saves the worker's claim (a
             # compare-and-swap, one etcd round trip). Still durable: a node restarted
-            # while it ran finds it running and ends it as interrupted.
+            # while it ran finds it running and ends it as interrupted. The task
+            # begins as the put leaves: an early handler prepares meanwhile, and
+            # nothing changes before the put has landed (TaskContext.recorded).
             record["status"] = "running"
+            landing = worker.begin_reserved(orjson.loads(orjson.dumps(record)))
             try:
                 revision = self.store.put(key, record)
             except BaseException:
-                self._void(node, upid, key, worker)  # before unreserve: a late put is void
-                worker.unreserve(upid)
+                self._void(node, upid, key, worker)  # first: should the put land late
+                landing.failed()  # the task ends unrun, unrecorded
                 raise
-            worker.run_reserved(orjson.loads(orjson.dumps(record)), revision)
+            landing.landed(revision)
             return upid
         try:
             revision = self.store.put(key, record)
@@ -268,18 +284,24 @@ class Tasks:
 
     def settle(self, upid: str, timeout: float = SETTLE_SECONDS) -> bool:
         """Wait up to `timeout` s for a task this process submitted to its own node to
-        end; True when it has. Returns at once (False) for any other task, or when
-        the node was busy as it was submitted: a wait would then mostly time out."""
+        end: for its handler to return, its outcome known. Its end is being
+        written then, and a status read waits for that write (get), so the
+        caller's answer and the client's next poll overlap the write. True when it
+        has ended. Returns at once (False) for any other task, or when the node
+        was busy as it was submitted: a wait would then mostly time out."""
         node = upid.split(":", 2)[1] if upid.startswith("UPID:") else ""
         worker = _local_worker(self.store, node)
         if worker is None:
             return False
-        return worker.wait_ended(upid, timeout)
+        return worker.wait_decided(upid, timeout)
 
     def get(self, upid: str) -> dict[str, Any]:
         parsed = Upid.parse(upid)
         worker = _local_worker(self.store, parsed.node)
         if worker is not None:
+            # A task whose end is being written reads ended once it is (bounded: a
+            # slow store answers "running" after SETTLE_SECONDS, as before).
+            worker.wait_written(upid, SETTLE_SECONDS)
             known = worker.known_record(upid)
             if known is not None:
                 # Its own worker's: an ended task's record never changes, and only this
@@ -359,6 +381,28 @@ class TaskAborted(CorralError):
     msg_fmt = ABORTED
 
 
+class TaskVoided(Exception):
+    """The task's record could not be written (its submitter answered 503): it must
+    change nothing. Raised by TaskContext.recorded() in a task begun early. Not a
+    CorralError, so a handler's own error handling does not take it for a failure."""
+
+
+class _Landing:
+    """The put of a reserved task's record, in flight as the task begins (Tasks.submit)."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+        self.done = threading.Event()
+        self.revision = 0  # 0 once done: the put failed
+
+    def landed(self, revision: int) -> None:
+        self.revision = revision
+        self.done.set()
+
+    def failed(self) -> None:
+        self.done.set()
+
+
 class TaskContext:
     """What a handler sees: the log, progress, abort flag, who asked."""
 
@@ -391,6 +435,8 @@ class TaskContext:
             ):
                 self._flush_locked()
         if PAUSE_AT and PAUSE_AT in str(line):
+            with contextlib.suppress(TaskVoided):
+                self.recorded()
             self.flush()
             self.clock.sleep(PAUSE_SECONDS)
 
@@ -398,10 +444,16 @@ class TaskContext:
         with self._lock:
             self._flush_locked()
 
+    def recorded(self) -> None:
+        """Return once the task's record is durable. A handler registered `early`
+        calls this before its first change; TaskVoided when the record could not
+        be written (the handler must then change nothing)."""
+        self.worker.await_record(self.upid)
+
     def _flush_locked(self) -> None:
         op = self._chunk_op()
-        if op is None:
-            return
+        if op is None or not self.worker.record_landed(self.upid):
+            return  # no log without its task's record: kept for the next flush
         try:
             self.store.put(op[1], op[2])
         except Unavailable:
@@ -449,9 +501,17 @@ class TaskWorker:
         # while the task runs (claim, progress): the task's end needs no read first.
         self._written: dict[str, tuple[int, dict[str, Any]]] = {}
         self._workers = workers
-        # upid -> set when that task has ended, for tasks reserved while the node was
-        # quiet; Tasks.settle waits on them. Bounded: unwaited ones are dropped.
-        self._ended: dict[str, threading.Event] = {}
+        # upid -> set when that task's handler has returned, for tasks reserved while
+        # the node was quiet; Tasks.settle waits on them. Bounded: unwaited ones are
+        # dropped.
+        self._decided: dict[str, threading.Event] = {}
+        # upid -> set once the end of a task whose handler returned is written and its
+        # queue has moved on; Tasks.get waits on it (see Tasks.settle).
+        self._ending: dict[str, threading.Event] = {}
+        # upid -> the record put of a reserved task begun before it landed; and the
+        # records of such tasks that landed after their put was reported failed.
+        self._landing: dict[str, _Landing] = {}
+        self._late: dict[str, dict[str, Any]] = {}
         # upid -> serial key of tasks reserved to run at once (see reserve), and the
         # recorded-as-running ones among them not yet begun (an abort seen meanwhile
         # goes to _early_abort).
@@ -503,7 +563,7 @@ class TaskWorker:
                 ctx.log(f"recovery failed: {type(err).__name__}: {err}")
         ctx.log(f"TASK ERROR: {exitstatus}")
         self._finish(rec, exitstatus, ctx)
-        self._mark_ended(rec["upid"])
+        self._mark_decided(rec["upid"])
 
     def stop(self) -> None:
         self.stopped = True
@@ -527,6 +587,9 @@ class TaskWorker:
         if upid in self._void:
             with self._lock:
                 self._void.pop(upid, None)
+                if upid in self._landing:
+                    self._late[upid] = rec  # begun early and still unwinding: it ends it
+                    return
                 fresh = upid not in self._seen and rec["status"] != "stopped"
                 self._seen.add(upid)
             if fresh:
@@ -558,9 +621,9 @@ class TaskWorker:
                 return False
             self._queues[key] = deque([{"upid": upid, "reserved": True}])
             self._reserved[upid] = key
-            self._ended[upid] = threading.Event()  # Tasks.settle waits on it
-            while len(self._ended) > 256:  # expected but never waited for
-                self._ended.pop(next(iter(self._ended)))
+            self._decided[upid] = threading.Event()  # Tasks.settle waits on it
+            while len(self._decided) > 256:  # expected but never waited for
+                self._decided.pop(next(iter(self._decided)))
             return True
 
     def void(self, upid: str) -> None:
@@ -582,33 +645,42 @@ class TaskWorker:
         except Unavailable:
             self.clock.call_later(self.END_RETRY_SECONDS, lambda: self._end_void(rec))
 
-    def unreserve(self, upid: str) -> None:
-        with self._lock:
-            self._ended.pop(upid, None)
-            key = self._reserved.pop(upid, None)
-            if key is None:
-                return
-            q = self._queues.get(key)
-            if q is None:
-                return
-            if q and q[0].get("upid") == upid:
-                q.popleft()
-            if q:
-                self.pool.submit(self._run_serial, key)  # the tasks that waited behind it
-            else:
-                self._queues.pop(key, None)
-
-    def run_reserved(self, rec: dict[str, Any], revision: int) -> None:
-        """Run a reserved task, recorded as running at `revision` (no claim)."""
+    def begin_reserved(self, rec: dict[str, Any]) -> _Landing:
+        """Run a reserved task, to be recorded as running: its submitter's put of the
+        record is in flight and reports to the returned _Landing (landed or failed).
+        Nothing of the task is written, and nothing changes, before it has landed
+        (await_record)."""
         upid = rec["upid"]
+        landing = _Landing(rec)
         with self._lock:
             key = self._reserved.pop(upid)
+            self._landing[upid] = landing
             self._seen.add(upid)
             self._claimed.add(upid)
-            self._written[upid] = (revision, rec)
             self._live[upid] = rec
             self._queues[key][0] = rec
         self.pool.submit(self._run_serial, key)
+        return landing
+
+    def record_landed(self, upid: str) -> bool:
+        """False while the record of task `upid` is in flight or could not be written."""
+        with self._lock:
+            return upid not in self._landing
+
+    def await_record(self, upid: str) -> None:
+        """Wait for the put of a task begun before its record landed; TaskVoided when
+        it failed. Returns at once for any other task."""
+        with self._lock:
+            landing = self._landing.get(upid)
+        if landing is None:
+            return
+        # The submitter reports either way, within its put's own timeout.
+        if not self.clock.wait(landing.done, RECORD_WAIT_SECONDS) or not landing.revision:
+            raise TaskVoided()
+        with self._lock:
+            if self._landing.pop(upid, None) is not None:
+                # The record as written, at its revision: the task's end needs no read.
+                self._written[upid] = (landing.revision, landing.record)
 
     def known_record(self, upid: str) -> dict[str, Any] | None:
         """A copy of task `upid`'s record as this worker last wrote it: running (its
@@ -623,23 +695,32 @@ class TaskWorker:
         event that follows is ignored as already seen)."""
         self._accept(rec, revision)
 
-    def wait_ended(self, upid: str, timeout: float) -> bool:
-        """Wait for the end of a task reserved while the node was quiet (see reserve)."""
+    def wait_decided(self, upid: str, timeout: float) -> bool:
+        """Wait until the handler of a task reserved while the node was quiet (see
+        reserve) has returned."""
         with self._lock:
-            ended = self._ended.get(upid)
-        if ended is None:
+            decided = self._decided.get(upid)
+        if decided is None:
             return False
         try:
-            return self.clock.wait(ended, timeout)
+            return self.clock.wait(decided, timeout)
         finally:
             with self._lock:
-                self._ended.pop(upid, None)
+                self._decided.pop(upid, None)
 
-    def _mark_ended(self, upid: str) -> None:
+    def _mark_decided(self, upid: str) -> None:
         with self._lock:
-            ended = self._ended.get(upid)
-        if ended is not None:
-            ended.set()
+            decided = self._decided.get(upid)
+        if decided is not None:
+            decided.set()
+
+    def wait_written(self, upid: str, timeout: float) -> None:
+        """Wait (at most `timeout` s) for the end of task `upid` to be written when
+        its handler has returned and the write is under way."""
+        with self._lock:
+            ending = self._ending.get(upid)
+        if ending is not None:
+            self.clock.wait(ending, timeout)
 
     def _accept(self, rec: dict[str, Any], revision: int = 0) -> None:
         """Queue a task; `revision` is its record's mod revision as seen (0: unknown)."""
@@ -674,12 +755,20 @@ class TaskWorker:
             except Exception:  # noqa: BLE001 - the next task of this guest must still run
                 log.exception("task %s could not be run", rec["upid"])
             finally:
-                self._mark_ended(rec["upid"])
+                self._mark_decided(rec["upid"])  # also when it ended before its handler
             with self._lock:
                 q.popleft()
-                if not q:
+                last = not q
+                if last:
                     self._queues.pop(key, None)
-                    return
+                # Its end is written and the guest's queue has moved on: a status read
+                # waiting for the end answers now, and a next task sent on that
+                # answer finds the queue as it will stay.
+                ending = self._ending.pop(rec["upid"], None)
+            if ending is not None:
+                ending.set()
+            if last:
+                return
 
     def _run_one(self, rec: dict[str, Any]) -> None:
         ctx = TaskContext(self, rec)
@@ -709,6 +798,8 @@ class TaskWorker:
                 return
             self.set_fields(rec, status="running")
         if PAUSE_AT and PAUSE_AT == f"task {rec['type']}":
+            with contextlib.suppress(TaskVoided):
+                ctx.recorded()
             self.clock.sleep(PAUSE_SECONDS)  # test-only: claimed, its handler not yet begun
         exitstatus = "OK"
         started = self.clock.monotonic()
@@ -717,9 +808,13 @@ class TaskWorker:
             ctx.log(line)
         try:
             handler = HANDLERS.get(rec["type"])
+            if rec["type"] not in EARLY:
+                ctx.recorded()
             if handler is None:
                 raise CorralError(f"no handler for task type '{rec['type']}'")
             handler(ctx, rec.get("args") or {})
+        except TaskVoided:
+            exitstatus = VOIDED
         except TaskAborted:
             exitstatus = ABORTED
         except CorralError as err:
@@ -733,8 +828,32 @@ class TaskWorker:
             self._running.pop(rec["upid"], None)
             metrics_core.task_running(-1)
             metrics_core.record_task(rec["type"], exitstatus, self.clock.monotonic() - started)
+        try:
+            ctx.recorded()  # an early handler that failed before it asked
+        except TaskVoided:
+            self._drop_voided(rec)
+            return
         ctx.log("TASK OK" if exitstatus == "OK" else f"TASK ERROR: {exitstatus}")
+        with self._lock:
+            # Before settle's waiter is woken: a status read from now on waits for
+            # the end being written (Tasks.get).
+            self._ending[rec["upid"]] = threading.Event()
+        self._mark_decided(rec["upid"])
         self._finish(rec, exitstatus, ctx)
+
+    def _drop_voided(self, rec: dict[str, Any]) -> None:
+        """Forget a task begun early whose record could not be written: it changed
+        nothing and writes nothing. Should its put land after all, the watch
+        delivers it as unseen and void (see void) ends it unrun."""
+        upid = rec["upid"]
+        with self._lock:
+            self._landing.pop(upid, None)
+            self._seen.discard(upid)
+            self._live.pop(upid, None)
+            self._written.pop(upid, None)
+            late = self._late.pop(upid, None)
+        if late is not None and late["status"] != "stopped":
+            self._end_void(late)
 
     def set_fields(
         self, rec: dict[str, Any], ctx: TaskContext | None = None, **fields: Any
@@ -772,6 +891,7 @@ class TaskWorker:
     def _write_fields(
         self, key: str, rec: dict[str, Any], ctx: TaskContext | None, fields: dict[str, Any]
     ) -> bool:
+        self.await_record(rec["upid"])  # a task begun early: after its record
         # The record as this worker last wrote it, at that revision: no read first.
         # Anyone else's change since (an abort) fails the compare; the retry reads.
         with self._lock:

@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import libvirt
@@ -344,7 +344,13 @@ class QemuDriver(GuestDriver):
             shutil.copyfileobj(src, dst)
 
     def start(
-        self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        *,
+        volumes: VolumeAccess,
+        log: LogFn,
+        ready: Callable[[], None] | None = None,
     ) -> None:
         config = cfg.VmConfig.parse(config)  # once: MACs, bridges, XML and cloud-init read it
         usable, reason = self._kvm_usable()
@@ -382,6 +388,8 @@ class QemuDriver(GuestDriver):
                 dom = conn.defineXML(xml)
                 dom.create()
 
+            if ready is not None:
+                ready()
             self.lv.run(f"start VM {vmid}", boot, timeout=START_TIMEOUT)
             log(f"VM {vmid} started ({'KVM' if cfg.value(config, 'kvm') else 'TCG'})")
 

@@ -281,7 +281,13 @@ class LxcDriver(GuestDriver):
 
     @_explained
     def start(
-        self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        *,
+        volumes: VolumeAccess,
+        log: LogFn,
+        ready: Callable[[], None] | None = None,
     ) -> None:
         if not os.path.isdir(self._dir(vmid)):
             raise NotFound(what=f"CT {vmid} on node '{self.node}'")
@@ -306,6 +312,8 @@ class LxcDriver(GuestDriver):
                 bridges.delete_link(veth_name(vmid, index))  # left by a crashed monitor
                 if net.get("bridge"):
                     bridges.ensure_bridge(net["bridge"])
+            if ready is not None:
+                ready()
             argv = ["lxc-start", "-P", self.lxcpath, "-n", self._name(vmid), "-d"]
             try:
                 _run(argv, timeout=START_TIMEOUT)

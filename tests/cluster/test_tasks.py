@@ -353,3 +353,115 @@ def test_a_task_whose_record_put_failed_never_runs_when_the_put_lands_late(
     assert RUNS == []  # neither ran
     (other,) = [kv for kv in store.range("tasks/n2/")]
     wait_for(lambda: store.get_value(other.key)["abort"] is True, timeout=10)
+
+
+STEPS: list[str] = []
+
+
+@task_handler("t_early", early=True)
+def _early(ctx: TaskContext, args: dict[str, Any]) -> None:
+    STEPS.append("prepared")
+    try:
+        ctx.recorded()
+    finally:
+        time.sleep(args.get("unwind", 0))  # still unwinding when a late put lands
+    STEPS.append("changed")
+
+
+def test_an_early_task_prepares_while_its_record_is_written_and_changes_after(
+    store: StoreAPI, worker: TaskWorker
+) -> None:
+    """A start's handler begins as its record's put leaves (Tasks.submit) and prepares
+    meanwhile; it changes nothing before the put has landed (TaskContext.recorded)."""
+    STEPS.clear()
+    tasks = Tasks(store)
+    real_put = store.put
+
+    def slow_put(key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        if key.startswith("tasks/") and value.get("type") == "t_early":
+            wait_for(lambda: STEPS == ["prepared"], timeout=10)  # begun before the put
+            time.sleep(0.1)
+            assert STEPS == ["prepared"]  # and waiting for it
+        return real_put(key, value, *args, **kwargs)
+
+    store.put = slow_put  # type: ignore[method-assign]
+    try:
+        upid = tasks.submit(node="n1", type="t_early", id="3", user="u@pve", serial="vm:3")
+    finally:
+        del store.put
+    assert tasks.wait(upid)["exitstatus"] == "OK"
+    assert STEPS == ["prepared", "changed"]
+
+
+@pytest.mark.parametrize("unwind", [0.0, 0.4], ids=["lands-after", "lands-while-unwinding"])
+def test_an_early_task_whose_record_put_failed_changes_nothing(
+    store: StoreAPI, worker: TaskWorker, unwind: float
+) -> None:
+    """Its put failed (the API answered 503): the handler that began meanwhile stops
+    at its gate, and nothing of the task is written. Should the put land after all
+    (a frozen etcd applying it late), the task ends unrun, as VOIDED."""
+    from corral.cluster.errors import Unavailable
+    from corral.cluster.tasks import VOIDED
+
+    STEPS.clear()
+    tasks = Tasks(store)
+    real_put = store.put
+    late: list[threading.Timer] = []
+
+    def put_fails_then_lands(key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        if key.startswith("tasks/") and value.get("type") == "t_early":
+            wait_for(lambda: STEPS == ["prepared"], timeout=10)
+            timer = threading.Timer(0.2, lambda: real_put(key, value, *args, **kwargs))
+            late.append(timer)
+            timer.start()
+            raise Unavailable("connection to etcd was reset")
+        return real_put(key, value, *args, **kwargs)
+
+    store.put = put_fails_then_lands  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Unavailable):
+            tasks.submit(
+                node="n1", type="t_early", id="4", user="u@pve", serial="vm:4",
+                args={"unwind": unwind},
+            )  # fmt: skip
+        late[0].join()
+    finally:
+        del store.put
+    (rec,) = [kv.value for kv in store.range("tasks/n1/") if kv.value["type"] == "t_early"]
+    assert tasks.wait(rec["upid"], timeout=10)["exitstatus"] == VOIDED
+    # The guest's queue moved on: the next task of the guest runs.
+    after = tasks.submit(node="n1", type="t_ok", id="4", user="u@pve", serial="vm:4")
+    assert tasks.wait(after, timeout=10)["exitstatus"] == "OK"
+    assert STEPS == ["prepared"]  # never got past its gate
+    assert tasks.log_lines(rec["upid"]) == ["TASK ERROR: " + VOIDED]
+
+
+def test_settle_answers_at_the_tasks_outcome_and_a_status_read_waits_for_its_end(
+    store: StoreAPI, worker: TaskWorker
+) -> None:
+    """settle() returns once the handler has returned, while the task's end is being
+    written: the API's answer and the client's next poll overlap that write. A
+    status read in that window waits for the write, so it never says "running"
+    for a task that has ended, nor "OK" before the end is durable."""
+    tasks = Tasks(store)
+    real_txn = store.txn_revision
+    ending = threading.Event()
+
+    def slow_end(compare: Any, ops: Any, *args: Any, **kwargs: Any) -> Any:
+        if any(op[0] == "put" and op[1].startswith("tasks/") and op[2].get("status") == "stopped"
+               and op[2].get("type") == "t_count" for op in ops):  # fmt: skip
+            ending.set()
+            time.sleep(0.3)
+        return real_txn(compare, ops, *args, **kwargs)
+
+    store.txn_revision = slow_end  # type: ignore[method-assign]
+    try:
+        upid = tasks.submit(node="n1", type="t_count", id="70", user="u@pve", serial="vm:70")
+        assert tasks.settle(upid, 20) is True
+        assert store.get_value(record_key("n1", upid))["status"] == "running"  # not written yet
+        assert ending.is_set()
+        status = tasks.status(upid)  # waits for the end
+        assert (status["status"], status["exitstatus"]) == ("stopped", "OK")
+        assert store.get_value(record_key("n1", upid))["status"] == "stopped"
+    finally:
+        del store.txn_revision

@@ -8,6 +8,7 @@ tested fast and deterministically.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from corral.cluster import keys
@@ -57,8 +58,16 @@ class FakeDriver(GuestDriver):
         return {**config, "rootfs": f"{storage}:subvol-{vmid}-disk-0,size=1G"}
 
     def start(
-        self, vmid: int, config: dict[str, Any], *, volumes: VolumeAccess, log: LogFn
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        *,
+        volumes: VolumeAccess,
+        log: LogFn,
+        ready: Callable[[], None] | None = None,
     ) -> None:
+        if ready is not None:
+            ready()
         self.calls.append(("start", vmid))
         if self.guests[vmid].get("status") == "running":
             raise Conflict(f"guest {vmid} already running")
