@@ -110,3 +110,39 @@ def test_layout_from_the_mounts() -> None:
     systemd_only = "40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n"
     assert cgroups.layout_of(cgroups.parse_mountinfo(systemd_only + V2)) == "v2"
     assert cgroups.layout_of([]) is None
+
+
+def test_new_processes_resolve_against_a_mount_table_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each start resolves a new init's groups: the mount table is read once, not per
+    process (reading it right after a container started waits on the kernel's mount
+    lock), and read again when a resolution against it fails (the mounts changed)."""
+    import subprocess
+
+    real = Path("/proc/self/mountinfo").read_text()
+    table = tmp_path / "mountinfo"
+    table.write_text(real)
+    monkeypatch.setattr(cgroups, "MOUNTINFO", str(table))
+    monkeypatch.setattr(cgroups, "_mounts", None)
+    reads: list[int] = []
+    parse = cgroups.parse_mountinfo
+    monkeypatch.setattr(cgroups, "parse_mountinfo", lambda text: reads.append(1) or parse(text))
+    ours = cgroups.paths(os.getpid())
+    assert ours
+    children = [subprocess.Popen(["sleep", "30"]) for _ in range(3)]
+    try:
+        for child in children:  # same groups as ours: children inherit them
+            assert cgroups.paths(child.pid) == ours
+        assert len(reads) == 1
+        table.write_text("")
+        cgroups._cgroup_mounts(fresh=True)  # now held: a table without cgroup mounts
+        table.write_text(real)  # mounted since
+        late = subprocess.Popen(["sleep", "30"])
+        children.append(late)
+        assert cgroups.paths(late.pid) == ours  # failed against the held table: read again
+        assert len(reads) == 3
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
