@@ -127,10 +127,48 @@ def _resource(clean: str) -> str | None:
     one with the most literal segments (`/access/tfa/{userid}/new-totp` over
     `/access/tfa/{userid}/{id}`; `.../{volume}/snapshot` over `.../{volume}`)."""
     best: Endpoint | None = None
-    for ep in ENDPOINTS:
+    for ep in _candidates(clean):
         if ep.regex.match(clean) and (best is None or _literals(ep) > _literals(best)):
             best = ep
     return None if best is None else best.path
+
+
+class _Index:
+    """ENDPOINTS by what a path shows at once, so a request tries a handful of
+    templates instead of all of them (~500): by first segment and segment count;
+    a template with a `{volume}` (which may hold slashes) by first segment alone.
+    And each (method, template) to its endpoint."""
+
+    def __init__(self, endpoints: list[Endpoint]) -> None:
+        self.size = len(endpoints)
+        self.fixed: dict[tuple[str, int], list[Endpoint]] = {}
+        self.open: dict[str, list[Endpoint]] = {}
+        self.by_method: dict[tuple[str, str], Endpoint] = {}
+        for ep in endpoints:
+            segments = ep.path.strip("/").split("/")
+            if "volume" in ep.path_params:
+                self.open.setdefault(segments[0], []).append(ep)
+            else:
+                self.fixed.setdefault((segments[0], len(segments)), []).append(ep)
+            self.by_method.setdefault((ep.method, ep.path), ep)
+
+
+_index: _Index | None = None
+
+
+def _current_index() -> _Index:
+    global _index
+    index = _index
+    if index is None or index.size != len(ENDPOINTS):  # modules register as they load
+        index = _index = _Index(list(ENDPOINTS))
+    return index
+
+
+def _candidates(clean: str) -> list[Endpoint]:
+    index = _current_index()
+    segments = clean.strip("/").split("/")
+    first = segments[0]
+    return index.fixed.get((first, len(segments)), []) + index.open.get(first, [])
 
 
 def route(method: str, path: str) -> tuple[Endpoint, dict[str, str]]:
@@ -138,12 +176,12 @@ def route(method: str, path: str) -> tuple[Endpoint, dict[str, str]]:
     (the dispatcher answers 405 when the path has other methods: allowed_methods)."""
     clean = "/" + path.strip("/")
     template = _resource(clean)
-    for ep in ENDPOINTS:
-        if ep.method == method and ep.path == template:
-            match = ep.regex.match(clean)
-            assert match is not None
-            return ep, match.groupdict()
-    raise NotImplementedPath(method=method, path=clean)
+    ep = None if template is None else _current_index().by_method.get((method, template))
+    if ep is None:
+        raise NotImplementedPath(method=method, path=clean)
+    match = ep.regex.match(clean)
+    assert match is not None
+    return ep, match.groupdict()
 
 
 def allowed_methods(path: str) -> list[str]:
