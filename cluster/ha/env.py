@@ -95,8 +95,12 @@ class HAState:
     def manager_status(self) -> dict[str, Any]:
         return dict(self.store.get_value(MANAGER_STATUS) or {})
 
-    def lrm_status(self, node: str) -> dict[str, Any]:
-        return dict(self.store.get_value(LRM_STATUS + node) or {})
+    def lrm_statuses(self) -> dict[str, dict[str, Any]]:
+        """Every node's LRM status in one read: the CRM's round needs them all (a
+        get per node was 200 etcd round trips a second at 100 nodes)."""
+        return {
+            kv.key[len(LRM_STATUS) :]: dict(kv.value or {}) for kv in self.store.range(LRM_STATUS)
+        }
 
     def agent_holders(self) -> dict[str, str]:
         """node -> holder of its agent lock, for the locks that exist."""

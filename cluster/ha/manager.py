@@ -87,7 +87,8 @@ class CRM:
         policy = self.ha.settings().get("shutdown_policy", "conditional")
         holders = self.ha.agent_holders()
         nodes = env.cluster_nodes()
-        lrms = {n: self.ha.lrm_status(n) for n in nodes}
+        known = self.ha.lrm_statuses()
+        lrms = {n: known.get(n, {}) for n in nodes}
         compares: list[tuple[Any, ...]] = [self.lock.compare()]
         success: list[tuple[Any, ...]] = []
 

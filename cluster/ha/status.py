@@ -81,8 +81,9 @@ def current(store: StoreLike) -> list[dict[str, Any]]:
             {"id": "master", "type": "master", "node": master, "status": f"{master} ({active})"}
         )
     holders = ha.agent_holders()
+    lrms = ha.lrm_statuses()
     for node in sorted(ms.get("node_status", {})):
-        lrm = ha.lrm_status(node)
+        lrm = lrms.get(node, {})
         state = lrm.get("state", "unknown") if holders.get(node) == node else "offline"
         out.append(
             {
@@ -119,10 +120,11 @@ def manager_status(store: StoreLike) -> dict[str, Any]:
     ha = HAState(store)
     ms = ha.manager_status()
     nodes = sorted(set(ms.get("node_status", {})) | set(ha.agent_holders()))
+    lrms = ha.lrm_statuses()
     lock = store.get_value(MANAGER_LOCK) or {}
     return {
         "manager_status": ms,
-        "lrm_status": {n: ha.lrm_status(n) for n in nodes},
+        "lrm_status": {n: lrms.get(n, {}) for n in nodes},
         "agent_locks": ha.agent_holders(),
         "quorum": {
             "node": lock.get("node", ""),
