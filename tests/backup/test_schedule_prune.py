@@ -129,6 +129,34 @@ def test_scheduler_runs_each_due_job_once_per_node() -> None:
     assert calls[-1][0] == [102] and backup_jobs.covered(store) == {102}
 
 
+def test_the_scheduler_reads_guest_records_only_for_a_due_run() -> None:
+    """It looks every 2 s on every node: no job due, no read of the guest records
+    (2 MB at 10,000 guests)."""
+    store = MemoryStore()
+    now = at("2026-12-07 10:00") + 30
+    store.put(keys.guest(101), {"vmid": 101, "type": "lxc", "node": "n1", "config": {}})
+    ranges: list[str] = []
+    real_range = store.range
+
+    def counting(prefix: str, *args: object, **kwargs: object) -> object:
+        ranges.append(prefix)
+        return real_range(prefix, *args, **kwargs)  # type: ignore[arg-type]
+
+    store.range = counting  # type: ignore[method-assign]
+
+    def submit(vmids: list[int], opts: dict, job_id: str) -> tuple[str, str, dict]:
+        return "UPID1", "tasks/x/UPID1", {"queued": vmids}
+
+    assert backup_jobs.run_due(store, "n1", now, submit) == []  # no job at all
+    job = {"id": "j1", "schedule": "*:00", "all": 1, "enabled": 1,
+           "created": now, "storage": "local"}  # fmt: skip
+    store.put(keys.backup_job("j1"), job)
+    assert backup_jobs.run_due(store, "n1", now, submit) == []  # next run at 11:00
+    assert keys.GUESTS not in ranges
+    assert backup_jobs.run_due(store, "n1", now + 3600, submit) == ["UPID1"]
+    assert ranges.count(keys.GUESTS) == 1
+
+
 def test_interrupted_job_run_is_queued_again_once() -> None:
     from corral.cluster import backup  # noqa: F401 - registers vzdump's recovery
     from corral.cluster.tasks import INTERRUPTED, TaskWorker, Upid, record_key
