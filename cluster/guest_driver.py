@@ -219,8 +219,16 @@ class GuestDriver:
         """Clean shutdown; after `timeout` s stop hard if `force_stop`, else raise."""
         raise NotImplementedError
 
-    def stop(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
-        """Hard stop. Stopping a stopped guest is not an error."""
+    def stop(
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        *,
+        log: LogFn,
+        ready: Callable[[], None] | None = None,
+    ) -> None:
+        """Hard stop. Stopping a stopped guest is not an error. `ready`: as for start,
+        called right before the guest is stopped (not at all when it is stopped)."""
         raise NotImplementedError
 
     def reboot(

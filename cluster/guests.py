@@ -303,7 +303,7 @@ def _stop(ctx: TaskContext, args: dict[str, Any]) -> None:
     rec = _record(ctx, args)
     if not args.get("skiplock"):
         check_lock(rec, allow=("backup",))
-    _driver(ctx, rec["type"]).stop(rec["vmid"], rec["config"], log=ctx.log)
+    _driver(ctx, rec["type"]).stop(rec["vmid"], rec["config"], log=ctx.log, ready=ctx.recorded)
     _mark(ctx, rec, "stopped", current=True)
 
 
@@ -545,9 +545,10 @@ HANDLERS: dict[str, Callable[[TaskContext, dict[str, Any]], None]] = {
 }
 for _type, _names in TASK_TYPES.items():
     for _op, _task in _names.items():
-        # A start prepares while its record is written (Tasks.submit): the driver
-        # calls `ready` (TaskContext.recorded) before the guest starts.
-        task_handler(_task, early=_op == "start")(HANDLERS[_op])
+        # A start or stop prepares and checks while its record is written
+        # (Tasks.submit): the driver calls `ready` (TaskContext.recorded) right
+        # before it starts or stops the guest.
+        task_handler(_task, early=_op in ("start", "stop"))(HANDLERS[_op])
 
 
 # -- live status -----------------------------------------------------------------

@@ -432,11 +432,20 @@ class QemuDriver(GuestDriver):
             raise CommandFailed(cmd="stop", stderr=f"VM {vmid} still running")
         log(f"VM {vmid} stopped")
 
-    def stop(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
+    def stop(
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        *,
+        log: LogFn,
+        ready: Callable[[], None] | None = None,
+    ) -> None:
         with self._lock(vmid):
             dom = self._domain(vmid)
             if self._active(dom):
                 assert dom is not None
+                if ready is not None:
+                    ready()
                 self._destroy_domain(dom, vmid, log)
 
     def _running_domain(self, vmid: int) -> libvirt.virDomain:

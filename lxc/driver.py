@@ -343,12 +343,6 @@ class LxcDriver(GuestDriver):
             return "RUNNING"  # its lxc monitor died; the container did not
         return state
 
-    def _orphan(self, vmid: int) -> int | None:
-        """The init PID of a container running without its lxc monitor."""
-        if str(self._ct(vmid).state) != "STOPPED":
-            return None
-        return orphans.orphan_pid(self._dir(vmid))
-
     def _wait_state(
         self, vmid: int, want: set[str], timeout: float, *, ct: _lxc.Container | None = None
     ) -> bool:
@@ -383,11 +377,25 @@ class LxcDriver(GuestDriver):
                 )
             log(f"CT {vmid} shut down")
 
-    def stop(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
+    def stop(
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        *,
+        log: LogFn,
+        ready: Callable[[], None] | None = None,
+    ) -> None:
         with self._lock(vmid):
-            if self._state(vmid) == "STOPPED":
+            if not os.path.isdir(self._dir(vmid)):
                 return
-            orphan = self._orphan(vmid)
+            ct = self._ct(vmid)  # one handle for the checks and the wait: each parses the config
+            stopped = str(ct.state) == "STOPPED"
+            # Stopped for liblxc, yet its init may run on without its monitor.
+            orphan = orphans.orphan_pid(self._dir(vmid)) if stopped else None
+            if stopped and not orphan:
+                return
+            if ready is not None:
+                ready()
             if orphan:
                 if not orphans.kill(orphan, STOP_TIMEOUT):
                     raise CommandFailed(cmd="kill", stderr=f"CT {vmid} still running")
@@ -395,7 +403,7 @@ class LxcDriver(GuestDriver):
                 return
             argv = ["lxc-stop", "-P", self.lxcpath, "-n", self._name(vmid), "-k"]
             _run(argv, timeout=STOP_TIMEOUT, ok=(0, 2))  # 2: was not running
-            if not self._wait_state(vmid, {"STOPPED"}, STOP_TIMEOUT):
+            if not self._wait_state(vmid, {"STOPPED"}, STOP_TIMEOUT, ct=ct):
                 raise CommandFailed(cmd=" ".join(argv), stderr=f"CT {vmid} still running")
             log(f"CT {vmid} stopped")
 

@@ -73,7 +73,16 @@ class FakeDriver(GuestDriver):
             raise Conflict(f"guest {vmid} already running")
         self.guests[vmid].update(status="running", config=dict(config))
 
-    def stop(self, vmid: int, config: dict[str, Any], *, log: LogFn) -> None:
+    def stop(
+        self,
+        vmid: int,
+        config: dict[str, Any],
+        *,
+        log: LogFn,
+        ready: Callable[[], None] | None = None,
+    ) -> None:
+        if ready is not None:
+            ready()
         self.calls.append(("stop", vmid))
         self.guests[vmid]["status"] = "stopped"
 
