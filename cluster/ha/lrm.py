@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from corral.cluster.errors import CorralError, Unavailable
 from corral.cluster.ha import timing
 from corral.cluster.ha.env import AGENT_LOCK, LRM_STATUS, HAEnv, HAState, LeaseLock
@@ -29,6 +31,7 @@ class LRM:
         self.results: dict[str, dict[str, Any]] = {}
         self.mine: list[str] = []  # HA services placed on this node (watchdog scope)
         self.done = False  # shutdown finished: agent lock released
+        self._published: tuple[bytes, float] | None = None  # (status, when) last written
 
     def log(self, msg: str, level: str = "info") -> None:
         self.env.log(level, f"{self.env.node}/lrm", msg)
@@ -97,10 +100,15 @@ class LRM:
 
     def _publish(self, state: str | None = None) -> None:
         doc = {"state": state or self.state, "mode": self.mode, "results": self.results}
+        body, now = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS), self.env.now()
+        last = self._published
+        if last is not None and last[0] == body and now - last[1] < timing.STATUS_REFRESH:
+            return  # unchanged (timing.STATUS_REFRESH)
         try:
             self.env.store.put(LRM_STATUS + self.env.node, doc)
         except Unavailable:
-            pass
+            return
+        self._published = (body, now)
 
     def _result(self, sd: dict[str, Any], sid: str, code: int) -> None:
         self.results[str(sd.get("uid"))] = {"sid": sid, "exit_code": code}

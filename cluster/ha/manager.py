@@ -3,8 +3,9 @@
 Every node runs a CRM; the one holding the manager lock (a key created if
 absent under its lease) is master and decides, once per round, each
 service's state: started, request_stop, stopped, migrate, relocate, fence,
-recovery, freeze, error. It writes the manager status only in a transaction
-that compares the lock's value, so a CRM that lost its lock changes nothing.
+recovery, freeze, error. It writes the manager status when a round changed it,
+and only in a transaction that compares the lock's value, so a CRM that lost
+its lock changes nothing.
 
 Recovery of a dead node's services waits until the node's agent lock has been
 gone for FENCE_MARGIN (timing.py); the write that acknowledges the fence also
@@ -15,6 +16,8 @@ either wins (its services stay with it) or sees the new placement.
 from __future__ import annotations
 
 from typing import Any
+
+import orjson
 
 from corral.cluster.errors import Unavailable
 from corral.cluster.ha import timing
@@ -78,6 +81,7 @@ class CRM:
     def manage(self) -> None:
         env, now = self.env, self.env.now()
         ms = self.ha.manager_status()
+        as_read = orjson.dumps(ms, option=orjson.OPT_SORT_KEYS)
         ss: dict[str, dict[str, Any]] = ms.setdefault("service_status", {})
         ns: dict[str, str] = ms.setdefault("node_status", {})
         nr: dict[str, dict[str, Any]] = ms.setdefault("node_request", {})
@@ -185,6 +189,10 @@ class CRM:
                 if (ss[sid]["state"], ss[sid]["node"]) == before:
                     break
 
+        if not success and orjson.dumps(ms, option=orjson.OPT_SORT_KEYS) == as_read:
+            # Nothing decided: no write. One every round was 2 puts a second, each
+            # fsynced by every etcd member and sent to every node's watch.
+            return
         success.insert(0, ("put", MANAGER_STATUS, ms))
         if not env.store.txn(compares, success):
             self.log("manager status not written: lock or fence state changed; retrying", "warn")

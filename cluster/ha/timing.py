@@ -48,6 +48,11 @@ AGENT_TTL = 5  # etcd lease TTL of the agent lock (integer seconds: etcd's unit)
 KILL_BUDGET = AGENT_TTL - WATCHDOG  # time for the kill before the lease may expire
 FENCE_MARGIN = 0.5  # CRM waits this long after seeing the agent lock gone
 MANAGER_TTL = 5  # etcd lease TTL of the manager lock
+# An LRM writes its status when it changes, and unchanged at most this often (a
+# key lost meanwhile, to a restore or a node's cleanup, comes back): a write every
+# ROUND was 2 puts a second per node, each fsynced by every etcd member and sent
+# to every node's watch.
+STATUS_REFRESH = 10.0
 
 assert KILL_BUDGET + FENCE_MARGIN >= 1.0
 assert 2.0 + 1.5 + 0.5 <= WATCHDOG  # the blip budget measured in the lab, plus headroom
