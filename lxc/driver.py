@@ -292,7 +292,11 @@ class LxcDriver(GuestDriver):
         if not os.path.isdir(self._dir(vmid)):
             raise NotFound(what=f"CT {vmid} on node '{self.node}'")
         with self._lock(vmid):
-            if self._ct(vmid).running or orphans.orphan_pid(self._dir(vmid)):
+            # One liblxc handle for the whole start (each parses the config): its state
+            # and init pid are asked of the monitor, not of the config it read, so the
+            # config written below does not make it stale for them.
+            ct = self._ct(vmid)
+            if ct.running or orphans.orphan_pid(self._dir(vmid)):
                 raise Conflict(f"CT {vmid} already running")
             if cfg.value(config, "unprivileged"):
                 check_subids()
@@ -321,7 +325,6 @@ class LxcDriver(GuestDriver):
                 raise CommandFailed(
                     cmd=" ".join(argv), stderr=f"{err.kwargs.get('stderr')}\n{self._log_tail(vmid)}"
                 ) from err
-            ct = self._ct(vmid)  # one handle for the wait and the pid: each parses the config
             self._wait_state(vmid, {"RUNNING"}, START_TIMEOUT, ct=ct)
             pid = ct.init_pid
             orphans.record(self._dir(vmid), pid)  # found again if its monitor dies
