@@ -226,9 +226,11 @@ class Tasks:
                 raise
             landing.landed(revision)
             return upid
+        if worker is not None:
+            worker.expect(upid)  # its watch may deliver the put before the put returns
         try:
             revision = self.store.put(key, record)
-        except Unavailable:
+        except BaseException:
             self._void(node, upid, key, worker)
             raise
         if worker is not None:
@@ -526,6 +528,11 @@ class TaskWorker:
         # Tasks whose submitter's record put failed with an unknown outcome (the API
         # answered 503): should the put land late, the task is ended unrun (see void).
         self._void: dict[str, None] = {}
+        # upid -> the record as the watch delivered it (None: not yet), for tasks of this
+        # node whose submitter's put is in flight in this process. Held, not run: if
+        # the put is then reported failed, the record had landed all the same and is
+        # ended unrun (void); else the submitter queues it (offer, await_record).
+        self._inflight: dict[str, dict[str, Any] | None] = {}
         self.stopped = False
         self._watch: Any = None
         self.context: MutableMapping[str, Any] = {}  # the node's services (NodeServices)
@@ -584,6 +591,10 @@ class TaskWorker:
 
     def _on_record(self, rec: dict[str, Any], revision: int = 0) -> None:
         upid = rec["upid"]
+        with self._lock:
+            if upid in self._inflight and self._inflight[upid] is None:
+                self._inflight[upid] = rec  # its put landed; the submitter not told yet
+                return
         if upid in self._void:
             with self._lock:
                 self._void.pop(upid, None)
@@ -626,14 +637,27 @@ class TaskWorker:
                 self._decided.pop(next(iter(self._decided)))
             return True
 
+    def expect(self, upid: str) -> None:
+        """This process is about to write the record of task `upid` of this node: the
+        watch's copy is held until the put's outcome is known (offer or void)."""
+        with self._lock:
+            self._inflight[upid] = None
+
     def void(self, upid: str) -> None:
         """The record of task `upid` could not be written (a timeout or a reset
         connection: etcd may still apply the put later). Should it appear, it is
         ended unrun, as VOIDED: its API call answered 503, so it must not happen."""
         with self._lock:
-            self._void[upid] = None
-            while len(self._void) > 1024:
-                self._void.pop(next(iter(self._void)))
+            arrived = self._inflight.pop(upid, None)
+            if arrived is None:
+                self._void[upid] = None  # should it land later, _on_record ends it
+                while len(self._void) > 1024:
+                    self._void.pop(next(iter(self._void)))
+                return
+            if upid in self._landing:
+                self._late[upid] = arrived  # begun early: ended as it unwinds
+                return
+        self._end_void(arrived)  # landed before its put was reported failed: never run
 
     def _end_void(self, rec: dict[str, Any]) -> None:
         """End a voided task unrun; retried while etcd is still coming back (its
@@ -655,6 +679,7 @@ class TaskWorker:
         with self._lock:
             key = self._reserved.pop(upid)
             self._landing[upid] = landing
+            self._inflight[upid] = None
             self._seen.add(upid)
             self._claimed.add(upid)
             self._live[upid] = rec
@@ -678,6 +703,7 @@ class TaskWorker:
         if not self.clock.wait(landing.done, RECORD_WAIT_SECONDS) or not landing.revision:
             raise TaskVoided()
         with self._lock:
+            self._inflight.pop(upid, None)
             if self._landing.pop(upid, None) is not None:
                 # The record as written, at its revision: the task's end needs no read.
                 self._written[upid] = (landing.revision, landing.record)
@@ -693,6 +719,8 @@ class TaskWorker:
         """A task this process has just recorded for this node, at `revision`: queue
         it now rather than when the watch delivers the put (one hop less; the watch
         event that follows is ignored as already seen)."""
+        with self._lock:
+            self._inflight.pop(rec["upid"], None)
         self._accept(rec, revision)
 
     def wait_decided(self, upid: str, timeout: float) -> bool:
@@ -848,6 +876,7 @@ class TaskWorker:
         upid = rec["upid"]
         with self._lock:
             self._landing.pop(upid, None)
+            self._inflight.pop(upid, None)
             self._seen.discard(upid)
             self._live.pop(upid, None)
             self._written.pop(upid, None)

@@ -355,6 +355,48 @@ def test_a_task_whose_record_put_failed_never_runs_when_the_put_lands_late(
     wait_for(lambda: store.get_value(other.key)["abort"] is True, timeout=10)
 
 
+def test_a_task_whose_put_landed_before_its_failure_was_reported_never_runs(
+    store: StoreAPI, worker: TaskWorker
+) -> None:
+    """etcd applied the put, and the watch delivered the record, before the caller's
+    put reported a failure (a connection reset right after etcd applied it). The API
+    answered 503, so the task must not run; and it must not stay "running" or
+    "queued" either: it ends unrun, as VOIDED. On a quiet guest (recorded as running,
+    begun at once; an early handler waits at its gate) and on a busy one (queued)."""
+    from corral.cluster.errors import Unavailable
+    from corral.cluster.tasks import VOIDED
+
+    RUNS.clear()
+    GATE.clear()
+    STEPS.clear()
+    tasks = Tasks(store)
+    real_put = store.put
+
+    def put_then_fail(key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        real_put(key, value, *args, **kwargs)
+        if key.startswith("tasks/") and value.get("type") in ("t_count", "t_early"):
+            time.sleep(0.3)  # the watch delivers the record meanwhile
+            raise Unavailable("connection to etcd was reset")
+        return 0
+
+    busy = tasks.submit(node="n1", type="t_wait", id="6", user="u@pve", serial="vm:6")
+    store.put = put_then_fail  # type: ignore[method-assign]
+    try:
+        for type_, serial in (("t_count", "vm:66"), ("t_early", "vm:67"), ("t_count", "vm:6")):
+            with pytest.raises(Unavailable):
+                tasks.submit(node="n1", type=type_, id="6", user="u@pve", serial=serial)
+    finally:
+        del store.put
+    ours = [kv.value for kv in store.range("tasks/n1/") if kv.value["type"] != "t_wait"]
+    assert len(ours) == 3
+    for rec in ours:
+        assert tasks.wait(rec["upid"], timeout=10)["exitstatus"] == VOIDED
+    GATE.set()
+    assert tasks.wait(busy)["exitstatus"] == "OK"
+    assert RUNS == []  # neither ran
+    assert STEPS == ["prepared"]  # the early one never got past its gate
+
+
 STEPS: list[str] = []
 
 
