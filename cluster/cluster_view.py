@@ -458,7 +458,7 @@ def shared_view(services: MutableMapping[str, Any], store: StoreAPI) -> ClusterV
         return view  # type: ignore[no-any-return]
 
 
-def _caught_up_view(
+def caught_up_view(
     services: MutableMapping[str, Any] | None, store: StoreAPI
 ) -> ClusterView | None:
     """The node's view of `store` when it holds this process's writes, else None."""
@@ -474,7 +474,7 @@ def local_value(
     """`key`'s value (a copy) from the node's view when that holds this process's own
     writes (ClusterView.caught_up), else from the store. For hot-path reads whose
     "no" the caller confirms with the store (see the module's docstring)."""
-    view = _caught_up_view(services, store)
+    view = caught_up_view(services, store)
     if view is not None:
         item = view.kv(key)
         return default if item is None else orjson.loads(orjson.dumps(item[1]))
@@ -490,7 +490,7 @@ def local_items(
     services: MutableMapping[str, Any] | None, store: StoreAPI, sub: str
 ) -> dict[str, Any]:
     """{key: value} under `sub` (by key, copies), as local_value reads one."""
-    view = _caught_up_view(services, store)
+    view = caught_up_view(services, store)
     if view is not None:
         return dict(orjson.loads(orjson.dumps(view.items(sub))))
     return {kv.key: kv.value for kv in store.range(sub)}

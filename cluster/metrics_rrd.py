@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.cluster import guest_status, keys, metrics_core
+from corral.cluster.cluster_view import ClusterView, caught_up_view
 
 log = logging.getLogger(__name__)
 
@@ -217,16 +218,28 @@ def storage_sample(entry: dict[str, Any]) -> dict[str, Any]:
     return {"total": entry.get("total"), "used": entry.get("used")}
 
 
-def record_round(rrd: RrdStore, store: Any, now: float | None = None) -> int:
-    """Record every published figure of the cluster; returns the number of samples."""
+def record_round(
+    rrd: RrdStore, store: Any, now: float | None = None, *, view: ClusterView | None = None
+) -> int:
+    """Record every published figure of the cluster; returns the number of samples.
+    From the node's `view` when given (in memory: at 10,000 guests a range read of
+    every status key was 2 MB to fetch and decode per round, on every node), else
+    from the store."""
     now = time.time() if now is None else now
     count = 0
     with metrics_core.Timer() as t:
-        for kv in store.range(keys.NODE_STATUS):
-            node = kv.key.split("/", 1)[1]
-            st = kv.value or {}
+        if view is not None:
+            nodes, live = view.items(keys.NODE_STATUS), view.live()
+            storages = view.items(keys.STORAGE_STATUS)
+        else:
+            nodes = {kv.key: kv.value for kv in store.range(keys.NODE_STATUS)}
+            live = guest_status.live_status(store)
+            storages = {kv.key: kv.value for kv in store.range(keys.STORAGE_STATUS)}
+        for key, value in nodes.items():
+            node = key.split("/", 1)[1]
+            st = value or {}
             count += rrd.update("pve2-node", node, node_sample(st), st.get("time", now))
-        for vmid, entry in guest_status.live_status(store).items():
+        for vmid, entry in live.items():
             when = entry.get("time", now)
             # A node re-publishes an entry only when its figures move, and each
             # once every guest_status.REFRESH s: one that recent holds now,
@@ -237,9 +250,9 @@ def record_round(rrd: RrdStore, store: Any, now: float | None = None) -> int:
             elif now - SAMPLE_INTERVAL <= when < now:
                 when = now
             count += rrd.update("pve2-vm", vmid, guest_sample(entry), when, gap=gap)
-        for kv in store.range(keys.STORAGE_STATUS):
-            node = kv.key.split("/", 1)[1]
-            for sid, entry in (kv.value or {}).items():
+        for key, value in storages.items():
+            node = key.split("/", 1)[1]
+            for sid, entry in (value or {}).items():
                 if isinstance(entry, dict):
                     count += rrd.update("pve2-storage", f"{node}/{sid}",
                                         storage_sample(entry), now)  # fmt: skip
@@ -247,14 +260,17 @@ def record_round(rrd: RrdStore, store: Any, now: float | None = None) -> int:
     return count
 
 
-def prune(rrd: RrdStore, store: Any) -> int:
+def prune(rrd: RrdStore, store: Any, *, view: ClusterView | None = None) -> int:
     """Remove the history of guests that no longer exist (a VMID used again later
     starts a fresh graph). Judged by the guest records, not by the status documents:
     the guests of a node that is down have no status but still exist."""
     folder = rrd.base / "pve2-vm"
     if not folder.is_dir():
         return 0
-    alive = {kv.key.rsplit("/", 1)[1] for kv in store.range(keys.GUESTS)}
+    if view is not None:
+        alive = {str(rec["vmid"]) for rec in view.guests()}
+    else:
+        alive = {kv.key.rsplit("/", 1)[1] for kv in store.range(keys.GUESTS)}
     gone = 0
     for entry in folder.glob("*.rrd"):
         if entry.stem not in alive:
@@ -286,10 +302,10 @@ def status_hook(node: Any) -> None:
 
     def run() -> None:
         try:
-            record_round(rrd, node.store)
+            record_round(rrd, node.store, view=caught_up_view(services, node.store))
             services["rrd_rounds"] = rounds = services.get("rrd_rounds", 0) + 1
             if rounds % PRUNE_EVERY == 0:
-                prune(rrd, node.store)
+                prune(rrd, node.store, view=caught_up_view(services, node.store))
             metrics_core.LEADER.sample(int(getattr(node.store.status(), "leader", 0) or 0))
         except Exception as err:  # noqa: BLE001 - retried next round
             log.warning("history round failed: %s", err)

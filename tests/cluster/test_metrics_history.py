@@ -6,11 +6,13 @@ The record rounds read a real etcd (the session's), as a node does.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from corral.cluster import keys, metrics_push, metrics_rrd
+from corral.cluster.cluster_view import ClusterView
 from corral.cluster.store import Store
 
 pytestmark = pytest.mark.skipif(
@@ -64,8 +66,32 @@ def test_bad_names_are_refused(tmp_path: Path, name: str) -> None:
         metrics_rrd.RrdStore(tmp_path).path("pve2-storage", "node1/../../etc")
 
 
+@pytest.mark.parametrize("source", ["store", "view"])
 def test_round_records_the_cluster_and_follows_a_migrated_guest(
-    tmp_path: Path, store: Store
+    tmp_path: Path, store: Store, source: str
+) -> None:
+    """From etcd, or (as a node does) from the node's in-memory view of it."""
+    view = ClusterView(store).start() if source == "view" else None
+
+    def record(rrd: metrics_rrd.RrdStore, t: int) -> int:
+        if view is not None:
+            assert view.wait_revision(store.revision(), 10)
+        return metrics_rrd.record_round(rrd, store, now=t, view=view)
+
+    def prune(rrd: metrics_rrd.RrdStore) -> int:
+        if view is not None:
+            assert view.wait_revision(store.revision(), 10)
+        return metrics_rrd.prune(rrd, store, view=view)
+
+    try:
+        _round_records_the_cluster(tmp_path, store, record, prune)
+    finally:
+        if view is not None:
+            view.stop()
+
+
+def _round_records_the_cluster(
+    tmp_path: Path, store: Store, record: Callable[..., int], prune: Callable[..., int]
 ) -> None:
     rrd = metrics_rrd.RrdStore(tmp_path)
     now = int(time.time())
@@ -82,7 +108,7 @@ def test_round_records_the_cluster_and_follows_a_migrated_guest(
                                                "cpus": 1, "time": t})  # fmt: skip
         store.delete(keys.guest_status(off, 300))
         # 2 nodes, a guest, a storage
-        assert metrics_rrd.record_round(rrd, store, now=t) == 4
+        assert record(rrd, t) == 4
     cpus = [r["cpu"] for r in rrd.fetch("pve2-vm", "300", "hour") if "cpu" in r]
     assert cpus[0] == pytest.approx(0.25) and cpus[-1] == pytest.approx(0.75)
     assert len(list((tmp_path / "pve2-vm").iterdir())) == 1  # one history, by VMID
@@ -92,9 +118,9 @@ def test_round_records_the_cluster_and_follows_a_migrated_guest(
     assert storage[-1] == {"time": storage[-1]["time"], "total": 1000, "used": 250}
     # Destroyed guests lose their history; existing ones keep it, running or not.
     store.put(keys.guest(300), {"vmid": 300, "type": "lxc", "node": "nb", "config": {}})
-    assert metrics_rrd.prune(rrd, store) == 0
+    assert prune(rrd) == 0
     store.delete(keys.guest(300))
-    assert metrics_rrd.prune(rrd, store) == 1
+    assert prune(rrd) == 1
     assert rrd.fetch("pve2-vm", "300", "hour") == []
 
 
