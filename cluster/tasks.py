@@ -641,7 +641,12 @@ class TaskWorker:
         """This process is about to write the record of task `upid` of this node: the
         watch's copy is held until the put's outcome is known (offer or void)."""
         with self._lock:
-            self._inflight[upid] = None
+            self._expect_locked(upid)
+
+    def _expect_locked(self, upid: str) -> None:
+        self._inflight[upid] = None
+        while len(self._inflight) > 1024:  # one left behind (its task ended unbegun)
+            self._inflight.pop(next(iter(self._inflight)))
 
     def void(self, upid: str) -> None:
         """The record of task `upid` could not be written (a timeout or a reset
@@ -679,7 +684,7 @@ class TaskWorker:
         with self._lock:
             key = self._reserved.pop(upid)
             self._landing[upid] = landing
-            self._inflight[upid] = None
+            self._expect_locked(upid)
             self._seen.add(upid)
             self._claimed.add(upid)
             self._live[upid] = rec
