@@ -232,6 +232,12 @@ class Store(StoreAPI):
             if code == grpc.StatusCode.FAILED_PRECONDITION:
                 raise aetcd.exceptions.PreconditionFailedError(details) from err
             self._fail(f"etcd error: {code.name}: {details}")
+        except ValueError as err:
+            # The channel was closed under this call (the store is closing, or a
+            # dropped channel's delayed close came first): unavailable, not a crash.
+            if "closed channel" not in str(err):
+                raise
+            self._fail("its channel was closed")
         finally:
             metrics_core.record_etcd(time.monotonic() - started, ok)
         self.last_ok = time.monotonic()
@@ -252,7 +258,7 @@ class Store(StoreAPI):
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(self._drop_client(), self._loop).result(2)
         self._closed = True
-        self._channel.drop()
+        self._channel.close()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(2)
 

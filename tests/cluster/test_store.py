@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -416,3 +418,33 @@ def test_txn_revision_says_what_it_wrote(store: StoreAPI) -> None:
     assert store.txn_revision([("mod", "tr/a", "==", first)], [("put", "tr/a", 9)]) == 0
     assert store.get_value("tr/a") == 2
     assert store.txn_revision([("mod", "tr/a", "==", rev)], [("put", "tr/a", 4)]) > rev
+
+
+def test_a_call_racing_a_dropped_channel_still_answers(etcd: EmbeddedEtcd) -> None:
+    """A failed call drops the shared channel while other threads hold its stubs:
+    their calls still go through (closing it at once made them fail with
+    "Cannot invoke RPC on closed channel!", a 500 from the API). When the store
+    closes under a call, that call fails as unavailable, not with a ValueError."""
+    store = Store([etcd.endpoint], prefix=f"/corral-test/{uuid.uuid4().hex}/", timeout=5)
+    try:
+        store.put("k", 1)
+        real = store._channel.stubs
+
+        def racing(endpoint: str) -> Any:
+            out = real(endpoint)
+            store._channel.drop(out[2])  # another thread's failure, just after we got them
+            return out
+
+        store._channel.stubs = racing  # type: ignore[method-assign]
+        for _ in range(3):
+            assert store.get_value("k") == 1
+        store._channel.stubs = real  # type: ignore[method-assign]
+        kv, _, channel = store._channel.stubs(etcd.endpoint)
+        store._channel.close()  # as Store.close does, under a call about to be made
+        store._channel.stubs = lambda endpoint: (kv, None, channel)  # type: ignore[method-assign]
+        with pytest.raises(Unavailable, match="channel was closed"):
+            store.get("k")
+    finally:
+        store._channel.stubs = real  # type: ignore[method-assign]
+        store.delete_prefix("")
+        store.close()
