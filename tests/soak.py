@@ -166,6 +166,7 @@ def main() -> int:
     ap.add_argument("--guests", type=int, default=6, help="size of the VMID pool")
     ap.add_argument("--faults", action="store_true", help="kill -9 corrald or its etcd")
     ap.add_argument("--fault-every", type=float, default=15)
+    ap.add_argument("--log", help="keep corrald's log (every restart's) in this file")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="corral-soak-"))
     tmp.chmod(0o755)
@@ -200,6 +201,8 @@ def main() -> int:
         return 0 if ok else 1
     finally:
         node.stop()
+        if args.log:
+            shutil.copyfile(node.data_dir / "test-corrald.log", args.log)
         cleanup_lxcpath(str(node.data_dir / "lxc"))
         shutil.rmtree(tmp, ignore_errors=True)
 
