@@ -443,7 +443,13 @@ class LxcDriver(GuestDriver):
                     continue  # never allocated
                 volumes.unmount_rootdir(volid)
                 if _owned(volid, vmid):
-                    volumes.free(volid)
+                    try:
+                        volumes.free(volid)
+                    except NotFound:
+                        # Freed already: a destroy interrupted after it (its recovery
+                        # runs it again) or removed by hand. Gone is what we want.
+                        log(f"{key} {volid} was already freed")
+                        continue
                     log(f"freed {key} {volid}")
             for index in cfg.parse_net(config):
                 bridges.delete_link(veth_name(vmid, index))

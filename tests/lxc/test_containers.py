@@ -15,6 +15,7 @@ import pytest
 from corral.cluster import bridges
 from corral.cluster.errors import CommandFailed, Conflict, ParamError, Unavailable
 from corral.lxc import cgroups, nesting, status
+from corral.lxc import config as cfg
 from corral.lxc.driver import LxcDriver
 from corral.storage.volumes import Volumes
 from tests.lxc.helpers import (
@@ -129,6 +130,21 @@ def test_lifecycle(driver: LxcDriver, volumes: Volumes, vmid: int) -> None:
     driver.destroy(vmid, config, volumes=volumes, log=_noop)
     assert not os.path.exists(os.path.join(driver.lxcpath, str(vmid)))
     assert owned(volumes) == []
+
+
+def test_destroy_finishes_when_a_volume_is_already_freed(
+    driver: LxcDriver, volumes: Volumes, vmid: int
+) -> None:
+    """A destroy killed after freeing the volume is run again by its recovery: the
+    missing volume is what a destroy wants, not a reason to leave the CT behind
+    (seen in a soak: the guest's record stayed, without container or volume)."""
+    config = _create(driver, volumes, vmid)
+    volumes.free(cfg.parse_mps(config)["rootfs"]["volume"])  # the first attempt got this far
+    lines: list[str] = []
+    driver.destroy(vmid, config, volumes=volumes, log=lines.append)
+    assert not os.path.exists(os.path.join(driver.lxcpath, str(vmid)))
+    assert owned(volumes) == []
+    assert any("already freed" in line for line in lines)
 
 
 def test_shutdown_without_force_times_out(driver: LxcDriver, volumes: Volumes, vmid: int) -> None:
