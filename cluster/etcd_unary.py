@@ -15,7 +15,6 @@ This module builds the requests and holds the channel; `Store` keeps the policy
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -113,22 +112,18 @@ def get_op(key: bytes) -> Any:
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
 
 
-# A dropped channel is closed at a later drop at least this many seconds on, not
-# at once: other threads may hold its stubs, and closing it would cancel their
-# calls in flight (a put that etcd applies all the same reads as failed) and
-# refuse the ones they are about to make ("Cannot invoke RPC on closed channel!").
-CLOSE_DELAY = 30.0
-
-
 class Channel:
     """One blocking channel to the current endpoint, shared by every thread
-    (gRPC channels are thread-safe); `drop` makes the next call dial anew."""
+    (gRPC channels are thread-safe); `drop` makes the next call dial anew.
+
+    A dropped channel is closed at once: the other threads' calls in flight on it
+    fail then too, not each after its own timeout (a frozen etcd answers nobody).
+    A call about to start on it fails as well (Store._unary: unavailable)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._stubs: tuple[Any, Any] | None = None
-        self._retired: list[tuple[float, grpc.Channel]] = []  # (close after, channel)
 
     def stubs(self, endpoint: str) -> tuple[Any, Any, grpc.Channel]:
         """(KV stub, lease stub, the channel they use) for `endpoint`."""
@@ -144,19 +139,9 @@ class Channel:
             if self._channel is None or (channel is not None and channel is not self._channel):
                 return False
             old, self._channel, self._stubs = self._channel, None, None
-            now = time.monotonic()
-            due = [ch for after, ch in self._retired if after <= now]
-            self._retired = [(a, ch) for a, ch in self._retired if a > now]
-            self._retired.append((now + CLOSE_DELAY, old))
-        for ch in due:
-            ch.close()
+        old.close()
         return True
 
     def close(self) -> None:
-        """Close every channel now (the store is closing)."""
-        with self._lock:
-            old, self._channel, self._stubs = self._channel, None, None
-            channels = [ch for _, ch in self._retired] + ([old] if old is not None else [])
-            self._retired = []
-        for ch in channels:
-            ch.close()
+        """Close the channel (the store is closing)."""
+        self.drop()

@@ -233,8 +233,8 @@ class Store(StoreAPI):
                 raise aetcd.exceptions.PreconditionFailedError(details) from err
             self._fail(f"etcd error: {code.name}: {details}")
         except ValueError as err:
-            # The channel was closed under this call (the store is closing, or a
-            # dropped channel's delayed close came first): unavailable, not a crash.
+            # Another thread's failed call closed the shared channel as this call
+            # began (unary.Channel), or the store is closing: unavailable, not a 500.
             if "closed channel" not in str(err):
                 raise
             self._fail("its channel was closed")
