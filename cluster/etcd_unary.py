@@ -118,7 +118,8 @@ class Channel:
 
     A dropped channel is closed at once: the other threads' calls in flight on it
     fail then too, not each after its own timeout (a frozen etcd answers nobody).
-    A call about to start on it fails as well (Store._unary: unavailable)."""
+    A call about to start on it fails at once without sending anything (a
+    ValueError whose text varies by gRPC version); Store._unary dials anew then."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -141,6 +142,11 @@ class Channel:
             old, self._channel, self._stubs = self._channel, None, None
         old.close()
         return True
+
+    def current(self, channel: grpc.Channel) -> bool:
+        """Whether `channel` is still the one calls are made on (not dropped)."""
+        with self._lock:
+            return channel is self._channel
 
     def close(self) -> None:
         """Close the channel (the store is closing)."""

@@ -211,11 +211,29 @@ class Store(StoreAPI):
     def _unary(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
         """One KV ("Range", "Put", "DeleteRange", "Txn") or lease ("LeaseGrant",
         "LeaseRevoke") RPC from this thread, bounded by `timeout` seconds."""
-        if self._closed:
-            raise Unavailable("store is closed")
+        for attempt in (1, 2):
+            if self._closed:
+                raise Unavailable("store is closed")
+            endpoint = self.endpoints[self._current % len(self.endpoints)]
+            kv, leases, channel = self._channel.stubs(endpoint)
+            try:
+                return self._unary_on(kv, leases, channel, method, request, timeout)
+            except ValueError:
+                # Another thread's failed call closed the shared channel (unary.Channel)
+                # between our taking its stubs and the call: gRPC refused the call
+                # before sending anything, so it is safe to make once more on a fresh
+                # channel. Any other ValueError is a bug and propagates.
+                if self._channel.current(channel) and not self._closed:
+                    raise
+                if attempt == 2 or self._closed:
+                    self._fail("its channel was closed")
+        raise AssertionError("unreachable")
+
+    def _unary_on(
+        self, kv: Any, leases: Any, channel: grpc.Channel, method: str, request: Any,
+        timeout: float | None,
+    ) -> Any:  # fmt: skip
         limit = self.timeout if timeout is None else timeout
-        endpoint = self.endpoints[self._current % len(self.endpoints)]
-        kv, leases, channel = self._channel.stubs(endpoint)
         stub = leases if method.startswith("Lease") else kv
         started, ok = time.monotonic(), False
         try:
@@ -232,12 +250,6 @@ class Store(StoreAPI):
             if code == grpc.StatusCode.FAILED_PRECONDITION:
                 raise aetcd.exceptions.PreconditionFailedError(details) from err
             self._fail(f"etcd error: {code.name}: {details}")
-        except ValueError as err:
-            # Another thread's failed call closed the shared channel as this call
-            # began (unary.Channel), or the store is closing: unavailable, not a 500.
-            if "closed channel" not in str(err):
-                raise
-            self._fail("its channel was closed")
         finally:
             metrics_core.record_etcd(time.monotonic() - started, ok)
         self.last_ok = time.monotonic()

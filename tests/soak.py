@@ -189,6 +189,9 @@ def main() -> int:
         if node.proc is None:
             start(node)
         checks = soak.invariants()
+        # A fault may refuse a call (503, counted as refused) or cut it off,
+        # never break it: any other 5xx is a bug whatever the state says after.
+        checks["no HTTP 5xx but 503"] = not any(e.startswith("HTTP 5") for e in soak.errors)
         ok = all(v for k, v in checks.items() if k != "detail")
         report = {
             "seconds": args.seconds, "clients": args.clients, "guests": args.guests,

@@ -420,29 +420,40 @@ def test_txn_revision_says_what_it_wrote(store: StoreAPI) -> None:
     assert store.txn_revision([("mod", "tr/a", "==", rev)], [("put", "tr/a", 4)]) > rev
 
 
-def test_a_call_racing_a_dropped_channel_is_unavailable_not_an_error(
+def test_a_call_racing_a_dropped_channel_dials_anew_not_an_error(
     etcd: EmbeddedEtcd,
 ) -> None:
     """A failed call closes the shared channel while other threads hold its stubs
     (their calls in flight fail at once, not each after its own timeout). A call
-    that begins on it just then is unavailable (HTTP 503): it raised "Cannot invoke
-    RPC on closed channel!", a ValueError, and the API answered 500 (a soak with
-    kill -9 of etcd saw 17). The next call dials anew and answers."""
+    that begins on it just then is refused by gRPC before anything is sent, with a
+    ValueError ("Cannot invoke RPC on closed channel!" or "Cannot invoke RPC:
+    Channel closed!", by version and path); the API answered 500 for it (soaks with
+    kill -9 of etcd saw 17, then 2). It is made once more on a fresh channel; if
+    that one is closed under it too, the store is unavailable (HTTP 503)."""
     store = Store([etcd.endpoint], prefix=f"/corral-test/{uuid.uuid4().hex}/", timeout=5)
     real = store._channel.stubs
+    races = [0]
+
+    def racing(endpoint: str) -> Any:
+        out = real(endpoint)
+        if races[0] > 0:
+            races[0] -= 1
+            store._channel.drop(out[2])  # another thread's failure, just after we got them
+        return out
+
     try:
         store.put("k", 1)
-
-        def racing(endpoint: str) -> Any:
-            out = real(endpoint)
-            store._channel.drop(out[2])  # another thread's failure, just after we got them
-            return out
-
         store._channel.stubs = racing  # type: ignore[method-assign]
+        races[0] = 1
+        assert store.get_value("k") == 1  # dialled anew
+        races[0] = 1
+        store.put("k", 2)  # a write too: the refused call sent nothing
+        assert store.get_value("k") == 2
+        races[0] = 2
         with pytest.raises(Unavailable, match="channel was closed"):
             store.get("k")
-        store._channel.stubs = real  # type: ignore[method-assign]
-        assert store.get_value("k") == 1
+        assert races[0] == 0
+        assert store.get_value("k") == 2  # and the next call answers
     finally:
         store._channel.stubs = real  # type: ignore[method-assign]
         store.delete_prefix("")
