@@ -520,6 +520,9 @@ class TaskWorker:
         self._reserved: dict[str, str] = {}
         self._claimed: set[str] = set()
         self._early_abort: set[str] = set()
+        # Queued tasks whose claim failed with etcd unreachable, to be claimed again
+        # (_requeue): their claim may have landed all the same.
+        self._unclaimed: set[str] = set()
         # The last records of tasks this worker ended, and the record of each task it
         # runs as last written (Tasks.get answers from these: a status poll of a task
         # of this node reads no etcd, so it still answers while etcd is slow).
@@ -819,17 +822,21 @@ class TaskWorker:
             return
         # Claim it with one compare-and-swap on the revision it was queued at; only
         # when the record changed since (an abort, a restart) is it read again.
-        if claimed:
-            pass
-        elif not (revision and not rec.get("abort") and self._claim(key, rec, revision)):
-            current = self.store.get_value(key)
-            if current is None or current.get("status") != "queued" or current.get("abort"):
-                self._running.pop(rec["upid"], None)
-                self._live.pop(rec["upid"], None)
-                if current is not None and current.get("status") == "queued":
-                    self._recover(current, ABORTED)
+        if not claimed:
+            try:
+                if not self._claim_queued(key, rec, revision):
+                    return
+            except Unavailable as err:
+                # etcd went away as the task was claimed: it has not begun. It is
+                # claimed again once etcd answers (its watch would not offer it again).
+                with self._lock:
+                    self._running.pop(rec["upid"], None)
+                    self._live.pop(rec["upid"], None)
+                    self._unclaimed.add(rec["upid"])
+                log.warning("task %s: not begun, claiming it again in %.0f s: %s",
+                            rec["upid"], self.END_RETRY_SECONDS, err)  # fmt: skip
+                self.clock.call_later(self.END_RETRY_SECONDS, lambda: self._requeue(rec))
                 return
-            self.set_fields(rec, status="running")
         if PAUSE_AT and PAUSE_AT == f"task {rec['type']}":
             with contextlib.suppress(TaskVoided):
                 ctx.recorded()
@@ -911,6 +918,50 @@ class TaskWorker:
             log.warning("task %s: record not updated: %s", rec["upid"], unavailable)
             return False
         raise Conflict(f"too much contention on {key}")
+
+    def _claim_queued(self, key: str, rec: dict[str, Any], revision: int) -> bool:
+        """Mark a queued task running; False when it must not run (aborted, gone)."""
+        if revision and not rec.get("abort") and self._claim(key, rec, revision):
+            return True
+        current = self.store.get_value(key)
+        with self._lock:
+            retried = rec["upid"] in self._unclaimed
+        if retried and current is not None and current.get("status") == "running":
+            # The claim that failed had landed after all (only this worker claims
+            # its node's tasks): it is this worker's to run.
+            with self._lock:
+                self._unclaimed.discard(rec["upid"])
+            return not current.get("abort") or self._aborted_claim(current)
+        if current is None or current.get("status") != "queued" or current.get("abort"):
+            with self._lock:
+                self._running.pop(rec["upid"], None)
+                self._live.pop(rec["upid"], None)
+                self._unclaimed.discard(rec["upid"])
+            if current is not None and current.get("status") == "queued":
+                self._recover(current, ABORTED)
+            return False
+        if not self.set_fields(rec, status="running"):
+            raise Unavailable("its record could not be marked running")
+        with self._lock:
+            self._unclaimed.discard(rec["upid"])
+        return True
+
+    def _aborted_claim(self, current: dict[str, Any]) -> bool:
+        """A task claimed while etcd failed, then aborted before it began: ended
+        ABORTED, its handler never run."""
+        with self._lock:
+            self._running.pop(current["upid"], None)
+            self._live.pop(current["upid"], None)
+        self._recover(current, ABORTED)
+        return False
+
+    def _requeue(self, rec: dict[str, Any]) -> None:
+        """Queue again a task whose claim failed with etcd unreachable (see _run_one)."""
+        with self._lock:
+            if self.stopped:
+                return  # the node's restart finds it queued, or running and interrupted
+            self._seen.discard(rec["upid"])
+        self._accept(rec, 0)  # revision unknown: read first
 
     def _claim(self, key: str, rec: dict[str, Any], revision: int) -> bool:
         """Compare-and-swap queued -> running; remembers what it wrote (_written)."""

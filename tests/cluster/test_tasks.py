@@ -355,6 +355,56 @@ def test_a_task_whose_record_put_failed_never_runs_when_the_put_lands_late(
     wait_for(lambda: store.get_value(other.key)["abort"] is True, timeout=10)
 
 
+@pytest.mark.parametrize(
+    ("landed", "aborted"),
+    [(False, False), (True, False), (False, True), (True, True)],
+    ids=["claim-lost", "claim-landed", "lost-then-aborted", "landed-then-aborted"],
+)
+def test_a_queued_task_whose_claim_failed_runs_once_etcd_answers(
+    store: StoreAPI, worker: TaskWorker, landed: bool, aborted: bool
+) -> None:
+    """etcd went away just as a queued task was claimed (a soak with kill -9 of etcd
+    logged "could not be run"): the worker forgot the task, which stayed queued for
+    good and its guest's API said nothing. It is now claimed again once etcd
+    answers, and runs once, whether the failed claim was lost or had landed; an
+    abort meanwhile ends it unrun."""
+    from corral.cluster.errors import Unavailable
+
+    RUNS.clear()
+    GATE.clear()
+    worker.END_RETRY_SECONDS = 1.0 if aborted else 0.2
+    tasks = Tasks(store)
+    failed = threading.Event()
+    busy = tasks.submit(node="n1", type="t_wait", id="7", user="u@pve", serial="vm:7")
+    queued = tasks.submit(node="n1", type="t_count", id="7", user="u@pve", serial="vm:7")
+    key = record_key("n1", queued)
+    real = store.txn_revision
+    failures: list[str] = []
+
+    def claim_fails_once(compare: Any, success: Any) -> int:
+        op = success[0]
+        if not failures and op[1] == key and op[2].get("status") == "running":
+            failures.append(key)
+            if landed:
+                real(compare, success)
+            failed.set()
+            raise Unavailable("connection to etcd was reset")
+        return real(compare, success)
+
+    store.txn_revision = claim_fails_once  # type: ignore[method-assign]
+    try:
+        GATE.set()
+        assert tasks.wait(busy)["exitstatus"] == "OK"
+        if aborted:
+            assert failed.wait(10)
+            tasks.abort(queued)
+        assert tasks.wait(queued, timeout=10)["exitstatus"] == (ABORTED if aborted else "OK")
+    finally:
+        del store.txn_revision
+    assert failures == [key]
+    assert RUNS == ([] if aborted else [queued])
+
+
 def test_a_task_whose_put_landed_before_its_failure_was_reported_never_runs(
     store: StoreAPI, worker: TaskWorker
 ) -> None:
