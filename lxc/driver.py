@@ -38,7 +38,7 @@ from corral.cluster.errors import (
 from corral.cluster.guest_driver import DriverInfo, GuestDriver, LogFn, Probe, VolumeAccess
 from corral.cluster.schema import Schema, format_size, new_volume_size, parse_size
 from corral.cluster.undo import Reverter
-from corral.lxc import cgroups, credentials, nesting, orphans, rootfs, status
+from corral.lxc import cgroup_warm, cgroups, credentials, nesting, orphans, rootfs, status
 from corral.lxc import config as cfg
 from corral.lxc.render import IDMAP_BASE, IDMAP_SIZE, Facts, cgroup_values, render, veth_name
 from corral.storage.plugin import out_of_space
@@ -291,6 +291,9 @@ class LxcDriver(GuestDriver):
     ) -> None:
         if not os.path.isdir(self._dir(vmid)):
             raise NotFound(what=f"CT {vmid} on node '{self.node}'")
+        # lxc-start's cgroup migrations wait out a grace period on a quiet node:
+        # let it elapse while the start is recorded and prepared (cgroup_warm).
+        cgroup_warm.WARMER.warm()
         with self._lock(vmid):
             # One liblxc handle for the whole start (each parses the config): its state
             # and init pid are asked of the monitor, not of the config it read, so the
@@ -388,6 +391,7 @@ class LxcDriver(GuestDriver):
         log: LogFn,
         ready: Callable[[], None] | None = None,
     ) -> None:
+        cgroup_warm.WARMER.warm()  # the monitor's cgroup moves as the CT stops: as for start
         with self._lock(vmid):
             if not os.path.isdir(self._dir(vmid)):
                 return
