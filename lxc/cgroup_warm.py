@@ -25,6 +25,7 @@ cost to every fork and exit.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -35,7 +36,11 @@ log = logging.getLogger(__name__)
 
 
 class CgroupWarmer:
-    """One daemon thread that makes the no-op migration when asked (`warm`)."""
+    """One daemon thread that makes the no-op migration when asked (`warm`).
+
+    The thread's work between waking and the write is two system calls: it runs
+    as the start's own thread prepares, and each call gives up the GIL and must
+    win it back, so a path resolved anew each time (a dozen calls) came late."""
 
     def __init__(self) -> None:
         self._wanted = threading.Event()
@@ -43,6 +48,9 @@ class CgroupWarmer:
         self._lock = threading.Lock()
         self.disabled = False
         self.warmed = 0  # migrations made (tests)
+        self._self_cgroup = -1  # /proc/self/cgroup, kept open: one pread tells a move
+        self._known = b""  # its text when the procs file below was resolved
+        self._procs = -1  # that cgroup's cgroup.procs, kept open
 
     def warm(self) -> None:
         """Ask for a warming migration now; returns at once."""
@@ -59,33 +67,39 @@ class CgroupWarmer:
             self._wanted.wait()
             self._wanted.clear()  # starts asking meanwhile are served by this one
             try:
-                migrate_to_own_cgroup()
+                self._migrate()
                 self.warmed += 1
             except OSError as err:
                 self.disabled = True
                 log.info("cgroup warming before container starts is off: %s", err)
 
+    def _migrate(self) -> None:
+        if self._self_cgroup < 0:
+            self._self_cgroup = os.open("/proc/self/cgroup", os.O_RDONLY)
+        text = os.pread(self._self_cgroup, 65536, 0)
+        if text != self._known or self._procs < 0:
+            # First use, or this process was moved: resolve the file anew (writing to
+            # the old one would move it back).
+            if self._procs >= 0:
+                os.close(self._procs)
+                self._procs = -1
+            self._procs = os.open(own_procs_file(), os.O_WRONLY)
+            self._known = text
+        os.write(self._procs, self._pid)
+
+    @functools.cached_property
+    def _pid(self) -> bytes:
+        return str(os.getpid()).encode()
+
 
 def own_procs_file() -> str:
     """The cgroup.procs file of the cgroup this process is in: the unified (v2)
-    one when reachable, else that of a v1 hierarchy. Read anew each time (cheap):
-    were the process moved meanwhile, an old answer would move it back."""
+    one when reachable, else that of a v1 hierarchy."""
     where = cgroups.paths(os.getpid())
     for key in ("", "pids", "cpu", "memory", *sorted(where)):
         if key in where:
             return os.path.join(where[key], "cgroup.procs")
     raise FileNotFoundError("no cgroup of this process is reachable")
-
-
-def migrate_to_own_cgroup() -> None:
-    """Write this process into its own cgroup: nothing moves, but the kernel takes
-    its migration lock for writing, as lxc-start's migrations will."""
-    path = own_procs_file()
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, str(os.getpid()).encode())
-    finally:
-        os.close(fd)
 
 
 WARMER = CgroupWarmer()

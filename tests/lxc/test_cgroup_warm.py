@@ -22,30 +22,37 @@ def test_the_procs_file_is_of_this_process_s_own_cgroup() -> None:
     assert str(os.getpid()) in Path(path).read_text().split()
 
 
-def test_the_migration_moves_nothing() -> None:
+def test_a_warmer_migrates_on_its_thread_when_asked_and_moves_nothing() -> None:
     before = Path("/proc/self/cgroup").read_text()
-    cgroup_warm.migrate_to_own_cgroup()
-    assert Path("/proc/self/cgroup").read_text() == before
-
-
-def test_a_warmer_migrates_on_its_thread_when_asked() -> None:
     warmer = cgroup_warm.CgroupWarmer()
     warmer.warm()
     wait_for(lambda: warmer.warmed == 1, 10, 0.01, what="one warming migration")
+    assert Path("/proc/self/cgroup").read_text() == before
     for _ in range(20):  # a burst of starts: served, by one migration or more
         warmer.warm()
     wait_for(lambda: warmer.warmed >= 2 and not warmer._wanted.is_set(), 10, 0.01,
              what="the burst served")  # fmt: skip
     assert not warmer.disabled
+    assert Path("/proc/self/cgroup").read_text() == before
+
+
+def test_a_warmer_resolves_its_file_again_when_this_process_was_moved() -> None:
+    warmer = cgroup_warm.CgroupWarmer()
+    warmer.warm()
+    wait_for(lambda: warmer.warmed == 1, 10, 0.01, what="one warming migration")
+    warmer._known = b"9:pids:/elsewhere\n"  # as if moved since: the old file must go
+    warmer.warm()
+    wait_for(lambda: warmer.warmed == 2, 10, 0.01, what="a second migration")
+    assert warmer._known == Path("/proc/self/cgroup").read_bytes()
 
 
 def test_a_refused_warming_switches_itself_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """A read-only cgroup file system (a container): starts go on, unwarmed."""
 
-    def refused() -> None:
+    def refused() -> str:
         raise PermissionError(13, "Read-only file system", "cgroup.procs")
 
-    monkeypatch.setattr(cgroup_warm, "migrate_to_own_cgroup", refused)
+    monkeypatch.setattr(cgroup_warm, "own_procs_file", refused)
     warmer = cgroup_warm.CgroupWarmer()
     warmer.warm()
     wait_for(lambda: warmer.disabled, 10, 0.01, what="warming switched off")
