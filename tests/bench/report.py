@@ -29,7 +29,7 @@ ROOT = HERE.parents[1]
 
 # name -> (script, arguments, timeout in s): sized to finish in minutes on 2 cores.
 BENCHES: dict[str, tuple[str, list[str], int]] = {
-    "lxc": ("bench_lxc.py", ["--rounds", "10"], 900),
+    "lxc": ("bench_lxc.py", ["--rounds", "20"], 900),
     "resources": ("bench_resources.py", ["--nodes", "100", "--guests", "10000"], 900),
     "parallel_create": ("bench_parallel_create.py", ["--clients", "10", "--creates", "3"], 900),
     "kvm": ("bench_kvm.py", ["--rounds", "3"], 900),
