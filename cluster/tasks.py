@@ -829,10 +829,7 @@ class TaskWorker:
             except Unavailable as err:
                 # etcd went away as the task was claimed: it has not begun. It is
                 # claimed again once etcd answers (its watch would not offer it again).
-                with self._lock:
-                    self._running.pop(rec["upid"], None)
-                    self._live.pop(rec["upid"], None)
-                    self._unclaimed.add(rec["upid"])
+                self._forget_unbegun(rec["upid"], retry=True)
                 log.warning("task %s: not begun, claiming it again in %.0f s: %s",
                             rec["upid"], self.END_RETRY_SECONDS, err)  # fmt: skip
                 self.clock.call_later(self.END_RETRY_SECONDS, lambda: self._requeue(rec))
@@ -928,15 +925,16 @@ class TaskWorker:
             retried = rec["upid"] in self._unclaimed
         if retried and current is not None and current.get("status") == "running":
             # The claim that failed had landed after all (only this worker claims
-            # its node's tasks): it is this worker's to run.
-            with self._lock:
-                self._unclaimed.discard(rec["upid"])
-            return not current.get("abort") or self._aborted_claim(current)
+            # its node's tasks): it is this worker's to run, unless aborted since.
+            if not current.get("abort"):
+                with self._lock:
+                    self._unclaimed.discard(rec["upid"])
+                return True
+            self._forget_unbegun(rec["upid"])
+            self._recover(current, ABORTED)
+            return False
         if current is None or current.get("status") != "queued" or current.get("abort"):
-            with self._lock:
-                self._running.pop(rec["upid"], None)
-                self._live.pop(rec["upid"], None)
-                self._unclaimed.discard(rec["upid"])
+            self._forget_unbegun(rec["upid"])
             if current is not None and current.get("status") == "queued":
                 self._recover(current, ABORTED)
             return False
@@ -946,14 +944,16 @@ class TaskWorker:
             self._unclaimed.discard(rec["upid"])
         return True
 
-    def _aborted_claim(self, current: dict[str, Any]) -> bool:
-        """A task claimed while etcd failed, then aborted before it began: ended
-        ABORTED, its handler never run."""
+    def _forget_unbegun(self, upid: str, *, retry: bool = False) -> None:
+        """A task that will not begin now: out of the running ones; `retry`: its
+        claim is to be made again (_requeue), and may have landed meanwhile."""
         with self._lock:
-            self._running.pop(current["upid"], None)
-            self._live.pop(current["upid"], None)
-        self._recover(current, ABORTED)
-        return False
+            self._running.pop(upid, None)
+            self._live.pop(upid, None)
+            if retry:
+                self._unclaimed.add(upid)
+            else:
+                self._unclaimed.discard(upid)
 
     def _requeue(self, rec: dict[str, Any]) -> None:
         """Queue again a task whose claim failed with etcd unreachable (see _run_one)."""

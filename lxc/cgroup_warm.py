@@ -25,7 +25,6 @@ cost to every fork and exit.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -51,6 +50,7 @@ class CgroupWarmer:
         self._self_cgroup = -1  # /proc/self/cgroup, kept open: one pread tells a move
         self._known = b""  # its text when the procs file below was resolved
         self._procs = -1  # that cgroup's cgroup.procs, kept open
+        self._pid = str(os.getpid()).encode()
 
     def warm(self) -> None:
         """Ask for a warming migration now; returns at once."""
@@ -86,10 +86,6 @@ class CgroupWarmer:
             self._procs = os.open(own_procs_file(), os.O_WRONLY)
             self._known = text
         os.write(self._procs, self._pid)
-
-    @functools.cached_property
-    def _pid(self) -> bytes:
-        return str(os.getpid()).encode()
 
 
 def own_procs_file() -> str:
