@@ -147,7 +147,7 @@ def run_due(store: StoreAPI, node: str, now: float, submit: Submit) -> list[str]
 
 def status_hook(node: Any) -> None:
     """Called by the node daemon every status round (2 s)."""
-    from corral.cluster.tasks import Tasks
+    from corral.cluster.task_client import Tasks
 
     def submit(vmids: list[int], opts: dict[str, Any], job: str) -> tuple[str, str, dict[str, Any]]:
         return Tasks(node.store).prepare(

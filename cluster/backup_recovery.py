@@ -25,7 +25,8 @@ from typing import Any
 
 from corral.cluster import archive, guests, keys
 from corral.cluster.errors import CorralError
-from corral.cluster.tasks import TaskContext, Tasks, task_recovery
+from corral.cluster.task_client import Tasks
+from corral.cluster.tasks import TaskContext, task_recovery
 
 
 def _clean_dump_dir(ctx: TaskContext, storage: str, vmids: list[int]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from corral.cluster import archive, guest_status, guests, keys, restore
 from corral.cluster.errors import ParamError
 from corral.cluster.store_api import StoreAPI
-from corral.cluster.tasks import Tasks
+from corral.cluster.task_client import Tasks
 from corral.storage.volid import split_volid
 
 # Create parameters that belong to the restore itself, not to the guest's config.

@@ -42,7 +42,8 @@ from corral.cluster.guest_service import GuestService
 from corral.cluster.logfmt import add_file_log, setup_logging
 from corral.cluster.node_services import LOCAL_ROOT, NodeContext, NodeServices
 from corral.cluster.store import KeptLease, Store
-from corral.cluster.tasks import Tasks, TaskWorker
+from corral.cluster.task_client import Tasks
+from corral.cluster.tasks import TaskWorker
 
 # Guest flows beside corral.cluster.guests whose task handlers register on import.
 GUEST_FLOWS = (

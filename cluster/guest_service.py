@@ -41,7 +41,7 @@ from corral.cluster.guest_service_copies import CopyOperations
 from corral.cluster.guest_volumes import volumes_in
 from corral.cluster.schema import parse_size
 from corral.cluster.store_api import StoreAPI
-from corral.cluster.tasks import Tasks
+from corral.cluster.task_client import Tasks
 
 Authorize = Callable[[set[str]], None]
 

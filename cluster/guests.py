@@ -509,7 +509,7 @@ def _migrate(ctx: TaskContext, args: dict[str, Any]) -> None:
         except Exception as err:  # noqa: BLE001 - a leftover, not a failed migration
             ctx.log(f"WARNING: could not remove the source volume {volid}: {err}")
     if stopped_here:
-        from corral.cluster.tasks import Tasks
+        from corral.cluster.task_client import Tasks
 
         tasks = Tasks(ctx.store)
         upid = tasks.submit(

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from corral.cluster.guest_service import GuestService
     from corral.cluster.store import Store
     from corral.cluster.store_api import StoreAPI
-    from corral.cluster.tasks import Tasks, TaskWorker
+    from corral.cluster.task_client import Tasks
+    from corral.cluster.tasks import TaskWorker
 
 # Set in a request's WSGI environ by the node's root-only unix socket server:
 # the caller is root on the node itself (corralsh, as pvesh).

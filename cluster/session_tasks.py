@@ -17,7 +17,8 @@ from typing import Any
 from urllib.parse import quote
 
 from corral.cluster.errors import CorralError
-from corral.cluster.tasks import Tasks, Upid, record_key
+from corral.cluster.task_client import Tasks
+from corral.cluster.tasks import Upid, record_key
 
 log = logging.getLogger(__name__)
 

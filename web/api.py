@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
     from corral.cluster.access import Access, Identity
     from corral.cluster.store import Store
-    from corral.cluster.tasks import Tasks
+    from corral.cluster.task_client import Tasks
 
 
 @dataclass

@@ -17,7 +17,8 @@ import pytest
 from corral.cluster import guests, keys
 from corral.cluster.clock import VirtualClock
 from corral.cluster.store_memory import MemoryStore
-from corral.cluster.tasks import Tasks, TaskWorker
+from corral.cluster.task_client import Tasks
+from corral.cluster.tasks import TaskWorker
 from tests.web.fake_driver import FakeDriver
 
 NODES = ("node1", "node2")

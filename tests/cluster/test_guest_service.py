@@ -19,7 +19,7 @@ from corral.cluster.guest_driver import DriverInfo
 from corral.cluster.guest_service import GuestService, privilege_for
 from corral.cluster.migration import decide
 from corral.cluster.store import Store
-from corral.cluster.tasks import Tasks
+from corral.cluster.task_client import Tasks
 from tests.web.fake_driver import FakeDriver, fake_node
 
 USER = "root@pam"

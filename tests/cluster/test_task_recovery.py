@@ -11,7 +11,8 @@ from typing import Any
 from corral.cluster import keys
 from corral.cluster.guest_service import GuestService
 from corral.cluster.store_memory import MemoryStore
-from corral.cluster.tasks import ABORTED, Tasks, TaskWorker, task_handler
+from corral.cluster.task_client import Tasks
+from corral.cluster.tasks import ABORTED, TaskWorker, task_handler
 from tests.web.fake_driver import FakeDriver
 
 release = threading.Event()

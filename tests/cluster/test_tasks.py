@@ -12,11 +12,11 @@ from corral.cluster.clock import VirtualClock
 from corral.cluster.errors import NotFound, ParamError
 from corral.cluster.store_api import StoreAPI
 from corral.cluster.store_memory import MemoryStore
+from corral.cluster.task_client import Tasks
 from corral.cluster.tasks import (
     ABORTED,
     INTERRUPTED,
     TaskContext,
-    Tasks,
     TaskWorker,
     Upid,
     record_key,

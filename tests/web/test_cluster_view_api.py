@@ -16,7 +16,7 @@ from corral.cluster import keys
 from corral.cluster.access import Access
 from corral.cluster.store_api import StoreAPI
 from corral.cluster.store_memory import MemoryStore
-from corral.cluster.tasks import Tasks
+from corral.cluster.task_client import Tasks
 from corral.web.app import NodeContext, create_app
 from tests.web.test_guest_flow import Api
 

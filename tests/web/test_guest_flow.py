@@ -16,7 +16,8 @@ from flask.testing import FlaskClient
 from corral.cluster import keys
 from corral.cluster.access import Access
 from corral.cluster.store import Store
-from corral.cluster.tasks import Tasks, TaskWorker
+from corral.cluster.task_client import Tasks
+from corral.cluster.tasks import TaskWorker
 from corral.web.app import LOCAL_ROOT, NodeContext, create_app
 from tests.util import wait_for
 from tests.web.fake_driver import FakeDriver

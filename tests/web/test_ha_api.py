@@ -16,7 +16,7 @@ from corral.cluster.guest_service import GuestService
 from corral.cluster.ha.service import HAService, NodeEnv
 from corral.cluster.ha.watchdog import WatchdogClient
 from corral.cluster.store import Store
-from corral.cluster.tasks import Tasks
+from corral.cluster.task_client import Tasks
 from tests.util import Corrald, wait_for
 from tests.web.fake_driver import FakeDriver
 from tests.web.test_guest_flow import Api

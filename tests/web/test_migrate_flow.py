@@ -16,7 +16,7 @@ import pytest
 from corral.cluster import keys
 from corral.cluster.access import Access
 from corral.cluster.store import Store
-from corral.cluster.tasks import Tasks
+from corral.cluster.task_client import Tasks
 from corral.web.app import NodeContext, create_app
 from tests.web.fake_driver import FakeDriver, fake_node
 from tests.web.test_guest_flow import Api
