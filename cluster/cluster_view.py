@@ -481,6 +481,17 @@ def local_value(
     return store.get_value(key, default)
 
 
+def local_kv(
+    services: MutableMapping[str, Any] | None, store: StoreAPI, key: str
+) -> tuple[int, Any] | None:
+    """(mod_revision, value copy) of `key` from the node's view when that holds this
+    process's writes, else None (also when the view has no such key): what
+    StoreAPI.update(known=...) takes, to skip its read."""
+    view = caught_up_view(services, store)
+    item = None if view is None else view.kv(key)
+    return None if item is None else (item[0], orjson.loads(orjson.dumps(item[1])))
+
+
 def local_values(services: MutableMapping[str, Any] | None, store: StoreAPI, sub: str) -> list[Any]:
     """The values under `sub` (by key, copies), as local_value reads one."""
     return list(local_items(services, store, sub).values())

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from corral.cluster.clock import Clock, Timer
-from corral.cluster.errors import Conflict, Unavailable
+from corral.cluster.errors import Conflict, CorralError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +162,32 @@ class StoreAPI(abc.ABC):
         caller that keeps writing one key needs no read to learn its revision."""
         return -1 if self.txn(compare, success) else 0
 
-    def update(self, key: str, fn: Callable[[Any], Any], *, retries: int = 20) -> Any:
-        """Read-modify-write with CAS, retried on concurrent change."""
-        for _ in range(retries):
-            kv = self.get(key)
-            new = fn(None if kv is None else kv.value)
-            if self.replace(key, new, mod_revision=0 if kv is None else kv.mod_revision):
+    def update(
+        self,
+        key: str,
+        fn: Callable[[Any], Any],
+        *,
+        retries: int = 20,
+        known: tuple[int, Any] | None = None,
+    ) -> Any:
+        """Read-modify-write with CAS, retried on concurrent change. `known`: the
+        key's (mod_revision, value) as the caller holds it (a copy from the node's
+        view, for `fn` to change): the first attempt uses it without a read. A stale
+        copy only fails the compare, and a refusal `fn` raises on it is confirmed
+        on a value read from the store."""
+        for attempt in range(retries):
+            if attempt == 0 and known is not None:
+                revision, value = known
+            else:
+                kv = self.get(key)
+                revision, value = (0, None) if kv is None else (kv.mod_revision, kv.value)
+            try:
+                new = fn(value)
+            except CorralError:
+                if attempt == 0 and known is not None:
+                    continue
+                raise
+            if self.replace(key, new, mod_revision=revision):
                 return new
         raise Conflict(f"too much contention on {key}")
 

@@ -89,6 +89,43 @@ def test_update_retries_under_contention(store: StoreAPI) -> None:
     assert store.get_value("counter") == 40
 
 
+def test_update_from_a_known_copy_skips_the_read_and_survives_a_stale_one(
+    store: StoreAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.put("rec", {"n": 1, "lock": None})
+    kv = store.get("rec")
+    assert kv is not None
+    reads: list[str] = []
+    real_get = store.get
+    monkeypatch.setattr(store, "get", lambda key: reads.append(key) or real_get(key))
+
+    def bump(v: dict[str, Any]) -> dict[str, Any]:
+        return {**v, "n": v["n"] + 1}
+
+    # A current copy: one compare-and-swap, no read.
+    assert store.update("rec", bump, known=(kv.mod_revision, kv.value)) == {"n": 2, "lock": None}
+    assert reads == []
+    # The same copy is stale now: its compare fails, the retry reads and lands.
+    assert store.update("rec", bump, known=(kv.mod_revision, kv.value))["n"] == 3
+    assert reads == ["rec"]
+
+    def take_lock(v: dict[str, Any]) -> dict[str, Any]:
+        if v["lock"]:
+            raise Conflict(f"locked ({v['lock']})")
+        return {**v, "lock": "destroyed"}
+
+    # A refusal said from a stale copy is asked again of the store, which has no lock.
+    assert (
+        store.update("rec", take_lock, known=(kv.mod_revision, {"n": 1, "lock": "old"}))["lock"]
+        == "destroyed"
+    )
+    # One the store confirms stands, and nothing is written.
+    before = store.get("rec")
+    with pytest.raises(Conflict, match="destroyed"):
+        store.update("rec", take_lock, known=(0, {"n": 0, "lock": None}))
+    assert store.get("rec") == before
+
+
 def test_watch_sees_puts_and_deletes_in_order(store: StoreAPI) -> None:
     events: list[Event] = []
     watch = store.watch("w/", events.append)
