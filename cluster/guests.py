@@ -21,15 +21,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from corral.cluster import keys, migration, volume_moves
 from corral.cluster.clock import REAL
-from corral.cluster.cluster_view import local_value
+from corral.cluster.cluster_view import local_kv, local_value
 from corral.cluster.errors import Conflict, CorralError, NotFound, ParamError, Unavailable
 from corral.cluster.guest_driver import GuestDriver
 from corral.cluster.guest_status import (  # noqa: F401 - re-exported: the flow's live status
+    GoneAtEnd,
     StatusAtEnd,
     live_status,
     local_guests,
@@ -158,14 +159,23 @@ def claim(store: StoreAPI, record: dict[str, Any], *, user: str) -> None:
 
 
 def update_record(
-    store: StoreAPI, vmid: int, fn: Callable[[dict[str, Any]], dict[str, Any]]
+    store: StoreAPI,
+    vmid: int,
+    fn: Callable[[dict[str, Any]], dict[str, Any]],
+    *,
+    services: MutableMapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Change the guest's record with `fn` (compare-and-swap, retried). With the
+    node's `services`, the first attempt starts from its view's copy: a task's write
+    to its own guest then costs no etcd read."""
+
     def change(rec: Any) -> Any:
         if rec is None:
             raise NotFound(f"guest {vmid} does not exist")
         return fn(rec)
 
-    return store.update(keys.guest(vmid), change)
+    known = local_kv(services, store, keys.guest(vmid)) if services is not None else None
+    return store.update(keys.guest(vmid), change, known=known)
 
 
 def merged_config(rec: dict[str, Any]) -> dict[str, Any]:
@@ -183,14 +193,30 @@ def check_lock(rec: dict[str, Any], *, allow: tuple[str, ...] = ()) -> None:
         raise Conflict(f"{kind} {rec['vmid']} is locked ({lock})")
 
 
-def set_lock(store: StoreAPI, vmid: int, lock: str | None, *, expect: str | None = None) -> None:
+def check_destroyable(rec: dict[str, Any], *, allow: tuple[str, ...] = ()) -> None:
+    """Refuse a destroy of a locked or protected guest (the API asks from its view;
+    the task asks again of the record it reads)."""
+    check_lock(rec, allow=allow)
+    if rec["config"].get("protection"):
+        kind = "CT" if rec["type"] == "lxc" else "VM"
+        raise Conflict(f"can't remove {kind} {rec['vmid']} - protection mode enabled")
+
+
+def set_lock(
+    store: StoreAPI,
+    vmid: int,
+    lock: str | None,
+    *,
+    expect: str | None = None,
+    services: MutableMapping[str, Any] | None = None,
+) -> None:
     def change(rec: dict[str, Any]) -> dict[str, Any]:
         if lock is not None and rec.get("lock") not in (None, expect):
             check_lock(rec)
         rec["lock"] = lock
         return rec
 
-    update_record(store, vmid, change)
+    update_record(store, vmid, change, services=services)
 
 
 # -- helpers for handlers -------------------------------------------------------
@@ -281,7 +307,7 @@ def _create(ctx: TaskContext, args: dict[str, Any]) -> None:
         r["config"], r["lock"] = config, None
         return r
 
-    _durable(ctx, lambda: update_record(ctx.store, vmid, done))
+    _durable(ctx, lambda: update_record(ctx.store, vmid, done, services=ctx.worker.context))
     ctx.log(f"{_kind(rec)} {vmid} created")
     if args.get("start"):
         _start(ctx, {"vmid": vmid})
@@ -350,21 +376,22 @@ def _simple(op: str) -> Callable[[TaskContext, dict[str, Any]], None]:
 
 def _destroy(ctx: TaskContext, args: dict[str, Any]) -> None:
     rec = _record(ctx, args)
-    check_lock(rec, allow=("destroyed",))
+    check_destroyable(rec, allow=("destroyed",))
     driver = _driver(ctx, rec["type"])
     if driver.status(rec["vmid"], rec["config"]).get("status") == "running":
         raise Conflict(f"{_kind(rec)} {rec['vmid']} is running - destroy failed")
-    set_lock(ctx.store, rec["vmid"], "destroyed", expect="destroyed")
+    set_lock(ctx.store, rec["vmid"], "destroyed", expect="destroyed", services=ctx.worker.context)
     try:
         driver.destroy(rec["vmid"], merged_config(rec), volumes=_volumes(ctx), log=ctx.log)
     except BaseException:
         _durable(ctx, lambda: set_lock(ctx.store, rec["vmid"], None, expect="destroyed"))
         raise
-    _durable(ctx, lambda: ctx.store.delete(keys.guest(rec["vmid"])))
-    _forget_status(ctx, rec["vmid"])
     from corral.cluster import snapshots  # which imports this module
 
     snapshots.forget_states(ctx, rec["vmid"])
+    # The record and its live entry go in the transaction that ends this task (its
+    # retries, through an etcd restart too, are the task end's).
+    ctx.end_writes.append(GoneAtEnd(ctx.store, ctx.node, ctx.worker.context, rec["vmid"]))
     ctx.log(f"{_kind(rec)} {rec['vmid']} destroyed")
 
 

@@ -126,6 +126,36 @@ def test_create_start_migrate_destroy(sim: Sim) -> None:
     assert all(sim.store.get(keys.node_alive(n)) for n in NODES)
 
 
+def test_a_destroy_ends_in_one_write_that_removes_the_guest(sim: Sim) -> None:
+    """The record, its live entry and the task's end land in one transaction: whoever
+    sees the task OK finds the guest gone, and no write is spent on each apart."""
+    vmid = 301
+    record = {
+        "vmid": vmid, "type": "lxc", "node": "node1", "lock": "create", "pending": {},
+        "pending_delete": [], "config": {"memory": 256, "rootfs": "shared:1"},
+    }  # fmt: skip
+    assert sim.store.create(keys.guest(vmid), record)
+    sim.run("node1", "vzcreate", vmid, params={})
+    services = sim.workers[0].context
+    other = {"vmid": 999, "status": "stopped"}
+    services["status_doc"] = {str(vmid): {"status": "stopped"}, "999": other}
+    sim.store.put(keys.guest_status("node1", vmid), {"status": "stopped"})
+    events: list[Any] = []
+    watch = sim.store.watch("", events.append)
+    upid = sim.tasks.submit(node="node1", type="vzdestroy", id=str(vmid), user="root@pam",
+                            args={"vmid": vmid}, serial=guests.serial(vmid))  # fmt: skip
+    assert sim.clock.run_until(lambda: sim.tasks.status(upid)["status"] == "stopped")
+    sim.clock.advance(1)  # the watch has delivered
+    watch.cancel()
+    assert sim.tasks.status(upid)["exitstatus"] == "OK"
+    assert sim.record(vmid) is None and sim.store.get(keys.guest_status("node1", vmid)) is None
+    assert services["status_doc"] == {"999": other}
+    gone = {e.key: e.revision for e in events if e.kind == "delete"}
+    end = [e.revision for e in events if e.kind == "put" and e.key.startswith("tasks/")
+           and e.value["status"] == "stopped"]  # fmt: skip
+    assert gone == {keys.guest(vmid): end[0], keys.guest_status("node1", vmid): end[0]}
+
+
 def test_a_task_on_a_dead_node_waits_and_its_keys_expire(sim: Sim) -> None:
     """A node whose lease is not renewed drops out after its TTL, in virtual time."""
     lease = sim.store.lease_grant(5)
