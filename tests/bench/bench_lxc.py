@@ -15,16 +15,18 @@ collected by pytest).
    (`status/start` submitted -> task OK, `status/stop` -> task OK) against
    `lxc-start -d` + `lxc-wait -s RUNNING` and `lxc-stop -k` on the very same
    container (corrald's lxcpath). Medians and the API/raw ratios. Each stop
-   comes SETTLE s after its start: stopping a container costs more once its
-   init has booted (busybox: 7-9 ms right after lxc-wait, 20-23 ms 0.3 s later),
-   so a stop issued sooner after its start would win by that alone.
+   comes SETTLE s after its start, in both arms: a `lxc-stop -k` right after
+   lxc-wait took 7-9 ms, 0.3 s later 20-23 ms (while the cgroup wait below was
+   there; without it 8-9 ms), so a stop issued sooner would win by that alone.
    Starts are measured twice, in two passes:
    - back to back: each start right after the other arm's stop;
    - after IDLE s with nothing running, as a start on a quiet node is.
-   They differ on this machine: `lxc-start -d` took 9-13 ms within
+   They differed on this machine: `lxc-start -d` took 9-13 ms within
    milliseconds of a container's stop, and 22-28 ms after any pause from
-   0.1 s to 4 s (the same with a busy loop keeping the CPUs awake), so each
-   pass gives both arms the same conditions.
+   0.1 s to 4 s (the same with a busy loop keeping the CPUs awake): the first
+   cgroup migration after a pause waited an RCU grace period (README). Each
+   pass gives both arms the same conditions; where the kernel does not make
+   that wait (it later stopped doing so here), the two passes agree.
 3. `--many N`: start N containers through the driver one after the other
    (total time, host memory per idle container (MemAvailable drop) next to the
    RSS of LXC's own processes per container, the driver process's growth), then
