@@ -300,40 +300,23 @@ class StatusAtEnd:
             self._lock.release()
 
 
-class GoneAtEnd:
+class GoneAtEnd(StatusAtEnd):
     """A destroyed guest's record and its gueststatus key, deleted in the
     transaction that ends the destroy (TaskContext.end_writes): whoever sees the
     task OK finds the guest gone, and the destroy's end costs one etcd write, not
     four (the record's delete, a read and a delete of its entry, then the end).
     Should the end fail to be written, the record stays, locked "destroyed", and
-    the node's recovery finishes the destroy. The node's status lock is held
-    from the transaction's making to its outcome, as StatusAtEnd's."""
-
-    def __init__(
-        self, store: StoreAPI, node: str, services: MutableMapping[str, Any], vmid: int
-    ) -> None:
-        self.store, self.node, self.services, self.vmid = store, node, services, str(vmid)
-        self._lock = services.setdefault("status_lock", threading.Lock())
-        self._doc: dict[str, Any] | None = None
+    the node's recovery finishes the destroy. The status lock is held as by
+    StatusAtEnd, whose end() this shares."""
 
     def begin(self) -> list[tuple[Any, ...]]:
+        vmid = str(self.rec["vmid"])
         self._lock.acquire()
         try:
             published = self.services.get("status_doc")
             if published is not None:  # None: no round yet (its first write sweeps)
-                self._doc = {k: v for k, v in published.items() if k != self.vmid}
+                self._doc = {k: v for k, v in published.items() if k != vmid}
         except BaseException:
             self._lock.release()
             raise
-        return [
-            ("delete", keys.guest(int(self.vmid))),
-            ("delete", keys.guest_status(self.node, self.vmid)),
-        ]
-
-    def end(self, written: bool) -> None:
-        try:
-            if written and self._doc is not None:
-                self.services["status_doc"] = self._doc
-        finally:
-            self._doc = None
-            self._lock.release()
+        return [("delete", keys.guest(int(vmid))), ("delete", keys.guest_status(self.node, vmid))]

@@ -391,7 +391,7 @@ def _destroy(ctx: TaskContext, args: dict[str, Any]) -> None:
     snapshots.forget_states(ctx, rec["vmid"])
     # The record and its live entry go in the transaction that ends this task (its
     # retries, through an etcd restart too, are the task end's).
-    ctx.end_writes.append(GoneAtEnd(ctx.store, ctx.node, ctx.worker.context, rec["vmid"]))
+    ctx.end_writes.append(GoneAtEnd(ctx.store, ctx.node, ctx.worker.context, rec))
     ctx.log(f"{_kind(rec)} {rec['vmid']} destroyed")
 
 
