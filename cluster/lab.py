@@ -12,13 +12,15 @@ use `qemu:///embed` (a QEMU driver inside each corrald, no daemon).
     corral lab exec node1 CMD...    corral lab down
 
 Faults: `kill` SIGKILLs every process in the node's network namespace (its
-corrald, etcd member and guests: a power loss); `partition` takes its link
-down (a cut cable). `down` removes everything, and a failed `up` cleans up
+corrald, etcd member and guests: a power loss), then removes the cgroups its
+VMs leave, as the reboot after a real power loss would; `partition` takes its
+link down (a cut cable). `down` removes everything, and a failed `up` cleans up
 after itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -393,7 +395,52 @@ def kill(lab: Lab, name: str) -> int:
     while time.monotonic() < deadline and node_pids(n):
         time.sleep(0.05)
     Path(n.data_dir, "corrald.pid").unlink(missing_ok=True)
+    remove_vm_groups(n)
     return len(pids)
+
+
+def embed_group_prefix(root: str) -> str:
+    """The start of the cgroup names of the VMs an embedded libvirt with this root
+    runs: libvirt names them qemu-embed-HASH-ID-NAME.libvirt-qemu, HASH the first 8
+    hex digits of the root's SHA-256 (two roots never share a VM's group name)."""
+    return f"qemu-embed-{hashlib.sha256(root.encode()).hexdigest()[:8]}-"
+
+
+def cgroup_mount_points(mountinfo: str) -> list[str]:
+    points = []
+    for line in mountinfo.splitlines():
+        fields, _, fs = line.partition(" - ")
+        if fs.split(" ", 1)[0] in ("cgroup", "cgroup2"):
+            points.append(fields.split()[4])
+    return points
+
+
+def remove_vm_groups(n: LabNode) -> list[str]:
+    """Remove the cgroups of a killed node's VMs. Its embedded libvirt removes a VM's
+    groups when the VM stops, and died with it here: on a real host the reboot
+    clears them, in the lab they would pile up in the host's hierarchies (one set
+    per VM and kill, and per VM still being cleaned up when `down` came). Only
+    empty groups go (rmdir refuses others). Returns the groups removed."""
+    prefix = embed_group_prefix(str(Path(n.data_dir, "libvirt")))
+    try:
+        points = cgroup_mount_points(Path("/proc/self/mountinfo").read_text())
+    except OSError:
+        return []
+    removed = []
+    for point in points:
+        machine = Path(point, "machine")
+        try:
+            tops = [d for d in machine.iterdir() if d.name.startswith(prefix) and d.is_dir()]
+        except OSError:
+            continue
+        for top in tops:
+            for root, _dirs, _files in os.walk(top, topdown=False):
+                try:
+                    os.rmdir(root)
+                    removed.append(root)
+                except OSError:
+                    pass  # not empty: a process of it still runs
+    return removed
 
 
 def partition(lab: Lab, name: str, *, cut: bool) -> None:
@@ -424,6 +471,7 @@ def down(lab_dir: str, *, quiet: bool = False) -> None:
     for n in lab.nodes:
         if _netns_inode(n.netns) is not None:
             kill(lab, n.name)
+        remove_vm_groups(n)  # also where the node was already killed
         _stop_containers(n)
         _run(["ip", "netns", "delete", n.netns], check=False)
         _run(["ip", "link", "delete", n.veth], check=False)

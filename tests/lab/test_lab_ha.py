@@ -35,6 +35,7 @@ SUBNET = "10.249.88.0/24"
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[labmod.Lab]:
     lab_dir = str(tmp_path_factory.mktemp("halab") / "lab")
     labmod.down(lab_dir, quiet=True)
+    groups_before = _vm_groups()
     lab = labmod.up(lab_dir, 3, SUBNET, PREFIX)
     yield lab
     keep = tmp_path_factory.mktemp("halab-logs")  # the nodes' logs, for a post-mortem
@@ -46,6 +47,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[labmod.Lab]:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
     assert PREFIX not in netns.stdout
     assert not Path(lab_dir).exists()
+    # A killed node's embedded libvirt cannot remove its VMs' cgroups: the lab does.
+    assert _vm_groups() <= groups_before
+
+
+def _vm_groups() -> set[Path]:
+    """The groups embedded libvirts made for VMs, in every cgroup hierarchy."""
+    points = labmod.cgroup_mount_points(Path("/proc/self/mountinfo").read_text())
+    return {g for p in points for g in Path(p).glob("machine/qemu-embed-*")}
 
 
 @pytest.fixture(scope="module")
