@@ -16,7 +16,10 @@ recorded and prepared, before lxc-start begins (1.5-3.5 ms later) and reaches
 its first migration (~3 ms in). Measured: a bare `lxc-start -d` after 1 s idle,
 23-26 ms, warmed 4 ms ahead 11.6 ms; corrald's cold start gains about 5 ms.
 `lxc-stop -k` likewise (its monitor moves its cgroups as the container ends):
-20.7 ms bare after 0.6 s running, 12.4 ms warmed 3 ms ahead.
+20.7 ms bare after 0.6 s running, 12.4 ms warmed 3 ms ahead. On another
+machine of this kind (one grace period ~8 ms): `lxc-start -d` 7.8 ms right
+after a stop, 15.8 ms after a 20-100 ms pause, 24 ms after 0.5 s; with the
+no-op migration made first (it then waited 2.4, 6.7 and 7.9 ms), 7.8 ms each.
 Best effort: where the write is refused (a read-only cgroup file system in a
 container), warming is switched off and starts go as before. The kernel's
 `favordynmods` cgroup mount option removes the wait for every writer, at some
