@@ -79,6 +79,10 @@ def _split_list(text: str | None) -> list[str]:
     return [k.strip() for k in (text or "").replace(";", ",").split(",") if k.strip()]
 
 
+def _accept(_rec: dict[str, Any]) -> None:
+    """A check that refuses nothing (checked_record for a plain read)."""
+
+
 class GuestService(CopyOperations):
     """Create, configure, power, migrate and destroy guests; find who uses a volume;
     snapshots, clones and templates (CopyOperations).
@@ -238,7 +242,9 @@ class GuestService(CopyOperations):
         take live (returns its UPID); the rest waits for the next start.
         `digest` (of the current config) makes the change conditional.
         """
-        rec = self.record(vmid, type=type, node=node)
+        # From the view (a missing or moved guest confirmed on etcd): the change itself
+        # is a compare-and-swap on the record, which a stale copy fails and retries.
+        rec = self.checked_record(vmid, _accept, type=type, node=node)
         self._require_online(rec)  # its live state and driver are there
         schema = self.driver(rec["type"]).config_schema()
         valid = schema.validate({k: v for k, v in changes.items() if k != "skiplock"}, partial=True)
@@ -285,7 +291,7 @@ class GuestService(CopyOperations):
             r["pending"], r["pending_delete"] = pending, pending_delete
             return r
 
-        guests.update_record(self.store, vmid, apply)
+        guests.update_record(self.store, vmid, apply, services=self.services)
         if not running:
             return None
         return self._submit(rec, "config", user=user)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -158,3 +159,57 @@ def test_the_service_flow_on_the_memory_store_and_a_virtual_clock(
             w.stop()
         sim.store.close()
     assert sim.clock.errors == []
+
+
+def test_a_config_change_starts_from_the_view_and_a_stale_copy_costs_one_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A config change reads the guest from the node's view and writes it with one
+    compare-and-swap; a copy another node's write made stale fails that compare, and
+    the change is made on the store's record (its digest checked there)."""
+    from corral.cluster import guests
+    from corral.cluster.cluster_view import ClusterView
+    from tests.cluster.test_guest_flow_sim import Sim
+
+    sim = Sim()
+    view = ClusterView(sim.store).start()
+    service = GuestService(sim.store, sim.tasks, node="node1",
+                           drivers={"lxc": sim.drivers["node1"]},
+                           services={"cluster_view": view})  # fmt: skip
+    reads: list[str] = []
+    get = sim.store.get
+
+    def counted(key: str) -> Any:
+        reads.append(key)
+        return get(key)
+
+    try:
+        vmid = 712
+        upid = service.create("lxc", vmid, {"rootfs": "shared:1"}, user=USER, node="node1")
+        assert sim.clock.run_until(lambda: sim.tasks.status(upid)["status"] == "stopped")
+        sim.clock.advance(1)  # the view has the created guest
+        monkeypatch.setattr(sim.store, "get", counted)
+        assert service.change_config(vmid, {"memory": 128}, user=USER) is None
+        assert [k for k in reads if k == keys.guest(vmid)] == []
+        assert get(keys.guest(vmid)).value["config"]["memory"] == 128
+
+        # Another node changes the guest; this node's view has not seen it yet.
+        sim.clock.advance(1)
+        rec = get(keys.guest(vmid)).value
+        rec["config"] = {**rec["config"], "memory": 512}
+        before = sim.store.written_revision
+        sim.store.put(keys.guest(vmid), rec)
+        sim.store.written_revision = before
+        reads.clear()
+        digest = guests.digest(rec["config"])  # of the store's config, not the view's
+        assert service.change_config(vmid, {"cores": 2}, user=USER, digest=digest) is None
+        assert [k for k in reads if k == keys.guest(vmid)] == [keys.guest(vmid)]
+        config = get(keys.guest(vmid)).value["config"]
+        assert (config["memory"], config["cores"]) == (512, 2)
+        with pytest.raises(Conflict):  # the digest of a config that is no more
+            service.change_config(vmid, {"cores": 3}, user=USER, digest=digest)
+    finally:
+        view.stop()
+        for w in sim.workers:
+            w.stop()
+        sim.store.close()
