@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from corral.cluster import guests, snapshots
+from corral.cluster import guests, keys, snapshots
 from corral.cluster.cluster_view import guest_summary
 from corral.cluster.errors import Conflict, Unavailable
 from corral.cluster.guest_driver import GuestDriver
@@ -18,7 +18,7 @@ from corral.cluster.ha import status as ha_status
 from corral.cluster.schema import DIGEST, NODE, VMID, Param
 from corral.web import api_backup
 from corral.web.api import Ctx, endpoint
-from corral.web.api_core import require_node
+from corral.web.api_core import cluster_view, require_node
 
 TYPES = ("lxc", "qemu")
 KIND = {"lxc": "CT", "qemu": "VM"}
@@ -70,11 +70,16 @@ def _register_lifecycle(type: str) -> None:
     @endpoint("GET", base, params={"node": NODE}, description=f"{kind} index (per node).")
     def list_guests(ctx: Ctx, node: str) -> list[dict[str, Any]]:
         require_node(ctx, node)
-        doc = guests.node_live(ctx.store, node)
+        # From the node's view, current as of the call as /cluster/resources is: etcd
+        # has no per-node index, so reading it meant every guest record of the cluster.
+        view = cluster_view(ctx)
         out = []
-        for rec in guests.local_guests(ctx.store, node):
-            if rec["type"] == type and ctx.can(f"/vms/{rec['vmid']}", ["VM.Audit"]):
-                out.append(_summary(rec, doc.get(str(rec["vmid"]), {})))
+        for rec in view.guests():
+            if rec["node"] != node or rec["type"] != type:
+                continue
+            if ctx.can(f"/vms/{rec['vmid']}", ["VM.Audit"]):
+                held = view.kv(keys.guest_status(node, rec["vmid"]))
+                out.append(_summary(rec, held[1] if held is not None else {}))
         return sorted(out, key=lambda r: r["vmid"])
 
     def create_perm(ctx: Ctx, **params: Any) -> None:

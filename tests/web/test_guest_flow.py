@@ -271,3 +271,42 @@ def test_quick_tasks_have_ended_when_their_post_answers(
         assert upid.startswith("UPID:node1:")
         status = api.ok("GET", f"/nodes/node1/tasks/{upid}/status")
         assert (status["status"], status.get("exitstatus")) == ("stopped", "OK"), path
+
+
+def test_a_nodes_guest_list_reads_no_guest_record_from_etcd(
+    env: tuple[Api, FakeDriver, Store],
+) -> None:
+    """GET /nodes/N/lxc answers from the node's view (etcd has no per-node index: the
+    store's answer was every guest record of the cluster), current as of the call:
+    a guest another node recorded a moment ago is listed, one moved away is not."""
+    api, _, store = env
+    api.task("POST", "/nodes/node1/lxc", vmid=230, hostname="a")
+    store.put(keys.node_info("node2"), {"node": "node2"})
+    assert len(api.ok("GET", "/nodes/node1/lxc")) == 1  # the node's view has loaded
+    reads: list[str] = []
+    real_get, real_range_rev = store.get, store.range_rev
+
+    def get(key: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(key)
+        return real_get(key, *args, **kwargs)
+
+    def range_rev(prefix: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(prefix)
+        return real_range_rev(prefix, *args, **kwargs)
+
+    rec = store.get(keys.guest(230)).value  # type: ignore[union-attr]
+    store.put(keys.guest(231), {**rec, "vmid": 231, "config": {"hostname": "b"}})
+    store.put(keys.guest(232), {**rec, "vmid": 232, "node": "node2"})
+    store.put(keys.guest_status("node1", 231), {"status": "running", "mem": 5})
+    store.get, store.range_rev = get, range_rev  # type: ignore[method-assign]
+    try:
+        listed = api.ok("GET", "/nodes/node1/lxc")
+        assert api.ok("GET", "/nodes/node1/qemu") == []
+    finally:
+        del store.get, store.range_rev
+    assert [(g["vmid"], g["name"], g["status"]) for g in listed] == [
+        (230, "a", "unknown"),  # no status round runs here
+        (231, "b", "running"),
+    ]
+    assert listed[1]["mem"] == 5
+    assert [k for k in reads if k.startswith(("guests/", "gueststatus/"))] == []
