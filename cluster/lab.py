@@ -13,9 +13,9 @@ use `qemu:///embed` (a QEMU driver inside each corrald, no daemon).
 
 Faults: `kill` SIGKILLs every process in the node's network namespace (its
 corrald, etcd member and guests: a power loss), then removes the cgroups its
-VMs leave, as the reboot after a real power loss would; `partition` takes its
-link down (a cut cable). `down` removes everything, and a failed `up` cleans up
-after itself.
+containers and VMs leave, as the reboot after a real power loss would;
+`partition` takes its link down (a cut cable). `down` removes everything, and a
+failed `up` cleans up after itself.
 """
 
 from __future__ import annotations
@@ -386,6 +386,7 @@ def node_pids(n: LabNode) -> list[int]:
 def kill(lab: Lab, name: str) -> int:
     n = lab.node(name)
     pids = node_pids(n)
+    groups = container_groups(pids)  # read while they live
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -395,8 +396,68 @@ def kill(lab: Lab, name: str) -> int:
     while time.monotonic() < deadline and node_pids(n):
         time.sleep(0.05)
     Path(n.data_dir, "corrald.pid").unlink(missing_ok=True)
+    remove_container_groups(groups)
     remove_vm_groups(n)
     return len(pids)
+
+
+def container_groups(pids: list[int]) -> set[str]:
+    """The top cgroups of the containers and lxc monitors among `pids`
+    ("lxc.payload.NAME", "lxc.monitor.NAME"): killed with their monitor, nobody
+    removes them, and each start after would name its groups NAME-1, NAME-2..."""
+    names: set[str] = set()
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/cgroup").read_text()
+        except OSError:
+            continue
+        names.update(lxc_group_names(text))
+    return names
+
+
+def lxc_group_names(proc_cgroup: str) -> set[str]:
+    """The liblxc top groups a /proc/PID/cgroup text names (in any hierarchy)."""
+    names = set()
+    for line in proc_cgroup.splitlines():
+        top = line.split(":", 2)[-1].lstrip("/").split("/", 1)[0]
+        if top.startswith(("lxc.payload.", "lxc.monitor.")):
+            names.add(top)
+    return names
+
+
+def remove_container_groups(names: set[str], timeout: float = 2.0) -> list[str]:
+    """Remove the named top groups from every hierarchy, once empty (a killed
+    process still exiting keeps its group a moment). Returns the groups removed."""
+    if not names:
+        return []
+    try:
+        points = cgroup_mount_points(Path("/proc/self/mountinfo").read_text())
+    except OSError:
+        return []
+    tops = [Path(p, name) for p in points for name in sorted(names)]
+    deadline = time.monotonic() + timeout
+    removed: list[str] = []
+    while True:
+        left = [top for top in tops if top.is_dir()]
+        for top in left:
+            removed.extend(_rmdir_tree(top))
+        left = [top for top in left if top.is_dir()]
+        if not left or time.monotonic() > deadline:
+            return removed
+        time.sleep(0.05)
+
+
+def _rmdir_tree(top: Path) -> list[str]:
+    """rmdir `top` and the groups below it, deepest first; a group that still holds
+    a process stays (rmdir refuses it), and so do those above it."""
+    removed = []
+    for root, _dirs, _files in os.walk(top, topdown=False):
+        try:
+            os.rmdir(root)
+            removed.append(root)
+        except OSError:
+            pass
+    return removed
 
 
 def embed_group_prefix(root: str) -> str:
@@ -434,12 +495,7 @@ def remove_vm_groups(n: LabNode) -> list[str]:
         except OSError:
             continue
         for top in tops:
-            for root, _dirs, _files in os.walk(top, topdown=False):
-                try:
-                    os.rmdir(root)
-                    removed.append(root)
-                except OSError:
-                    pass  # not empty: a process of it still runs
+            removed.extend(_rmdir_tree(top))
     return removed
 
 

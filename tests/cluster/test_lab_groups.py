@@ -94,3 +94,61 @@ def test_a_killed_nodes_empty_vm_groups_go_and_busy_ones_stay(node: labmod.LabNo
                 group.rmdir()
         if made_machine:
             machine.rmdir()
+
+
+# /proc/PID/cgroup of a lab CT's init and of its lxc monitor, read on this host.
+INIT_CGROUP = """\
+13:pids:/lxc.payload.90300
+12:blkio:/lxc.payload.90300
+5:memory:/lxc.payload.90300
+1:cpu:/lxc.payload.90300
+0::/lxc.payload.90300/init.scope
+"""
+MONITOR_CGROUP = """\
+5:memory:/lxc.monitor.90300
+0::/lxc.monitor.90300
+"""
+CORRALD_CGROUP = """\
+5:memory:/
+0::/
+"""
+
+
+def test_the_groups_of_a_killed_nodes_containers_are_named_from_proc() -> None:
+    assert labmod.lxc_group_names(INIT_CGROUP) == {"lxc.payload.90300"}
+    assert labmod.lxc_group_names(MONITOR_CGROUP) == {"lxc.monitor.90300"}
+    assert labmod.lxc_group_names(CORRALD_CGROUP) == set()
+
+
+def test_a_killed_containers_groups_go_from_every_hierarchy(node: labmod.LabNode) -> None:
+    name = f"lxc.payload.crltest{uuid.uuid4().hex[:6]}"
+    points = [
+        Path(p)
+        for p in labmod.cgroup_mount_points(Path("/proc/self/mountinfo").read_text())
+        if os.access(p, os.W_OK)
+    ]
+    made = []
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        for point in points:
+            (point / name / "init.scope").mkdir(parents=True)
+            made.append(point / name)
+        (made[0] / "init.scope" / "cgroup.procs").write_text(str(sleeper.pid))
+        assert labmod.container_groups([sleeper.pid]) >= {name}
+        # While its process lives, its group stays; the empty ones go.
+        removed = labmod.remove_container_groups({name}, timeout=0.1)
+        assert made[0].exists() and not any(g.exists() for g in made[1:])
+        assert {str(g) for g in made[1:]} <= set(removed)
+        sleeper.kill()
+        sleeper.wait()
+        assert labmod.remove_container_groups({name}) == [
+            str(made[0] / "init.scope"),
+            str(made[0]),
+        ]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for group in made:
+            if group.exists():
+                (group / "init.scope").rmdir()
+                group.rmdir()

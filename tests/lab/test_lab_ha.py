@@ -35,7 +35,7 @@ SUBNET = "10.249.88.0/24"
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[labmod.Lab]:
     lab_dir = str(tmp_path_factory.mktemp("halab") / "lab")
     labmod.down(lab_dir, quiet=True)
-    groups_before = _vm_groups()
+    groups_before = _guest_groups()
     lab = labmod.up(lab_dir, 3, SUBNET, PREFIX)
     yield lab
     keep = tmp_path_factory.mktemp("halab-logs")  # the nodes' logs, for a post-mortem
@@ -47,14 +47,21 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[labmod.Lab]:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
     assert PREFIX not in netns.stdout
     assert not Path(lab_dir).exists()
-    # A killed node's embedded libvirt cannot remove its VMs' cgroups: the lab does.
-    assert _vm_groups() <= groups_before
+    # A killed node's lxc monitors and embedded libvirt cannot remove their guests'
+    # cgroups: the lab does.
+    assert _guest_groups() <= groups_before
 
 
-def _vm_groups() -> set[Path]:
-    """The groups embedded libvirts made for VMs, in every cgroup hierarchy."""
+def _guest_groups() -> set[Path]:
+    """The groups of containers (liblxc's) and of VMs (embedded libvirts'), in every
+    cgroup hierarchy."""
     points = labmod.cgroup_mount_points(Path("/proc/self/mountinfo").read_text())
-    return {g for p in points for g in Path(p).glob("machine/qemu-embed-*")}
+    return {
+        g
+        for p in points
+        for pattern in ("machine/qemu-embed-*", "lxc.payload.*", "lxc.monitor.*")
+        for g in Path(p).glob(pattern)
+    }
 
 
 @pytest.fixture(scope="module")
