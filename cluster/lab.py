@@ -430,11 +430,7 @@ def remove_container_groups(names: set[str], timeout: float = 2.0) -> list[str]:
     process still exiting keeps its group a moment). Returns the groups removed."""
     if not names:
         return []
-    try:
-        points = cgroup_mount_points(Path("/proc/self/mountinfo").read_text())
-    except OSError:
-        return []
-    tops = [Path(p, name) for p in points for name in sorted(names)]
+    tops = [Path(p, name) for p in _cgroup_points() for name in sorted(names)]
     deadline = time.monotonic() + timeout
     removed: list[str] = []
     while True:
@@ -476,6 +472,14 @@ def cgroup_mount_points(mountinfo: str) -> list[str]:
     return points
 
 
+def _cgroup_points() -> list[str]:
+    """This host's cgroup mount points ([] when the mount table cannot be read)."""
+    try:
+        return cgroup_mount_points(Path("/proc/self/mountinfo").read_text())
+    except OSError:
+        return []
+
+
 def remove_vm_groups(n: LabNode) -> list[str]:
     """Remove the cgroups of a killed node's VMs. Its embedded libvirt removes a VM's
     groups when the VM stops, and died with it here: on a real host the reboot
@@ -483,12 +487,8 @@ def remove_vm_groups(n: LabNode) -> list[str]:
     per VM and kill, and per VM still being cleaned up when `down` came). Only
     empty groups go (rmdir refuses others). Returns the groups removed."""
     prefix = embed_group_prefix(str(Path(n.data_dir, "libvirt")))
-    try:
-        points = cgroup_mount_points(Path("/proc/self/mountinfo").read_text())
-    except OSError:
-        return []
     removed = []
-    for point in points:
+    for point in _cgroup_points():
         machine = Path(point, "machine")
         try:
             tops = [d for d in machine.iterdir() if d.name.startswith(prefix) and d.is_dir()]
@@ -526,8 +526,7 @@ def down(lab_dir: str, *, quiet: bool = False) -> None:
         return
     for n in lab.nodes:
         if _netns_inode(n.netns) is not None:
-            kill(lab, n.name)
-        remove_vm_groups(n)  # also where the node was already killed
+            kill(lab, n.name)  # removes its guests' cgroups too
         _stop_containers(n)
         _run(["ip", "netns", "delete", n.netns], check=False)
         _run(["ip", "link", "delete", n.veth], check=False)
