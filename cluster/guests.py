@@ -307,10 +307,14 @@ def _create(ctx: TaskContext, args: dict[str, Any]) -> None:
         r["config"], r["lock"] = config, None
         return r
 
-    _durable(ctx, lambda: update_record(ctx.store, vmid, done, services=ctx.worker.context))
+    rec = _durable(ctx, lambda: update_record(ctx.store, vmid, done, services=ctx.worker.context))
     ctx.log(f"{_kind(rec)} {vmid} created")
     if args.get("start"):
         _start(ctx, {"vmid": vmid})
+    else:
+        # Listed "stopped" once the task is OK, as by Proxmox, not "unknown"
+        # until the node's next 2 s round finds the new guest.
+        _mark(ctx, rec, "stopped", current=True)
 
 
 def _start(ctx: TaskContext, args: dict[str, Any]) -> None:

@@ -156,6 +156,32 @@ def test_a_destroy_ends_in_one_write_that_removes_the_guest(sim: Sim) -> None:
     assert gone == {keys.guest(vmid): end[0], keys.guest_status("node1", vmid): end[0]}
 
 
+def test_a_created_guest_is_published_stopped_by_the_creates_end(sim: Sim) -> None:
+    """A guest created without `start` is listed "stopped" once its task is OK (as
+    Proxmox lists it), not "unknown" until the node's next status round: its entry
+    is written in the transaction that ends the create."""
+    vmid = 302
+    record = {
+        "vmid": vmid, "type": "lxc", "node": "node1", "lock": "create", "pending": {},
+        "pending_delete": [], "config": {"memory": 256, "rootfs": "shared:1"},
+    }  # fmt: skip
+    services = sim.workers[0].context
+    services["status_doc"] = {}  # the node has published its first round
+    assert sim.store.create(keys.guest(vmid), record)
+    events: list[Any] = []
+    watch = sim.store.watch("", events.append)
+    sim.run("node1", "vzcreate", vmid, params={})
+    sim.clock.advance(1)  # the watch has delivered
+    watch.cancel()
+    entry = sim.store.get(keys.guest_status("node1", vmid))
+    assert entry is not None and entry.value["status"] == "stopped"
+    assert entry.value["maxmem"] == 256 << 20  # measured from the record as created
+    assert services["status_doc"][str(vmid)]["status"] == "stopped"
+    end = [e.revision for e in events if e.kind == "put" and e.key.startswith("tasks/")
+           and e.value["status"] == "stopped"]  # fmt: skip
+    assert entry.mod_revision == end[0]
+
+
 def test_a_task_on_a_dead_node_waits_and_its_keys_expire(sim: Sim) -> None:
     """A node whose lease is not renewed drops out after its TTL, in virtual time."""
     lease = sim.store.lease_grant(5)

@@ -305,7 +305,7 @@ def test_a_nodes_guest_list_reads_no_guest_record_from_etcd(
     finally:
         del store.get, store.range_rev
     assert [(g["vmid"], g["name"], g["status"]) for g in listed] == [
-        (230, "a", "unknown"),  # no status round runs here
+        (230, "a", "stopped"),  # published by its create's end (no status round runs here)
         (231, "b", "running"),
     ]
     assert listed[1]["mem"] == 5
