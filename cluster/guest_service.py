@@ -424,8 +424,8 @@ class GuestService(CopyOperations):
         `restart` (shut down, move, start there). `params` go to the task
         (`timeout` of a restart migration's shutdown, `bwlimit`...).
         """
-        rec = self.record(vmid, type=type, node=node)
-        guests.check_lock(rec)
+        # From the view: the task checks the lock again on its node, on its own read.
+        rec = self.checked_record(vmid, guests.check_lock, type=type, node=node)
         driver = self.driver(rec["type"])
         config = guests.merged_config(rec)
         if target is None:
@@ -435,7 +435,7 @@ class GuestService(CopyOperations):
             )
         if target == rec["node"]:
             raise ParamError.one("target", f"target is local node '{target}'")
-        if self.store.get(keys.node_info(target)) is None:
+        if not self._known(keys.node_info(target)):
             raise NotFound(f"no such node '{target}'")
         for key in ("target-storage", "targetstorage", "with-local-disks"):
             if params.get(key):
@@ -519,9 +519,17 @@ class GuestService(CopyOperations):
         up. Refused now, as Proxmox's call proxied to that node fails. This node
         itself is up whatever its lease says (it lapses while etcd is frozen) and
         its worker runs what is queued."""
-        if rec["node"] != self.node and self.store.get(keys.node_alive(rec["node"])) is None:
+        if rec["node"] != self.node and not self._known(keys.node_alive(rec["node"])):
             kind = "CT" if rec["type"] == "lxc" else "VM"
             raise Unavailable(f"node '{rec['node']}' is offline: {kind} {rec['vmid']} is there")
+
+    def _known(self, key: str) -> bool:
+        """Whether `key` exists: yes from the node's view, a no confirmed on etcd (a
+        node that joined or came back a moment ago is not refused)."""
+        return (
+            local_value(self.services, self.store, key) is not None
+            or self.store.get(key) is not None
+        )
 
     def _submit(
         self,

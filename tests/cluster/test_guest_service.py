@@ -213,3 +213,69 @@ def test_a_config_change_starts_from_the_view_and_a_stale_copy_costs_one_read(
         for w in sim.workers:
             w.stop()
         sim.store.close()
+
+
+def test_a_guest_elsewhere_is_acted_on_from_the_view_and_an_offline_node_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A power operation or a migration of a guest on another node reads the guest and
+    its node's liveness from the node's view (a migration its target's record too): no
+    etcd read. A "no" is confirmed on etcd: a node that is offline is refused, one the
+    view still thinks offline but that is back is not."""
+    from corral.cluster.cluster_view import ClusterView
+    from corral.cluster.errors import Unavailable
+    from tests.cluster.test_guest_flow_sim import Sim
+
+    sim = Sim()
+    view = ClusterView(sim.store).start()
+    service = GuestService(sim.store, sim.tasks, node="node1",
+                           drivers={"lxc": sim.drivers["node1"]},
+                           services={"cluster_view": view})  # fmt: skip
+    reads: list[str] = []
+    get = sim.store.get
+
+    def counted(key: str) -> Any:
+        reads.append(key)
+        return get(key)
+
+    def done(upid: str) -> None:
+        assert sim.clock.run_until(lambda: sim.tasks.status(upid)["status"] == "stopped")
+        assert sim.tasks.status(upid)["exitstatus"] == "OK", sim.tasks.log_lines(upid)
+
+    try:
+        vmid = 713
+        done(service.create("lxc", vmid, {"rootfs": "shared:1"}, user=USER, node="node2"))
+        sim.clock.advance(1)  # the view has the created guest
+        monkeypatch.setattr(sim.store, "get", counted)
+        upid = service.start(vmid, user=USER)
+        asked = list(reads)  # before the task runs: its own reads are its node's
+        done(upid)
+        assert [k for k in asked if k.startswith(("nodes/", "guests/"))] == []
+        mark = len(reads)
+        upid = service.migrate(vmid, user=USER, target="node1", restart=True)
+        asked = reads[mark:]
+        done(upid)
+        # (The target's liveness is read by the migration's plan, as its task does.)
+        assert [k for k in asked if k.startswith(("nodeinfo/", "guests/", "nodes/node2"))] == []
+        assert sim.drivers["node1"].guests[vmid]["status"] == "running"
+
+        done(service.create("lxc", vmid + 1, {"rootfs": "shared:1"}, user=USER, node="node2"))
+        # node2 goes offline: refused, the view's "no" confirmed on etcd.
+        sim.store.delete(keys.node_alive("node2"))
+        sim.clock.advance(1)
+        with pytest.raises(Unavailable, match="node 'node2' is offline"):
+            service.start(vmid + 1, user=USER)
+        # Back on etcd but not yet in the view (another node's write): accepted on
+        # etcd's word, at one read.
+        before = sim.store.written_revision
+        sim.store.put(keys.node_alive("node2"), {"since": 1})
+        sim.store.written_revision = before
+        reads.clear()
+        done(service.start(vmid + 1, user=USER))
+        assert [k for k in reads if k.startswith("nodes/")] == [keys.node_alive("node2")]
+    finally:
+        view.stop()
+        for w in sim.workers:
+            w.stop()
+        sim.store.close()
+    assert sim.clock.errors == []
