@@ -26,9 +26,10 @@ round.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 from corral.cluster import keys, metrics_core
@@ -199,20 +200,36 @@ def publish_status_for(
         # One guest changed: read its record only, not every guest's (O(1) per task).
         if rec is None or rec.get("vmid") != only:
             rec = store.get_value(keys.guest(only))
+        entry = None
+        if rec is not None and rec.get("node") == node:
+            entry = _measure(drivers.get(rec["type"]), rec, now)
         with lock:
             one: dict[str, Any] = dict(services.get("status_doc") or {})
-            if rec is not None and rec.get("node") == node:
-                entry = one[str(only)] = _measure(drivers.get(rec["type"]), rec, now)
+            if entry is not None:
+                one[str(only)] = entry
                 store.put(keys.guest_status(node, only), entry, lease=services.get("lease_id"))
             else:
                 one.pop(str(only), None)
                 store.delete(keys.guest_status(node, only))
             services["status_doc"] = one
+            _bump(services, only)
         return one
     recs = _local_records(store, node, services)
-    with lock, metrics_core.Timer() as took:
-        last: dict[str, Any] = services.get("status_doc") or {}
+    with metrics_core.Timer() as took:
+        # Measured without the status lock: a driver's pass can wait (libvirt answers
+        # nothing about any VM while one is being destroyed: seconds), and every task
+        # end on this node takes that lock. A guest a task published meanwhile (its
+        # generation moved) keeps the task's entry, which is the newer.
+        with lock:
+            generations = dict(services.get("status_gen") or {})
         batch = _measure_many(drivers, recs)
+        for rec in recs:
+            if str(rec["vmid"]) not in batch:
+                batch[str(rec["vmid"])] = _measure(drivers.get(rec["type"]), rec, now)
+        lock.acquire()
+    try:
+        last: dict[str, Any] = services.get("status_doc") or {}
+        moved_since = services.get("status_gen") or {}
         # The driver's entry each published one was compared with: a cached entry
         # handed again (figures not due) is the same object, and needs no compare.
         seen: dict[str, Any] = services.get("status_seen") or {}
@@ -221,9 +238,11 @@ def publish_status_for(
         for rec in recs:
             key = str(rec["vmid"])
             old = last.get(key)
-            new = batch.get(key)
-            if new is None:
-                new = _measure(drivers.get(rec["type"]), rec, now)
+            if moved_since.get(key) != generations.get(key):
+                if old is not None:  # absent: a task removed it (the guest went)
+                    doc[key] = old
+                continue
+            new = batch[key]
             if (
                 old is not None
                 and not refresh_due(key, old.get("time"), now)
@@ -242,9 +261,18 @@ def publish_status_for(
             gone = set(node_live(store, node)) if first else set()
             _write(store, node, {} if first else last, doc, services.get("lease_id"), gone=gone)
             services["status_doc"] = doc
+    finally:
+        lock.release()
     metrics_core.STATUS_ROUNDS.labels("written" if changed else "unchanged").inc()
     metrics_core.STATUS_ROUND_SECONDS.observe(took.seconds)
     return services.get("status_doc") or doc
+
+
+def _bump(services: MutableMapping[str, Any], vmid: int | str) -> None:
+    """A task published `vmid`'s entry (under the status lock): a round that
+    measured before keeps it (publish_status_for)."""
+    generations = services.setdefault("status_gen", {})
+    generations[str(vmid)] = generations.get(str(vmid), 0) + 1
 
 
 def status_hook(node: Any) -> None:
@@ -261,8 +289,9 @@ class StatusAtEnd:
     """One guest's new entry (its gueststatus key), written in the same
     transaction as the end of the task that changed it (TaskContext.end_writes):
     whoever sees the task OK reads the new state, at one etcd write, not two.
-    The node's status lock is held from measuring to the write, so the 2 s round
-    never writes an older entry over it."""
+    The guest is measured first; the node's status lock is then held until the
+    write is done, and the write moves the guest's generation, so the 2 s round
+    (which measures without the lock) never writes an older entry over it."""
 
     def __init__(
         self, store: StoreAPI, node: str, services: MutableMapping[str, Any], rec: dict[str, Any]
@@ -272,29 +301,41 @@ class StatusAtEnd:
         self._doc: dict[str, Any] | None = None
 
     def begin(self) -> list[tuple[Any, ...]]:
-        self._lock.acquire()
-        try:
-            drivers = self.services.get("drivers") or {}
+        drivers = self.services.get("drivers") or {}
+        vmid = str(self.rec["vmid"])
+        entry = None
+        if self.rec.get("node") == self.node:
+            now = self.store.clock.time()
+            entry = _measure(drivers.get(self.rec["type"]), self.rec, now, task_end=True)
+        with self._held():
             doc = dict(self.services.get("status_doc") or {})
-            vmid = str(self.rec["vmid"])
-            if self.rec.get("node") == self.node:
-                now = self.store.clock.time()
-                doc[vmid] = _measure(drivers.get(self.rec["type"]), self.rec, now, task_end=True)
+            if entry is not None:
+                doc[vmid] = entry
             else:
                 doc.pop(vmid, None)
-        except BaseException:
-            self._lock.release()
-            raise
         self._doc = doc
         key = keys.guest_status(self.node, vmid)
         if vmid in doc:
             return [("put", key, doc[vmid], self.services.get("lease_id"))]
         return [("delete", key)]
 
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        """Takes the status lock for the rest of the end (end() releases it), or
+        releases it at once if building the write fails."""
+        self._lock.acquire()
+        try:
+            yield
+        except BaseException:
+            self._lock.release()
+            raise
+
     def end(self, written: bool) -> None:
         try:
             if written and self._doc is not None:
                 self.services["status_doc"] = self._doc
+            if written:
+                _bump(self.services, self.rec["vmid"])
         finally:
             self._doc = None
             self._lock.release()
@@ -311,12 +352,8 @@ class GoneAtEnd(StatusAtEnd):
 
     def begin(self) -> list[tuple[Any, ...]]:
         vmid = str(self.rec["vmid"])
-        self._lock.acquire()
-        try:
+        with self._held():
             published = self.services.get("status_doc")
             if published is not None:  # None: no round yet (its first write sweeps)
                 self._doc = {k: v for k, v in published.items() if k != vmid}
-        except BaseException:
-            self._lock.release()
-            raise
         return [("delete", keys.guest(int(vmid))), ("delete", keys.guest_status(self.node, vmid))]

@@ -223,3 +223,48 @@ def test_history_records_an_unchanged_entry_once_a_step(tmp_path: Any) -> None:
     assert metrics_rrd.record_round(rrd, store, now=now + 80) == 1
     # Older than a node re-publishes everything: left to its own time (not recorded again).
     assert metrics_rrd.record_round(rrd, store, now=now + 200) == 0
+
+
+def test_a_round_measures_without_holding_up_a_tasks_end(node: Any) -> None:
+    """A driver's pass can wait a long time (libvirt answers nothing about any VM
+    while one is being destroyed: 1.2-1.6 s here), and every task end on the node
+    takes the status lock. The round measures without it, and keeps the entry a
+    task wrote meanwhile: its own measurement, taken before, is the older."""
+    import threading
+
+    store, drv, services = node
+    _round(store, services)
+    rec = {"vmid": 104, "type": "lxc", "node": NODE, "config": {}}
+    ended = threading.Event()
+
+    def task_end() -> None:
+        drv.now[104] = _idle(104, status="stopped")
+        end = guest_status.StatusAtEnd(store, NODE, services, rec)
+        ops = end.begin()
+        try:
+            assert store.txn([], ops)
+        finally:
+            end.end(True)
+        ended.set()
+
+    measure = drv.status_many
+
+    def slow_pass(items: Any, *, cached: bool = False) -> dict[int, dict[str, Any]]:
+        taken = measure(items, cached=cached)  # 104 still running
+        worker = threading.Thread(target=task_end)
+        worker.start()
+        ended.wait(5)  # the old round held the lock here: the end waited for it
+        assert taken[104]["status"] == "running"
+        return taken
+
+    drv.status_many = slow_pass  # type: ignore[method-assign]
+    try:
+        _round(store, services)
+    finally:
+        drv.status_many = measure  # type: ignore[method-assign]
+    assert ended.is_set(), "the task's end waited for the round's measurement"
+    assert guest_status.guest_live(store, NODE, 104)["status"] == "stopped"
+    assert services["status_doc"]["104"]["status"] == "stopped"
+    # The next round measures again and agrees.
+    _round(store, services)
+    assert services["status_doc"]["104"]["status"] == "stopped"
