@@ -161,121 +161,123 @@ def test_the_service_flow_on_the_memory_store_and_a_virtual_clock(
     assert sim.clock.errors == []
 
 
+class Viewed:
+    """Two simulated nodes (in-memory store, virtual clock); node1's service reads
+    through its cluster view. After `count()`, `reads` lists the keys read from the
+    store (`get` is the store's own, uncounted)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from corral.cluster.cluster_view import ClusterView
+        from tests.cluster.test_guest_flow_sim import Sim
+
+        self.sim = Sim()
+        self.view = ClusterView(self.sim.store).start()
+        self.service = GuestService(self.sim.store, self.sim.tasks, node="node1",
+                                    drivers={"lxc": self.sim.drivers["node1"]},
+                                    services={"cluster_view": self.view})  # fmt: skip
+        self.reads: list[str] = []
+        self.get = self.sim.store.get
+        self._monkeypatch = monkeypatch
+
+    def count(self) -> None:
+        def counted(key: str) -> Any:
+            self.reads.append(key)
+            return self.get(key)
+
+        self._monkeypatch.setattr(self.sim.store, "get", counted)
+
+    def done(self, upid: str) -> None:
+        sim = self.sim
+        assert sim.clock.run_until(lambda: sim.tasks.status(upid)["status"] == "stopped")
+        assert sim.tasks.status(upid)["exitstatus"] == "OK", sim.tasks.log_lines(upid)
+
+    def written_elsewhere(self, key: str, value: Any) -> None:
+        """`key` put by another node: this node's view has not seen it yet."""
+        before = self.sim.store.written_revision
+        self.sim.store.put(key, value)
+        self.sim.store.written_revision = before
+
+
+@pytest.fixture
+def viewed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Viewed]:
+    v = Viewed(monkeypatch)
+    try:
+        yield v
+    finally:
+        v.view.stop()
+        for w in v.sim.workers:
+            w.stop()
+        v.sim.store.close()
+    assert v.sim.clock.errors == []
+
+
 def test_a_config_change_starts_from_the_view_and_a_stale_copy_costs_one_read(
-    monkeypatch: pytest.MonkeyPatch,
+    viewed: Viewed,
 ) -> None:
     """A config change reads the guest from the node's view and writes it with one
     compare-and-swap; a copy another node's write made stale fails that compare, and
     the change is made on the store's record (its digest checked there)."""
     from corral.cluster import guests
-    from corral.cluster.cluster_view import ClusterView
-    from tests.cluster.test_guest_flow_sim import Sim
 
-    sim = Sim()
-    view = ClusterView(sim.store).start()
-    service = GuestService(sim.store, sim.tasks, node="node1",
-                           drivers={"lxc": sim.drivers["node1"]},
-                           services={"cluster_view": view})  # fmt: skip
-    reads: list[str] = []
-    get = sim.store.get
+    sim, service, reads, get = viewed.sim, viewed.service, viewed.reads, viewed.get
+    vmid = 712
+    viewed.done(service.create("lxc", vmid, {"rootfs": "shared:1"}, user=USER, node="node1"))
+    sim.clock.advance(1)  # the view has the created guest
+    viewed.count()
+    assert service.change_config(vmid, {"memory": 128}, user=USER) is None
+    assert [k for k in reads if k == keys.guest(vmid)] == []
+    assert get(keys.guest(vmid)).value["config"]["memory"] == 128
 
-    def counted(key: str) -> Any:
-        reads.append(key)
-        return get(key)
-
-    try:
-        vmid = 712
-        upid = service.create("lxc", vmid, {"rootfs": "shared:1"}, user=USER, node="node1")
-        assert sim.clock.run_until(lambda: sim.tasks.status(upid)["status"] == "stopped")
-        sim.clock.advance(1)  # the view has the created guest
-        monkeypatch.setattr(sim.store, "get", counted)
-        assert service.change_config(vmid, {"memory": 128}, user=USER) is None
-        assert [k for k in reads if k == keys.guest(vmid)] == []
-        assert get(keys.guest(vmid)).value["config"]["memory"] == 128
-
-        # Another node changes the guest; this node's view has not seen it yet.
-        sim.clock.advance(1)
-        rec = get(keys.guest(vmid)).value
-        rec["config"] = {**rec["config"], "memory": 512}
-        before = sim.store.written_revision
-        sim.store.put(keys.guest(vmid), rec)
-        sim.store.written_revision = before
-        reads.clear()
-        digest = guests.digest(rec["config"])  # of the store's config, not the view's
-        assert service.change_config(vmid, {"cores": 2}, user=USER, digest=digest) is None
-        assert [k for k in reads if k == keys.guest(vmid)] == [keys.guest(vmid)]
-        config = get(keys.guest(vmid)).value["config"]
-        assert (config["memory"], config["cores"]) == (512, 2)
-        with pytest.raises(Conflict):  # the digest of a config that is no more
-            service.change_config(vmid, {"cores": 3}, user=USER, digest=digest)
-    finally:
-        view.stop()
-        for w in sim.workers:
-            w.stop()
-        sim.store.close()
+    # Another node changes the guest; this node's view has not seen it yet.
+    sim.clock.advance(1)
+    rec = get(keys.guest(vmid)).value
+    rec["config"] = {**rec["config"], "memory": 512}
+    viewed.written_elsewhere(keys.guest(vmid), rec)
+    reads.clear()
+    digest = guests.digest(rec["config"])  # of the store's config, not the view's
+    assert service.change_config(vmid, {"cores": 2}, user=USER, digest=digest) is None
+    assert [k for k in reads if k == keys.guest(vmid)] == [keys.guest(vmid)]
+    config = get(keys.guest(vmid)).value["config"]
+    assert (config["memory"], config["cores"]) == (512, 2)
+    with pytest.raises(Conflict):  # the digest of a config that is no more
+        service.change_config(vmid, {"cores": 3}, user=USER, digest=digest)
 
 
 def test_a_guest_elsewhere_is_acted_on_from_the_view_and_an_offline_node_is_refused(
-    monkeypatch: pytest.MonkeyPatch,
+    viewed: Viewed,
 ) -> None:
     """A power operation or a migration of a guest on another node reads the guest and
     its node's liveness from the node's view (a migration its target's record too): no
     etcd read. A "no" is confirmed on etcd: a node that is offline is refused, one the
     view still thinks offline but that is back is not."""
-    from corral.cluster.cluster_view import ClusterView
     from corral.cluster.errors import Unavailable
-    from tests.cluster.test_guest_flow_sim import Sim
 
-    sim = Sim()
-    view = ClusterView(sim.store).start()
-    service = GuestService(sim.store, sim.tasks, node="node1",
-                           drivers={"lxc": sim.drivers["node1"]},
-                           services={"cluster_view": view})  # fmt: skip
-    reads: list[str] = []
-    get = sim.store.get
+    sim, service, reads, done = viewed.sim, viewed.service, viewed.reads, viewed.done
+    vmid = 713
+    done(service.create("lxc", vmid, {"rootfs": "shared:1"}, user=USER, node="node2"))
+    sim.clock.advance(1)  # the view has the created guest
+    viewed.count()
+    upid = service.start(vmid, user=USER)
+    asked = list(reads)  # before the task runs: its own reads are its node's
+    done(upid)
+    assert [k for k in asked if k.startswith(("nodes/", "guests/"))] == []
+    mark = len(reads)
+    upid = service.migrate(vmid, user=USER, target="node1", restart=True)
+    asked = reads[mark:]
+    done(upid)
+    # (The target's liveness is read by the migration's plan, as its task does.)
+    assert [k for k in asked if k.startswith(("nodeinfo/", "guests/", "nodes/node2"))] == []
+    assert sim.drivers["node1"].guests[vmid]["status"] == "running"
 
-    def counted(key: str) -> Any:
-        reads.append(key)
-        return get(key)
-
-    def done(upid: str) -> None:
-        assert sim.clock.run_until(lambda: sim.tasks.status(upid)["status"] == "stopped")
-        assert sim.tasks.status(upid)["exitstatus"] == "OK", sim.tasks.log_lines(upid)
-
-    try:
-        vmid = 713
-        done(service.create("lxc", vmid, {"rootfs": "shared:1"}, user=USER, node="node2"))
-        sim.clock.advance(1)  # the view has the created guest
-        monkeypatch.setattr(sim.store, "get", counted)
-        upid = service.start(vmid, user=USER)
-        asked = list(reads)  # before the task runs: its own reads are its node's
-        done(upid)
-        assert [k for k in asked if k.startswith(("nodes/", "guests/"))] == []
-        mark = len(reads)
-        upid = service.migrate(vmid, user=USER, target="node1", restart=True)
-        asked = reads[mark:]
-        done(upid)
-        # (The target's liveness is read by the migration's plan, as its task does.)
-        assert [k for k in asked if k.startswith(("nodeinfo/", "guests/", "nodes/node2"))] == []
-        assert sim.drivers["node1"].guests[vmid]["status"] == "running"
-
-        done(service.create("lxc", vmid + 1, {"rootfs": "shared:1"}, user=USER, node="node2"))
-        # node2 goes offline: refused, the view's "no" confirmed on etcd.
-        sim.store.delete(keys.node_alive("node2"))
-        sim.clock.advance(1)
-        with pytest.raises(Unavailable, match="node 'node2' is offline"):
-            service.start(vmid + 1, user=USER)
-        # Back on etcd but not yet in the view (another node's write): accepted on
-        # etcd's word, at one read.
-        before = sim.store.written_revision
-        sim.store.put(keys.node_alive("node2"), {"since": 1})
-        sim.store.written_revision = before
-        reads.clear()
-        done(service.start(vmid + 1, user=USER))
-        assert [k for k in reads if k.startswith("nodes/")] == [keys.node_alive("node2")]
-    finally:
-        view.stop()
-        for w in sim.workers:
-            w.stop()
-        sim.store.close()
-    assert sim.clock.errors == []
+    done(service.create("lxc", vmid + 1, {"rootfs": "shared:1"}, user=USER, node="node2"))
+    # node2 goes offline: refused, the view's "no" confirmed on etcd.
+    sim.store.delete(keys.node_alive("node2"))
+    sim.clock.advance(1)
+    with pytest.raises(Unavailable, match="node 'node2' is offline"):
+        service.start(vmid + 1, user=USER)
+    # Back on etcd but not yet in the view (another node's write): accepted on
+    # etcd's word, at one read.
+    viewed.written_elsewhere(keys.node_alive("node2"), {"since": 1})
+    reads.clear()
+    done(service.start(vmid + 1, user=USER))
+    assert [k for k in reads if k.startswith("nodes/")] == [keys.node_alive("node2")]
