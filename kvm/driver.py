@@ -381,11 +381,12 @@ class QemuDriver(GuestDriver):
 
             def boot() -> None:
                 conn = self.lv.conn()
-                old = self.lv.domain_in(conn, facts.name)
+                old = self.lv.find(facts.name)
                 if old is not None and old.UUIDString() != domain_uuid(config, facts):
                     # The identity changed (smbios1 uuid): libvirt refuses a redefinition.
                     old.undefineFlags(UNDEFINE_FLAGS | libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
                 dom = conn.defineXML(xml)
+                self.lv.remember(conn, dom)
                 dom.create()
 
             if ready is not None:

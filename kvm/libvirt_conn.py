@@ -126,6 +126,8 @@ class Libvirt:
         self.root = embed_root(uri)
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
+        # name -> domain handle found by domain(), for the connection that found it.
+        self._handles: dict[str, libvirt.virDomain] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=16, thread_name_prefix="libvirt"
         )
@@ -164,6 +166,7 @@ class Libvirt:
                     pass
                 log.warning("libvirt connection to %s lost; reopening", self.uri)
                 self._conn = None
+            self._handles = {}  # handles of the old connection die with it
             self._conn = self._open()
             return self._conn
 
@@ -204,10 +207,35 @@ class Libvirt:
 
         Listed rather than looked up: a lookup of a VM that was never started
         (the usual case for status reads) makes libvirt log an error each time.
+        A listing waits for every domain's lock, though, and a VM being destroyed
+        holds its own until QEMU has exited (1-2 s under TCG; longer for a QEMU
+        stuck in I/O): a handle found once is kept and asked about its own domain
+        only, which no other VM holds up.
         """
 
-        return self.run(f"lookup {name}", lambda: self.domain_in(self.conn(), name),
-                        timeout=OPEN_TIMEOUT)  # fmt: skip
+        return self.run(f"lookup {name}", self.find, name, timeout=OPEN_TIMEOUT)
+
+    def find(self, name: str) -> libvirt.virDomain | None:
+        """domain(), inside a call already running on the pool."""
+        conn = self.conn()
+        dom = self._handles.get(name)
+        if dom is not None:
+            try:
+                dom.isActive()  # still defined (the handle names its UUID)?
+                return dom
+            except libvirt.libvirtError as err:
+                if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                self._handles.pop(name, None)  # undefined, or redefined anew
+        dom = self.domain_in(conn, name)
+        if dom is not None:
+            self.remember(conn, dom)
+        return dom
+
+    def remember(self, conn: libvirt.virConnect, dom: libvirt.virDomain) -> None:
+        """Keep a handle of `conn` (a domain just defined or found) for domain()."""
+        if self._conn is conn:
+            self._handles[dom.name()] = dom
 
     @staticmethod
     def domain_in(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:

@@ -270,6 +270,37 @@ def test_a_fresh_driver_finds_the_running_vm(vm: VM, embed_uri: str) -> None:
     assert vm.status()["status"] == "running"
 
 
+def test_a_vm_being_destroyed_holds_up_no_other(vm: VM, boot_keys: dict[str, str]) -> None:
+    """libvirt answers no listing of domains while one is being destroyed (its QEMU
+    not yet exited: 1-2 s under TCG, ~15 s for one that ignores SIGTERM); the
+    driver finds a VM by the handle it kept, so another VM's status, stop or start
+    does not wait. Here the destroyed VM's QEMU is stopped (SIGSTOP): libvirt waits
+    10 s after its SIGTERM, then kills it."""
+    import os
+    import signal
+    import threading
+
+    driver, stuck = vm.driver, new_vmid()
+    config = driver.create(stuck, {"name": "crlkvm-stuck", "memory": 64, "kvm": 0, **boot_keys},
+                           volumes=vm.volumes, log=nolog, params={})  # fmt: skip
+    driver.start(stuck, config, volumes=vm.volumes, log=nolog)
+    try:
+        assert vm.status()["status"] == "running"  # its handle is kept from here on
+        os.kill(driver.status(stuck, config)["pid"], signal.SIGSTOP)
+        stopping = threading.Thread(target=driver.stop, args=(stuck, config), kwargs={"log": nolog})
+        stopping.start()
+        time.sleep(0.5)  # libvirt is in the destroy, waiting for QEMU to exit
+        assert stopping.is_alive()
+        assert vm.status()["status"] == "running"
+        assert vm.dom().isActive()
+        assert stopping.is_alive(), "the other VM's status waited for the destroy"
+        stopping.join(60)
+        assert driver.status(stuck, config)["status"] == "stopped"
+    finally:
+        driver.stop(stuck, config, log=nolog)
+        driver.destroy(stuck, config, volumes=vm.volumes, log=nolog)
+
+
 def test_acpi_shutdown(vm: VM) -> None:
     started = time.monotonic()
     vm.driver.shutdown(vm.vmid, vm.config, timeout=60, force_stop=False, log=nolog)
