@@ -226,43 +226,42 @@ def publish_status_for(
         for rec in recs:
             if str(rec["vmid"]) not in batch:
                 batch[str(rec["vmid"])] = _measure(drivers.get(rec["type"]), rec, now)
-        lock.acquire()
-    try:
-        last: dict[str, Any] = services.get("status_doc") or {}
-        moved_since = services.get("status_gen") or {}
-        # The driver's entry each published one was compared with: a cached entry
-        # handed again (figures not due) is the same object, and needs no compare.
-        seen: dict[str, Any] = services.get("status_seen") or {}
-        doc: dict[str, Any] = {}
-        changed = len(recs) != len(last)
-        for rec in recs:
-            key = str(rec["vmid"])
-            old = last.get(key)
-            if moved_since.get(key) != generations.get(key):
-                if old is not None:  # absent: a task removed it (the guest went)
-                    doc[key] = old
-                continue
-            new = batch[key]
-            if (
-                old is not None
-                and not refresh_due(key, old.get("time"), now)
-                and (seen.get(key) is new or not moved(old, new))
-            ):
-                doc[key] = old  # as published, with the time of its figures
-                continue
-            doc[key] = {**new, "time": now}
-            changed = True
-        services["status_seen"] = {k: v for k, v in batch.items() if k in doc}
-        first = "status_doc" not in services
-        if changed or first:
-            # The first round of this daemon also deletes what an earlier run of it
-            # published for guests it no longer has (those keys live on with its
-            # old lease until that expires).
-            gone = set(node_live(store, node)) if first else set()
-            _write(store, node, {} if first else last, doc, services.get("lease_id"), gone=gone)
-            services["status_doc"] = doc
-    finally:
-        lock.release()
+        with lock:
+            last: dict[str, Any] = services.get("status_doc") or {}
+            moved_since = services.get("status_gen") or {}
+            # The driver's entry each published one was compared with: a cached entry
+            # handed again (figures not due) is the same object, and needs no compare.
+            seen: dict[str, Any] = services.get("status_seen") or {}
+            doc: dict[str, Any] = {}
+            compared: dict[str, Any] = {}
+            changed = len(recs) != len(last)
+            for rec in recs:
+                key = str(rec["vmid"])
+                old = last.get(key)
+                if moved_since.get(key) != generations.get(key):
+                    if old is not None:  # absent: a task removed it (the guest went)
+                        doc[key] = old
+                    continue
+                new = compared[key] = batch[key]
+                if (
+                    old is not None
+                    and not refresh_due(key, old.get("time"), now)
+                    and (seen.get(key) is new or not moved(old, new))
+                ):
+                    doc[key] = old  # as published, with the time of its figures
+                    continue
+                doc[key] = {**new, "time": now}
+                changed = True
+            services["status_seen"] = compared
+            first = "status_doc" not in services
+            if changed or first:
+                # The first round of this daemon also deletes what an earlier run of
+                # it published for guests it no longer has (those keys live on with
+                # its old lease until that expires).
+                gone = set(node_live(store, node)) if first else set()
+                _write(store, node, {} if first else last, doc, services.get("lease_id"),
+                       gone=gone)  # fmt: skip
+                services["status_doc"] = doc
     metrics_core.STATUS_ROUNDS.labels("written" if changed else "unchanged").inc()
     metrics_core.STATUS_ROUND_SECONDS.observe(took.seconds)
     return services.get("status_doc") or doc
