@@ -248,6 +248,7 @@ class Libvirt:
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
+            self._handles = {}  # each holds a reference to the connection
         if conn is not None:
             try:
                 conn.close()
